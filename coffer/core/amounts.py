@@ -1,0 +1,60 @@
+"""Exact money at the edge: decimal strings in, integers of the minor unit inside.
+
+Every amount Coffer stores is a Python ``int`` counting the asset's minor unit (cents for a
+scale-2 asset). Text becomes an integer only through :func:`parse_amount`, which accepts exactly
+the grammar of the API contract and never rounds: a value that does not fit the scale is an
+error, not a nearby number. :func:`format_amount` is its inverse and always prints the full
+scale, so ``format_amount(parse_amount(s, k), k)`` is the canonical spelling of ``s``.
+"""
+
+import re
+
+scale_max = 18  # 10**18 minor units per major unit covers every asset we know of (ETH wei).
+amount_digits_max = 40  # an amount is at most 40 digits: far beyond any real balance, bounds parsing cost.
+
+_amount_pattern = re.compile(r"(-?)(0|[1-9][0-9]*)(?:\.([0-9]+))?")
+
+
+class AmountError(ValueError):
+    """The text is not an exact amount at the asset's scale."""
+
+
+def parse_amount(text: object, scale: int, *, signed: bool = False) -> int:
+    """Return the integer number of minor units that ``text`` spells at ``scale``.
+
+    Rejects anything that is not a JSON string of the contract's grammar: numbers (floats would
+    already have lost precision), exponents, ``NaN``, a leading ``+``, ``.5``, white space, and
+    more decimals than the scale. A ``-`` is accepted only where the amount is ``signed``.
+    Positivity is the caller's rule (a leg may not be zero, a transfer must be positive).
+    """
+    if not isinstance(text, str):
+        raise AmountError(f"amount must be a decimal string, not {type(text).__name__}")
+    if not 0 <= scale <= scale_max:
+        raise AmountError(f"scale must be 0..{scale_max}, got {scale}")
+    if len(text) > amount_digits_max + 2:
+        raise AmountError("amount has too many digits")
+    match = _amount_pattern.fullmatch(text)
+    if match is None:
+        raise AmountError(f"amount {text!r} is not a decimal number like '12.34'")
+    sign, whole, fraction = match.groups()
+    if sign and not signed:
+        raise AmountError(f"amount {text!r} must not be negative")
+    if fraction is None:
+        fraction = ""
+    if len(fraction) > scale:
+        raise AmountError(f"amount {text!r} has more than {scale} decimals")
+    value = int(whole + fraction.ljust(scale, "0"))
+    if sign and value == 0:
+        raise AmountError(f"amount {text!r} is a negative zero")
+    return -value if sign else value
+
+
+def format_amount(value: int, scale: int) -> str:
+    """Spell ``value`` minor units as a decimal string with exactly ``scale`` decimals."""
+    assert isinstance(value, int) and not isinstance(value, bool)
+    sign = "-" if value < 0 else ""
+    digits = str(abs(value))
+    if scale == 0:
+        return sign + digits
+    digits = digits.rjust(scale + 1, "0")
+    return f"{sign}{digits[:-scale]}.{digits[-scale:]}"

@@ -1,0 +1,143 @@
+"""The commands of the write side, as they travel in the log and enter the state machine.
+
+Amounts here are already integers of the asset's minor unit: the edge (HTTP, client) parses
+decimal strings with :mod:`coffer.core.amounts` before a command is built. Every command has a
+``dedup_id``. Commands are immutable values: the dedup store keeps them to compare the payload of
+a retry and to know what a compensation must undo.
+
+Encoding: msgpack arrays tagged with the API's command type name (``["transfer", ...]``), which
+keeps log records small and fast to decode. The tag names are part of the log format.
+"""
+
+from typing import Annotated
+
+import msgspec
+
+# A metadata map: small, string to string, so that it is canonical in the event history and
+# cannot carry floats into a ledger that has none.
+Metadata = dict[str, str]
+
+metadata_keys_max = 32
+metadata_key_length_max = 64
+metadata_value_length_max = 1024
+id_length_max = 128
+asset_length_max = 32
+legs_max = 1024  # one command may touch many accounts, but its event must stay a sane size.
+timeout_s_max = 30 * 24 * 3600  # a two-phase hold longer than 30 days is a business error.
+
+AccountId = Annotated[str, msgspec.Meta(min_length=1, max_length=id_length_max, pattern=r"^[A-Za-z0-9._:-]+$")]
+Asset = Annotated[str, msgspec.Meta(min_length=1, max_length=asset_length_max, pattern=r"^[A-Za-z0-9._:-]+$")]
+
+
+class _Command(msgspec.Struct, frozen=True, array_like=True, gc=False, tag_field="type", kw_only=True):
+    dedup_id: str
+
+
+class CreateAccount(_Command, tag="create_account"):
+    account_id: str
+    asset: str
+    scale: int = 2
+    lower_limit: int = 0
+    upper_limit: int | None = None
+    metadata: Metadata | None = None
+
+
+class UpdateLimits(_Command, tag="update_limits"):
+    account_id: str
+    lower_limit: int
+    upper_limit: int | None
+
+
+class LockAccount(_Command, tag="lock_account"):
+    account_id: str
+
+
+class UnlockAccount(_Command, tag="unlock_account"):
+    account_id: str
+
+
+class DeleteAccount(_Command, tag="delete_account"):
+    account_id: str
+
+
+class Transfer(_Command, tag="transfer"):
+    from_account_id: str
+    to_account_id: str
+    amount: int
+    asset: str
+    metadata: Metadata | None = None
+    expected_from_balance: int | None = None
+    expected_to_balance: int | None = None
+
+
+class Leg(msgspec.Struct, frozen=True, array_like=True, gc=False, kw_only=True):
+    """A signed amount on one account: positive adds, negative takes away."""
+
+    account_id: str
+    amount: int
+    asset: str
+    metadata: Metadata | None = None
+
+
+class Precondition(msgspec.Struct, frozen=True, array_like=True, gc=False, kw_only=True):
+    """Conditions on one account's state before the command; every one given must hold."""
+
+    account_id: str
+    expected_balance: int | None = None
+    min_balance: int | None = None
+    max_balance: int | None = None
+    expected_version: int | None = None
+
+
+class BatchBalanceOperation(_Command, tag="batch_operation"):
+    legs: tuple[Leg, ...]
+    preconditions: tuple[Precondition, ...] = ()
+
+
+class Reserve(_Command, tag="reserve"):
+    account_id: str
+    reservation_id: str
+    amount: int
+
+
+class Release(_Command, tag="release"):
+    account_id: str
+    reservation_id: str
+    amount: int | None = None  # None releases the whole reservation
+
+
+class TccTry(_Command, tag="tcc_try"):
+    txn_id: str
+    legs: tuple[Leg, ...]
+    timeout_s: int | None = None
+
+
+class TccConfirm(_Command, tag="tcc_confirm"):
+    txn_id: str
+
+
+class TccCancel(_Command, tag="tcc_cancel"):
+    txn_id: str
+
+
+class Compensate(_Command, tag="compensate"):
+    original_dedup_id: str
+
+
+Command = (
+    CreateAccount
+    | UpdateLimits
+    | LockAccount
+    | UnlockAccount
+    | DeleteAccount
+    | Transfer
+    | BatchBalanceOperation
+    | Reserve
+    | Release
+    | TccTry
+    | TccConfirm
+    | TccCancel
+    | Compensate
+)
+
+command_types: tuple[type[_Command], ...] = Command.__args__  # type: ignore[attr-defined]

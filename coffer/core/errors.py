@@ -1,0 +1,38 @@
+"""The stable result codes of the ledger (shared/API.md), one enum for the core and the edge.
+
+A rejected command is not an exception: its code is data, returned for that command, stored in
+the replicated dedup store and answered again on retry. The values never change once published:
+clients branch on them.
+"""
+
+from enum import StrEnum
+
+
+class ErrorCode(StrEnum):
+    ACCOUNT_NOT_FOUND = "ACCOUNT_NOT_FOUND"
+    ACCOUNT_EXISTS = "ACCOUNT_EXISTS"
+    ACCOUNT_LOCKED = "ACCOUNT_LOCKED"
+    ACCOUNT_DELETED = "ACCOUNT_DELETED"
+    ACCOUNT_NOT_EMPTY = "ACCOUNT_NOT_EMPTY"
+    INVALID_STATE_TRANSITION = "INVALID_STATE_TRANSITION"
+    ASSET_MISMATCH = "ASSET_MISMATCH"
+    SAME_ACCOUNT = "SAME_ACCOUNT"
+    LOWER_LIMIT_EXCEEDED = "LOWER_LIMIT_EXCEEDED"
+    UPPER_LIMIT_EXCEEDED = "UPPER_LIMIT_EXCEEDED"
+    PRECONDITION_FAILED = "PRECONDITION_FAILED"
+    RESERVATION_NOT_FOUND = "RESERVATION_NOT_FOUND"
+    INSUFFICIENT_RESERVATION = "INSUFFICIENT_RESERVATION"
+    TXN_EXISTS = "TXN_EXISTS"
+    TXN_NOT_FOUND = "TXN_NOT_FOUND"
+    TXN_ALREADY_CONFIRMED = "TXN_ALREADY_CONFIRMED"
+    TXN_ALREADY_CANCELLED = "TXN_ALREADY_CANCELLED"
+    ORIGINAL_NOT_COMPENSABLE = "ORIGINAL_NOT_COMPENSABLE"
+    # The original of a compensation arrived after it (or a second compensation arrived):
+    # a saga's undo must win over a late original, and an undo applies once.
+    ALREADY_COMPENSATED = "ALREADY_COMPENSATED"
+    DEDUP_ID_REUSED = "DEDUP_ID_REUSED"
+    INVALID_AMOUNT = "INVALID_AMOUNT"
+    INVALID_REQUEST = "INVALID_REQUEST"
+    NOT_AVAILABLE = "NOT_AVAILABLE"
+    UNAUTHORIZED = "UNAUTHORIZED"
+    FORBIDDEN = "FORBIDDEN"

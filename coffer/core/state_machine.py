@@ -1,0 +1,628 @@
+"""The ledger's state machine: log entries in, one result per command and hash-chained events out.
+
+Pure and deterministic: no I/O, no clock, no randomness, no threads. The log entry brings its
+index and its time; every replica that applies the same entries reaches the same state, byte for
+byte (see :mod:`coffer.core.snapshot`).
+
+Method. Each command first checks everything it needs, in a fixed order, and mutates state only
+when every check has passed; a rejection therefore changes nothing but the dedup store. Check
+order (the first failing check decides the code):
+
+1. the ``dedup_id``: a retry with the same payload returns the stored outcome, another payload
+   gets ``DEDUP_ID_REUSED`` (not stored: the id belongs to the first command); an original that
+   arrives after its (null) compensation gets ``ALREADY_COMPENSATED``;
+2. the command's own shape (positive or non-zero amounts: ``INVALID_AMOUNT``; ids, scale,
+   sizes: ``INVALID_REQUEST``);
+3. per account, in the order the command names them: exists, state (``ACCOUNT_DELETED``,
+   ``ACCOUNT_LOCKED``), asset;
+4. conditions (``PRECONDITION_FAILED``), reservation and transaction lookups;
+5. limits, per account in the order the command names them: lower first, then upper.
+
+Before the commands of an entry run, every TCC try whose deadline is at or before the entry's
+time is cancelled (event ``tcc_expired``), in (deadline, txn_id) order.
+"""
+
+import heapq
+import re
+from collections.abc import Sequence
+from hashlib import sha256
+
+from coffer.core.accounts import (
+    OK,
+    Account,
+    AccountState,
+    Compensation,
+    DedupRecord,
+    Result,
+    Txn,
+    TxnLeg,
+    TxnState,
+)
+from coffer.core.amounts import scale_max
+from coffer.core.commands import (
+    BatchBalanceOperation,
+    Command,
+    Compensate,
+    CreateAccount,
+    DeleteAccount,
+    Leg,
+    LockAccount,
+    Precondition,
+    Release,
+    Reserve,
+    TccCancel,
+    TccConfirm,
+    TccTry,
+    Transfer,
+    UnlockAccount,
+    UpdateLimits,
+    asset_length_max,
+    id_length_max,
+    legs_max,
+    metadata_key_length_max,
+    metadata_keys_max,
+    metadata_value_length_max,
+    timeout_s_max,
+)
+from coffer.core.errors import ErrorCode
+from coffer.core.events import EventRecord, EventType, encoder, genesis_hash
+
+_id_pattern = re.compile(r"[A-Za-z0-9._:-]+")
+
+_NORMAL = AccountState.NORMAL.value
+_LOCKED = AccountState.LOCKED.value
+_DELETED = AccountState.DELETED.value
+_TRIED = TxnState.TRIED.value
+_CONFIRMED = TxnState.CONFIRMED.value
+_CANCELLED = TxnState.CANCELLED.value
+
+
+def _reject(code: ErrorCode, message: str, account_id: str | None = None) -> Result:
+    return Result(code.value, 0, message, account_id)
+
+
+def _valid_id(value: object, length_max: int = id_length_max) -> bool:
+    return isinstance(value, str) and 0 < len(value) <= length_max and _id_pattern.fullmatch(value) is not None
+
+
+def _valid_metadata(metadata: object) -> bool:
+    if metadata is None:
+        return True
+    if not isinstance(metadata, dict) or len(metadata) > metadata_keys_max:
+        return False
+    return all(
+        isinstance(key, str)
+        and isinstance(value, str)
+        and 0 < len(key) <= metadata_key_length_max
+        and len(value) <= metadata_value_length_max
+        for key, value in metadata.items()
+    )
+
+
+def _state_error(account: Account) -> Result:
+    if account.state == _DELETED:
+        return _reject(ErrorCode.ACCOUNT_DELETED, f"account {account.account_id} is deleted", account.account_id)
+    return _reject(ErrorCode.ACCOUNT_LOCKED, f"account {account.account_id} is locked", account.account_id)
+
+
+class StateMachine:
+    """One shard's ledger. ``apply`` is the only way to change it."""
+
+    def __init__(self) -> None:
+        self.accounts: dict[str, Account] = {}
+        self.asset_scales: dict[str, int] = {}
+        self.dedup: dict[str, DedupRecord] = {}
+        self.txns: dict[str, Txn] = {}
+        # original dedup_id -> dedup_id of the compensation that undid it (or pre-empted it)
+        self.compensations: dict[str, str] = {}
+        self.expiries: list[tuple[int, str]] = []  # heap of (deadline_ms, txn_id) of TCC tries
+        self.log_index = 0
+        self.time_ms = 0
+        self.seq = 0
+        self.head = genesis_hash
+        self._events: list[EventRecord] = []
+        self._handlers = {
+            CreateAccount: self._create_account,
+            UpdateLimits: self._update_limits,
+            LockAccount: self._lock_account,
+            UnlockAccount: self._unlock_account,
+            DeleteAccount: self._delete_account,
+            Transfer: self._transfer,
+            BatchBalanceOperation: self._batch_operation,
+            Reserve: self._reserve,
+            Release: self._release,
+            TccTry: self._tcc_try,
+            TccConfirm: self._tcc_confirm,
+            TccCancel: self._tcc_cancel,
+            Compensate: self._compensate,
+        }
+
+    # ------------------------------------------------------------------ entry point
+
+    def apply(self, log_index: int, time_ms: int, commands: Sequence[Command]) -> tuple[list[Result], list[EventRecord]]:
+        """Apply one log entry; return one result per command and the events, in order."""
+        assert log_index > self.log_index, f"log index {log_index} after {self.log_index}"
+        self.log_index = log_index
+        # Log time may step back when the log's leader changes; the ledger's clock never does.
+        if time_ms > self.time_ms:
+            self.time_ms = time_ms
+        events: list[EventRecord] = []
+        self._events = events
+        if self.expiries and self.expiries[0][0] <= self.time_ms:
+            self._expire_tries()
+        handlers = self._handlers
+        dedup = self.dedup
+        results: list[Result] = []
+        append = results.append
+        for command in commands:
+            dedup_id = command.dedup_id
+            record = dedup.get(dedup_id)
+            if record is not None:
+                append(self._replay(record, command))
+                continue
+            if not isinstance(dedup_id, str) or not 0 < len(dedup_id) <= id_length_max:
+                append(_reject(ErrorCode.INVALID_REQUEST, "dedup_id must be 1 to 128 characters"))
+                continue
+            result = handlers[type(command)](command)
+            dedup[dedup_id] = DedupRecord(command, result)
+            append(result)
+        return results, events
+
+    def _replay(self, record: DedupRecord, command: Command) -> Result:
+        if record.command == command:
+            return record.result
+        if record.command is None:
+            # The original arrives after its null compensation: reject it, for good.
+            result = record.result
+            self.dedup[command.dedup_id] = DedupRecord(command, result)
+            return result
+        return _reject(ErrorCode.DEDUP_ID_REUSED, f"dedup_id {command.dedup_id!r} was used for another command")
+
+    def _emit(self, dedup_id: str | None, event_type: str, command: Command | None, accounts: Sequence[Account]) -> int:
+        seq = self.seq + 1
+        self.seq = seq
+        body = encoder.encode((seq, self.log_index, self.time_ms, dedup_id, event_type, command, accounts))
+        prev_hash = self.head
+        self.head = sha256(prev_hash + body).digest()
+        self._events.append(EventRecord(seq, body, prev_hash, self.head))
+        return seq
+
+    # ------------------------------------------------------------------ accounts
+
+    def _create_account(self, command: CreateAccount) -> Result:
+        account_id = command.account_id
+        if not _valid_id(account_id):
+            return _reject(ErrorCode.INVALID_REQUEST, "account_id must be 1 to 128 characters of A-Za-z0-9._:-")
+        if not _valid_id(command.asset, asset_length_max):
+            return _reject(ErrorCode.INVALID_REQUEST, "asset must be 1 to 32 characters of A-Za-z0-9._:-")
+        if not 0 <= command.scale <= scale_max:
+            return _reject(ErrorCode.INVALID_REQUEST, f"scale must be 0..{scale_max}")
+        if not _valid_metadata(command.metadata):
+            return _reject(ErrorCode.INVALID_REQUEST, "metadata must be a small map of strings")
+        if account_id in self.accounts:
+            return _reject(ErrorCode.ACCOUNT_EXISTS, f"account {account_id} exists", account_id)
+        known_scale = self.asset_scales.get(command.asset)
+        if known_scale is not None and known_scale != command.scale:
+            return _reject(
+                ErrorCode.ASSET_MISMATCH, f"asset {command.asset} has scale {known_scale}, not {command.scale}", account_id
+            )
+        if command.lower_limit > 0:
+            return _reject(ErrorCode.LOWER_LIMIT_EXCEEDED, "a new account's balance 0 is below its lower limit", account_id)
+        if command.upper_limit is not None and command.upper_limit < 0:
+            return _reject(ErrorCode.UPPER_LIMIT_EXCEEDED, "a new account's balance 0 is above its upper limit", account_id)
+        account = Account(
+            account_id,
+            command.asset,
+            command.scale,
+            _NORMAL,
+            command.lower_limit,
+            command.upper_limit,
+            0,
+            {},
+            {},
+            {},
+            1,
+            dict(command.metadata) if command.metadata else {},
+        )
+        self.accounts[account_id] = account
+        self.asset_scales.setdefault(command.asset, command.scale)
+        return Result(OK, self._emit(command.dedup_id, EventType.ACCOUNT_CREATED, command, (account,)))
+
+    def _existing(self, account_id: str) -> Account | Result:
+        account = self.accounts.get(account_id)
+        if account is None:
+            return _reject(ErrorCode.ACCOUNT_NOT_FOUND, f"account {account_id} not found", account_id)
+        return account
+
+    def _update_limits(self, command: UpdateLimits) -> Result:
+        account = self._existing(command.account_id)
+        if isinstance(account, Result):
+            return account
+        if account.state == _DELETED:
+            return _state_error(account)
+        lower, upper = command.lower_limit, command.upper_limit
+        if account.available < lower:
+            return _reject(ErrorCode.LOWER_LIMIT_EXCEEDED, "available balance is below the new lower limit", account.account_id)
+        if upper is not None and account.available + account.held() > upper:
+            return _reject(ErrorCode.UPPER_LIMIT_EXCEEDED, "balance is above the new upper limit", account.account_id)
+        account.lower_limit = lower
+        account.upper_limit = upper
+        account.version += 1
+        return Result(OK, self._emit(command.dedup_id, EventType.LIMITS_UPDATED, command, (account,)))
+
+    def _change_state(self, command: LockAccount | UnlockAccount, source: str, target: str, event_type: str) -> Result:
+        account = self._existing(command.account_id)
+        if isinstance(account, Result):
+            return account
+        if account.state == _DELETED:
+            return _state_error(account)
+        if account.state != source:
+            return _reject(
+                ErrorCode.INVALID_STATE_TRANSITION, f"account {account.account_id} is {account.state}", account.account_id
+            )
+        account.state = target
+        account.version += 1
+        return Result(OK, self._emit(command.dedup_id, event_type, command, (account,)))
+
+    def _lock_account(self, command: LockAccount) -> Result:
+        return self._change_state(command, _NORMAL, _LOCKED, EventType.ACCOUNT_LOCKED)
+
+    def _unlock_account(self, command: UnlockAccount) -> Result:
+        return self._change_state(command, _LOCKED, _NORMAL, EventType.ACCOUNT_UNLOCKED)
+
+    def _delete_account(self, command: DeleteAccount) -> Result:
+        account = self._existing(command.account_id)
+        if isinstance(account, Result):
+            return account
+        if account.state == _DELETED:
+            return _state_error(account)
+        if not account.is_empty():
+            return _reject(
+                ErrorCode.ACCOUNT_NOT_EMPTY,
+                f"account {account.account_id} still holds money, reservations or pending entries",
+                account.account_id,
+            )
+        account.state = _DELETED
+        account.version += 1
+        return Result(OK, self._emit(command.dedup_id, EventType.ACCOUNT_DELETED, command, (account,)))
+
+    # ------------------------------------------------------------------ balances
+
+    def _transfer(self, command: Transfer) -> Result:
+        # The hot path: written out rather than built on the generic helpers below.
+        amount = command.amount
+        if amount <= 0:
+            return _reject(ErrorCode.INVALID_AMOUNT, "amount must be positive")
+        source_id = command.from_account_id
+        target_id = command.to_account_id
+        if source_id == target_id:
+            return _reject(ErrorCode.SAME_ACCOUNT, "from and to are the same account", source_id)
+        accounts = self.accounts
+        source = accounts.get(source_id)
+        if source is None:
+            return _reject(ErrorCode.ACCOUNT_NOT_FOUND, f"account {source_id} not found", source_id)
+        if source.state != _NORMAL:
+            return _state_error(source)
+        if source.asset != command.asset:
+            return _reject(ErrorCode.ASSET_MISMATCH, f"account {source_id} holds {source.asset}", source_id)
+        target = accounts.get(target_id)
+        if target is None:
+            return _reject(ErrorCode.ACCOUNT_NOT_FOUND, f"account {target_id} not found", target_id)
+        if target.state != _NORMAL:
+            return _state_error(target)
+        if target.asset != command.asset:
+            return _reject(ErrorCode.ASSET_MISMATCH, f"account {target_id} holds {target.asset}", target_id)
+        expected = command.expected_from_balance
+        if expected is not None and source.available != expected:
+            return _reject(ErrorCode.PRECONDITION_FAILED, "from balance is not the expected one", source_id)
+        expected = command.expected_to_balance
+        if expected is not None and target.available != expected:
+            return _reject(ErrorCode.PRECONDITION_FAILED, "to balance is not the expected one", target_id)
+        source_available = source.available - amount
+        if source_available < source.lower_limit:
+            return _reject(ErrorCode.LOWER_LIMIT_EXCEEDED, f"account {source_id} would go below its lower limit", source_id)
+        target_available = target.available + amount
+        upper = target.upper_limit
+        if upper is not None and target_available + target.held() > upper:
+            return _reject(ErrorCode.UPPER_LIMIT_EXCEEDED, f"account {target_id} would go above its upper limit", target_id)
+        source.available = source_available
+        source.version += 1
+        target.available = target_available
+        target.version += 1
+        return Result(OK, self._emit(command.dedup_id, EventType.TRANSFERRED, command, (source, target)))
+
+    def _check_legs(self, legs: tuple[Leg, ...]) -> Result | dict[str, int]:
+        """Shape, existence, state and asset of every leg; the net amount per account."""
+        if not legs or len(legs) > legs_max:
+            return _reject(ErrorCode.INVALID_REQUEST, f"a command needs 1 to {legs_max} legs")
+        for leg in legs:
+            if leg.amount == 0:
+                return _reject(ErrorCode.INVALID_AMOUNT, "a leg's amount must not be zero", leg.account_id)
+        net: dict[str, int] = {}
+        accounts = self.accounts
+        for leg in legs:
+            account_id = leg.account_id
+            account = accounts.get(account_id)
+            if account is None:
+                return _reject(ErrorCode.ACCOUNT_NOT_FOUND, f"account {account_id} not found", account_id)
+            if account.state != _NORMAL:
+                return _state_error(account)
+            if account.asset != leg.asset:
+                return _reject(ErrorCode.ASSET_MISMATCH, f"account {account_id} holds {account.asset}", account_id)
+            net[account_id] = net.get(account_id, 0) + leg.amount
+        return net
+
+    def _check_limits(self, net: dict[str, int]) -> Result | None:
+        accounts = self.accounts
+        for account_id, delta in net.items():
+            account = accounts[account_id]
+            available = account.available + delta
+            if available < account.lower_limit:
+                return _reject(ErrorCode.LOWER_LIMIT_EXCEEDED, f"account {account_id} would go below its lower limit", account_id)
+            upper = account.upper_limit
+            if upper is not None and available + account.held() > upper:
+                return _reject(ErrorCode.UPPER_LIMIT_EXCEEDED, f"account {account_id} would go above its upper limit", account_id)
+        return None
+
+    def _commit_net(self, net: dict[str, int]) -> list[Account]:
+        changed = []
+        for account_id, delta in net.items():
+            account = self.accounts[account_id]
+            account.available += delta
+            account.version += 1
+            changed.append(account)
+        return changed
+
+    def _batch_operation(self, command: BatchBalanceOperation) -> Result:
+        net = self._check_legs(command.legs)
+        if isinstance(net, Result):
+            return net
+        for condition in command.preconditions:
+            failed = self._check_precondition(condition)
+            if failed is not None:
+                return failed
+        failed = self._check_limits(net)
+        if failed is not None:
+            return failed
+        changed = self._commit_net(net)
+        return Result(OK, self._emit(command.dedup_id, EventType.BALANCES_CHANGED, command, changed))
+
+    def _check_precondition(self, condition: Precondition) -> Result | None:
+        account_id = condition.account_id
+        account = self.accounts.get(account_id)
+        if account is None:
+            return _reject(ErrorCode.ACCOUNT_NOT_FOUND, f"account {account_id} not found", account_id)
+        available = account.available
+        if condition.expected_balance is not None and available != condition.expected_balance:
+            return _reject(ErrorCode.PRECONDITION_FAILED, f"account {account_id}: balance is not the expected one", account_id)
+        if condition.min_balance is not None and available < condition.min_balance:
+            return _reject(ErrorCode.PRECONDITION_FAILED, f"account {account_id}: balance is below min_balance", account_id)
+        if condition.max_balance is not None and available > condition.max_balance:
+            return _reject(ErrorCode.PRECONDITION_FAILED, f"account {account_id}: balance is above max_balance", account_id)
+        if condition.expected_version is not None and account.version != condition.expected_version:
+            return _reject(ErrorCode.PRECONDITION_FAILED, f"account {account_id}: version is not the expected one", account_id)
+        return None
+
+    def _reserve(self, command: Reserve) -> Result:
+        amount = command.amount
+        if amount <= 0:
+            return _reject(ErrorCode.INVALID_AMOUNT, "amount must be positive")
+        if not _valid_id(command.reservation_id):
+            return _reject(ErrorCode.INVALID_REQUEST, "reservation_id must be 1 to 128 characters of A-Za-z0-9._:-")
+        account = self._existing(command.account_id)
+        if isinstance(account, Result):
+            return account
+        if account.state != _NORMAL:
+            return _state_error(account)
+        available = account.available - amount
+        if available < account.lower_limit:
+            return _reject(
+                ErrorCode.LOWER_LIMIT_EXCEEDED, f"account {account.account_id} would go below its lower limit", account.account_id
+            )
+        account.available = available
+        reservations = account.reservations
+        reservations[command.reservation_id] = reservations.get(command.reservation_id, 0) + amount
+        account.version += 1
+        return Result(OK, self._emit(command.dedup_id, EventType.RESERVED, command, (account,)))
+
+    def _release(self, command: Release) -> Result:
+        if command.amount is not None and command.amount <= 0:
+            return _reject(ErrorCode.INVALID_AMOUNT, "amount must be positive")
+        account = self._existing(command.account_id)
+        if isinstance(account, Result):
+            return account
+        if account.state != _NORMAL:
+            return _state_error(account)
+        failed = self._take_reservation(account, command.reservation_id, command.amount)
+        if failed is not None:
+            return failed
+        account.version += 1
+        return Result(OK, self._emit(command.dedup_id, EventType.RELEASED, command, (account,)))
+
+    def _take_reservation(self, account: Account, reservation_id: str, amount: int | None) -> Result | None:
+        """Move ``amount`` (all if None) of a reservation back to available, or say why not."""
+        reserved = account.reservations.get(reservation_id)
+        if reserved is None:
+            return _reject(ErrorCode.RESERVATION_NOT_FOUND, f"no reservation {reservation_id}", account.account_id)
+        if amount is None:
+            amount = reserved
+        if amount > reserved:
+            return _reject(
+                ErrorCode.INSUFFICIENT_RESERVATION, f"reservation {reservation_id} holds less than the amount", account.account_id
+            )
+        # Available grows and the total stays: no limit can break here.
+        if amount == reserved:
+            del account.reservations[reservation_id]
+        else:
+            account.reservations[reservation_id] = reserved - amount
+        account.available += amount
+        return None
+
+    # ------------------------------------------------------------------ two-phase (TCC)
+
+    def _tcc_try(self, command: TccTry) -> Result:
+        txn_id = command.txn_id
+        if not _valid_id(txn_id):
+            return _reject(ErrorCode.INVALID_REQUEST, "txn_id must be 1 to 128 characters of A-Za-z0-9._:-")
+        timeout_s = command.timeout_s
+        if timeout_s is not None and not 0 < timeout_s <= timeout_s_max:
+            return _reject(ErrorCode.INVALID_REQUEST, f"timeout_s must be 1..{timeout_s_max}")
+        if not command.legs or len(command.legs) > legs_max:
+            return _reject(ErrorCode.INVALID_REQUEST, f"a command needs 1 to {legs_max} legs")
+        for leg in command.legs:
+            if leg.amount == 0:
+                return _reject(ErrorCode.INVALID_AMOUNT, "a leg's amount must not be zero", leg.account_id)
+        if txn_id in self.txns:
+            return _reject(ErrorCode.TXN_EXISTS, f"transaction {txn_id} exists")
+        net = self._check_legs(command.legs)
+        if isinstance(net, Result):
+            return net
+        holds: dict[str, list[int]] = {account_id: [0, 0] for account_id in net}
+        for leg in command.legs:
+            if leg.amount < 0:
+                holds[leg.account_id][0] -= leg.amount
+            else:
+                holds[leg.account_id][1] += leg.amount
+        accounts = self.accounts
+        for account_id, (amount_out, amount_in) in holds.items():
+            account = accounts[account_id]
+            if account.available - amount_out < account.lower_limit:
+                return _reject(ErrorCode.LOWER_LIMIT_EXCEEDED, f"account {account_id} would go below its lower limit", account_id)
+            upper = account.upper_limit
+            # Money moved to pending_out still counts; pending_in adds to the total.
+            if upper is not None and account.available + account.held() + amount_in > upper:
+                return _reject(ErrorCode.UPPER_LIMIT_EXCEEDED, f"account {account_id} would go above its upper limit", account_id)
+        changed = []
+        legs = []
+        for account_id, (amount_out, amount_in) in holds.items():
+            account = accounts[account_id]
+            if amount_out:
+                account.available -= amount_out
+                account.pending_out[txn_id] = amount_out
+            if amount_in:
+                account.pending_in[txn_id] = amount_in
+            account.version += 1
+            changed.append(account)
+            legs.append(TxnLeg(account_id, amount_out, amount_in))
+        deadline_ms = None if timeout_s is None else self.time_ms + timeout_s * 1000
+        self.txns[txn_id] = Txn(txn_id, _TRIED, tuple(legs), deadline_ms)
+        if deadline_ms is not None:
+            heapq.heappush(self.expiries, (deadline_ms, txn_id))
+        return Result(OK, self._emit(command.dedup_id, EventType.TCC_TRIED, command, changed))
+
+    def _tcc_confirm(self, command: TccConfirm) -> Result:
+        txn = self.txns.get(command.txn_id)
+        if txn is None:
+            return _reject(ErrorCode.TXN_NOT_FOUND, f"transaction {command.txn_id} not found")
+        if txn.state == _CANCELLED:
+            return _reject(ErrorCode.TXN_ALREADY_CANCELLED, f"transaction {command.txn_id} was cancelled")
+        changed: list[Account] = []
+        if txn.state == _TRIED:
+            # Phase two must always finish: no state or limit check can stop it.
+            for leg in txn.legs:
+                account = self.accounts[leg.account_id]
+                if leg.amount_out:
+                    del account.pending_out[txn.txn_id]
+                if leg.amount_in:
+                    del account.pending_in[txn.txn_id]
+                    account.available += leg.amount_in
+                account.version += 1
+                changed.append(account)
+            txn.state = _CONFIRMED
+        return Result(OK, self._emit(command.dedup_id, EventType.TCC_CONFIRMED, command, changed))
+
+    def _tcc_cancel(self, command: TccCancel) -> Result:
+        txn = self.txns.get(command.txn_id)
+        if txn is None:
+            return _reject(ErrorCode.TXN_NOT_FOUND, f"transaction {command.txn_id} not found")
+        if txn.state == _CONFIRMED:
+            return _reject(ErrorCode.TXN_ALREADY_CONFIRMED, f"transaction {command.txn_id} was confirmed")
+        changed = self._cancel_txn(txn) if txn.state == _TRIED else []
+        return Result(OK, self._emit(command.dedup_id, EventType.TCC_CANCELLED, command, changed))
+
+    def _cancel_txn(self, txn: Txn) -> list[Account]:
+        changed = []
+        for leg in txn.legs:
+            account = self.accounts[leg.account_id]
+            if leg.amount_out:
+                del account.pending_out[txn.txn_id]
+                account.available += leg.amount_out
+            if leg.amount_in:
+                del account.pending_in[txn.txn_id]
+            account.version += 1
+            changed.append(account)
+        txn.state = _CANCELLED
+        return changed
+
+    def _expire_tries(self) -> None:
+        expiries = self.expiries
+        while expiries and expiries[0][0] <= self.time_ms:
+            _, txn_id = heapq.heappop(expiries)
+            txn = self.txns[txn_id]
+            if txn.state == _TRIED:
+                changed = self._cancel_txn(txn)
+                self._emit(None, EventType.TCC_EXPIRED, None, changed)
+
+    # ------------------------------------------------------------------ saga compensation
+
+    def _compensate(self, command: Compensate) -> Result:
+        original_id = command.original_dedup_id
+        if not isinstance(original_id, str) or not 0 < len(original_id) <= id_length_max:
+            return _reject(ErrorCode.INVALID_REQUEST, "original_dedup_id must be 1 to 128 characters")
+        if original_id == command.dedup_id:
+            return _reject(ErrorCode.INVALID_REQUEST, "a command cannot compensate itself")
+        if original_id in self.compensations:
+            return _reject(
+                ErrorCode.ALREADY_COMPENSATED, f"{original_id!r} was already compensated by {self.compensations[original_id]!r}"
+            )
+        record = self.dedup.get(original_id)
+        if record is None or not record.result.ok:
+            # Never seen: record a null compensation so that a late original is rejected.
+            # Seen but rejected: it moved nothing, so there is nothing to undo.
+            if record is None:
+                message = f"compensated by {command.dedup_id!r} before it arrived"
+                self.dedup[original_id] = DedupRecord(None, _reject(ErrorCode.ALREADY_COMPENSATED, message))
+            self.compensations[original_id] = command.dedup_id
+            seq = self._emit(command.dedup_id, EventType.NULL_COMPENSATED, command, ())
+            return Result(OK, seq, compensation=Compensation.NULL_COMPENSATED.value)
+        original = record.command
+        if isinstance(original, Transfer):
+            net = {original.to_account_id: -original.amount, original.from_account_id: original.amount}
+            changed = self._undo_net(net)
+        elif isinstance(original, BatchBalanceOperation):
+            net = {}
+            for leg in original.legs:
+                net[leg.account_id] = net.get(leg.account_id, 0) - leg.amount
+            changed = self._undo_net(net)
+        elif isinstance(original, Reserve):
+            changed = self._undo_reserve(original)
+        else:
+            return _reject(
+                ErrorCode.ORIGINAL_NOT_COMPENSABLE,
+                f"{original_id!r} is a {type(original).__name__}; only transfers, batch operations and reservations are",
+            )
+        if isinstance(changed, Result):
+            return changed
+        self.compensations[original_id] = command.dedup_id
+        seq = self._emit(command.dedup_id, EventType.COMPENSATED, command, changed)
+        return Result(OK, seq, compensation=Compensation.COMPENSATED.value)
+
+    def _undo_net(self, net: dict[str, int]) -> Result | list[Account]:
+        for account_id in net:
+            account = self.accounts[account_id]  # accounts are never removed, only marked deleted
+            if account.state != _NORMAL:
+                return _state_error(account)
+        failed = self._check_limits(net)
+        if failed is not None:
+            return failed
+        return self._commit_net(net)
+
+    def _undo_reserve(self, original: Reserve) -> Result | list[Account]:
+        account = self.accounts[original.account_id]
+        if account.state != _NORMAL:
+            return _state_error(account)
+        failed = self._take_reservation(account, original.reservation_id, original.amount)
+        if failed is not None:
+            return failed
+        account.version += 1
+        return [account]
