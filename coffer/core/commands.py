@@ -44,8 +44,9 @@ class CreateAccount(_Command, tag="create_account"):
 
 class UpdateLimits(_Command, tag="update_limits"):
     account_id: str
-    lower_limit: int
-    upper_limit: int | None
+    lower_limit: int | None = None  # None keeps the current lower limit
+    upper_limit: int | None = None  # None removes the upper limit, unless keep_upper_limit
+    keep_upper_limit: bool = False
 
 
 class LockAccount(_Command, tag="lock_account"):

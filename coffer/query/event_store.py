@@ -1,0 +1,232 @@
+"""The node's own event store: every event and every account version, in SQLite.
+
+Method: one writer thread appends events in batches (one transaction per batch) as the replica
+emits them; readers open their own connections (SQLite WAL mode lets them read while it writes).
+Rows are keyed by seq and inserted with ``INSERT OR IGNORE``, so replaying the log after a crash
+re-inserts nothing twice; a replayed event whose hash differs from the stored one is corruption
+and stops the node. An account's version rows point at the event that produced them, whose
+canonical bytes hold the full view of the account, so a past state is always read from the same
+bytes that the hash chain covers.
+"""
+
+import sqlite3
+import threading
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from coffer.core.accounts import Account
+from coffer.core.events import EventRecord, event_decoder
+
+schema = """
+CREATE TABLE IF NOT EXISTS events (
+    seq INTEGER PRIMARY KEY,
+    log_index INTEGER NOT NULL,
+    time_ms INTEGER NOT NULL,
+    dedup_id TEXT,
+    type TEXT NOT NULL,
+    body BLOB NOT NULL,
+    prev_hash BLOB NOT NULL,
+    hash BLOB NOT NULL
+);
+CREATE INDEX IF NOT EXISTS events_time ON events (time_ms, seq);
+CREATE TABLE IF NOT EXISTS account_versions (
+    account_id TEXT NOT NULL,
+    version INTEGER NOT NULL,
+    seq INTEGER NOT NULL,
+    time_ms INTEGER NOT NULL,
+    PRIMARY KEY (account_id, version)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS account_versions_seq ON account_versions (account_id, seq);
+"""
+
+
+class _AccountKey(msgspec.Struct, array_like=True):
+    """The leading fields of an encoded Account: enough to index it without decoding it all."""
+
+    account_id: str
+    asset: str
+    scale: int
+    state: str
+    lower_limit: int
+    upper_limit: int | None
+    available: int
+    reservations: msgspec.Raw
+    pending_in: msgspec.Raw
+    pending_out: msgspec.Raw
+    version: int
+
+
+class _EventIndex(msgspec.Struct, array_like=True):
+    seq: int
+    log_index: int
+    time_ms: int
+    dedup_id: str | None
+    type: str
+    command: msgspec.Raw
+    accounts: list[_AccountKey]
+
+
+_index_decoder = msgspec.msgpack.Decoder(_EventIndex)
+
+
+class EventStoreCorrupt(RuntimeError):
+    """The stored history disagrees with the history the log replays."""
+
+
+class EventStore:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._local = threading.local()
+        connection = self._connection()
+        connection.executescript(schema)
+        self.last_seq = self._query_last_seq(connection)
+
+    def _connection(self) -> sqlite3.Connection:
+        connection = getattr(self._local, "connection", None)
+        if connection is None:
+            # isolation_level=None: we issue BEGIN/COMMIT ourselves, one transaction per batch.
+            connection = sqlite3.connect(self.path, isolation_level=None, check_same_thread=True)
+            connection.execute("PRAGMA journal_mode=WAL")
+            # The log, not this store, is the durable record: after a crash the replica replays
+            # the log into the store, so the store need not fsync every commit.
+            connection.execute("PRAGMA synchronous=NORMAL")
+            self._local.connection = connection
+        return connection
+
+    @staticmethod
+    def _query_last_seq(connection: sqlite3.Connection) -> int:
+        row = connection.execute("SELECT max(seq) FROM events").fetchone()
+        return row[0] or 0
+
+    def append(self, records: Iterable[EventRecord]) -> None:
+        """Store events (in seq order); ones already stored must be byte-identical."""
+        connection = self._connection()
+        event_rows = []
+        version_rows = []
+        replayed = []
+        for record in records:
+            if record.seq <= self.last_seq:
+                replayed.append(record)
+                continue
+            index = _index_decoder.decode(record.body)
+            event_rows.append(
+                (
+                    record.seq,
+                    index.log_index,
+                    index.time_ms,
+                    index.dedup_id,
+                    index.type,
+                    record.body,
+                    record.prev_hash,
+                    record.hash,
+                )
+            )
+            version_rows.extend((account.account_id, account.version, record.seq, index.time_ms) for account in index.accounts)
+        for record in replayed:
+            row = connection.execute("SELECT hash FROM events WHERE seq = ?", (record.seq,)).fetchone()
+            if row is not None and row[0] != record.hash:
+                raise EventStoreCorrupt(f"stored event {record.seq} differs from the one the log replays")
+            if row is None:
+                raise EventStoreCorrupt(f"event {record.seq} is missing below the store's last seq {self.last_seq}")
+        if not event_rows:
+            return
+        connection.execute("BEGIN")
+        try:
+            connection.executemany("INSERT INTO events VALUES (?, ?, ?, ?, ?, ?, ?, ?)", event_rows)
+            connection.executemany("INSERT INTO account_versions VALUES (?, ?, ?, ?)", version_rows)
+            connection.execute("COMMIT")
+        except BaseException:
+            connection.execute("ROLLBACK")
+            raise
+        self.last_seq = event_rows[-1][0]
+
+    # ------------------------------------------------------------------ reads
+
+    def events(
+        self,
+        from_seq: int | None = None,
+        to_seq: int | None = None,
+        from_time_ms: int | None = None,
+        to_time_ms: int | None = None,
+        limit: int = 1000,
+    ) -> list[EventRecord]:
+        clauses, parameters = _range_clauses("seq", from_seq, to_seq, from_time_ms, to_time_ms)
+        sql = f"SELECT seq, body, prev_hash, hash FROM events {clauses} ORDER BY seq LIMIT ?"
+        rows = self._connection().execute(sql, (*parameters, limit)).fetchall()
+        return [EventRecord(seq, body, prev_hash, hash_) for seq, body, prev_hash, hash_ in rows]
+
+    def history(
+        self,
+        account_id: str,
+        from_seq: int | None = None,
+        to_seq: int | None = None,
+        from_time_ms: int | None = None,
+        to_time_ms: int | None = None,
+        limit: int = 1000,
+    ) -> list[tuple[int, int, Account]]:
+        """(seq, time_ms, account) for every version of the account in range, oldest first."""
+        clauses, parameters = _range_clauses("v.seq", from_seq, to_seq, from_time_ms, to_time_ms, time_column="v.time_ms")
+        where = "WHERE v.account_id = ?" + (" AND " + clauses.removeprefix("WHERE ") if clauses else "")
+        sql = (
+            "SELECT v.seq, v.time_ms, e.body FROM account_versions v JOIN events e ON e.seq = v.seq "
+            f"{where} ORDER BY v.version LIMIT ?"
+        )
+        rows = self._connection().execute(sql, (account_id, *parameters, limit)).fetchall()
+        return [(seq, time_ms, _account_in(body, account_id)) for seq, time_ms, body in rows]
+
+    def accounts_at(self, account_ids: list[str], seq: int) -> dict[str, Account]:
+        """Each account as it was right after event ``seq`` (absent if it did not exist yet)."""
+        found = {}
+        connection = self._connection()
+        for account_id in account_ids:
+            row = connection.execute(
+                "SELECT e.body FROM account_versions v JOIN events e ON e.seq = v.seq "
+                "WHERE v.account_id = ? AND v.seq <= ? ORDER BY v.seq DESC LIMIT 1",
+                (account_id, seq),
+            ).fetchone()
+            if row is not None:
+                found[account_id] = _account_in(row[0], account_id)
+        return found
+
+    def event(self, seq: int) -> EventRecord | None:
+        row = self._connection().execute("SELECT seq, body, prev_hash, hash FROM events WHERE seq = ?", (seq,)).fetchone()
+        return None if row is None else EventRecord(*row)
+
+    def close(self) -> None:
+        connection = getattr(self._local, "connection", None)
+        if connection is not None:
+            connection.close()
+            self._local.connection = None
+
+
+def _account_in(body: bytes, account_id: str) -> Account:
+    for account in event_decoder.decode(body).accounts:
+        if account.account_id == account_id:
+            return account
+    raise EventStoreCorrupt(f"an indexed event does not hold account {account_id}")
+
+
+def _range_clauses(
+    seq_column: str,
+    from_seq: int | None,
+    to_seq: int | None,
+    from_time_ms: int | None,
+    to_time_ms: int | None,
+    time_column: str = "time_ms",
+) -> tuple[str, list[Any]]:
+    """Half-open ranges: ``from_*`` inclusive, ``to_*`` exclusive."""
+    clauses = []
+    parameters: list[Any] = []
+    for column, operator, value in (
+        (seq_column, ">=", from_seq),
+        (seq_column, "<", to_seq),
+        (time_column, ">=", from_time_ms),
+        (time_column, "<", to_time_ms),
+    ):
+        if value is not None:
+            clauses.append(f"{column} {operator} ?")
+            parameters.append(value)
+    return ("WHERE " + " AND ".join(clauses)) if clauses else "", parameters

@@ -1,0 +1,293 @@
+"""The replica: the one place where the pure state machine meets I/O.
+
+Job: recover the state from the newest snapshot plus the log after it, apply log records in
+order, keep the event store fed, and take snapshots without stalling the apply loop.
+
+Method.
+- Recovery loads ``snapshots/snapshot-<index>.bin`` (magic, CRC32C, bytes of
+  :func:`coffer.core.snapshot.take_snapshot`), then replays every log record after that index
+  through the same ``apply`` as live traffic; replayed events go to the event store, which ignores
+  the ones it has and checks their hashes.
+- Snapshots are written by a forked child, which sees a frozen copy-on-write image of the state,
+  so the parent's apply loop only pays for ``fork()``. A finished snapshot becomes the one
+  recovery uses (its name loses ``.pending``) only once the event store holds every event it
+  covers: the events of entries under a snapshot can never be replayed again. Log segments below
+  the newest active snapshot are then dropped.
+"""
+
+import logging
+import os
+import queue
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import crc32c
+import msgspec
+
+from coffer.core.accounts import Result
+from coffer.core.commands import Command
+from coffer.core.events import EventRecord
+from coffer.core.snapshot import restore_snapshot, take_snapshot
+from coffer.core.state_machine import StateMachine
+from coffer.log.base import CommandLog, LogRecord
+from coffer.query.event_store import EventStore
+
+logger = logging.getLogger(__name__)
+
+snapshot_magic = b"COFSNAP1"
+snapshot_every_entries = 20_000  # with 1000-command entries, at most 20M commands to replay
+snapshot_every_seconds = 300.0
+snapshots_kept = 2
+store_queue_batches_max = 4096  # bound on event batches waiting for the store: backpressure
+
+_entry_encoder = msgspec.msgpack.Encoder()
+_entry_decoder = msgspec.msgpack.Decoder(list[Command])
+
+
+def encode_entry(commands: list[Command]) -> bytes:
+    """The log payload of one entry: the msgpack array of its commands."""
+    return _entry_encoder.encode(commands)
+
+
+def decode_entry(payload: bytes) -> list[Command]:
+    return _entry_decoder.decode(payload)
+
+
+class SnapshotCorrupt(RuntimeError):
+    pass
+
+
+def write_snapshot_file(path: Path, data: bytes) -> None:
+    temporary = path.with_name(path.name + ".tmp")
+    with open(temporary, "wb") as file:
+        file.write(snapshot_magic)
+        file.write(crc32c.crc32c(data).to_bytes(4, "big"))
+        file.write(data)
+        file.flush()
+        os.fsync(file.fileno())
+    os.replace(temporary, path)
+    _fsync_directory(path.parent)
+
+
+def read_snapshot_file(path: Path) -> bytes:
+    raw = path.read_bytes()
+    if raw[: len(snapshot_magic)] != snapshot_magic:
+        raise SnapshotCorrupt(f"{path}: not a Coffer snapshot")
+    checksum = int.from_bytes(raw[len(snapshot_magic) : len(snapshot_magic) + 4], "big")
+    data = raw[len(snapshot_magic) + 4 :]
+    if crc32c.crc32c(data) != checksum:
+        raise SnapshotCorrupt(f"{path}: checksum mismatch")
+    return data
+
+
+def _fsync_directory(directory: Path) -> None:
+    descriptor = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
+
+
+def _snapshot_index(path: Path) -> int:
+    return int(path.name.split("-")[1].split(".")[0])
+
+
+class StoreWriter:
+    """A thread that appends event batches to the event store, in order, and reports progress."""
+
+    def __init__(self, store: EventStore) -> None:
+        self.store = store
+        self._queue: queue.Queue[list[EventRecord] | None] = queue.Queue(maxsize=store_queue_batches_max)
+        self.stored_seq = store.last_seq
+        self.error: BaseException | None = None
+        self.listeners: list[Callable[[int], None]] = []
+        self._thread = threading.Thread(target=self._run, name="coffer-event-store", daemon=True)
+        self._thread.start()
+
+    def put(self, events: list[EventRecord]) -> None:
+        if self.error is not None:
+            raise RuntimeError("the event store writer failed") from self.error
+        self._queue.put(events)
+
+    def _run(self) -> None:
+        while True:
+            batch = self._queue.get()
+            if batch is None:
+                return
+            # Coalesce what is waiting into one transaction.
+            batches = [batch]
+            while len(batches) < 256:
+                try:
+                    more = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if more is None:
+                    self._queue.put(None)
+                    break
+                batches.append(more)
+            try:
+                self.store.append(record for events in batches for record in events)
+            except BaseException as error:
+                logger.critical("event store write failed: %s", error)
+                self.error = error
+                return
+            self.stored_seq = self.store.last_seq
+            for listener in self.listeners:
+                listener(self.stored_seq)
+
+    def close(self) -> None:
+        if self._thread.is_alive():
+            self._queue.put(None)
+            self._thread.join()
+
+
+class Replica:
+    def __init__(self, data_dir: Path, log: CommandLog, *, snapshot_entries: int = snapshot_every_entries) -> None:
+        self.data_dir = data_dir
+        self.log = log
+        self.snapshot_dir = data_dir / "snapshots"
+        self.snapshot_dir.mkdir(parents=True, exist_ok=True)
+        self.machine = StateMachine()
+        self.store = EventStore(data_dir / "events.sqlite3")
+        self.snapshot_entries = snapshot_entries
+        self._snapshot_child: tuple[int, int, int] | None = None  # (pid, index, seq)
+        self._last_snapshot_index = 0
+        self._last_snapshot_time = time.monotonic()
+        self.writer: StoreWriter | None = None
+
+    # ------------------------------------------------------------------ recovery
+
+    def recover(self) -> dict[str, float]:
+        """Load the newest snapshot and replay the log after it; return what it took."""
+        started = time.monotonic()
+        for stale in self.snapshot_dir.glob("*.tmp"):
+            stale.unlink()
+        snapshot_path = self._newest_snapshot()
+        if snapshot_path is not None:
+            self.machine = restore_snapshot(read_snapshot_file(snapshot_path))
+            self._last_snapshot_index = self.machine.log_index
+        loaded = time.monotonic()
+        replayed = 0
+        batch: list[EventRecord] = []
+        for record in self._records_after(self.machine.log_index):
+            _, events = self.machine.apply(record.index, record.time_ms, decode_entry(record.payload))
+            batch.extend(events)
+            replayed += 1
+            if len(batch) >= 50_000:
+                self.store.append(batch)
+                batch = []
+        self.store.append(batch)
+        if self.store.last_seq > self.machine.seq:
+            raise RuntimeError(
+                f"the event store holds seq {self.store.last_seq} but the log only reaches {self.machine.seq}: "
+                "the data directory mixes histories"
+            )
+        self.writer = StoreWriter(self.store)
+        finished = time.monotonic()
+        report = {
+            "snapshot_index": float(self._last_snapshot_index),
+            "snapshot_load_s": loaded - started,
+            "replayed_entries": float(replayed),
+            "replay_s": finished - loaded,
+            "log_index": float(self.machine.log_index),
+            "seq": float(self.machine.seq),
+        }
+        logger.info("recovered: %s", report)
+        return report
+
+    def _newest_snapshot(self) -> Path | None:
+        candidates = sorted(self.snapshot_dir.glob("snapshot-*.bin"), key=_snapshot_index, reverse=True)
+        for path in candidates:
+            try:
+                read_snapshot_file(path)
+            except SnapshotCorrupt as error:
+                logger.error("skipping a bad snapshot: %s", error)
+                continue
+            return path
+        return None
+
+    def _records_after(self, index: int) -> Iterator[LogRecord]:
+        if self.log.last_index <= index:
+            return iter(())
+        return self.log.read(index + 1)
+
+    # ------------------------------------------------------------------ apply
+
+    def apply(self, record: LogRecord, commands: list[Command]) -> tuple[list[Result], list[EventRecord]]:
+        results, events = self.machine.apply(record.index, record.time_ms, commands)
+        if events:
+            assert self.writer is not None
+            self.writer.put(events)
+        return results, events
+
+    # ------------------------------------------------------------------ snapshots
+
+    def maybe_snapshot(self) -> None:
+        """Start a snapshot if one is due; activate a finished one. Call between entries."""
+        self._reap_snapshot()
+        if self._snapshot_child is not None:
+            return
+        due_by_entries = self.machine.log_index - self._last_snapshot_index >= self.snapshot_entries
+        due_by_time = (
+            time.monotonic() - self._last_snapshot_time >= snapshot_every_seconds
+            and self.machine.log_index > self._last_snapshot_index
+        )
+        if due_by_entries or due_by_time:
+            self.start_snapshot()
+
+    def start_snapshot(self) -> None:
+        index, seq = self.machine.log_index, self.machine.seq
+        path = self.snapshot_dir / f"snapshot-{index:020d}.bin.pending"
+        pid = os.fork()
+        if pid == 0:  # the child: a frozen image of the state; write it and leave at once
+            code = 0
+            try:
+                write_snapshot_file(path, take_snapshot(self.machine))
+            except BaseException:
+                code = 1
+            os._exit(code)
+        self._snapshot_child = (pid, index, seq)
+        self._last_snapshot_time = time.monotonic()
+
+    def _reap_snapshot(self) -> None:
+        if self._snapshot_child is None:
+            return
+        pid, index, seq = self._snapshot_child
+        if self.writer is not None and self.writer.stored_seq < seq:
+            return  # the store does not yet hold every event the snapshot covers
+        finished, status = os.waitpid(pid, os.WNOHANG)
+        if finished == 0:
+            return
+        self._snapshot_child = None
+        pending = self.snapshot_dir / f"snapshot-{index:020d}.bin.pending"
+        if os.waitstatus_to_exitcode(status) != 0 or not pending.exists():
+            logger.error("snapshot at index %d failed (exit status %d)", index, status)
+            return
+        os.replace(pending, pending.with_suffix(""))
+        _fsync_directory(self.snapshot_dir)
+        self._last_snapshot_index = index
+        logger.info("snapshot at log index %d, seq %d", index, seq)
+        snapshots = sorted(self.snapshot_dir.glob("snapshot-*.bin"), key=_snapshot_index)
+        for old in snapshots[:-snapshots_kept]:
+            old.unlink()
+        oldest_kept = (
+            _snapshot_index(snapshots[-snapshots_kept]) if len(snapshots) >= snapshots_kept else _snapshot_index(snapshots[0])
+        )
+        # Keep the log from the oldest kept snapshot on, so a damaged newest one has a fallback.
+        self.log.truncate_before(oldest_kept + 1)
+
+    def wait_for_snapshot(self, timeout_s: float = 60.0) -> None:
+        """Block until a running snapshot is active (tests and orderly shutdown)."""
+        deadline = time.monotonic() + timeout_s
+        while self._snapshot_child is not None and time.monotonic() < deadline:
+            self._reap_snapshot()
+            time.sleep(0.01)
+
+    def close(self) -> None:
+        self.wait_for_snapshot()
+        if self.writer is not None:
+            self.writer.close()
+        self.store.close()
+        self.log.close()

@@ -1,0 +1,1 @@
+"""The HTTP service: API routes, request translation, auth, errors."""

@@ -1,0 +1,494 @@
+"""The HTTP API of one node (shared/API.md), as an ASGI application.
+
+Handlers never change state: commands go through the :class:`Pipeline` (log, then apply), and
+reads look at the applied state between entries, or at the event store for history. Every answer
+is JSON; errors have the documented shape ``{"error": {"code", "message", "account_id"?}}``.
+"""
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import datetime
+from typing import Any
+
+import msgspec
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from coffer.core.accounts import Account
+from coffer.core.commands import Command
+from coffer.core.errors import ErrorCode
+from coffer.replica import Replica
+from coffer.server import requests as bodies
+from coffer.server.auth import ApiKeys, Role
+from coffer.server.openapi import openapi_document
+from coffer.server.pipeline import LogUnavailable, Outcome, Pipeline
+from coffer.server.views import account_view, error_body, event_view, rejection_body
+
+logger = logging.getLogger(__name__)
+
+request_bytes_max = 16 * 1024 * 1024  # a full POST /v1/commands of 8190 commands fits with room
+commands_per_request_max = 8190
+query_limit_default = 1000
+query_limit_max = 10_000
+store_wait_s_max = 5.0  # a history read waits this long for the event store to catch up
+
+_json = msgspec.json.Encoder()
+
+
+class _CommandsBody(msgspec.Struct, forbid_unknown_fields=True):
+    commands: list[dict[str, Any]]
+
+
+_commands_decoder = msgspec.json.Decoder(_CommandsBody)
+
+
+class HttpError(Exception):
+    def __init__(self, status: int, code: ErrorCode, message: str, account_id: str | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.account_id = account_id
+
+
+def json_response(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    return Response(_json.encode(body), status_code=status, media_type="application/json", headers=headers)
+
+
+def error_response(status: int, code: str, message: str, account_id: str | None = None) -> Response:
+    headers = {"Retry-After": "1"} if status == 503 else None
+    return json_response(error_body(code, message, account_id), status, headers)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.commands = Counter("coffer_commands", "Commands answered, by outcome code", ["code"], registry=self.registry)
+        self.entries = Counter("coffer_log_entries", "Log entries appended and applied", registry=self.registry)
+        self.entry_commands = Histogram(
+            "coffer_entry_commands",
+            "Commands per log entry (group commit size)",
+            buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096, 8190),
+            registry=self.registry,
+        )
+        self.append_seconds = Histogram(
+            "coffer_log_append_seconds",
+            "Time from handing an entry to the log writer to durable",
+            buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.5, 1),
+            registry=self.registry,
+        )
+        self.seq = Gauge("coffer_seq", "Last applied event seq", registry=self.registry)
+        self.log_index = Gauge("coffer_log_index", "Last applied log index", registry=self.registry)
+        self.stored_seq = Gauge("coffer_event_store_seq", "Last event seq in the event store", registry=self.registry)
+        self._code_counters: dict[str, Any] = {}
+
+    def count(self, code: str) -> None:
+        counter = self._code_counters.get(code)
+        if counter is None:
+            counter = self._code_counters[code] = self.commands.labels(code)
+        counter.inc()
+
+
+def _int_param(request: Request, name: str, minimum: int = 0) -> int | None:
+    text = request.query_params.get(name)
+    if text is None or text == "":
+        return None
+    if not text.isascii() or not text.isdigit():
+        raise HttpError(422, ErrorCode.INVALID_REQUEST, f"{name} must be a non-negative integer")
+    value = int(text)
+    if value < minimum:
+        raise HttpError(422, ErrorCode.INVALID_REQUEST, f"{name} must be at least {minimum}")
+    return value
+
+
+def _time_param(request: Request, name: str) -> int | None:
+    """RFC 3339 or Unix epoch seconds, as milliseconds."""
+    text = request.query_params.get(name)
+    if text is None or text == "":
+        return None
+    try:
+        if text.replace(".", "", 1).isdigit():
+            return int(float(text) * 1000) if "." in text else int(text) * 1000
+        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise HttpError(422, ErrorCode.INVALID_REQUEST, f"{name} must be RFC 3339 or Unix seconds") from None
+    if moment.tzinfo is None:
+        raise HttpError(422, ErrorCode.INVALID_REQUEST, f"{name} needs a time zone (RFC 3339)")
+    return int(moment.timestamp() * 1000)
+
+
+def _limit(request: Request) -> int:
+    limit = _int_param(request, "limit", minimum=1)
+    if limit is None:
+        return query_limit_default
+    if limit > query_limit_max:
+        raise HttpError(422, ErrorCode.INVALID_REQUEST, f"limit is at most {query_limit_max}")
+    return limit
+
+
+class Api:
+    """Routes and the state they read; ``pipeline`` is set when the app starts."""
+
+    def __init__(self, replica: Replica, keys: ApiKeys) -> None:
+        self.replica = replica
+        self.keys = keys
+        self.metrics = Metrics()
+        self.pipeline: Pipeline | None = None
+        self.ready = False
+
+    # ------------------------------------------------------------------ plumbing
+
+    def _role(self, request: Request) -> Role:
+        if not self.keys:
+            return Role.ADMIN  # loopback without keys: the operator of this machine
+        presented = request.headers.get("x-api-key")
+        authorization = request.headers.get("authorization")
+        if presented is None and authorization is not None and authorization[:7].lower() == "bearer ":
+            presented = authorization[7:].strip()
+        role = self.keys.role_of(presented)
+        if role is None:
+            raise HttpError(401, ErrorCode.UNAUTHORIZED, "missing or unknown API key")
+        return role
+
+    def route(self, path: str, method: str, role: Role, handler: Callable[[Request, Role], Awaitable[Response]]) -> Route:
+        async def endpoint(request: Request) -> Response:
+            try:
+                granted = self._role(request)
+                if granted < role:
+                    raise HttpError(403, ErrorCode.FORBIDDEN, f"this route needs the {role.name.lower()} role")
+                return await handler(request, granted)
+            except HttpError as error:
+                return error_response(error.status, error.code, error.message, error.account_id)
+            except bodies.RequestError as error:
+                return error_response(422, error.code, error.message, error.account_id)
+            except bodies.RuleError as error:
+                self.metrics.count(error.code)
+                return error_response(409, error.code, error.message, error.account_id)
+            except LogUnavailable as error:
+                return error_response(503, ErrorCode.NOT_AVAILABLE, f"the command log is unavailable: {error}")
+
+        return Route(path, endpoint, methods=[method])
+
+    async def _body(self, request: Request) -> bytes:
+        declared = request.headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > request_bytes_max:
+            raise HttpError(413, ErrorCode.INVALID_REQUEST, f"request body is larger than {request_bytes_max} bytes")
+        chunks = []
+        size = 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > request_bytes_max:
+                raise HttpError(413, ErrorCode.INVALID_REQUEST, f"request body is larger than {request_bytes_max} bytes")
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    def _scales(self) -> bodies.Scales:
+        machine = self.replica.machine
+
+        def account_scale(account_id: str) -> tuple[str, int] | None:
+            account = machine.accounts.get(account_id)
+            return None if account is None else (account.asset, account.scale)
+
+        return bodies.Scales(account_scale, machine.asset_scales.get)
+
+    def _pipeline(self) -> Pipeline:
+        if self.pipeline is None or not self.ready:
+            raise HttpError(503, ErrorCode.NOT_AVAILABLE, "the node is starting")
+        return self.pipeline
+
+    # ------------------------------------------------------------------ commands
+
+    async def _outcome_body(self, outcome: Outcome) -> tuple[int, dict[str, Any]]:
+        result = outcome.result
+        self.metrics.count(result.code)
+        if not result.ok:
+            return 409, rejection_body(result)
+        record = outcome.event
+        if record is None:  # a retry answered from the dedup store: the original event
+            record = await self._stored_event(result.seq)
+        event = record.decode()
+        body: dict[str, Any] = {
+            "seq": result.seq,
+            "log_index": event.log_index,
+            "accounts": [account_view(account, result.seq) for account in event.accounts],
+        }
+        if result.compensation is not None:
+            body["compensation"] = result.compensation
+        return 200, body
+
+    async def _stored_event(self, seq: int) -> Any:
+        writer = self.replica.writer
+        deadline = time.monotonic() + store_wait_s_max
+        while writer is not None and writer.stored_seq < seq and time.monotonic() < deadline:
+            await asyncio.sleep(0.005)
+        record = await asyncio.to_thread(self.replica.store.event, seq)
+        if record is None:
+            raise HttpError(503, ErrorCode.NOT_AVAILABLE, f"event {seq} is not in the event store yet")
+        return record
+
+    async def _submit(self, commands: list[Command]) -> list[Outcome]:
+        pipeline = self._pipeline()
+        # A retry of an applied command is answered from the dedup store, without the log.
+        dedup = self.replica.machine.dedup
+        if len(commands) == 1:
+            record = dedup.get(commands[0].dedup_id)
+            if record is not None and record.command == commands[0]:
+                return [Outcome(record.result, 0, None)]
+        return await pipeline.submit(commands)
+
+    def command_handler(self, kind: str, path_account: bool = False) -> Callable[[Request, Role], Awaitable[Response]]:
+        body_type = bodies.body_types[kind]
+
+        async def handle(request: Request, role: Role) -> Response:
+            data = await self._body(request)
+            if path_account:
+                try:
+                    fields = msgspec.json.decode(data)
+                except msgspec.DecodeError as error:
+                    raise bodies.RequestError(ErrorCode.INVALID_REQUEST, f"body is not valid JSON: {error}") from None
+                if not isinstance(fields, dict):
+                    raise bodies.RequestError(ErrorCode.INVALID_REQUEST, "body must be a JSON object")
+                path_id = request.path_params["account_id"]
+                if fields.setdefault("account_id", path_id) != path_id:
+                    raise bodies.RequestError(ErrorCode.INVALID_REQUEST, "account_id in the body differs from the path")
+                body = bodies.convert_body(body_type, fields)
+            else:
+                body = bodies.decode_body(body_type, data)
+            command = bodies.to_command(kind, body, self._scales())
+            (outcome,) = await self._submit([command])
+            status, answer = await self._outcome_body(outcome)
+            return json_response(answer, status)
+
+        return handle
+
+    async def commands(self, request: Request, role: Role) -> Response:
+        data = await self._body(request)
+        try:
+            batch = _commands_decoder.decode(data)
+        except msgspec.ValidationError as error:
+            raise bodies.RequestError(ErrorCode.INVALID_REQUEST, str(error)) from None
+        except msgspec.DecodeError as error:
+            raise bodies.RequestError(ErrorCode.INVALID_REQUEST, f"body is not valid JSON: {error}") from None
+        if not 1 <= len(batch.commands) <= commands_per_request_max:
+            raise bodies.RequestError(ErrorCode.INVALID_REQUEST, f"commands must hold 1 to {commands_per_request_max} items")
+        scales = self._scales()
+        answers: list[dict[str, Any] | None] = []
+        to_send: list[Command] = []
+        slots: list[int] = []
+        for item in batch.commands:
+            fields = dict(item)
+            kind = fields.pop("type", None)
+            try:
+                if not isinstance(kind, str) or kind not in bodies.body_types:
+                    raise bodies.RequestError(ErrorCode.INVALID_REQUEST, f"unknown command type {kind!r}")
+                if kind in bodies.admin_command_types and role < Role.ADMIN:
+                    raise HttpError(403, ErrorCode.FORBIDDEN, f"{kind} needs the admin role")
+                command = bodies.to_command(kind, bodies.convert_body(bodies.body_types[kind], fields), scales)
+            except bodies.RequestError as error:
+                answers.append({"status": 422, **error_body(error.code, error.message, error.account_id)})
+                continue
+            except bodies.RuleError as error:
+                self.metrics.count(error.code)
+                answers.append({"status": 409, **error_body(error.code, error.message, error.account_id)})
+                continue
+            except HttpError as error:
+                answers.append({"status": error.status, **error_body(error.code, error.message, error.account_id)})
+                continue
+            slots.append(len(answers))
+            answers.append(None)
+            to_send.append(command)
+        if to_send:
+            outcomes = await self._pipeline().submit(to_send)
+            for slot, outcome in zip(slots, outcomes, strict=True):
+                status, answer = await self._outcome_body(outcome)
+                answers[slot] = {"status": status, **answer}
+        return json_response({"results": answers})
+
+    # ------------------------------------------------------------------ queries
+
+    async def _at_least(self, request: Request) -> None:
+        min_seq = _int_param(request, "min_seq")
+        if min_seq is not None and not await self._pipeline().wait_for_seq(min_seq):
+            raise HttpError(503, ErrorCode.NOT_AVAILABLE, f"this node has not applied seq {min_seq} yet")
+
+    async def get_account(self, request: Request, role: Role) -> Response:
+        await self._at_least(request)
+        account_id = request.path_params["account_id"]
+        account = self.replica.machine.accounts.get(account_id)
+        if account is None:
+            raise HttpError(404, ErrorCode.ACCOUNT_NOT_FOUND, f"account {account_id} not found", account_id)
+        return json_response(account_view(account, self.replica.machine.seq))
+
+    async def get_accounts(self, request: Request, role: Role) -> Response:
+        await self._at_least(request)
+        ids = [part for part in request.query_params.get("ids", "").split(",") if part]
+        if not ids:
+            raise HttpError(422, ErrorCode.INVALID_REQUEST, "ids must name at least one account")
+        if len(ids) > query_limit_max:
+            raise HttpError(422, ErrorCode.INVALID_REQUEST, f"ids names at most {query_limit_max} accounts")
+        machine = self.replica.machine
+        at_seq = _int_param(request, "at_seq")
+        found: dict[str, Account]
+        if at_seq is None or at_seq == machine.seq:
+            seq = machine.seq
+            found = {account_id: machine.accounts[account_id] for account_id in ids if account_id in machine.accounts}
+        else:
+            if at_seq > machine.seq:
+                raise HttpError(503, ErrorCode.NOT_AVAILABLE, f"this node has not applied seq {at_seq} yet")
+            await self._store_reached(at_seq)
+            seq = at_seq
+            found = await asyncio.to_thread(self.replica.store.accounts_at, ids, at_seq)
+        views = {account_id: account_view(account, seq) for account_id, account in found.items()}
+        return json_response(
+            {"seq": seq, "accounts": views, "missing": [account_id for account_id in ids if account_id not in found]}
+        )
+
+    async def _store_reached(self, seq: int) -> None:
+        writer = self.replica.writer
+        deadline = time.monotonic() + store_wait_s_max
+        while writer is not None and writer.stored_seq < seq:
+            if time.monotonic() > deadline:
+                raise HttpError(503, ErrorCode.NOT_AVAILABLE, f"the event store has not reached seq {seq} yet")
+            await asyncio.sleep(0.005)
+
+    async def history(self, request: Request, role: Role) -> Response:
+        account_id = request.path_params["account_id"]
+        if account_id not in self.replica.machine.accounts:
+            raise HttpError(404, ErrorCode.ACCOUNT_NOT_FOUND, f"account {account_id} not found", account_id)
+        await self._store_reached(self.replica.machine.seq)
+        rows = await asyncio.to_thread(
+            self.replica.store.history,
+            account_id,
+            _int_param(request, "from_seq"),
+            _int_param(request, "to_seq"),
+            _time_param(request, "from_time"),
+            _time_param(request, "to_time"),
+            _limit(request),
+        )
+        from coffer.server.views import time_text
+
+        versions = [{**account_view(account, seq), "time": time_text(time_ms)} for seq, time_ms, account in rows]
+        return json_response({"versions": versions})
+
+    async def events(self, request: Request, role: Role) -> Response:
+        to_seq = _int_param(request, "to_seq")
+        await self._store_reached(min(self.replica.machine.seq, (to_seq or 1 << 62) - 1))
+        records = await asyncio.to_thread(
+            self.replica.store.events,
+            _int_param(request, "from_seq"),
+            to_seq,
+            _time_param(request, "from_time"),
+            _time_param(request, "to_time"),
+            _limit(request),
+        )
+        return json_response({"events": [event_view(record) for record in records]})
+
+    async def audit_head(self, request: Request, role: Role) -> Response:
+        machine = self.replica.machine
+        return json_response({"seq": machine.seq, "hash": machine.head.hex(), "log_index": machine.log_index})
+
+    # ------------------------------------------------------------------ operations
+
+    async def healthz(self, request: Request, role: Role) -> Response:
+        return json_response({"status": "ok"})
+
+    async def readyz(self, request: Request, role: Role) -> Response:
+        pipeline = self.pipeline
+        if not self.ready or pipeline is None or pipeline.broken is not None:
+            return error_response(503, ErrorCode.NOT_AVAILABLE, "not ready")
+        return json_response({"status": "ready", "seq": self.replica.machine.seq})
+
+    async def metrics_endpoint(self, request: Request, role: Role) -> Response:
+        machine = self.replica.machine
+        self.metrics.seq.set(machine.seq)
+        self.metrics.log_index.set(machine.log_index)
+        if self.replica.writer is not None:
+            self.metrics.stored_seq.set(self.replica.writer.stored_seq)
+        return Response(generate_latest(self.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    async def log_level(self, request: Request, role: Role) -> Response:
+        data = await self._body(request)
+        try:
+            level = msgspec.json.decode(data, type=dict[str, str]).get("level", "")
+        except (msgspec.ValidationError, msgspec.DecodeError) as error:
+            raise bodies.RequestError(ErrorCode.INVALID_REQUEST, str(error)) from None
+        numeric = logging.getLevelName(level.upper())
+        if not isinstance(numeric, int):
+            raise bodies.RequestError(ErrorCode.INVALID_REQUEST, "level is one of debug, info, warning, error, critical")
+        logging.getLogger("coffer").setLevel(numeric)
+        return json_response({"level": level.lower()})
+
+    async def openapi(self, request: Request, role: Role) -> Response:
+        return json_response(openapi_document())
+
+    def on_entry(self, commands: int, append_s: float, events: int) -> None:
+        self.metrics.entries.inc()
+        self.metrics.entry_commands.observe(commands)
+        self.metrics.append_seconds.observe(append_s)
+
+    def routes(self) -> list[Route]:
+        reader, operator, admin = Role.READER, Role.OPERATOR, Role.ADMIN
+        command = self.command_handler
+        return [
+            self.route("/v1/accounts", "POST", admin, command("create_account")),
+            self.route("/v1/accounts", "GET", reader, self.get_accounts),
+            self.route("/v1/accounts/{account_id}", "GET", reader, self.get_account),
+            self.route("/v1/accounts/{account_id}/history", "GET", reader, self.history),
+            self.route("/v1/accounts/{account_id}/limits", "POST", admin, command("update_limits", path_account=True)),
+            self.route("/v1/accounts/{account_id}/lock", "POST", admin, command("lock_account", path_account=True)),
+            self.route("/v1/accounts/{account_id}/unlock", "POST", admin, command("unlock_account", path_account=True)),
+            self.route("/v1/accounts/{account_id}/delete", "POST", admin, command("delete_account", path_account=True)),
+            self.route("/v1/transfers", "POST", operator, command("transfer")),
+            self.route("/v1/batch-operations", "POST", operator, command("batch_operation")),
+            self.route("/v1/reservations", "POST", operator, command("reserve")),
+            self.route("/v1/releases", "POST", operator, command("release")),
+            self.route("/v1/tcc/try", "POST", operator, command("tcc_try")),
+            self.route("/v1/tcc/confirm", "POST", operator, command("tcc_confirm")),
+            self.route("/v1/tcc/cancel", "POST", operator, command("tcc_cancel")),
+            self.route("/v1/compensations", "POST", operator, command("compensate")),
+            self.route("/v1/commands", "POST", operator, self.commands),
+            self.route("/v1/events", "GET", reader, self.events),
+            self.route("/v1/audit/head", "GET", reader, self.audit_head),
+            self.route("/admin/log-level", "PUT", admin, self.log_level),
+            self.route("/metrics", "GET", reader, self.metrics_endpoint),
+        ]
+
+
+def create_app(replica: Replica, keys: ApiKeys) -> Starlette:
+    """The ASGI app; it recovers the replica and starts the pipeline when the server starts."""
+    api = Api(replica, keys)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        await asyncio.to_thread(replica.recover)
+        api.pipeline = Pipeline(replica, on_entry=api.on_entry)
+        api.pipeline.start()
+        api.ready = True
+        try:
+            yield
+        finally:
+            api.ready = False
+            await api.pipeline.close()
+            replica.close()
+
+    public = [
+        Route("/healthz", _unauthenticated(api.healthz), methods=["GET"]),
+        Route("/readyz", _unauthenticated(api.readyz), methods=["GET"]),
+        Route("/openapi.json", _unauthenticated(api.openapi), methods=["GET"]),
+    ]
+    app = Starlette(routes=[*public, *api.routes()], lifespan=lifespan)
+    app.state.api = api
+    return app
+
+
+def _unauthenticated(handler: Callable[[Request, Role], Awaitable[Response]]) -> Callable[[Request], Awaitable[Response]]:
+    async def endpoint(request: Request) -> Response:
+        return await handler(request, Role.READER)
+
+    return endpoint

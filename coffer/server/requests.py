@@ -1,0 +1,348 @@
+"""Request bodies of the HTTP API and their translation into core commands.
+
+Method: msgspec decodes a body strictly into one of the structs below (unknown fields and wrong
+types are refused), then :func:`to_command` turns decimal-string amounts into integers of the
+asset's minor unit with :func:`coffer.core.amounts.parse_amount`. Anything malformed raises
+:class:`RequestError` (HTTP 422) and never reaches the log.
+
+Parsing an amount needs its asset's scale, which this node knows from its applied state: the
+asset of a transfer or leg, or the account of a reservation or limit change. A command that names
+an account or asset this node has never seen is answered here with what the ledger would answer
+(``ACCOUNT_NOT_FOUND`` / ``ASSET_MISMATCH``); such an answer changed nothing and is not kept in
+the dedup store, so a retry after the account exists is applied.
+"""
+
+from collections.abc import Callable
+from typing import Annotated, Any
+
+import msgspec
+
+from coffer.core import commands as core
+from coffer.core.amounts import AmountError, parse_amount
+from coffer.core.errors import ErrorCode
+
+dedup_id_length_max = core.id_length_max
+
+Id = Annotated[str, msgspec.Meta(min_length=1, max_length=core.id_length_max, pattern=r"^[A-Za-z0-9._:-]+$")]
+AssetName = Annotated[str, msgspec.Meta(min_length=1, max_length=core.asset_length_max, pattern=r"^[A-Za-z0-9._:-]+$")]
+DedupId = Annotated[str, msgspec.Meta(min_length=1, max_length=dedup_id_length_max)]
+AmountText = Annotated[str, msgspec.Meta(description="decimal string in the asset's scale, e.g. '12.50'", examples=["12.50"])]
+MetadataMap = Annotated[
+    dict[
+        Annotated[str, msgspec.Meta(min_length=1, max_length=core.metadata_key_length_max)],
+        Annotated[str, msgspec.Meta(max_length=core.metadata_value_length_max)],
+    ],
+    msgspec.Meta(max_length=core.metadata_keys_max),
+]
+
+# Fields whose wrong JSON type is an amount error, not a generic schema error (API.md: a JSON
+# number where an amount belongs is INVALID_AMOUNT).
+amount_fields = frozenset(
+    {
+        "amount",
+        "lower_limit",
+        "upper_limit",
+        "expected_from_balance",
+        "expected_to_balance",
+        "expected_balance",
+        "min_balance",
+        "max_balance",
+    }
+)
+
+
+class RequestError(Exception):
+    """A malformed request: HTTP 422 with a stable code."""
+
+    def __init__(self, code: ErrorCode, message: str, account_id: str | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.account_id = account_id
+
+
+class RuleError(Exception):
+    """A rejection decided at the edge because the node has never seen the account: HTTP 409."""
+
+    def __init__(self, code: ErrorCode, message: str, account_id: str | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.account_id = account_id
+
+
+class _Body(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    dedup_id: DedupId
+
+
+class CreateAccountBody(_Body):
+    account_id: Id
+    asset: AssetName
+    scale: Annotated[int, msgspec.Meta(ge=0, le=18)] = 2
+    lower_limit: AmountText | None = None
+    upper_limit: AmountText | None = None
+    metadata: MetadataMap | None = None
+
+
+class UpdateLimitsBody(_Body):
+    account_id: Id
+    lower_limit: AmountText | None = None
+    upper_limit: AmountText | msgspec.UnsetType | None = msgspec.UNSET
+
+
+class AccountBody(_Body):
+    """Lock, unlock and delete: the account comes from the path."""
+
+    account_id: Id
+
+
+class TransferBody(_Body):
+    from_account_id: Id
+    to_account_id: Id
+    amount: AmountText
+    asset: AssetName
+    metadata: MetadataMap | None = None
+    expected_from_balance: AmountText | None = None
+    expected_to_balance: AmountText | None = None
+
+
+class LegBody(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    account_id: Id
+    amount: AmountText
+    asset: AssetName
+    metadata: MetadataMap | None = None
+
+
+class PreconditionBody(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    account_id: Id
+    expected_balance: AmountText | None = None
+    min_balance: AmountText | None = None
+    max_balance: AmountText | None = None
+    expected_version: Annotated[int, msgspec.Meta(ge=0)] | None = None
+
+
+Legs = Annotated[list[LegBody], msgspec.Meta(min_length=1, max_length=core.legs_max)]
+
+
+class BatchOperationBody(_Body):
+    legs: Legs
+    preconditions: Annotated[list[PreconditionBody], msgspec.Meta(max_length=core.legs_max)] = []
+
+
+class ReserveBody(_Body):
+    account_id: Id
+    reservation_id: Id
+    amount: AmountText
+
+
+class ReleaseBody(_Body):
+    account_id: Id
+    reservation_id: Id
+    amount: AmountText | None = None
+
+
+class TccTryBody(_Body):
+    txn_id: Id
+    legs: Legs
+    timeout_s: Annotated[int, msgspec.Meta(ge=1, le=core.timeout_s_max)] | None = None
+
+
+class TxnBody(_Body):
+    txn_id: Id
+
+
+class CompensateBody(_Body):
+    original_dedup_id: DedupId
+
+
+# The command types of POST /v1/commands, each with the body of its own endpoint.
+body_types: dict[str, type[_Body]] = {
+    "create_account": CreateAccountBody,
+    "update_limits": UpdateLimitsBody,
+    "lock_account": AccountBody,
+    "unlock_account": AccountBody,
+    "delete_account": AccountBody,
+    "transfer": TransferBody,
+    "batch_operation": BatchOperationBody,
+    "reserve": ReserveBody,
+    "release": ReleaseBody,
+    "tcc_try": TccTryBody,
+    "tcc_confirm": TxnBody,
+    "tcc_cancel": TxnBody,
+    "compensate": CompensateBody,
+}
+admin_command_types = frozenset({"create_account", "update_limits", "lock_account", "unlock_account", "delete_account"})
+
+_decoders = {body_type: msgspec.json.Decoder(body_type) for body_type in set(body_types.values())}
+
+
+def _schema_error(error: msgspec.ValidationError) -> RequestError:
+    message = str(error)
+    path = message.rpartition("at `$")[2].rstrip("`")
+    field = path.rpartition(".")[2]
+    if field in amount_fields and message.startswith("Expected `str"):
+        return RequestError(ErrorCode.INVALID_AMOUNT, f"amounts are decimal strings: {message}")
+    return RequestError(ErrorCode.INVALID_REQUEST, message)
+
+
+def decode_body(body_type: type[_Body], data: bytes) -> _Body:
+    try:
+        return _decoders[body_type].decode(data)
+    except msgspec.ValidationError as error:
+        raise _schema_error(error) from None
+    except msgspec.DecodeError as error:
+        raise RequestError(ErrorCode.INVALID_REQUEST, f"body is not valid JSON: {error}") from None
+
+
+def convert_body(body_type: type[_Body], data: dict[str, Any]) -> _Body:
+    """A body from an already-parsed JSON object (one item of POST /v1/commands)."""
+    try:
+        return msgspec.convert(data, body_type, strict=True)
+    except msgspec.ValidationError as error:
+        raise _schema_error(error) from None
+
+
+class Scales:
+    """What the edge needs to know of the applied state: scales of accounts and assets.
+
+    ``overlay`` holds accounts created earlier in the same request, so that one POST /v1/commands
+    can create an account and move money on it.
+    """
+
+    def __init__(self, account_scale: Callable[[str], tuple[str, int] | None], asset_scale: Callable[[str], int | None]) -> None:
+        self._account_scale = account_scale
+        self._asset_scale = asset_scale
+        self.overlay_accounts: dict[str, tuple[str, int]] = {}
+        self.overlay_assets: dict[str, int] = {}
+
+    def account(self, account_id: str) -> tuple[str, int]:
+        known = self.overlay_accounts.get(account_id) or self._account_scale(account_id)
+        if known is None:
+            raise RuleError(ErrorCode.ACCOUNT_NOT_FOUND, f"account {account_id} not found", account_id)
+        return known
+
+    def asset(self, asset: str, account_ids: list[str]) -> int:
+        scale = self.overlay_assets.get(asset)
+        if scale is None:
+            scale = self._asset_scale(asset)
+        if scale is None:
+            # No account holds this asset, so the first named account is missing or holds another.
+            for account_id in account_ids:
+                held = self.overlay_accounts.get(account_id) or self._account_scale(account_id)
+                if held is None:
+                    raise RuleError(ErrorCode.ACCOUNT_NOT_FOUND, f"account {account_id} not found", account_id)
+                raise RuleError(ErrorCode.ASSET_MISMATCH, f"account {account_id} holds {held[0]}", account_id)
+            raise RuleError(ErrorCode.ASSET_MISMATCH, f"no account holds {asset}")
+        return scale
+
+    def created(self, account_id: str, asset: str, scale: int) -> None:
+        self.overlay_accounts.setdefault(account_id, (asset, scale))
+        self.overlay_assets.setdefault(asset, scale)
+
+
+def _amount(text: str | None, scale: int, *, signed: bool = False, positive: bool = False) -> int | None:
+    if text is None:
+        return None
+    try:
+        value = parse_amount(text, scale, signed=signed)
+    except AmountError as error:
+        raise RequestError(ErrorCode.INVALID_AMOUNT, str(error)) from None
+    if positive and value <= 0:
+        raise RequestError(ErrorCode.INVALID_AMOUNT, f"amount {text!r} must be positive")
+    return value
+
+
+def _legs(legs: list[LegBody], scales: Scales) -> tuple[core.Leg, ...]:
+    converted = []
+    for leg in legs:
+        scale = scales.asset(leg.asset, [leg.account_id])
+        amount = _amount(leg.amount, scale, signed=True)
+        if amount == 0:
+            raise RequestError(ErrorCode.INVALID_AMOUNT, "a leg's amount must not be zero", leg.account_id)
+        converted.append(core.Leg(account_id=leg.account_id, amount=amount, asset=leg.asset, metadata=leg.metadata))
+    return tuple(converted)
+
+
+def to_command(kind: str, body: _Body, scales: Scales) -> core.Command:
+    """The core command for a decoded body of type ``kind`` (a key of :data:`body_types`)."""
+    if isinstance(body, TransferBody):
+        scale = scales.asset(body.asset, [body.from_account_id, body.to_account_id])
+        return core.Transfer(
+            dedup_id=body.dedup_id,
+            from_account_id=body.from_account_id,
+            to_account_id=body.to_account_id,
+            amount=_amount(body.amount, scale, positive=True),  # type: ignore[arg-type]
+            asset=body.asset,
+            metadata=body.metadata,
+            expected_from_balance=_amount(body.expected_from_balance, scale, signed=True),
+            expected_to_balance=_amount(body.expected_to_balance, scale, signed=True),
+        )
+    if isinstance(body, CreateAccountBody):
+        lower = _amount(body.lower_limit, body.scale, signed=True)
+        command = core.CreateAccount(
+            dedup_id=body.dedup_id,
+            account_id=body.account_id,
+            asset=body.asset,
+            scale=body.scale,
+            lower_limit=0 if lower is None else lower,
+            upper_limit=_amount(body.upper_limit, body.scale, signed=True),
+            metadata=body.metadata,
+        )
+        scales.created(body.account_id, body.asset, body.scale)
+        return command
+    if isinstance(body, UpdateLimitsBody):
+        _, scale = scales.account(body.account_id)
+        keep_upper = body.upper_limit is msgspec.UNSET
+        return core.UpdateLimits(
+            dedup_id=body.dedup_id,
+            account_id=body.account_id,
+            lower_limit=_amount(body.lower_limit, scale, signed=True),
+            upper_limit=None if keep_upper else _amount(body.upper_limit, scale, signed=True),  # type: ignore[arg-type]
+            keep_upper_limit=keep_upper,
+        )
+    if isinstance(body, AccountBody):
+        account_command = {
+            "lock_account": core.LockAccount,
+            "unlock_account": core.UnlockAccount,
+            "delete_account": core.DeleteAccount,
+        }
+        return account_command[kind](dedup_id=body.dedup_id, account_id=body.account_id)
+    if isinstance(body, BatchOperationBody):
+        legs = _legs(body.legs, scales)
+        preconditions = []
+        for condition in body.preconditions:
+            _, scale = scales.account(condition.account_id)
+            preconditions.append(
+                core.Precondition(
+                    account_id=condition.account_id,
+                    expected_balance=_amount(condition.expected_balance, scale, signed=True),
+                    min_balance=_amount(condition.min_balance, scale, signed=True),
+                    max_balance=_amount(condition.max_balance, scale, signed=True),
+                    expected_version=condition.expected_version,
+                )
+            )
+        return core.BatchBalanceOperation(dedup_id=body.dedup_id, legs=legs, preconditions=tuple(preconditions))
+    if isinstance(body, ReserveBody):
+        _, scale = scales.account(body.account_id)
+        return core.Reserve(
+            dedup_id=body.dedup_id,
+            account_id=body.account_id,
+            reservation_id=body.reservation_id,
+            amount=_amount(body.amount, scale, positive=True),  # type: ignore[arg-type]
+        )
+    if isinstance(body, ReleaseBody):
+        _, scale = scales.account(body.account_id)
+        return core.Release(
+            dedup_id=body.dedup_id,
+            account_id=body.account_id,
+            reservation_id=body.reservation_id,
+            amount=_amount(body.amount, scale, positive=True),
+        )
+    if isinstance(body, TccTryBody):
+        return core.TccTry(dedup_id=body.dedup_id, txn_id=body.txn_id, legs=_legs(body.legs, scales), timeout_s=body.timeout_s)
+    if isinstance(body, TxnBody):
+        txn_command = core.TccConfirm if kind == "tcc_confirm" else core.TccCancel
+        return txn_command(dedup_id=body.dedup_id, txn_id=body.txn_id)
+    if isinstance(body, CompensateBody):
+        return core.Compensate(dedup_id=body.dedup_id, original_dedup_id=body.original_dedup_id)
+    raise AssertionError(f"no command for {type(body).__name__}")

@@ -1,0 +1,58 @@
+"""JSON views of ledger records, exactly as shared/API.md shows them."""
+
+from datetime import UTC, datetime
+from typing import Any
+
+from coffer.core.accounts import Account, Result
+from coffer.core.amounts import format_amount
+from coffer.core.events import Event, EventRecord
+
+
+def account_view(account: Account, seq: int) -> dict[str, Any]:
+    scale = account.scale
+    return {
+        "account_id": account.account_id,
+        "asset": account.asset,
+        "scale": scale,
+        "state": account.state,
+        "lower_limit": format_amount(account.lower_limit, scale),
+        "upper_limit": None if account.upper_limit is None else format_amount(account.upper_limit, scale),
+        "available": format_amount(account.available, scale),
+        "reservations": {key: format_amount(value, scale) for key, value in sorted(account.reservations.items())},
+        "pending_in": {key: format_amount(value, scale) for key, value in sorted(account.pending_in.items())},
+        "pending_out": {key: format_amount(value, scale) for key, value in sorted(account.pending_out.items())},
+        "version": account.version,
+        "seq": seq,
+        "metadata": dict(account.metadata),
+    }
+
+
+def time_text(time_ms: int) -> str:
+    """RFC 3339 UTC with milliseconds."""
+    moment = datetime.fromtimestamp(time_ms / 1000, UTC)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{time_ms % 1000:03d}Z"
+
+
+def event_view(record: EventRecord, event: Event | None = None) -> dict[str, Any]:
+    event = event or record.decode()
+    return {
+        "seq": record.seq,
+        "time": time_text(event.time_ms),
+        "log_index": event.log_index,
+        "dedup_id": event.dedup_id,
+        "type": event.type,
+        "accounts": [account_view(account, record.seq) for account in event.accounts],
+        "prev_hash": record.prev_hash.hex(),
+        "hash": record.hash.hex(),
+    }
+
+
+def error_body(code: str, message: str, account_id: str | None = None) -> dict[str, Any]:
+    error: dict[str, Any] = {"code": code, "message": message}
+    if account_id is not None:
+        error["account_id"] = account_id
+    return {"error": error}
+
+
+def rejection_body(result: Result) -> dict[str, Any]:
+    return error_body(result.code, result.message or result.code, result.account_id)
