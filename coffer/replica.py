@@ -37,7 +37,9 @@ from coffer.query.event_store import EventStore
 logger = logging.getLogger(__name__)
 
 snapshot_magic = b"COFSNAP1"
-snapshot_every_entries = 20_000  # with 1000-command entries, at most 20M commands to replay
+# A restart replays what came after the newest snapshot; these bound that work to a few seconds.
+snapshot_every_entries = 20_000
+snapshot_every_events = 250_000
 snapshot_every_seconds = 300.0
 snapshots_kept = 2
 store_queue_batches_max = 4096  # bound on event batches waiting for the store: backpressure
@@ -154,6 +156,7 @@ class Replica:
         self.snapshot_entries = snapshot_entries
         self._snapshot_child: tuple[int, int, int] | None = None  # (pid, index, seq)
         self._last_snapshot_index = 0
+        self._last_snapshot_seq = 0
         self._last_snapshot_time = time.monotonic()
         self.writer: StoreWriter | None = None
 
@@ -168,6 +171,7 @@ class Replica:
         if snapshot_path is not None:
             self.machine = restore_snapshot(read_snapshot_file(snapshot_path))
             self._last_snapshot_index = self.machine.log_index
+            self._last_snapshot_seq = self.machine.seq
         loaded = time.monotonic()
         replayed = 0
         batch: list[EventRecord] = []
@@ -230,11 +234,12 @@ class Replica:
         if self._snapshot_child is not None:
             return
         due_by_entries = self.machine.log_index - self._last_snapshot_index >= self.snapshot_entries
+        due_by_events = self.machine.seq - self._last_snapshot_seq >= snapshot_every_events
         due_by_time = (
             time.monotonic() - self._last_snapshot_time >= snapshot_every_seconds
             and self.machine.log_index > self._last_snapshot_index
         )
-        if due_by_entries or due_by_time:
+        if due_by_entries or due_by_events or due_by_time:
             self.start_snapshot()
 
     def start_snapshot(self) -> None:
@@ -268,6 +273,7 @@ class Replica:
         os.replace(pending, pending.with_suffix(""))
         _fsync_directory(self.snapshot_dir)
         self._last_snapshot_index = index
+        self._last_snapshot_seq = seq
         logger.info("snapshot at log index %d, seq %d", index, seq)
         snapshots = sorted(self.snapshot_dir.glob("snapshot-*.bin"), key=_snapshot_index)
         for old in snapshots[:-snapshots_kept]:

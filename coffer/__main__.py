@@ -1,0 +1,5 @@
+"""``python -m coffer`` is the ``coffer`` command."""
+
+from coffer.cli import main
+
+main()
