@@ -42,7 +42,7 @@ snapshot_every_entries = 20_000
 snapshot_every_events = 250_000
 snapshot_every_seconds = 300.0
 snapshots_kept = 2
-store_queue_batches_max = 4096  # bound on event batches waiting for the store: backpressure
+store_queue_batches_max = 1024  # entries whose events wait for the store; beyond, apply waits (backpressure)
 
 _entry_encoder = msgspec.msgpack.Encoder()
 _entry_decoder = msgspec.msgpack.Decoder(list[Command])

@@ -99,7 +99,11 @@ def verify_chain(records: Iterable[EventRecord], prev_seq: int = 0, prev_hash: b
             raise ChainError(record.seq, "prev_hash does not match the previous event's hash")
         if chain_hash(prev_hash, record.body) != record.hash:
             raise ChainError(record.seq, "hash does not match the event's canonical bytes")
-        if event_decoder.decode(record.body).seq != record.seq:
+        try:
+            body_seq = event_decoder.decode(record.body).seq
+        except msgspec.MsgspecError as error:
+            raise ChainError(record.seq, f"event body is not an event: {error}") from None
+        if body_seq != record.seq:
             raise ChainError(record.seq, "event body carries another seq")
         prev_seq, prev_hash = record.seq, record.hash
     return prev_seq, prev_hash

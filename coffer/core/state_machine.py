@@ -482,11 +482,11 @@ class StateMachine:
         for leg in command.legs:
             if leg.amount == 0:
                 return _reject(ErrorCode.INVALID_AMOUNT, "a leg's amount must not be zero", leg.account_id)
-        if txn_id in self.txns:
-            return _reject(ErrorCode.TXN_EXISTS, f"transaction {txn_id} exists")
         net = self._check_legs(command.legs)
         if isinstance(net, Result):
             return net
+        if txn_id in self.txns:
+            return _reject(ErrorCode.TXN_EXISTS, f"transaction {txn_id} exists")
         holds: dict[str, list[int]] = {account_id: [0, 0] for account_id in net}
         for leg in command.legs:
             if leg.amount < 0:

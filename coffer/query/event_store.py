@@ -2,9 +2,8 @@
 
 Method: one writer thread appends events in batches (one transaction per batch) as the replica
 emits them; readers open their own connections (SQLite WAL mode lets them read while it writes).
-Rows are keyed by seq and inserted with ``INSERT OR IGNORE``, so replaying the log after a crash
-re-inserts nothing twice; a replayed event whose hash differs from the stored one is corruption
-and stops the node. An account's version rows point at the event that produced them, whose
+Rows are keyed by seq; when the log is replayed after a crash, events the store already holds are
+skipped, and the newest of them must carry the stored hash, or the node stops: the histories differ. An account's version rows point at the event that produced them, whose
 canonical bytes hold the full view of the account, so a past state is always read from the same
 bytes that the hash chain covers.
 """
@@ -34,13 +33,15 @@ CREATE TABLE IF NOT EXISTS events (
 CREATE INDEX IF NOT EXISTS events_time ON events (time_ms, seq);
 CREATE TABLE IF NOT EXISTS account_versions (
     account_id TEXT NOT NULL,
-    version INTEGER NOT NULL,
     seq INTEGER NOT NULL,
+    version INTEGER NOT NULL,
     time_ms INTEGER NOT NULL,
-    PRIMARY KEY (account_id, version)
+    PRIMARY KEY (account_id, seq)
 ) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS account_versions_seq ON account_versions (account_id, seq);
 """
+# Versions grow with seq, so one key (account_id, seq) serves history in version order and
+# "latest version at or below seq N" alike; a second index would double the write cost.
+cache_kib = 256 * 1024  # keep the hot B-tree pages of the version index in memory
 
 
 class _AccountKey(msgspec.Struct, array_like=True):
@@ -90,9 +91,11 @@ class EventStore:
             # isolation_level=None: we issue BEGIN/COMMIT ourselves, one transaction per batch.
             connection = sqlite3.connect(self.path, isolation_level=None, check_same_thread=True)
             connection.execute("PRAGMA journal_mode=WAL")
-            # The log, not this store, is the durable record: after a crash the replica replays
-            # the log into the store, so the store need not fsync every commit.
-            connection.execute("PRAGMA synchronous=NORMAL")
+            # Durable commits: a snapshot becomes the recovery point only once the store holds its
+            # events, because the log below a snapshot is dropped and cannot refill the store.
+            # Commits are large batches, so this is one fsync per many thousand events.
+            connection.execute("PRAGMA synchronous=FULL")
+            connection.execute(f"PRAGMA cache_size=-{cache_kib}")
             self._local.connection = connection
         return connection
 
@@ -124,7 +127,7 @@ class EventStore:
                     record.hash,
                 )
             )
-            version_rows.extend((account.account_id, account.version, record.seq, index.time_ms) for account in index.accounts)
+            version_rows.extend((account.account_id, record.seq, account.version, index.time_ms) for account in index.accounts)
         for record in replayed:
             # The chain commits to all history before it: checking the newest stored event that
             # the replay reaches checks every one below it.
@@ -174,7 +177,7 @@ class EventStore:
         where = "WHERE v.account_id = ?" + (" AND " + clauses.removeprefix("WHERE ") if clauses else "")
         sql = (
             "SELECT v.seq, v.time_ms, e.body FROM account_versions v JOIN events e ON e.seq = v.seq "
-            f"{where} ORDER BY v.version LIMIT ?"
+            f"{where} ORDER BY v.seq LIMIT ?"
         )
         rows = self._connection().execute(sql, (account_id, *parameters, limit)).fetchall()
         return [(seq, time_ms, _account_in(body, account_id)) for seq, time_ms, body in rows]
