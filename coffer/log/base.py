@@ -62,6 +62,10 @@ class LogCorruptError(LogError):
         self.offset = offset
         self.reason = reason
 
+    def __reduce__(self) -> tuple[type["LogCorruptError"], tuple[str, int, str]]:
+        # The default would call __init__ with the message alone (needed to cross processes).
+        return (type(self), (self.path, self.offset, self.reason))
+
 
 class LogClosedError(LogError):
     """The log was used after ``close()``."""

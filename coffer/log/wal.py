@@ -11,8 +11,8 @@ is a sequence of records; a record is a 26-byte header and the payload, little-e
     magic u8 (0xCF) | version u8 (1) | payload length u32 | crc32c u32 | index u64 | time_ms u64
 
 The crc32c covers every byte of the record except the crc field itself (the magic, version and
-length before it; the index, time and payload after it), so a flipped length or index bit is
-caught by the checksum, not only by luck.
+length before it; the index, time and payload after it), so a flipped length bit is caught by
+the checksum too, not only by the payload no longer matching.
 
 Method.
 - Append: encode the records, one ``write`` of all of them, one fsync (fdatasync on Linux: the
@@ -34,6 +34,8 @@ Method.
 - Read: a separate file handle per segment, every yielded record's checksum verified again.
 - ``truncate_before``: unlink whole segments, oldest first (a crash half-way still leaves a
   contiguous log), then fsync the directory. The segment holding the last record always stays.
+- Threads: appends are serialized and hold their own lock across write and fsync; ``read``,
+  ``last_index`` and ``truncate_before`` may run in other threads and never wait for an fsync.
 - A failed write or fsync poisons the log (:class:`LogWriteError`): after a failed fsync the page
   cache may say the data is there while the disk does not, so the only safe recovery is a reopen,
   which verifies what is really on disk.
@@ -118,8 +120,11 @@ def _checksum(header: bytes | memoryview, payload: bytes | memoryview) -> int:
     return crc32c(payload, crc)
 
 
-def decode_at(data: bytes, offset: int) -> tuple[int, int, int] | str:
-    """``(index, time_ms, end offset)`` of the valid record at ``offset``, or why there is none."""
+def decode_at(data: bytes, offset: int, view: memoryview | None = None) -> tuple[int, int, int] | str:
+    """``(index, time_ms, end offset)`` of the valid record at ``offset``, or why there is none.
+
+    ``view`` is ``memoryview(data)``, passed by callers that decode many records of one buffer.
+    """
     available = len(data) - offset
     if available < record_header_bytes:
         return f"partial header ({available} of {record_header_bytes} bytes)"
@@ -130,8 +135,10 @@ def decode_at(data: bytes, offset: int) -> tuple[int, int, int] | str:
     end = offset + record_header_bytes + payload_bytes
     if end > len(data):
         return f"partial payload ({available - record_header_bytes} of {payload_bytes} bytes)"
-    view = memoryview(data)
-    if _checksum(view[offset : offset + record_header_bytes], view[offset + record_header_bytes : end]) != crc:
+    if view is None:
+        view = memoryview(data)
+    # In a buffer the covered bytes are two runs: before the crc field, and from after it to the end.
+    if crc32c(view[offset + _suffix_offset : end], crc32c(view[offset : offset + _crc_offset])) != crc:
         return "checksum mismatch"
     return index, time_ms, end
 
@@ -143,9 +150,10 @@ def _find_valid_record(data: bytes, start: int, index_min: int) -> int | None:
     the damage is not the last thing written. Requiring a plausible index keeps a payload that
     happens to contain the bytes of an older record from counting.
     """
+    view = memoryview(data)
     position = data.find(_record_start, start)
     while position != -1:
-        decoded = decode_at(data, position)
+        decoded = decode_at(data, position, view)
         if not isinstance(decoded, str) and decoded[0] >= index_min:
             return position
         position = data.find(_record_start, position + 1)
@@ -194,13 +202,19 @@ class LocalWal(CommandLog):
         # fsync=False is for tests and benchmarks only: appends are then lost on power failure.
         self._fsync = fsync
         self._clock_ms = clock_ms
+        # Two locks, so that readers never wait for a disk flush: ``_append_lock`` is held by one
+        # append (or close) for its whole write and fsync and guards the active file;
+        # ``_lock`` is held only briefly and guards what readers see. Order: _append_lock first.
+        self._append_lock = threading.Lock()
         self._lock = threading.Lock()
+        # Under _lock:
         self._closed = False
         self._failure: OSError | None = None
         # (first index, path) of every segment, oldest first; the last one is being appended to.
         self._segments: list[tuple[int, Path]] = []
         self._last_index = 0
         self._time_ms_last = 0
+        # Under _append_lock:
         self._active_fd: int | None = None
         self._active_bytes = 0
 
@@ -220,12 +234,13 @@ class LocalWal(CommandLog):
     def append_many(self, payloads: list[bytes]) -> list[LogRecord]:
         for payload in payloads:
             check_payload(payload)
-        with self._lock:
-            self._check_writable()
-            if not payloads:
-                return []
-            time_ms = max(self._clock_ms(), self._time_ms_last)
-            index_first = self._last_index + 1
+        with self._append_lock:
+            with self._lock:
+                self._check_writable()
+                if not payloads:
+                    return []
+                time_ms = max(self._clock_ms(), self._time_ms_last)
+                index_first = self._last_index + 1
             records = [LogRecord(index_first + offset, time_ms, payload) for offset, payload in enumerate(payloads)]
             data = b"".join([encode_record(record) for record in records])
             try:
@@ -236,13 +251,13 @@ class LocalWal(CommandLog):
                 if self._fsync:
                     _sync_data(self._active_fd)
             except OSError as error:
-                self._failure = error
-                raise LogWriteError(
-                    f"append to {self._segments[-1][1]} failed ({error}); the log refuses further appends"
-                ) from error
+                with self._lock:
+                    self._failure = error
+                raise LogWriteError(f"append to {self._directory} failed ({error}); the log refuses further appends") from error
             self._active_bytes += len(data)
-            self._last_index = records[-1].index
-            self._time_ms_last = time_ms
+            with self._lock:
+                self._last_index = records[-1].index
+                self._time_ms_last = time_ms
             return records
 
     def read(self, from_index: int) -> Iterator[LogRecord]:
@@ -265,7 +280,7 @@ class LocalWal(CommandLog):
     @property
     def first_index(self) -> int:
         with self._lock:
-            return self._segments[0][0] if self._segments else self._last_index + 1
+            return self._segments[0][0]
 
     def truncate_before(self, index: int) -> None:
         with self._lock:
@@ -283,7 +298,8 @@ class LocalWal(CommandLog):
                 _sync_directory(self._directory)
 
     def close(self) -> None:
-        with self._lock:
+        # Waits for an append in flight: its file must not be closed under it.
+        with self._append_lock, self._lock:
             if self._closed:
                 return
             self._closed = True
@@ -334,27 +350,48 @@ class LocalWal(CommandLog):
     def _scan_segment(self, path: Path, first_index: int, is_last: bool) -> int:
         """Verify one segment, advancing ``_last_index``/``_time_ms_last``; return its valid bytes."""
         data = path.read_bytes()
+        view = memoryview(data)
+        size = len(data)
         offset = 0
-        while offset < len(data):
-            decoded = decode_at(data, offset)
-            if isinstance(decoded, str):
-                if not is_last:
-                    raise LogCorruptError(str(path), offset, f"{decoded}, in a segment that is not the last")
-                later = _find_valid_record(data, offset + 1, self._last_index + 1)
-                if later is not None:
-                    raise LogCorruptError(str(path), offset, f"{decoded}, followed by a valid record at offset {later}")
-                self._cut_tail(path, offset, len(data) - offset, decoded)
-                break
-            index, time_ms, end = decoded
-            if index != self._last_index + 1:
-                raise LogCorruptError(str(path), offset, f"record has index {index}, expected {self._last_index + 1}")
-            if time_ms < self._time_ms_last:
-                raise LogCorruptError(
-                    str(path), offset, f"record time {time_ms} ms is below the previous record's {self._time_ms_last} ms"
+        index_last = self._last_index
+        time_ms_last = self._time_ms_last
+        unpack_from = _header.unpack_from
+        while offset < size:
+            # The hot loop of open (every record of every segment, so it sets restart time): a
+            # valid record is checked inline, with locals; anything else goes to decode_at,
+            # which applies the same checks and says which one failed.
+            valid = False
+            if size - offset >= record_header_bytes:
+                magic, version, payload_bytes, crc, index, time_ms = unpack_from(data, offset)
+                end = offset + record_header_bytes + payload_bytes
+                valid = (
+                    magic == record_magic
+                    and version == record_version
+                    and payload_bytes <= payload_bytes_max
+                    and end <= size
+                    and crc32c(view[offset + _suffix_offset : end], crc32c(view[offset : offset + _crc_offset])) == crc
                 )
-            self._last_index = index
-            self._time_ms_last = time_ms
+            if not valid:
+                problem = decode_at(data, offset, view)
+                assert isinstance(problem, str), f"decode_at accepts what the scan refused at {path}:{offset}"
+                if not is_last:
+                    raise LogCorruptError(str(path), offset, f"{problem}, in a segment that is not the last")
+                later = _find_valid_record(data, offset + 1, index_last + 1)
+                if later is not None:
+                    raise LogCorruptError(str(path), offset, f"{problem}, followed by a valid record at offset {later}")
+                self._cut_tail(path, offset, size - offset, problem)
+                break
+            if index != index_last + 1:
+                raise LogCorruptError(str(path), offset, f"record has index {index}, expected {index_last + 1}")
+            if time_ms < time_ms_last:
+                raise LogCorruptError(
+                    str(path), offset, f"record time {time_ms} ms is below the previous record's {time_ms_last} ms"
+                )
+            index_last = index
+            time_ms_last = time_ms
             offset = end
+        self._last_index = index_last
+        self._time_ms_last = time_ms_last
         return offset
 
     def _cut_tail(self, path: Path, offset: int, cut_bytes: int, reason: str) -> None:
@@ -369,6 +406,7 @@ class LocalWal(CommandLog):
     # -- helpers ----------------------------------------------------------------------------
 
     def _roll_over(self, index_first: int) -> None:
+        """Start the segment ``index_first`` (called with _append_lock held)."""
         assert self._active_fd is not None
         if not self._fsync:
             # Even without per-append fsync, a finished segment must be whole on disk: damage in
@@ -378,8 +416,9 @@ class LocalWal(CommandLog):
         self._active_fd = None
         path = self._directory / segment_file_name(index_first)
         self._active_fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND | os.O_CLOEXEC, 0o644)
-        self._segments.append((index_first, path))
         self._active_bytes = 0
+        with self._lock:
+            self._segments.append((index_first, path))
         _sync_directory(self._directory)
 
     def _read_segments(self, segments: list[tuple[int, Path]], from_index: int, end_index: int) -> Iterator[LogRecord]:
