@@ -1,14 +1,53 @@
-"""The ``coffer`` command."""
+"""The ``coffer`` command.
 
+``serve`` and ``bench`` run things; the other commands are for people working with a running
+node. Those are thin over :class:`coffer.client.Client`: they print aligned plain-text tables (or
+JSON with ``--json``), report errors on stderr as ``error: CODE: message``, and turn the client's
+error types into the exit codes listed in ``coffer --help``.
+"""
+
+import functools
+from collections.abc import Callable, Sequence
+from decimal import Decimal
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import click
+
+if TYPE_CHECKING:
+    from coffer.client import AccountView, Client, CommandResult
+
+default_url = "http://127.0.0.1:8080"  # coffer.client.default_url, without importing httpx for `coffer serve`
+
+exit_rejected = 1
+exit_invalid = 2  # the same code as click's usage errors: the request itself is wrong
+exit_not_found = 3
+exit_unavailable = 4
+exit_auth = 5
+exit_other = 6
 
 
 @click.group()
 @click.version_option(package_name="coffer")
 def main() -> None:
-    """Coffer, a strongly consistent wallet ledger."""
+    """Coffer, a strongly consistent wallet ledger.
+
+    The commands that talk to a node take --url (env COFFER_URL, default
+    http://127.0.0.1:8080; several comma-separated URLs are tried in turn),
+    --api-key (env COFFER_API_KEY) and --json (print JSON for scripts).
+    Errors go to stderr as "error: CODE: message".
+
+    \b
+    Exit codes:
+      0  done
+      1  rejected by a ledger rule (HTTP 409), e.g. LOWER_LIMIT_EXCEEDED; nothing changed
+      2  usage error, or a malformed request (HTTP 422), e.g. INVALID_AMOUNT
+      3  not found (HTTP 404)
+      4  unavailable (HTTP 503) or no answer (network); retrying a command
+         with the same --dedup-id is safe and answers its outcome
+      5  missing or wrong API key, or a role not allowed (HTTP 401/403)
+      6  any other error answered by the server
+    """
 
 
 @main.command()
@@ -41,3 +80,493 @@ def bench_apply(account_count: int, transfer_count: int, entry_size: int, seed: 
     from coffer.bench.apply import run
 
     run(account_count, transfer_count, entry_size, seed, repeat, echo=click.echo)
+
+
+@bench.command("load")
+@click.option("--url", default="http://127.0.0.1:8080", show_default=True, help="the node to load")
+@click.option("--mode", type=click.Choice(["single", "batch"]), default="single", show_default=True)
+@click.option("--concurrency", default=64, show_default=True, help="requests in flight (single mode)")
+@click.option("--batch", "batch_size", default=1000, show_default=True, help="transfers per request (batch mode)")
+@click.option("--duration", default=10.0, show_default=True, help="seconds of load")
+@click.option("--hot", default=0.0, show_default=True, help="share of transfers through one shared account")
+@click.option("--accounts", "account_count", default=10_000, show_default=True)
+@click.option("--processes", default=2, show_default=True, help="load generator processes")
+@click.option("--seed", default=1, show_default=True)
+def bench_load(
+    url: str,
+    mode: str,
+    concurrency: int,
+    batch_size: int,
+    duration: float,
+    hot: float,
+    account_count: int,
+    processes: int,
+    seed: int,
+) -> None:
+    """Drive a running node with transfers; last line: mode= tps= p50_ms= p99_ms= p999_ms= errors=."""
+    from coffer.bench.load import BenchError, run
+
+    try:
+        run(url, mode, concurrency, batch_size, duration, hot, account_count, processes, seed, click.echo)
+    except BenchError as error:
+        raise click.UsageError(str(error)) from error
+
+
+@bench.command("restart")
+@click.option("--accounts", "account_count", default=100_000, show_default=True)
+@click.option("--transfers", "transfer_count", default=1_000_000, show_default=True)
+@click.option("--entry-size", default=1_000, show_default=True)
+@click.option(
+    "--data-dir", type=click.Path(file_okay=False, path_type=Path), required=True, help="built if empty, reused otherwise"
+)
+def bench_restart(account_count: int, transfer_count: int, entry_size: int, data_dir: Path) -> None:
+    """Time a node's restart (snapshot + log replay) after a long history; last line: restart_s=."""
+    from coffer.bench.restart import run
+
+    run(account_count, transfer_count, entry_size, data_dir, click.echo)
+
+
+# ------------------------------------------------------------------------------ talking to a node
+
+
+class _Output:
+    """Where a command prints: a table for people, or JSON for scripts."""
+
+    def __init__(self, as_json: bool) -> None:
+        self.as_json = as_json
+
+    def json(self, value: Any) -> None:
+        import msgspec
+
+        click.echo(msgspec.json.format(msgspec.json.encode(value), indent=2))
+
+
+def _exit_code(error: Exception) -> int:
+    from coffer import client
+
+    codes: list[tuple[type[Exception], int]] = [
+        (client.RejectedError, exit_rejected),
+        (client.InvalidRequestError, exit_invalid),
+        (client.NotFoundError, exit_not_found),
+        (client.NotAvailableError, exit_unavailable),
+        (client.TransportError, exit_unavailable),
+        (client.AuthError, exit_auth),
+    ]
+    return next((code for error_type, code in codes if isinstance(error, error_type)), exit_other)
+
+
+def _talks_to_node(function: Callable[..., None]) -> Callable[..., None]:
+    """Add --url, --api-key and --json; call ``function(client, output, **arguments)``; errors to exit codes."""
+
+    @click.option(
+        "--url",
+        envvar="COFFER_URL",
+        default=default_url,
+        show_default=True,
+        help="node base URL; several comma-separated are tried in turn [env COFFER_URL]",
+    )
+    @click.option("--api-key", envvar="COFFER_API_KEY", help="API key [env COFFER_API_KEY]")
+    @click.option("--json", "as_json", is_flag=True, help="print JSON for scripts")
+    @functools.wraps(function)
+    def command(url: str, api_key: str | None, as_json: bool, **arguments: Any) -> None:
+        from coffer.client import Client, CofferError, NotAvailableError, TransportError
+
+        urls = [part.strip() for part in url.split(",") if part.strip()]
+        if not urls:
+            raise click.UsageError("--url names no URL")
+        try:
+            with Client(urls, api_key=api_key or None) as client:
+                function(client, _Output(as_json), **arguments)
+        except CofferError as error:
+            click.echo(f"error: {error}", err=True)
+            if error.dedup_id and isinstance(error, NotAvailableError | TransportError):
+                click.echo(f"the command may or may not be applied: retry it with --dedup-id {error.dedup_id}", err=True)
+            click.get_current_context().exit(_exit_code(error))
+
+    return command
+
+
+def _dedup_option(function: Callable[..., None]) -> Callable[..., None]:
+    return click.option("--dedup-id", help="idempotency key: resending it never applies twice [default: a fresh one]")(function)
+
+
+def _meta_option(function: Callable[..., None]) -> Callable[..., None]:
+    return click.option("--meta", "metadata", multiple=True, metavar="KEY=VALUE", help="metadata entry (repeatable)")(function)
+
+
+def _metadata(entries: Sequence[str]) -> dict[str, str] | None:
+    if not entries:
+        return None
+    pairs = {}
+    for entry in entries:
+        key, separator, value = entry.partition("=")
+        if not separator or not key:
+            raise click.BadParameter(f"{entry!r} is not KEY=VALUE", param_hint="--meta")
+        pairs[key] = value
+    return pairs
+
+
+def _range_options(function: Callable[..., None]) -> Callable[..., None]:
+    seq = click.IntRange(min=0)
+    options = [
+        click.option("--from-seq", type=seq, help="first seq (inclusive)"),
+        click.option("--to-seq", type=seq, help="end seq (exclusive)"),
+        click.option("--from-time", help="first time (inclusive): RFC 3339 or Unix seconds"),
+        click.option("--to-time", help="end time (exclusive): RFC 3339 or Unix seconds"),
+        click.option("--limit", type=click.IntRange(min=1), help="at most this many [server default 1000]"),
+    ]
+    for option in reversed(options):
+        function = option(function)
+    return function
+
+
+# ------------------------------------------------------------------------------------ formatting
+
+
+def _table(headers: Sequence[str], rows: Sequence[Sequence[str]], right: frozenset[int] = frozenset()) -> str:
+    """Plain aligned columns; the columns in ``right`` (amounts, numbers) align right."""
+    widths = [max([len(header), *(len(row[column]) for row in rows)]) for column, header in enumerate(headers)]
+
+    def line(cells: Sequence[str]) -> str:
+        padded = (cell.rjust(widths[i]) if i in right else cell.ljust(widths[i]) for i, cell in enumerate(cells))
+        return "  ".join(padded).rstrip()
+
+    return "\n".join([line(headers), *(line(row) for row in rows)])
+
+
+def _total(amounts: dict[str, str], scale: int) -> str:
+    return f"{sum((Decimal(amount) for amount in amounts.values()), Decimal(0)):.{scale}f}"
+
+
+def _entries(amounts: dict[str, str]) -> str:
+    return ", ".join(f"{key}={value}" for key, value in amounts.items())
+
+
+_account_headers = (
+    "ACCOUNT",
+    "ASSET",
+    "STATE",
+    "AVAILABLE",
+    "RESERVED",
+    "PENDING_IN",
+    "PENDING_OUT",
+    "LOWER",
+    "UPPER",
+    "VERSION",
+)
+_account_numbers = frozenset({3, 4, 5, 6, 7, 8, 9})
+
+
+def _account_row(account: "AccountView") -> list[str]:
+    return [
+        account.account_id,
+        account.asset,
+        account.state,
+        account.available,
+        _total(account.reservations, account.scale),
+        _total(account.pending_in, account.scale),
+        _total(account.pending_out, account.scale),
+        account.lower_limit,
+        "-" if account.upper_limit is None else account.upper_limit,
+        str(account.version),
+    ]
+
+
+def _accounts_table(accounts: Sequence["AccountView"]) -> str:
+    return _table(_account_headers, [_account_row(account) for account in accounts], _account_numbers)
+
+
+def _account_card(account: "AccountView") -> str:
+    """One account, field by field, with every reservation and pending entry."""
+
+    def section(amounts: dict[str, str]) -> str:
+        total = _total(amounts, account.scale)
+        return f"{total}  ({_entries(amounts)})" if amounts else total
+
+    fields = [
+        ("account_id", account.account_id),
+        ("asset", f"{account.asset} (scale {account.scale})"),
+        ("state", account.state),
+        ("available", account.available),
+        ("reserved", section(account.reservations)),
+        ("pending_in", section(account.pending_in)),
+        ("pending_out", section(account.pending_out)),
+        ("lower_limit", account.lower_limit),
+        ("upper_limit", "none" if account.upper_limit is None else account.upper_limit),
+        ("version", str(account.version)),
+        ("seq", str(account.seq)),
+    ]
+    if account.metadata:
+        fields.append(("metadata", _entries(account.metadata)))
+    width = max(len(name) for name, _ in fields)
+    return "\n".join(f"{name.ljust(width)}  {value}" for name, value in fields)
+
+
+def _print_result(output: _Output, result: "CommandResult") -> None:
+    if output.as_json:
+        output.json(result)
+        return
+    click.echo(f"applied: seq {result.seq}, log index {result.log_index}, dedup_id {result.dedup_id}")
+    if result.compensation is not None:
+        click.echo(f"compensation: {result.compensation}")
+    if result.accounts:
+        click.echo(_accounts_table(result.accounts))
+
+
+# -------------------------------------------------------------------------------------- accounts
+
+
+@main.group()
+def account() -> None:
+    """Create, show, lock, unlock and delete accounts; change their limits."""
+
+
+@account.command("create")
+@click.argument("account_id")
+@click.option("--asset", required=True, help="currency or asset class, e.g. USD")
+@click.option("--scale", type=click.IntRange(0, 18), default=2, show_default=True, help="digits after the point")
+@click.option("--lower-limit", help="lowest available balance [default: 0]")
+@click.option("--upper-limit", help="highest total balance [default: none]")
+@_meta_option
+@_dedup_option
+@_talks_to_node
+def account_create(
+    client: "Client",
+    output: _Output,
+    account_id: str,
+    asset: str,
+    scale: int,
+    lower_limit: str | None,
+    upper_limit: str | None,
+    metadata: tuple[str, ...],
+    dedup_id: str | None,
+) -> None:
+    """Open ACCOUNT_ID (admin)."""
+    result = client.create_account(
+        account_id,
+        asset,
+        scale=scale,
+        lower_limit=lower_limit,
+        upper_limit=upper_limit,
+        metadata=_metadata(metadata),
+        dedup_id=dedup_id,
+    )
+    _print_result(output, result)
+
+
+@account.command("show")
+@click.argument("account_ids", metavar="ACCOUNT_ID...", nargs=-1, required=True)
+@click.option("--min-seq", type=click.IntRange(min=0), help="fail (exit 4) rather than show a state older than this seq")
+@click.option("--at-seq", type=click.IntRange(min=0), help="show the accounts as of this seq")
+@_talks_to_node
+def account_show(
+    client: "Client", output: _Output, account_ids: tuple[str, ...], min_seq: int | None, at_seq: int | None
+) -> None:
+    """Show one account in full, or several as a table, all as of the same seq."""
+    if len(account_ids) == 1 and at_seq is None:
+        view = client.get_account(account_ids[0], min_seq=min_seq)
+        if output.as_json:
+            output.json(view)
+        else:
+            click.echo(_account_card(view))
+        return
+    if min_seq is not None:
+        raise click.UsageError("--min-seq takes one account; use --at-seq for several")
+    accounts = client.get_accounts(list(account_ids), at_seq=at_seq)
+    if output.as_json:
+        output.json(accounts)
+    else:
+        click.echo(f"as of seq {accounts.seq}")
+        click.echo(_accounts_table([accounts.accounts[key] for key in account_ids if key in accounts.accounts]))
+    if accounts.missing:
+        click.echo(f"error: ACCOUNT_NOT_FOUND: no account {', '.join(accounts.missing)}", err=True)
+        click.get_current_context().exit(exit_not_found)
+
+
+def _account_command(name: str, method: str, summary: str) -> None:
+    @account.command(name, help=summary)
+    @click.argument("account_id")
+    @_dedup_option
+    @_talks_to_node
+    def command(client: "Client", output: _Output, account_id: str, dedup_id: str | None) -> None:
+        _print_result(output, getattr(client, method)(account_id, dedup_id=dedup_id))
+
+
+_account_command("lock", "lock_account", "Lock ACCOUNT_ID: no balance operation until unlocked (admin).")
+_account_command("unlock", "unlock_account", "Unlock ACCOUNT_ID (admin).")
+_account_command("delete", "delete_account", "Delete ACCOUNT_ID, forever; it must be empty (admin).")
+
+
+@account.command("limits")
+@click.argument("account_id")
+@click.option("--lower-limit", help="new lowest available balance")
+@click.option("--upper-limit", help="new highest total balance")
+@click.option("--no-upper-limit", is_flag=True, help="remove the upper limit")
+@_dedup_option
+@_talks_to_node
+def account_limits(
+    client: "Client",
+    output: _Output,
+    account_id: str,
+    lower_limit: str | None,
+    upper_limit: str | None,
+    no_upper_limit: bool,
+    dedup_id: str | None,
+) -> None:
+    """Change the limits of ACCOUNT_ID (admin); limits not given stay as they are."""
+    import msgspec
+
+    if upper_limit is not None and no_upper_limit:
+        raise click.UsageError("--upper-limit and --no-upper-limit exclude each other")
+    if lower_limit is None and upper_limit is None and not no_upper_limit:
+        raise click.UsageError("give --lower-limit, --upper-limit or --no-upper-limit")
+    upper: str | msgspec.UnsetType | None = None if no_upper_limit else (msgspec.UNSET if upper_limit is None else upper_limit)
+    _print_result(output, client.update_limits(account_id, lower_limit=lower_limit, upper_limit=upper, dedup_id=dedup_id))
+
+
+# ------------------------------------------------------------------------------------ money moves
+
+
+@main.command("transfer")
+@click.argument("from_account_id")
+@click.argument("to_account_id")
+@click.argument("amount")
+@click.option("--asset", required=True, help="asset of both accounts, e.g. USD")
+@click.option("--expected-from-balance", help="only if FROM_ACCOUNT_ID's available balance is exactly this")
+@click.option("--expected-to-balance", help="only if TO_ACCOUNT_ID's available balance is exactly this")
+@_meta_option
+@_dedup_option
+@_talks_to_node
+def transfer(
+    client: "Client",
+    output: _Output,
+    from_account_id: str,
+    to_account_id: str,
+    amount: str,
+    asset: str,
+    expected_from_balance: str | None,
+    expected_to_balance: str | None,
+    metadata: tuple[str, ...],
+    dedup_id: str | None,
+) -> None:
+    """Move AMOUNT (a decimal such as 10.50) from one account to another."""
+    result = client.transfer(
+        from_account_id,
+        to_account_id,
+        amount,
+        asset,
+        metadata=_metadata(metadata),
+        expected_from_balance=expected_from_balance,
+        expected_to_balance=expected_to_balance,
+        dedup_id=dedup_id,
+    )
+    _print_result(output, result)
+
+
+@main.command("reserve")
+@click.argument("account_id")
+@click.argument("reservation_id")
+@click.argument("amount")
+@_dedup_option
+@_talks_to_node
+def reserve(client: "Client", output: _Output, account_id: str, reservation_id: str, amount: str, dedup_id: str | None) -> None:
+    """Freeze AMOUNT of ACCOUNT_ID's available balance under RESERVATION_ID (adds to it if it exists)."""
+    _print_result(output, client.reserve(account_id, reservation_id, amount, dedup_id=dedup_id))
+
+
+@main.command("release")
+@click.argument("account_id")
+@click.argument("reservation_id")
+@click.argument("amount", required=False)
+@_dedup_option
+@_talks_to_node
+def release(
+    client: "Client", output: _Output, account_id: str, reservation_id: str, amount: str | None, dedup_id: str | None
+) -> None:
+    """Unfreeze AMOUNT of RESERVATION_ID back to available; all of it without AMOUNT."""
+    _print_result(output, client.release(account_id, reservation_id, amount, dedup_id=dedup_id))
+
+
+# ---------------------------------------------------------------------------------------- reading
+
+
+@main.command("events")
+@_range_options
+@_talks_to_node
+def events(
+    client: "Client",
+    output: _Output,
+    from_seq: int | None,
+    to_seq: int | None,
+    from_time: str | None,
+    to_time: str | None,
+    limit: int | None,
+) -> None:
+    """The event history, oldest first (ranges: from inclusive, to exclusive)."""
+    found = client.events(from_seq=from_seq, to_seq=to_seq, from_time=from_time, to_time=to_time, limit=limit)
+    if output.as_json:
+        output.json(found)
+        return
+    rows = [
+        [
+            str(event.seq),
+            event.time,
+            event.type,
+            event.dedup_id,
+            ", ".join(f"{account.account_id} {account.available}" for account in event.accounts),
+        ]
+        for event in found
+    ]
+    click.echo(_table(("SEQ", "TIME", "TYPE", "DEDUP_ID", "ACCOUNTS (AVAILABLE)"), rows, frozenset({0})))
+
+
+@main.command("history")
+@click.argument("account_id")
+@_range_options
+@_talks_to_node
+def history(
+    client: "Client",
+    output: _Output,
+    account_id: str,
+    from_seq: int | None,
+    to_seq: int | None,
+    from_time: str | None,
+    to_time: str | None,
+    limit: int | None,
+) -> None:
+    """Every version of ACCOUNT_ID, oldest first."""
+    versions = client.history(account_id, from_seq=from_seq, to_seq=to_seq, from_time=from_time, to_time=to_time, limit=limit)
+    if output.as_json:
+        output.json(versions)
+        return
+    rows = [
+        [
+            str(version.seq),
+            version.time or "",
+            str(version.version),
+            version.state,
+            version.available,
+            _total(version.reservations, version.scale),
+            _total(version.pending_in, version.scale),
+            _total(version.pending_out, version.scale),
+        ]
+        for version in versions
+    ]
+    headers = ("SEQ", "TIME", "VERSION", "STATE", "AVAILABLE", "RESERVED", "PENDING_IN", "PENDING_OUT")
+    click.echo(_table(headers, rows, frozenset({0, 2, 4, 5, 6, 7})))
+
+
+@main.group()
+def audit() -> None:
+    """The hash chain of the event history."""
+
+
+@audit.command("head")
+@_talks_to_node
+def audit_head(client: "Client", output: _Output) -> None:
+    """The chain head: the last event seq and its hash. Anyone holding it can verify the history."""
+    head = client.audit_head()
+    if output.as_json:
+        output.json(head)
+    else:
+        click.echo(f"seq   {head.seq}\nhash  {head.hash}")

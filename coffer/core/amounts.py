@@ -44,9 +44,7 @@ def parse_amount(text: object, scale: int, *, signed: bool = False) -> int:
     if len(fraction) > scale:
         raise AmountError(f"amount {text!r} has more than {scale} decimals")
     value = int(whole + fraction.ljust(scale, "0"))
-    if sign and value == 0:
-        raise AmountError(f"amount {text!r} is a negative zero")
-    return -value if sign else value
+    return -value if sign else value  # "-0" is in the grammar and means 0
 
 
 def format_amount(value: int, scale: int) -> str:

@@ -16,6 +16,7 @@ from typing import Any
 import msgspec
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
@@ -482,7 +483,15 @@ def create_app(replica: Replica, keys: ApiKeys) -> Starlette:
         Route("/readyz", _unauthenticated(api.readyz), methods=["GET"]),
         Route("/openapi.json", _unauthenticated(api.openapi), methods=["GET"]),
     ]
-    app = Starlette(routes=[*public, *api.routes()], lifespan=lifespan)
+
+    async def http_error(request: Request, error: Exception) -> Response:
+        status = getattr(error, "status_code", 500)
+        # An unknown route or method is a malformed request in the contract's terms.
+        return error_response(
+            status, ErrorCode.INVALID_REQUEST, f"{request.method} {request.url.path}: {getattr(error, 'detail', 'error')}"
+        )
+
+    app = Starlette(routes=[*public, *api.routes()], lifespan=lifespan, exception_handlers={HTTPException: http_error})
     app.state.api = api
     return app
 

@@ -30,6 +30,11 @@ accepted = [
     ("1234.50", 2, False, 123_450),
     ("100", 2, False, 10_000),
     ("-0.01", 2, True, -1),
+    # negative zero is in the API grammar where a sign is allowed, and means zero
+    ("-0", 2, True, 0),
+    ("-0.00", 2, True, 0),
+    ("-0.0", 2, True, 0),
+    ("-0", 0, True, 0),
     ("-10.5", 2, True, -1050),
     ("10.5", 2, True, 1050),
     ("1", 8, False, 100_000_000),
@@ -109,11 +114,7 @@ rejected = [
     ("1.5", 0, False),
     ("0.000000001", 8, False),
     ("0.0000000000000000001", 18, False),
-    # negative zero and negatives where the amount is not signed
-    ("-0", 2, True),
-    ("-0.00", 2, True),
-    ("-0.0", 2, True),
-    ("-0", 0, True),
+    # negatives where the amount is not signed
     ("-5", 2, False),
     ("-0.01", 2, False),
     ("-0", 2, False),

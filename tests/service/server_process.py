@@ -1,4 +1,4 @@
-"""A real ``coffer serve`` process on a loopback port, for tests that need one."""
+"""A real ``coffer serve`` process on a free loopback port, for the tests that need one."""
 
 import os
 import signal
@@ -10,63 +10,76 @@ from pathlib import Path
 
 import httpx
 
-ready_timeout_s = 60.0
+start_s_max = 30.0  # imports and recovery on a loaded CI machine
+stop_s_max = 10.0  # the server's graceful shutdown is 10 s; then it gets SIGKILL
+ready_poll_s = 0.05
 
 
 def free_port() -> int:
-    with socket.socket() as probe:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
         probe.bind(("127.0.0.1", 0))
         return probe.getsockname()[1]
 
 
-class ServerProcess:
-    """Starts, kills and restarts one node on one data directory; stops only its own PID."""
+class CofferServer:
+    """One ``coffer serve`` process on ``data_dir``; ``url`` stays the same across restarts."""
 
-    def __init__(self, data_dir: Path, env: dict[str, str] | None = None, extra_args: list[str] | None = None) -> None:
+    def __init__(self, data_dir: Path, environment: dict[str, str] | None = None) -> None:
         self.data_dir = data_dir
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.env = {**os.environ, **(env or {})}
-        self.extra_args = extra_args or []
+        self.log_path = data_dir.parent / f"{data_dir.name}.log"
+        self._environment = {key: value for key, value in os.environ.items() if not key.startswith("COFFER_")}
+        self._environment.update(environment or {})
         self.process: subprocess.Popen[bytes] | None = None
-        self.log_path = data_dir.parent / f"{data_dir.name}-server.log"
 
     def start(self) -> None:
-        assert self.process is None or self.process.poll() is not None, "already running"
-        command = [sys.executable, "-m", "coffer", "serve", "--data-dir", str(self.data_dir), "--port", str(self.port)]
-        with open(self.log_path, "ab") as log:
-            self.process = subprocess.Popen(
-                [*command, "--log-level", "warning", *self.extra_args], stdout=log, stderr=log, env=self.env
-            )
-        deadline = time.monotonic() + ready_timeout_s
-        with httpx.Client(timeout=1.0) as client:
-            while time.monotonic() < deadline:
-                if self.process.poll() is not None:
-                    raise RuntimeError(f"coffer serve exited with {self.process.returncode}: {self.log_path.read_text()[-2000:]}")
-                try:
-                    if client.get(f"{self.url}/readyz").status_code == 200:
-                        return
-                except httpx.TransportError:
-                    pass
-                time.sleep(0.05)
-        raise RuntimeError(f"coffer serve not ready after {ready_timeout_s} s: {self.log_path.read_text()[-2000:]}")
+        assert self.process is None, "already running"
+        command = [sys.executable, "-c", "from coffer.cli import main; main()", "serve"]
+        command += ["--data-dir", str(self.data_dir), "--port", str(self.port), "--log-level", "warning"]
+        with self.log_path.open("ab") as log:
+            self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=self._environment)
+        self._wait_ready()
 
-    def kill(self) -> None:
-        """kill -9: no chance to flush or say goodbye."""
+    def _wait_ready(self) -> None:
         assert self.process is not None
-        os.kill(self.process.pid, signal.SIGKILL)
-        self.process.wait(timeout=30)
+        deadline = time.monotonic() + start_s_max
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                break
+            try:
+                if httpx.get(f"{self.url}/readyz", timeout=1.0).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            time.sleep(ready_poll_s)
+        self.stop()
+        raise RuntimeError(f"coffer serve on {self.url} did not become ready; its log:\n{self.log_path.read_text()}")
 
     def stop(self) -> None:
-        if self.process is None or self.process.poll() is not None:
+        """SIGTERM, wait; SIGKILL if it does not exit."""
+        process, self.process = self.process, None
+        if process is None or process.poll() is not None:
             return
-        os.kill(self.process.pid, signal.SIGTERM)
+        os.kill(process.pid, signal.SIGTERM)
         try:
-            self.process.wait(timeout=30)
+            process.wait(stop_s_max)
         except subprocess.TimeoutExpired:
-            os.kill(self.process.pid, signal.SIGKILL)
-            self.process.wait(timeout=30)
+            os.kill(process.pid, signal.SIGKILL)
+            process.wait()
+
+    def kill(self) -> None:
+        """SIGKILL, as a crash: nothing is flushed or closed."""
+        process, self.process = self.process, None
+        if process is not None and process.poll() is None:
+            os.kill(process.pid, signal.SIGKILL)
+            process.wait()
 
     def restart(self) -> None:
+        """Stop gracefully (if running) and start again on the same port and data."""
         self.stop()
         self.start()
+
+    @property
+    def running(self) -> bool:
+        return self.process is not None and self.process.poll() is None

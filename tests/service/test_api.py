@@ -8,7 +8,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.service.server_process import ServerProcess
+from tests.service.server_process import CofferServer
 
 _numbers = itertools.count(1)
 
@@ -19,7 +19,7 @@ def dedup() -> str:
 
 @pytest.fixture(scope="module")
 def api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[httpx.Client]:
-    server = ServerProcess(tmp_path_factory.mktemp("api") / "data")
+    server = CofferServer(tmp_path_factory.mktemp("api") / "data")
     server.start()
     try:
         with httpx.Client(base_url=server.url, timeout=10) as client:
@@ -321,7 +321,7 @@ def test_operations_endpoints(api: httpx.Client) -> None:
 @pytest.fixture(scope="module")
 def keyed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     keys = "reader:reader-key-0123456789,operator:operator-key-0123456789,admin:admin-key-0123456789"
-    server = ServerProcess(tmp_path_factory.mktemp("keyed") / "data", env={"COFFER_API_KEYS": keys})
+    server = CofferServer(tmp_path_factory.mktemp("keyed") / "data", {"COFFER_API_KEYS": keys})
     server.start()
     try:
         yield server.url

@@ -20,7 +20,7 @@ from typing import Any
 import httpx
 
 from coffer.core.events import EventRecord, verify_chain
-from tests.service.server_process import ServerProcess
+from tests.service.server_process import CofferServer
 
 account_count = 16
 client_count = 8
@@ -84,7 +84,7 @@ class Load:
                 with self.lock:
                     self.acknowledged[body["dedup_id"]] = (body, status, answer)
 
-    def run_until_killed(self, server: ServerProcess, rng: random.Random) -> None:
+    def run_until_killed(self, server: CofferServer, rng: random.Random) -> None:
         threads = [threading.Thread(target=self.client_loop, args=(number,)) for number in range(client_count)]
         for thread in threads:
             thread.start()
@@ -106,7 +106,7 @@ def _all_events(client: httpx.Client, url: str) -> list[dict[str, Any]]:
 
 
 def test_kill_9_under_load_loses_nothing(tmp_path: Path) -> None:
-    server = ServerProcess(tmp_path / "data")
+    server = CofferServer(tmp_path / "data")
     server.start()
     try:
         total_cents = _setup(server.url)
