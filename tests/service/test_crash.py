@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 
 from coffer.core.events import EventRecord, verify_chain
 from tests.service.server_process import CofferServer
@@ -156,3 +157,47 @@ def test_kill_9_under_load_loses_nothing(tmp_path: Path) -> None:
     connection.close()
     last_seq, last_hash = verify_chain(EventRecord(*row) for row in rows)
     assert (last_seq, last_hash.hex()) == (head["seq"], head["hash"])
+
+
+def _write_some(url: str, prefix: str, count: int) -> list[tuple[dict[str, Any], Any]]:
+    _setup_accounts = [{"type": "create_account", "dedup_id": f"{prefix}-create-{n}", "account_id": f"{prefix}-{n}", "asset": "USD"} for n in (0, 1)]
+    fund = {"type": "batch_operation", "dedup_id": f"{prefix}-fund", "legs": [{"account_id": f"{prefix}-0", "amount": "100", "asset": "USD"}]}
+    written = []
+    with httpx.Client(timeout=10) as client:
+        assert _post(client, url, "/v1/commands", {"commands": [*_setup_accounts, fund]})[0] == 200
+        for number in range(count):
+            body = {"dedup_id": f"{prefix}-t{number}", "from_account_id": f"{prefix}-0", "to_account_id": f"{prefix}-1", "amount": "1", "asset": "USD"}
+            written.append((body, _post(client, url, "/v1/transfers", body)))
+    return written
+
+
+def test_a_torn_log_tail_is_cut_and_every_acknowledged_write_remains(tmp_path: Path) -> None:
+    server = CofferServer(tmp_path / "data")
+    server.start()
+    try:
+        written = _write_some(server.url, "torn", 10)
+        server.kill()
+        (segment,) = sorted((tmp_path / "data" / "log").glob("*.wal"))
+        with open(segment, "ab") as file:
+            file.write(segment.read_bytes()[-60:-7])  # half a record, as a crash mid-write leaves it
+        server.start()
+        assert "cut" in server.log_path.read_text() or "torn" in server.log_path.read_text().lower()
+        with httpx.Client(timeout=10) as client:
+            for body, answer in written:
+                assert _post(client, server.url, "/v1/transfers", body) == answer
+            assert client.get(f"{server.url}/v1/accounts/torn-1").json()["available"] == "10.00"
+    finally:
+        server.stop()
+
+
+def test_corruption_in_the_middle_of_the_log_refuses_to_start(tmp_path: Path) -> None:
+    server = CofferServer(tmp_path / "data")
+    server.start()
+    _write_some(server.url, "mid", 20)
+    server.stop()
+    (segment,) = sorted((tmp_path / "data" / "log").glob("*.wal"))
+    data = bytearray(segment.read_bytes())
+    data[len(data) // 2] ^= 0x40
+    segment.write_bytes(bytes(data))
+    with pytest.raises(RuntimeError, match="corrupt"):
+        server.start()
