@@ -42,18 +42,31 @@ snapshot_every_entries = 20_000
 snapshot_every_events = 250_000
 snapshot_every_seconds = 300.0
 snapshots_kept = 2
+store_commit_interval_s = 0.05
+store_commit_events_max = 50_000
 store_queue_batches_max = 1024  # entries whose events wait for the store; beyond, apply waits (backpressure)
 
+class LogEntry(msgspec.Struct, array_like=True, gc=False):
+    """The payload of one log record: a batch of commands and who appended it.
+
+    ``origin`` names the appending node's request batch (empty for a single node), so that in a
+    cluster the node that appended an entry can match it to its waiting requests when it reads
+    the entry back from the shared log, whoever else appended around it.
+    """
+
+    origin: str
+    commands: list[Command]
+
+
 _entry_encoder = msgspec.msgpack.Encoder()
-_entry_decoder = msgspec.msgpack.Decoder(list[Command])
+_entry_decoder = msgspec.msgpack.Decoder(LogEntry)
 
 
-def encode_entry(commands: list[Command]) -> bytes:
-    """The log payload of one entry: the msgpack array of its commands."""
-    return _entry_encoder.encode(commands)
+def encode_entry(commands: list[Command], origin: str = "") -> bytes:
+    return _entry_encoder.encode(LogEntry(origin, commands))
 
 
-def decode_entry(payload: bytes) -> list[Command]:
+def decode_entry(payload: bytes) -> LogEntry:
     return _entry_decoder.decode(payload)
 
 
@@ -118,17 +131,22 @@ class StoreWriter:
             batch = self._queue.get()
             if batch is None:
                 return
-            # Coalesce what is waiting into one transaction.
+            # Coalesce into one transaction what arrives within a short window: each commit costs
+            # an fsync, and nobody waits on this thread but history queries.
             batches = [batch]
-            while len(batches) < 256:
+            events = len(batch)
+            deadline = time.monotonic() + store_commit_interval_s
+            while events < store_commit_events_max:
+                remaining = deadline - time.monotonic()
                 try:
-                    more = self._queue.get_nowait()
+                    more = self._queue.get(timeout=remaining) if remaining > 0 else self._queue.get_nowait()
                 except queue.Empty:
                     break
                 if more is None:
                     self._queue.put(None)
                     break
                 batches.append(more)
+                events += len(more)
             try:
                 self.store.append(record for events in batches for record in events)
             except BaseException as error:
@@ -176,7 +194,7 @@ class Replica:
         replayed = 0
         batch: list[EventRecord] = []
         for record in self._records_after(self.machine.log_index):
-            _, events = self.machine.apply(record.index, record.time_ms, decode_entry(record.payload))
+            _, events = self.machine.apply(record.index, record.time_ms, decode_entry(record.payload).commands)
             batch.extend(events)
             replayed += 1
             if len(batch) >= 50_000:

@@ -89,6 +89,7 @@ def run(account_count: int, transfer_count: int, entry_size: int, data_dir: Path
             ready_s = time.monotonic() - started
             head = client.get(f"http://127.0.0.1:{port}/v1/audit/head").json()
     finally:
-        os.kill(process.pid, signal.SIGTERM)
-        process.wait(timeout=30)
+        if process.poll() is None:
+            os.kill(process.pid, signal.SIGTERM)
+            process.wait(timeout=30)
     echo(f"restart_s={ready_s:.2f} seq={head['seq']} log_index={head['log_index']}")

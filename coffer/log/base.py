@@ -32,6 +32,8 @@ payload_bytes_max = 64 * 1024 * 1024
 
 ClockMs = Callable[[], int]
 
+follow_poll_s = 0.002  # how often the default ``follow`` looks for new records
+
 
 def wall_clock_ms() -> int:
     """Milliseconds since the Unix epoch: the default clock of every backend."""
@@ -124,6 +126,20 @@ class CommandLog(abc.ABC):
         time clamp survives a restart. Afterwards ``first_index <= index``.
         ``index`` above ``last_index + 1`` raises ``ValueError``.
         """
+
+    def follow(self, from_index: int, timeout_s: float) -> list[LogRecord]:
+        """The records from ``from_index`` that are stored now; if none, wait up to ``timeout_s``.
+
+        A replica tails the log by calling this in a loop, so it sees entries appended by any
+        writer. This default polls ``read``; a backend that can be told about new records
+        (JetStream) overrides it.
+        """
+        deadline = time.monotonic() + timeout_s
+        while self.last_index < from_index:
+            if time.monotonic() >= deadline:
+                return []
+            time.sleep(follow_poll_s)
+        return list(self.read(from_index))
 
     @abc.abstractmethod
     def close(self) -> None:

@@ -1,36 +1,51 @@
-"""Group commit: concurrent requests become one log entry, one fsync, one apply.
+"""Group commit: concurrent requests become one log entry, one durable write, one apply.
 
-Method (the request/response matching of a message broker, by log index and position):
-requests put their commands on a pending list and wait on a future. One task on the event loop
-takes everything pending (up to :data:`entry_commands_max`), encodes it as one entry, and hands
-it to a single writer thread that appends it to the log and fsyncs. While that write is in
-flight, new requests gather for the next entry. When the write is durable, the same task applies
-the entry to the replica on the event loop thread — the only thread that ever touches the state —
-and resolves each waiting future with the results at its positions. Reads on the event loop
-therefore always see the state between two entries, never in the middle of one.
+Method (the request/response matching of a message broker): requests put their commands on a
+pending queue and wait on a future. A task on the event loop takes everything pending (up to
+:data:`entry_commands_max`), encodes it as one entry, and hands it to a writer thread that appends
+it to the log. While that write is in flight, new requests gather for the next entry. Entries are
+applied on the event loop thread — the only thread that ever touches the state — so reads always
+see the state between two entries, never inside one.
+
+Two ways to learn that an entry is durable and where it landed:
+
+- :class:`Pipeline` (one node, local WAL): this node is the log's only writer, so it applies its
+  entry as soon as the append returns, with the index the append gave it.
+- :class:`FollowerPipeline` (a cluster on a shared log): any node appends, so every node applies
+  every entry as it reads the log back, in the log's order. An entry carries an ``origin`` that
+  its appender made up, and the appender finds its waiting requests by it when the entry comes
+  back — the index of the publish acknowledgement is not needed to match them.
 """
 
 import asyncio
+import itertools
 import logging
+import os
 import time
+from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-from coffer.core.accounts import Result
+import msgspec
+
+from coffer.core.accounts import OK, Result
 from coffer.core.commands import Command
 from coffer.core.events import EventRecord
 from coffer.log.base import LogError, LogRecord
-from coffer.replica import Replica, encode_entry
+from coffer.replica import Replica, decode_entry, encode_entry
 
 logger = logging.getLogger(__name__)
 
 entry_commands_max = 8190  # one entry holds at most one full POST /v1/commands
 min_seq_wait_s_max = 2.0  # how long a read waits for this node to reach min_seq before 503
+follow_wait_s = 0.25  # one follow call waits this long for new records before looping
+appends_in_flight_max = 4  # cluster: entries published and not yet acknowledged, per node
+apply_wait_s_max = 15.0  # cluster: an acknowledged entry must come back within this, or 503
 
 
 class LogUnavailable(Exception):
-    """The log refused the write: the command's fate is unknown to this node."""
+    """The log refused or did not confirm the write: the command's fate is unknown to this node."""
 
 
 @dataclass(slots=True)
@@ -50,77 +65,84 @@ class _Waiter:
 class _Inflight:
     waiters: list[_Waiter]
     commands: list[Command]
-    future: asyncio.Future[LogRecord]
     started: float = field(default_factory=time.perf_counter)
+    future: asyncio.Future[LogRecord] | None = None
+
+
+EntryHook = Callable[[int, float, int], None]  # (commands, seconds from hand-off to applied, events)
 
 
 class Pipeline:
-    def __init__(self, replica: Replica, on_entry: Callable[[int, float, int], None] | None = None) -> None:
+    def __init__(self, replica: Replica, on_entry: EntryHook | None = None) -> None:
         self.replica = replica
-        self._pending: list[_Waiter] = []
-        self._pending_commands = 0
+        self._pending: deque[_Waiter] = deque()
         self._wakeup = asyncio.Event()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="coffer-log-writer")
         self._seq_waiters: list[tuple[int, asyncio.Future[None]]] = []
-        self._task: asyncio.Task[None] | None = None
+        self._tasks: list[asyncio.Task[None]] = []
         self.broken: BaseException | None = None
-        self._on_entry = on_entry  # metrics hook: (commands, append seconds, events)
+        self._on_entry = on_entry
 
     def start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self._run(), name="coffer-pipeline")
+        self._tasks.append(asyncio.get_running_loop().create_task(self._run(), name="coffer-pipeline"))
 
     async def submit(self, commands: list[Command]) -> list[Outcome]:
         """Append the commands (in order, possibly over several entries) and return their outcomes."""
         if self.broken is not None:
             raise LogUnavailable(str(self.broken))
         loop = asyncio.get_running_loop()
-        outcomes: list[Outcome] = []
         futures = []
         for start in range(0, len(commands), entry_commands_max):
-            chunk = commands[start : start + entry_commands_max]
             future: asyncio.Future[list[Outcome]] = loop.create_future()
-            self._pending.append(_Waiter(chunk, future))
-            self._pending_commands += len(chunk)
+            self._pending.append(_Waiter(commands[start : start + entry_commands_max], future))
             futures.append(future)
         self._wakeup.set()
+        outcomes: list[Outcome] = []
         for future in futures:
             outcomes.extend(await future)
         return outcomes
 
-    def _take(self) -> _Inflight:
+    def _gather(self) -> _Inflight:
         waiters: list[_Waiter] = []
         commands: list[Command] = []
         while self._pending and len(commands) + len(self._pending[0].commands) <= entry_commands_max:
-            waiter = self._pending.pop(0)
+            waiter = self._pending.popleft()
             waiters.append(waiter)
             commands.extend(waiter.commands)
-        self._pending_commands -= len(commands)
-        payload = encode_entry(commands)
-        loop = asyncio.get_running_loop()
-        future = loop.run_in_executor(self._executor, self.replica.log.append, payload)
-        return _Inflight(waiters, commands, future)
+        return _Inflight(waiters, commands)
+
+    async def _wait_for_pending(self) -> None:
+        while not self._pending:
+            self._wakeup.clear()
+            await self._wakeup.wait()
+
+    def _append(self, inflight: _Inflight, origin: str = "") -> None:
+        payload = encode_entry(inflight.commands, origin)
+        inflight.future = asyncio.get_running_loop().run_in_executor(self._executor, self.replica.log.append, payload)
 
     async def _run(self) -> None:
         inflight: _Inflight | None = None
         while True:
             if inflight is None:
-                while not self._pending:
-                    self._wakeup.clear()
-                    await self._wakeup.wait()
-                inflight = self._take()
+                await self._wait_for_pending()
+                inflight = self._gather()
+                self._append(inflight)
+            assert inflight.future is not None
             try:
                 record = await inflight.future
             except LogError as error:
-                # After a failed write the log refuses appends: nothing more can be promised.
+                # After a failed write the local log refuses appends: nothing more can be promised.
                 logger.critical("command log failed, refusing writes: %s", error)
                 self.broken = error
                 self._fail(inflight.waiters, error)
-                self._fail(self._pending, error)
+                self._fail(list(self._pending), error)
                 self._pending.clear()
                 return
-            appended = time.perf_counter() - inflight.started
-            upcoming = self._take() if self._pending else None
-            self._apply(record, inflight, appended)
+            upcoming = None
+            if self._pending:
+                upcoming = self._gather()
+                self._append(upcoming)
+            self._apply(record, inflight.commands, inflight)
             inflight = upcoming
 
     @staticmethod
@@ -129,24 +151,14 @@ class Pipeline:
             if not waiter.future.done():
                 waiter.future.set_exception(LogUnavailable(str(error)))
 
-    def _apply(self, record: LogRecord, inflight: _Inflight, appended_s: float) -> None:
-        results, events = self.replica.apply(record, inflight.commands)
-        first_seq = events[0].seq if events else 0
-        position = 0
-        for waiter in inflight.waiters:
-            outcomes = []
-            for result in results[position : position + len(waiter.commands)]:
-                event = None
-                if result.seq >= first_seq and events and result.seq <= events[-1].seq and result.code == "OK":
-                    event = events[result.seq - first_seq]
-                outcomes.append(Outcome(result, record.index, event))
-            position += len(waiter.commands)
-            if not waiter.future.done():
-                waiter.future.set_result(outcomes)
+    def _apply(self, record: LogRecord, commands: list[Command], inflight: _Inflight | None) -> None:
+        results, events = self.replica.apply(record, commands)
+        if inflight is not None:
+            _resolve(inflight, record.index, results, events)
         self._wake_seq_waiters()
         self.replica.maybe_snapshot()
-        if self._on_entry is not None:
-            self._on_entry(len(inflight.commands), appended_s, len(events))
+        if self._on_entry is not None and inflight is not None:
+            self._on_entry(len(commands), time.perf_counter() - inflight.started, len(events))
 
     # ------------------------------------------------------------------ read-your-writes
 
@@ -176,12 +188,115 @@ class Pipeline:
         return True
 
     async def close(self) -> None:
-        if self._task is not None:
-            # Let what is pending or in flight finish: those requests may already be durable.
-            deadline = time.monotonic() + 10
-            while (self._pending or self._task.done() is False) and time.monotonic() < deadline:
-                if not self._pending:
-                    break
-                await asyncio.sleep(0.01)
-            self._task.cancel()
+        # Let what is pending finish for a moment: those requests may already be durable.
+        deadline = time.monotonic() + 10
+        while self._pending and time.monotonic() < deadline and self.broken is None:
+            await asyncio.sleep(0.01)
+        for task in self._tasks:
+            task.cancel()
         self._executor.shutdown(wait=True)
+
+
+def _resolve(inflight: _Inflight, log_index: int, results: list[Result], events: list[EventRecord]) -> None:
+    """Hand each waiting request the results at its positions in the entry."""
+    first_seq = events[0].seq if events else 0
+    last_seq = events[-1].seq if events else -1
+    position = 0
+    for waiter in inflight.waiters:
+        outcomes = []
+        for result in results[position : position + len(waiter.commands)]:
+            event = events[result.seq - first_seq] if result.code == OK and first_seq <= result.seq <= last_seq else None
+            outcomes.append(Outcome(result, log_index, event))
+        position += len(waiter.commands)
+        if not waiter.future.done():
+            waiter.future.set_result(outcomes)
+
+
+class FollowerPipeline(Pipeline):
+    """A node on a shared log: it applies every entry as it reads the log back (module docstring)."""
+
+    def __init__(self, replica: Replica, node_name: str, on_entry: EntryHook | None = None) -> None:
+        super().__init__(replica, on_entry)
+        self._executor = ThreadPoolExecutor(max_workers=appends_in_flight_max, thread_name_prefix="coffer-log-writer")
+        self._reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="coffer-log-reader")
+        # The origin must never repeat, also across restarts of this node: name, boot, counter.
+        self._origins = (f"{node_name}:{os.getpid()}:{time.time_ns()}:{number}" for number in itertools.count())
+        self._by_origin: dict[str, _Inflight] = {}
+        self._slots = asyncio.Semaphore(appends_in_flight_max)
+        self.follow_error: BaseException | None = None
+
+    def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._tasks.append(loop.create_task(self._run(), name="coffer-pipeline-writer"))
+        self._tasks.append(loop.create_task(self._follow(), name="coffer-pipeline-follower"))
+
+    async def _run(self) -> None:
+        while True:
+            await self._wait_for_pending()
+            await self._slots.acquire()
+            if not self._pending:
+                self._slots.release()
+                continue
+            inflight = self._gather()
+            origin = next(self._origins)
+            self._by_origin[origin] = inflight
+            self._append(inflight, origin)
+            asyncio.get_running_loop().create_task(self._confirm(origin, inflight))
+
+    async def _confirm(self, origin: str, inflight: _Inflight) -> None:
+        """Wait for the acknowledgement, then for the entry to come back through the follower."""
+        assert inflight.future is not None
+        try:
+            try:
+                record = await inflight.future
+            finally:
+                self._slots.release()
+        except LogError as error:
+            # Unknown outcome: the entry may still be in the log and be applied when read; these
+            # requests get 503 and their clients retry with the same dedup_ids.
+            self._by_origin.pop(origin, None)
+            self._fail(inflight.waiters, error)
+            return
+        deadline = time.monotonic() + apply_wait_s_max
+        while origin in self._by_origin and time.monotonic() < deadline:
+            await self.wait_for_index(record.index, deadline - time.monotonic())
+            await asyncio.sleep(0)
+        if self._by_origin.pop(origin, None) is not None:
+            self._fail(inflight.waiters, LogError(f"entry {record.index} was not applied here within {apply_wait_s_max} s"))
+
+    async def wait_for_index(self, index: int, timeout_s: float) -> None:
+        if self.replica.machine.log_index >= index or timeout_s <= 0:
+            return
+        deadline = time.monotonic() + timeout_s
+        while self.replica.machine.log_index < index and time.monotonic() < deadline:
+            await asyncio.sleep(0.002)
+
+    async def _follow(self) -> None:
+        loop = asyncio.get_running_loop()
+        log = self.replica.log
+        while True:
+            next_index = self.replica.machine.log_index + 1
+            try:
+                records = await loop.run_in_executor(self._reader, log.follow, next_index, follow_wait_s)
+            except LogError as error:
+                logger.warning("reading the log failed, retrying: %s", error)
+                await asyncio.sleep(0.2)
+                continue
+            except BaseException as error:
+                self.follow_error = error
+                logger.critical("the log follower stopped: %s", error)
+                raise
+            for record in records:
+                if record.index < next_index:
+                    continue  # already applied (a follow that overlapped the last one)
+                try:
+                    entry = decode_entry(record.payload)
+                except msgspec.MsgspecError as error:
+                    # Every replica reads the same bytes and skips them the same way.
+                    logger.critical("log record %d is not a Coffer entry (%s); applying it as empty", record.index, error)
+                    self._apply(record, [], None)
+                    next_index = record.index + 1
+                    continue
+                inflight = self._by_origin.pop(entry.origin, None) if entry.origin else None
+                self._apply(record, entry.commands, inflight)
+                next_index = record.index + 1
