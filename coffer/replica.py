@@ -39,12 +39,15 @@ logger = logging.getLogger(__name__)
 snapshot_magic = b"COFSNAP1"
 # A restart replays what came after the newest snapshot; these bound that work to a few seconds.
 snapshot_every_entries = 20_000
-snapshot_every_events = 250_000
+snapshot_every_events = 200_000
 snapshot_every_seconds = 300.0
 snapshots_kept = 2
 store_commit_interval_s = 0.05
 store_commit_events_max = 50_000
-store_queue_batches_max = 1024  # entries whose events wait for the store; beyond, apply waits (backpressure)
+# Backpressure: writers wait (without blocking reads) while the store is this many events behind,
+# so history queries stay fresh and a snapshot, which waits for the store, is never far behind.
+store_backlog_events_max = 100_000
+store_queue_batches_max = 8192  # a hard bound on queued entries, far above what the backlog allows
 
 class LogEntry(msgspec.Struct, array_like=True, gc=False):
     """The payload of one log record: a batch of commands and who appended it.
@@ -116,15 +119,22 @@ class StoreWriter:
         self.store = store
         self._queue: queue.Queue[list[EventRecord] | None] = queue.Queue(maxsize=store_queue_batches_max)
         self.stored_seq = store.last_seq
+        self.queued_seq = store.last_seq
         self.error: BaseException | None = None
         self.listeners: list[Callable[[int], None]] = []
         self._thread = threading.Thread(target=self._run, name="coffer-event-store", daemon=True)
         self._thread.start()
 
+    @property
+    def backlog_events(self) -> int:
+        """Events applied but not yet in the store."""
+        return self.queued_seq - self.stored_seq
+
     def put(self, events: list[EventRecord]) -> None:
         if self.error is not None:
             raise RuntimeError("the event store writer failed") from self.error
         self._queue.put(events)
+        self.queued_seq = events[-1].seq
 
     def _run(self) -> None:
         while True:

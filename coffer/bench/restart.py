@@ -21,7 +21,7 @@ import httpx
 from coffer.bench.apply import _setup_entries
 from coffer.core.commands import Command, Transfer
 from coffer.log.wal import LocalWal
-from coffer.replica import Replica, encode_entry
+from coffer.replica import Replica, encode_entry, store_backlog_events_max
 
 
 def _free_port() -> int:
@@ -40,6 +40,10 @@ def build(data_dir: Path, account_count: int, transfer_count: int, entry_size: i
         record = log.append(encode_entry(commands))
         replica.apply(record, commands)
         replica.maybe_snapshot()
+        # The server's backpressure: do not run ahead of the event store.
+        while replica.writer is not None and replica.writer.backlog_events > store_backlog_events_max:
+            time.sleep(0.005)
+            replica.maybe_snapshot()
 
     started = time.monotonic()
     for commands in _setup_entries(account_count):

@@ -33,7 +33,7 @@ from coffer.core.accounts import OK, Result
 from coffer.core.commands import Command
 from coffer.core.events import EventRecord
 from coffer.log.base import LogError, LogRecord
-from coffer.replica import Replica, decode_entry, encode_entry
+from coffer.replica import Replica, decode_entry, encode_entry, store_backlog_events_max
 
 logger = logging.getLogger(__name__)
 
@@ -115,6 +115,9 @@ class Pipeline:
         while not self._pending:
             self._wakeup.clear()
             await self._wakeup.wait()
+        writer = self.replica.writer
+        while writer is not None and writer.backlog_events > store_backlog_events_max:
+            await asyncio.sleep(0.005)  # backpressure from the event store; reads go on meanwhile
 
     def _append(self, inflight: _Inflight, origin: str = "") -> None:
         payload = encode_entry(inflight.commands, origin)
