@@ -57,11 +57,57 @@ def main() -> None:
 @click.option("--keys-file", type=click.Path(dir_okay=False, exists=True, path_type=Path), help="lines of 'ROLE KEY'")
 @click.option("--log-level", default="info", show_default=True, type=click.Choice(["debug", "info", "warning", "error"]))
 @click.option("--snapshot-entries", default=20_000, show_default=True, help="log entries between snapshots")
-def serve(host: str, port: int, data_dir: Path, keys_file: Path | None, log_level: str, snapshot_entries: int) -> None:
-    """Run a node on the local write-ahead log (the embedded default)."""
+@click.option("--log", "log_url", help="nats://host:port,... to join a JetStream cluster [default: local WAL in --data-dir]")
+@click.option("--node-name", help="this node's name in a cluster [default: host:port]")
+@click.option("--stream", default="coffer-shard-0", show_default=True, help="the shard's JetStream stream")
+@click.option("--replicas", default=3, show_default=True, type=click.Choice(["1", "3", "5"]), help="stream replicas (R)")
+def serve(
+    host: str,
+    port: int,
+    data_dir: Path,
+    keys_file: Path | None,
+    log_level: str,
+    snapshot_entries: int,
+    log_url: str | None,
+    node_name: str | None,
+    stream: str,
+    replicas: str,
+) -> None:
+    """Run a node: on the local write-ahead log (the embedded default), or on a JetStream cluster."""
     from coffer.server.serve import serve as run_server
 
-    run_server(host, port, data_dir, keys_file, log_level, snapshot_entries)
+    run_server(host, port, data_dir, keys_file, log_level, snapshot_entries, log_url, node_name, stream, int(replicas))
+
+
+@main.group()
+def cluster() -> None:
+    """A local cluster: NATS JetStream servers and Coffer nodes on loopback ports."""
+
+
+@cluster.command("up")
+@click.option("--nodes", default=3, show_default=True, type=click.Choice(["1", "3", "5"]), help="NATS servers and Coffer nodes")
+@click.option("--data-dir", required=True, type=click.Path(file_okay=False, path_type=Path))
+def cluster_up(nodes: str, data_dir: Path) -> None:
+    """Start the servers and nodes, print the nodes' URLs, and leave them running."""
+    from coffer.cluster.local import LocalCluster
+
+    local = LocalCluster(data_dir, int(nodes))
+    local.up()
+    click.echo(f"NATS JetStream: {','.join(local.nats.urls)}")
+    for node in local.nodes:
+        click.echo(f"{node.name}  {node.url}")
+    click.echo(f"COFFER_URL={','.join(local.urls)}")
+    click.echo(f"stop with: coffer cluster down --data-dir {data_dir}")
+
+
+@cluster.command("down")
+@click.option("--data-dir", required=True, type=click.Path(file_okay=False, exists=True, path_type=Path))
+def cluster_down(data_dir: Path) -> None:
+    """Stop what ``cluster up`` started in that directory (by the PIDs it recorded)."""
+    from coffer.cluster.local import stop_recorded_cluster
+
+    stopped = stop_recorded_cluster(data_dir)
+    click.echo(f"stopped {len(stopped)} processes")
 
 
 @main.group()

@@ -49,6 +49,7 @@ store_commit_events_max = 50_000
 store_backlog_events_max = 100_000
 store_queue_batches_max = 8192  # a hard bound on queued entries, far above what the backlog allows
 
+
 class LogEntry(msgspec.Struct, array_like=True, gc=False):
     """The payload of one log record: a batch of commands and who appended it.
 
@@ -174,7 +175,9 @@ class StoreWriter:
 
 
 class Replica:
-    def __init__(self, data_dir: Path, log: CommandLog, *, snapshot_entries: int = snapshot_every_entries) -> None:
+    def __init__(
+        self, data_dir: Path, log: CommandLog, *, snapshot_entries: int = snapshot_every_entries, truncate_log: bool = True
+    ) -> None:
         self.data_dir = data_dir
         self.log = log
         self.snapshot_dir = data_dir / "snapshots"
@@ -187,6 +190,8 @@ class Replica:
         self._last_snapshot_seq = 0
         self._last_snapshot_time = time.monotonic()
         self.writer: StoreWriter | None = None
+        # A shared log (a cluster) is compacted only below what every replica has: not here.
+        self.truncate_log = truncate_log
 
     # ------------------------------------------------------------------ recovery
 
@@ -310,7 +315,8 @@ class Replica:
             _snapshot_index(snapshots[-snapshots_kept]) if len(snapshots) >= snapshots_kept else _snapshot_index(snapshots[0])
         )
         # Keep the log from the oldest kept snapshot on, so a damaged newest one has a fallback.
-        self.log.truncate_before(oldest_kept + 1)
+        if self.truncate_log:
+            self.log.truncate_before(oldest_kept + 1)
 
     def wait_for_snapshot(self, timeout_s: float = 60.0) -> None:
         """Block until a running snapshot is active (tests and orderly shutdown)."""

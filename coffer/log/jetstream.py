@@ -59,7 +59,7 @@ import re
 import threading
 import time
 import uuid
-from collections.abc import Coroutine, Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -370,6 +370,31 @@ class JetStreamLog(CommandLog):
         """
         self._check_open()
         return self._run(self._step_down(), self._api_timeout_s * 2)
+
+    def broadcast(self, subject: str, data: bytes) -> None:
+        """Publish a best-effort note (core NATS, not the stream): replicas' checkpoints."""
+        self._check_open()
+        self._run(self._broadcast(subject, data), self._api_timeout_s)
+
+    def listen(self, subject: str, handler: Callable[[bytes], None]) -> None:
+        """Call ``handler(data)`` (on the log's own thread) for every note on ``subject``."""
+        self._check_open()
+
+        async def deliver(message: Msg) -> None:
+            try:
+                handler(message.data)
+            except Exception:
+                logger.exception("a note handler on %s failed", subject)
+
+        async def subscribe() -> None:
+            assert self._connection is not None
+            await self._connection.subscribe(subject, cb=deliver)
+
+        self._run(subscribe(), self._api_timeout_s)
+
+    async def _broadcast(self, subject: str, data: bytes) -> None:
+        assert self._connection is not None
+        await self._connection.publish(subject, data)
 
     # -- the event loop thread ----------------------------------------------------------------
 

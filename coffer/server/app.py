@@ -21,6 +21,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from coffer.cluster.checkpoints import CheckpointMonitor, checkpoint_interval_s
 from coffer.core.accounts import Account
 from coffer.core.commands import Command
 from coffer.core.errors import ErrorCode
@@ -28,7 +29,7 @@ from coffer.replica import Replica
 from coffer.server import requests as bodies
 from coffer.server.auth import ApiKeys, Role
 from coffer.server.openapi import openapi_document
-from coffer.server.pipeline import LogUnavailable, Outcome, Pipeline
+from coffer.server.pipeline import FollowerPipeline, LogUnavailable, Outcome, Pipeline
 from coffer.server.views import account_view, error_body, event_view, rejection_body
 
 logger = logging.getLogger(__name__)
@@ -37,7 +38,8 @@ request_bytes_max = 16 * 1024 * 1024  # a full POST /v1/commands of 8190 command
 commands_per_request_max = 8190
 query_limit_default = 1000
 query_limit_max = 10_000
-store_wait_s_max = 5.0  # a history read waits this long for the event store to catch up
+store_wait_s_max = 5.0
+submit_wait_s_max = 20.0  # no request hangs: past this the outcome is unknown (503, retry safely)  # a history read waits this long for the event store to catch up
 
 _json = msgspec.json.Encoder()
 
@@ -142,6 +144,7 @@ class Api:
         self.metrics = Metrics()
         self.pipeline: Pipeline | None = None
         self.ready = False
+        self.checkpoints: CheckpointMonitor | None = None
 
     # ------------------------------------------------------------------ plumbing
 
@@ -160,6 +163,8 @@ class Api:
     def route(self, path: str, method: str, role: Role, handler: Callable[[Request, Role], Awaitable[Response]]) -> Route:
         async def endpoint(request: Request) -> Response:
             try:
+                if self.checkpoints is not None and self.checkpoints.diverged is not None:
+                    raise HttpError(503, ErrorCode.NOT_AVAILABLE, self.checkpoints.diverged)
                 granted = self._role(request)
                 if granted < role:
                     raise HttpError(403, ErrorCode.FORBIDDEN, f"this route needs the {role.name.lower()} role")
@@ -241,7 +246,10 @@ class Api:
             record = dedup.get(commands[0].dedup_id)
             if record is not None and record.command == commands[0]:
                 return [Outcome(record.result, 0, None)]
-        return await pipeline.submit(commands)
+        try:
+            return await asyncio.wait_for(pipeline.submit(commands), submit_wait_s_max)
+        except TimeoutError:
+            raise LogUnavailable(f"no outcome within {submit_wait_s_max} s; retry with the same dedup_id") from None
 
     def command_handler(self, kind: str, path_account: bool = False) -> Callable[[Request, Role], Awaitable[Response]]:
         body_type = bodies.body_types[kind]
@@ -261,7 +269,12 @@ class Api:
                 body = bodies.convert_body(body_type, fields)
             else:
                 body = bodies.decode_body(body_type, data)
-            command = bodies.to_command(kind, body, self._scales())
+            try:
+                command = bodies.to_command(kind, body, self._scales())
+            except bodies.RuleError:
+                # An account unknown here may be in log entries this replica has not applied yet.
+                await self._pipeline().catch_up()
+                command = bodies.to_command(kind, body, self._scales())
             (outcome,) = await self._submit([command])
             status, answer = await self._outcome_body(outcome)
             return json_response(answer, status)
@@ -282,6 +295,7 @@ class Api:
         answers: list[dict[str, Any] | None] = []
         to_send: list[Command] = []
         slots: list[int] = []
+        caught_up = False
         for item in batch.commands:
             fields = dict(item)
             kind = fields.pop("type", None)
@@ -290,7 +304,16 @@ class Api:
                     raise bodies.RequestError(ErrorCode.INVALID_REQUEST, f"unknown command type {kind!r}")
                 if kind in bodies.admin_command_types and role < Role.ADMIN:
                     raise HttpError(403, ErrorCode.FORBIDDEN, f"{kind} needs the admin role")
-                command = bodies.to_command(kind, bodies.convert_body(bodies.body_types[kind], fields), scales)
+                body = bodies.convert_body(bodies.body_types[kind], fields)
+                try:
+                    command = bodies.to_command(kind, body, scales)
+                except bodies.RuleError:
+                    if caught_up:
+                        raise
+                    # Unknown here, maybe not yet applied here: catch up with the log once.
+                    await self._pipeline().catch_up()
+                    caught_up = True
+                    command = bodies.to_command(kind, body, scales)
             except bodies.RequestError as error:
                 answers.append({"status": 422, **error_body(error.code, error.message, error.account_id)})
                 continue
@@ -305,7 +328,10 @@ class Api:
             answers.append(None)
             to_send.append(command)
         if to_send:
-            outcomes = await self._pipeline().submit(to_send)
+            try:
+                outcomes = await asyncio.wait_for(self._pipeline().submit(to_send), submit_wait_s_max)
+            except TimeoutError:
+                raise LogUnavailable(f"no outcome within {submit_wait_s_max} s; retry with the same dedup_ids") from None
             for slot, outcome in zip(slots, outcomes, strict=True):
                 status, answer = await self._outcome_body(outcome)
                 answers[slot] = {"status": status, **answer}
@@ -403,6 +429,8 @@ class Api:
         pipeline = self.pipeline
         if not self.ready or pipeline is None or pipeline.broken is not None:
             return error_response(503, ErrorCode.NOT_AVAILABLE, "not ready")
+        if self.checkpoints is not None and self.checkpoints.diverged is not None:
+            return error_response(503, ErrorCode.NOT_AVAILABLE, self.checkpoints.diverged)
         return json_response({"status": "ready", "seq": self.replica.machine.seq})
 
     async def metrics_endpoint(self, request: Request, role: Role) -> Response:
@@ -461,20 +489,31 @@ class Api:
         ]
 
 
-def create_app(replica: Replica, keys: ApiKeys) -> Starlette:
-    """The ASGI app; it recovers the replica and starts the pipeline when the server starts."""
+def create_app(replica: Replica, keys: ApiKeys, node_name: str | None = None) -> Starlette:
+    """The ASGI app; it recovers the replica and starts the pipeline when the server starts.
+
+    With ``node_name`` the node is one of several on a shared log (a cluster): it applies the
+    log as it reads it back and compares checkpoints with its peers.
+    """
     api = Api(replica, keys)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         await asyncio.to_thread(replica.recover)
-        api.pipeline = Pipeline(replica, on_entry=api.on_entry)
+        background: list[asyncio.Task[None]] = []
+        if node_name is None:
+            api.pipeline = Pipeline(replica, on_entry=api.on_entry)
+        else:
+            api.pipeline = FollowerPipeline(replica, node_name, on_entry=api.on_entry)
+            background.append(asyncio.get_running_loop().create_task(_watch_checkpoints(api, node_name)))
         api.pipeline.start()
         api.ready = True
         try:
             yield
         finally:
             api.ready = False
+            for task in background:
+                task.cancel()
             await api.pipeline.close()
             replica.close()
 
@@ -501,3 +540,26 @@ def _unauthenticated(handler: Callable[[Request, Role], Awaitable[Response]]) ->
         return await handler(request, Role.READER)
 
     return endpoint
+
+
+async def _watch_checkpoints(api: "Api", node_name: str) -> None:
+    """Publish this replica's checkpoint every second and judge the peers' (cluster mode)."""
+    log = api.replica.log
+    subject = f"coffer.checkpoints.{getattr(log, 'stream', 'log')}"
+    monitor = CheckpointMonitor(node_name, subject)
+    api.checkpoints = monitor
+    machine = api.replica.machine
+    monitor.record(machine.log_index, machine.seq, machine.head)
+    assert api.pipeline is not None
+    api.pipeline.applied_hooks.append(monitor.record)
+    loop = asyncio.get_running_loop()
+    await asyncio.to_thread(log.listen, subject, lambda data: loop.call_soon_threadsafe(monitor.receive, data))  # type: ignore[attr-defined]
+    while True:
+        await asyncio.sleep(checkpoint_interval_s)
+        latest = monitor.latest()
+        if latest is None:
+            continue
+        try:
+            await asyncio.to_thread(log.broadcast, subject, monitor.encode(latest))  # type: ignore[attr-defined]
+        except Exception as error:  # the log is failing over; the next second tries again
+            logger.debug("checkpoint not published: %s", error)

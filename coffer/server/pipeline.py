@@ -82,6 +82,8 @@ class Pipeline:
         self._tasks: list[asyncio.Task[None]] = []
         self.broken: BaseException | None = None
         self._on_entry = on_entry
+        # Called after every applied entry with (log_index, seq, chain head): checkpoints.
+        self.applied_hooks: list[Callable[[int, int, bytes], None]] = []
 
     def start(self) -> None:
         self._tasks.append(asyncio.get_running_loop().create_task(self._run(), name="coffer-pipeline"))
@@ -158,6 +160,9 @@ class Pipeline:
         results, events = self.replica.apply(record, commands)
         if inflight is not None:
             _resolve(inflight, record.index, results, events)
+        machine = self.replica.machine
+        for hook in self.applied_hooks:
+            hook(machine.log_index, machine.seq, machine.head)
         self._wake_seq_waiters()
         self.replica.maybe_snapshot()
         if self._on_entry is not None and inflight is not None:
@@ -189,6 +194,9 @@ class Pipeline:
         except TimeoutError:
             return False
         return True
+
+    async def catch_up(self) -> None:
+        """Apply everything the log held when called (a single writer has nothing to catch up)."""
 
     async def close(self) -> None:
         # Let what is pending finish for a moment: those requests may already be durable.
@@ -266,6 +274,11 @@ class FollowerPipeline(Pipeline):
             await asyncio.sleep(0)
         if self._by_origin.pop(origin, None) is not None:
             self._fail(inflight.waiters, LogError(f"entry {record.index} was not applied here within {apply_wait_s_max} s"))
+
+    async def catch_up(self, timeout_s: float = min_seq_wait_s_max) -> None:
+        log = self.replica.log
+        index = await asyncio.to_thread(lambda: log.last_index)
+        await self.wait_for_index(index, timeout_s)
 
     async def wait_for_index(self, index: int, timeout_s: float) -> None:
         if self.replica.machine.log_index >= index or timeout_s <= 0:

@@ -3,11 +3,13 @@
 import gc
 import ipaddress
 import logging
+import socket
 import sys
 from pathlib import Path
 
 import uvicorn
 
+from coffer.log.base import CommandLog
 from coffer.log.wal import LocalWal
 from coffer.replica import Replica
 from coffer.server.app import create_app
@@ -29,7 +31,30 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def serve(host: str, port: int, data_dir: Path, keys_file: Path | None, log_level: str, snapshot_entries: int) -> None:
+def open_log(log_url: str | None, data_dir: Path, stream: str, replicas: int) -> CommandLog:
+    """The local WAL in the data directory, or a JetStream stream for ``nats://`` URLs."""
+    if log_url is None:
+        return LocalWal(data_dir / "log")
+    servers = [part.strip() for part in log_url.split(",") if part.strip()]
+    if not servers or not all(server.startswith(("nats://", "tls://")) for server in servers):
+        raise ServeError(f"--log takes nats:// URLs, comma-separated; got {log_url!r}")
+    from coffer.log.jetstream import JetStreamLog
+
+    return JetStreamLog(servers, stream=stream, replicas=replicas)
+
+
+def serve(
+    host: str,
+    port: int,
+    data_dir: Path,
+    keys_file: Path | None,
+    log_level: str,
+    snapshot_entries: int,
+    log_url: str | None = None,
+    node_name: str | None = None,
+    stream: str = "coffer-shard-0",
+    replicas: int = 3,
+) -> None:
     if not __debug__:
         # Assertions guard states that must be impossible; a ledger does not run without them.
         raise ServeError("coffer refuses to run with assertions stripped (python -O)")
@@ -38,9 +63,12 @@ def serve(host: str, port: int, data_dir: Path, keys_file: Path | None, log_leve
     if not is_loopback(host) and not keys:
         raise ServeError(f"refusing to bind {host} without API keys: set --keys-file or COFFER_API_KEYS")
     data_dir.mkdir(parents=True, exist_ok=True)
-    log = LocalWal(data_dir / "log")
-    replica = Replica(data_dir, log, snapshot_entries=snapshot_entries)
-    app = create_app(replica, keys)
+    log = open_log(log_url, data_dir, stream, replicas)
+    shared = log_url is not None
+    replica = Replica(data_dir, log, snapshot_entries=snapshot_entries, truncate_log=not shared)
+    if shared and node_name is None:
+        node_name = f"{socket.gethostname()}:{port}"
+    app = create_app(replica, keys, node_name if shared else None)
     # Millions of long-lived ledger objects: collect young garbage less often, and never rescan
     # what survived start-up.
     gc.set_threshold(50_000, 20, 100)

@@ -1,0 +1,112 @@
+"""Divergence is impossible to miss: replicas compare what they made of the same log.
+
+Method. Every replica applies the same entries to the same deterministic state machine, so after
+log index N all of them must hold the same event chain head (the head commits to every event,
+and every event carries the full views of the accounts it changed). Each node remembers the head
+it had after each recent index and publishes its latest ``(log_index, seq, head)`` on a NATS
+subject every second. When a peer's checkpoint names an index this node has applied, the heads
+are compared; a node that disagrees with the majority of the peers it has compared against stops
+serving (reads, writes and readiness answer 503) and logs it at CRITICAL: its state can no longer
+be trusted, and an operator must look before it serves again.
+"""
+
+import logging
+import time
+from collections import OrderedDict
+
+import msgspec
+
+logger = logging.getLogger(__name__)
+
+checkpoint_interval_s = 1.0
+heads_kept = 50_000  # recent log indexes whose head this node remembers, to compare late peers
+peer_checkpoint_age_s_max = 30.0  # a peer silent longer than this no longer counts for a majority
+
+
+class Checkpoint(msgspec.Struct, array_like=True):
+    node: str
+    log_index: int
+    seq: int
+    head: bytes
+
+
+_encoder = msgspec.msgpack.Encoder()
+_decoder = msgspec.msgpack.Decoder(Checkpoint)
+
+
+class Divergence(RuntimeError):
+    pass
+
+
+class CheckpointMonitor:
+    def __init__(self, node_name: str, subject: str) -> None:
+        self.node_name = node_name
+        self.subject = subject
+        self._heads: OrderedDict[int, tuple[int, bytes]] = OrderedDict()
+        self._pending: dict[int, list[Checkpoint]] = {}  # peers ahead of us, compared when we get there
+        self._verdicts: dict[str, tuple[bool, float, int]] = {}  # peer -> (agrees, when, index)
+        self.diverged: str | None = None
+        self.compared = 0
+
+    def record(self, log_index: int, seq: int, head: bytes) -> None:
+        """After each applied entry (on the event loop thread)."""
+        self._heads[log_index] = (seq, head)
+        if len(self._heads) > heads_kept:
+            self._heads.popitem(last=False)
+        waiting = self._pending.pop(log_index, None)
+        if waiting:
+            for checkpoint in waiting:
+                self._compare(checkpoint)
+
+    def latest(self) -> Checkpoint | None:
+        if not self._heads:
+            return None
+        log_index, (seq, head) = next(reversed(self._heads.items()))
+        return Checkpoint(self.node_name, log_index, seq, head)
+
+    def encode(self, checkpoint: Checkpoint) -> bytes:
+        return _encoder.encode(checkpoint)
+
+    def receive(self, data: bytes) -> None:
+        """A peer's checkpoint (on the event loop thread)."""
+        try:
+            checkpoint = _decoder.decode(data)
+        except msgspec.MsgspecError:
+            logger.warning("ignoring a malformed checkpoint on %s", self.subject)
+            return
+        if checkpoint.node == self.node_name:
+            return
+        newest = next(reversed(self._heads), 0) if self._heads else 0
+        if checkpoint.log_index > newest:
+            if len(self._pending) < heads_kept:
+                self._pending.setdefault(checkpoint.log_index, []).append(checkpoint)
+            return
+        self._compare(checkpoint)
+
+    def _compare(self, checkpoint: Checkpoint) -> None:
+        mine = self._heads.get(checkpoint.log_index)
+        if mine is None:
+            return  # too old to compare
+        self.compared += 1
+        agrees = mine == (checkpoint.seq, checkpoint.head)
+        self._verdicts[checkpoint.node] = (agrees, time.monotonic(), checkpoint.log_index)
+        if not agrees:
+            logger.error(
+                "replica %s disagrees with %s at log index %d: seq %d head %s, theirs seq %d head %s",
+                self.node_name,
+                checkpoint.node,
+                checkpoint.log_index,
+                mine[0],
+                mine[1].hex(),
+                checkpoint.seq,
+                checkpoint.head.hex(),
+            )
+        self._judge()
+
+    def _judge(self) -> None:
+        now = time.monotonic()
+        recent = [(agrees, index) for agrees, seen, index in self._verdicts.values() if now - seen <= peer_checkpoint_age_s_max]
+        disagreeing = [index for agrees, index in recent if not agrees]
+        if self.diverged is None and disagreeing and len(disagreeing) * 2 > len(recent):
+            self.diverged = f"replica {self.node_name} diverged: its state at log index {min(disagreeing)} differs from the majority of its peers"
+            logger.critical("%s; it stops serving until an operator restores it", self.diverged)
