@@ -158,6 +158,18 @@ def bench_load(
         raise click.UsageError(str(error)) from error
 
 
+@bench.command("failover")
+@click.option("--runs", default=5, show_default=True, help="leader kills, one after the other")
+@click.option("--nodes", default="3", show_default=True, type=click.Choice(["3", "5"]))
+@click.option("--threads", default=6, show_default=True, help="client threads sending transfers")
+@click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), help="keep the cluster's files here")
+def bench_failover(runs: int, nodes: str, threads: int, data_dir: Path | None) -> None:
+    """Kill -9 the stream leader under load; last line: rto_ms=<worst run> lost= duplicated=."""
+    from coffer.bench.failover import run
+
+    run(runs, int(nodes), threads, data_dir, click.echo)
+
+
 @bench.command("restart")
 @click.option("--accounts", "account_count", default=100_000, show_default=True)
 @click.option("--transfers", "transfer_count", default=1_000_000, show_default=True)

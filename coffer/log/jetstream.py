@@ -297,6 +297,19 @@ class JetStreamLog(CommandLog):
                 records.extend(self._append_clamp.record(item) for item in stored)
             return records
 
+    def publish(self, payload: bytes, message_id: str) -> int:
+        """Append one entry under the caller's unique id; return its index once acknowledged.
+
+        For a node that learns its entries' times by reading the log back (the follower
+        pipeline): no time read-back and no appender lock, so several publishes may be in
+        flight at once and land in any order. Retries reuse ``message_id``, and so may the
+        caller, so JetStream stores the entry at most once within ``duplicate_window_s``.
+        """
+        check_payload(payload)
+        self._check_open()
+        deadline = self._deadline(self._append_timeout_s)
+        return self._run(self._publish_with_retries([payload], message_id, deadline), self._append_timeout_s + self._api_timeout_s)
+
     def read(self, from_index: int) -> Iterator[LogRecord]:
         check_read_index(from_index)
         self._check_open()

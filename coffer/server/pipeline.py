@@ -66,7 +66,7 @@ class _Inflight:
     waiters: list[_Waiter]
     commands: list[Command]
     started: float = field(default_factory=time.perf_counter)
-    future: asyncio.Future[LogRecord] | None = None
+    future: "asyncio.Future[LogRecord] | asyncio.Future[int] | None" = None
 
 
 EntryHook = Callable[[int, float, int], None]  # (commands, seconds from hand-off to applied, events)
@@ -254,12 +254,23 @@ class FollowerPipeline(Pipeline):
             self._append(inflight, origin)
             asyncio.get_running_loop().create_task(self._confirm(origin, inflight))
 
+    def _append(self, inflight: _Inflight, origin: str = "") -> None:
+        payload = encode_entry(inflight.commands, origin)
+        log = self.replica.log
+        publish = getattr(log, "publish", None)
+        loop = asyncio.get_running_loop()
+        if publish is not None:
+            # The entry's origin doubles as its message id: a retried publish is stored once.
+            inflight.future = loop.run_in_executor(self._executor, publish, payload, origin)
+        else:
+            inflight.future = loop.run_in_executor(self._executor, log.append, payload)
+
     async def _confirm(self, origin: str, inflight: _Inflight) -> None:
         """Wait for the acknowledgement, then for the entry to come back through the follower."""
         assert inflight.future is not None
         try:
             try:
-                record = await inflight.future
+                acknowledged = await inflight.future
             finally:
                 self._slots.release()
         except LogError as error:
@@ -268,12 +279,13 @@ class FollowerPipeline(Pipeline):
             self._by_origin.pop(origin, None)
             self._fail(inflight.waiters, error)
             return
+        index = acknowledged if isinstance(acknowledged, int) else acknowledged.index
         deadline = time.monotonic() + apply_wait_s_max
         while origin in self._by_origin and time.monotonic() < deadline:
-            await self.wait_for_index(record.index, deadline - time.monotonic())
+            await self.wait_for_index(index, deadline - time.monotonic())
             await asyncio.sleep(0)
         if self._by_origin.pop(origin, None) is not None:
-            self._fail(inflight.waiters, LogError(f"entry {record.index} was not applied here within {apply_wait_s_max} s"))
+            self._fail(inflight.waiters, LogError(f"entry {index} was not applied here within {apply_wait_s_max} s"))
 
     async def catch_up(self, timeout_s: float = min_seq_wait_s_max) -> None:
         log = self.replica.log

@@ -1,0 +1,98 @@
+"""Divergence between replicas is caught: by the monitor's rules, and by a real node."""
+
+import asyncio
+import time
+from pathlib import Path
+
+import httpx
+import nats
+
+from coffer.cluster.checkpoints import Checkpoint, CheckpointMonitor
+from coffer.cluster.local import LocalCluster
+
+head_a = b"a" * 32
+head_b = b"b" * 32
+
+
+def _note(monitor: CheckpointMonitor, node: str, log_index: int, seq: int, head: bytes) -> None:
+    monitor.receive(monitor.encode(Checkpoint(node, log_index, seq, head)))
+
+
+def test_agreeing_peers_keep_the_node_serving() -> None:
+    monitor = CheckpointMonitor("c1", "subject")
+    monitor.record(1, 1, head_a)
+    _note(monitor, "c2", 1, 1, head_a)
+    _note(monitor, "c3", 1, 1, head_a)
+    assert monitor.diverged is None and monitor.compared == 2
+
+
+def test_one_odd_peer_does_not_stop_the_majority() -> None:
+    monitor = CheckpointMonitor("c1", "subject")
+    monitor.record(1, 1, head_a)
+    _note(monitor, "c2", 1, 1, head_a)
+    _note(monitor, "c3", 1, 1, head_b)
+    assert monitor.diverged is None
+
+
+def test_disagreeing_with_the_majority_stops_the_node() -> None:
+    monitor = CheckpointMonitor("c1", "subject")
+    monitor.record(5, 9, head_a)
+    _note(monitor, "c2", 5, 9, head_b)
+    _note(monitor, "c3", 5, 9, head_b)
+    assert monitor.diverged is not None and "log index 5" in monitor.diverged
+
+
+def test_a_peer_ahead_is_compared_when_this_node_gets_there() -> None:
+    monitor = CheckpointMonitor("c1", "subject")
+    monitor.record(1, 1, head_a)
+    _note(monitor, "c2", 3, 4, head_b)
+    assert monitor.compared == 0
+    monitor.record(2, 2, head_a)
+    monitor.record(3, 4, head_a)
+    assert monitor.compared == 1 and monitor.diverged is not None
+
+
+def test_the_same_head_at_another_seq_is_a_disagreement() -> None:
+    monitor = CheckpointMonitor("c1", "subject")
+    monitor.record(1, 1, head_a)
+    _note(monitor, "c2", 1, 2, head_a)
+    assert monitor.diverged is not None
+
+
+def test_own_and_malformed_notes_are_ignored() -> None:
+    monitor = CheckpointMonitor("c1", "subject")
+    monitor.record(1, 1, head_a)
+    _note(monitor, "c1", 1, 1, head_b)
+    monitor.receive(b"\xc1 not a checkpoint")
+    assert monitor.diverged is None and monitor.compared == 0
+
+
+def test_a_real_node_that_disagrees_with_its_peers_stops_serving(tmp_path: Path) -> None:
+    cluster = LocalCluster(tmp_path / "cluster", 1, die_with_parent=True)
+    cluster.up()
+    try:
+        url = cluster.urls[0]
+        assert httpx.post(f"{url}/v1/accounts", json={"dedup_id": "d1", "account_id": "a", "asset": "USD"}).status_code == 200
+        head = httpx.get(f"{url}/v1/audit/head").json()
+
+        async def forge() -> None:
+            # Two "peers" that applied the same index but hold another head.
+            connection = await nats.connect(cluster.nats.urls)
+            monitor = CheckpointMonitor("forger", f"coffer.checkpoints.{cluster.stream}")
+            for peer in ("x1", "x2"):
+                note = monitor.encode(Checkpoint(peer, head["log_index"], head["seq"], b"\x00" * 32))
+                await connection.publish(monitor.subject, note)
+            await connection.flush()
+            await connection.close()
+
+        asyncio.run(forge())
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and httpx.get(f"{url}/readyz").status_code == 200:
+            time.sleep(0.1)
+        ready = httpx.get(f"{url}/readyz")
+        assert ready.status_code == 503 and "diverged" in ready.json()["error"]["message"]
+        refused = httpx.post(f"{url}/v1/accounts", json={"dedup_id": "d2", "account_id": "b", "asset": "USD"})
+        assert refused.status_code == 503
+        assert httpx.get(f"{url}/v1/accounts/a").status_code == 503
+    finally:
+        cluster.down()
