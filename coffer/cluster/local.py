@@ -146,6 +146,21 @@ class LocalCluster:
             process.wait()
         self._write_state()
 
+    def restart_server(self, number: int) -> None:
+        """A planned restart of one NATS server: if it leads the stream, it hands over first.
+
+        A step-down moves the leadership at once, so writes pause for a moment instead of the
+        4-9 s election that a crash of the leader costs.
+        """
+        from coffer.log.jetstream import JetStreamLog
+
+        with JetStreamLog(self.nats.urls, stream=self.stream, replicas=self.nats.size) as log:
+            leader = log.leader()
+            if leader is not None and self.nats.number_of(leader) == number:
+                log.step_down()
+        self.nats.stop(number)
+        self.nats.start(number)
+
     def down(self) -> None:
         for node in self.nodes:
             self.stop_node(node.number)

@@ -72,6 +72,10 @@ def _run_fault(cluster: LocalCluster, prefix: str, fault: str) -> float | None:
         cluster.nats.pause(number)
         time.sleep(load_after_fault_s)
         cluster.nats.resume(number)
+    elif fault == "planned-restart":
+        number = _leader_number(cluster)
+        injected = time.monotonic()
+        cluster.restart_server(number)
     elif fault == "step-down":
         with JetStreamLog(cluster.nats.urls, stream=cluster.stream, replicas=3) as log:
             injected = time.monotonic()
@@ -122,6 +126,12 @@ def test_planned_step_down_costs_under_a_second(cluster: LocalCluster) -> None:
     gaps = [_run_fault(cluster, f"stepdown{round_number}", "step-down") for round_number in range(2)]
     print(f"write gap after a step-down: {gaps} s")
     assert all(gap is not None and gap < 1.0 for gap in gaps), gaps
+
+
+def test_planned_restart_of_the_leader_server_costs_under_a_second(cluster: LocalCluster) -> None:
+    gap = _run_fault(cluster, "planned", "planned-restart")
+    print(f"write gap after a planned restart of the leader's server: {gap} s")
+    assert gap is not None and gap < 1.0, gap
 
 
 def test_restart_everything(cluster: LocalCluster, tmp_path: Path) -> None:
