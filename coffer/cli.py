@@ -61,6 +61,7 @@ def main() -> None:
 @click.option("--node-name", help="this node's name in a cluster [default: host:port]")
 @click.option("--stream", default="coffer-shard-0", show_default=True, help="the shard's JetStream stream")
 @click.option("--replicas", default=3, show_default=True, type=click.Choice(["1", "3", "5"]), help="stream replicas (R)")
+@click.option("--compaction-interval-s", default=30.0, show_default=True, help="cluster: how often to purge the stream below all snapshots")
 def serve(
     host: str,
     port: int,
@@ -72,11 +73,14 @@ def serve(
     node_name: str | None,
     stream: str,
     replicas: str,
+    compaction_interval_s: float,
 ) -> None:
     """Run a node: on the local write-ahead log (the embedded default), or on a JetStream cluster."""
     from coffer.server.serve import serve as run_server
 
-    run_server(host, port, data_dir, keys_file, log_level, snapshot_entries, log_url, node_name, stream, int(replicas))
+    run_server(
+        host, port, data_dir, keys_file, log_level, snapshot_entries, log_url, node_name, stream, int(replicas), compaction_interval_s
+    )
 
 
 @main.group()

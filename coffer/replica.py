@@ -200,6 +200,8 @@ class Replica:
         started = time.monotonic()
         for stale in self.snapshot_dir.glob("*.tmp"):
             stale.unlink()
+        if self.shares_snapshots:
+            self._adopt_shared_snapshot()
         snapshot_path = self._newest_snapshot()
         if snapshot_path is not None:
             self.machine = restore_snapshot(read_snapshot_file(snapshot_path))
@@ -233,6 +235,53 @@ class Replica:
         }
         logger.info("recovered: %s", report)
         return report
+
+    @property
+    def shares_snapshots(self) -> bool:
+        """On a shared log (a cluster), snapshots are also kept where a new replica finds them."""
+        return not self.truncate_log and hasattr(self.log, "fetch_snapshot")
+
+    def _adopt_shared_snapshot(self) -> None:
+        """Take the cluster's shared snapshot when it is newer than this replica's own.
+
+        A replica with an empty disk, or one that was down while the stream was compacted
+        below its own snapshot, can only catch up from there.
+        """
+        newest = self._newest_snapshot()
+        local_index = _snapshot_index(newest) if newest is not None else 0
+        try:
+            shared_index = self.log.shared_snapshot_index()  # type: ignore[attr-defined]
+            if shared_index <= local_index:
+                return
+            fetched = self.log.fetch_snapshot()  # type: ignore[attr-defined]
+        except Exception as error:
+            logger.warning("could not read the shared snapshot: %s", error)
+            return
+        if fetched is None:
+            return
+        index, data = fetched
+        try:
+            restore_snapshot(data)
+        except Exception as error:
+            logger.error("the shared snapshot at index %d does not restore (%s); ignoring it", index, error)
+            return
+        write_snapshot_file(self.snapshot_dir / f"snapshot-{index:020d}.bin", data)
+        logger.info("adopted the shared snapshot at log index %d (own newest was %d)", index, local_index)
+
+    @property
+    def snapshot_index(self) -> int:
+        """The log index of this replica's newest active snapshot (0 if none)."""
+        return self._last_snapshot_index
+
+    def _share_snapshot(self, path: Path, index: int) -> None:
+        def upload() -> None:
+            try:
+                self.log.put_snapshot(index, read_snapshot_file(path))  # type: ignore[attr-defined]
+            except Exception as error:  # the next snapshot tries again
+                logger.warning("could not share the snapshot at index %d: %s", index, error)
+
+        # A snapshot is tens of MB: upload it off the event loop.
+        threading.Thread(target=upload, name="coffer-snapshot-upload", daemon=True).start()
 
     def _newest_snapshot(self) -> Path | None:
         candidates = sorted(self.snapshot_dir.glob("snapshot-*.bin"), key=_snapshot_index, reverse=True)
@@ -317,6 +366,8 @@ class Replica:
         # Keep the log from the oldest kept snapshot on, so a damaged newest one has a fallback.
         if self.truncate_log:
             self.log.truncate_before(oldest_kept + 1)
+        if self.shares_snapshots:
+            self._share_snapshot(pending.with_suffix(""), index)
 
     def wait_for_snapshot(self, timeout_s: float = 60.0) -> None:
         """Block until a running snapshot is active (tests and orderly shutdown)."""

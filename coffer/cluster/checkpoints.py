@@ -28,6 +28,7 @@ class Checkpoint(msgspec.Struct, array_like=True):
     log_index: int
     seq: int
     head: bytes
+    snapshot_index: int = 0  # the replica's newest snapshot: the stream below it may go
 
 
 _encoder = msgspec.msgpack.Encoder()
@@ -47,6 +48,17 @@ class CheckpointMonitor:
         self._verdicts: dict[str, tuple[bool, float, int]] = {}  # peer -> (agrees, when, index)
         self.diverged: str | None = None
         self.compared = 0
+        self.peer_snapshots: dict[str, tuple[int, float]] = {}  # peer -> (snapshot index, heard at)
+
+    def compaction_index(self, own_snapshot_index: int, shared_snapshot_index: int) -> int:
+        """The stream may be purged up to and including this index.
+
+        Every live replica (heard from recently) has a snapshot at or above it, and so does the
+        shared store, from which a replica that was away, or is new, catches up.
+        """
+        now = time.monotonic()
+        live = [index for index, heard in self.peer_snapshots.values() if now - heard <= peer_checkpoint_age_s_max]
+        return min([own_snapshot_index, shared_snapshot_index, *live])
 
     def record(self, log_index: int, seq: int, head: bytes) -> None:
         """After each applied entry (on the event loop thread)."""
@@ -76,6 +88,7 @@ class CheckpointMonitor:
             return
         if checkpoint.node == self.node_name:
             return
+        self.peer_snapshots[checkpoint.node] = (checkpoint.snapshot_index, time.monotonic())
         newest = next(reversed(self._heads), 0) if self._heads else 0
         if checkpoint.log_index > newest:
             if len(self._pending) < heads_kept:

@@ -53,6 +53,7 @@ class LocalCluster:
         stream: str = "coffer-shard-0",
         die_with_parent: bool = False,
         environment: dict[str, str] | None = None,
+        node_arguments: list[str] | None = None,
     ) -> None:
         self.directory = Path(directory).resolve()
         self.directory.mkdir(parents=True, exist_ok=True)
@@ -62,6 +63,7 @@ class LocalCluster:
         self._processes: dict[int, subprocess.Popen[bytes]] = {}
         self._environment = {**os.environ, **(environment or {})}
         self._die_with_parent = die_with_parent
+        self._node_arguments = node_arguments or []
 
     @property
     def urls(self) -> list[str]:
@@ -101,6 +103,7 @@ class LocalCluster:
             str(node.port),
             "--log-level",
             "warning",
+            *self._node_arguments,
         ]
         log = open(self.directory / f"{node.name}.log", "ab")  # noqa: SIM115 - the child keeps it
         self._processes[number] = subprocess.Popen(

@@ -65,9 +65,11 @@ from typing import Any, TypeVar
 
 import nats
 import nats.errors
+import nats.js.errors
 from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
+from nats.js.api import ObjectMeta, ObjectStoreConfig, StorageType
 
 from coffer.log.base import (
     CommandLog,
@@ -82,6 +84,9 @@ from coffer.log.base import (
 )
 
 logger = logging.getLogger(__name__)
+
+snapshot_object_name = "latest"
+snapshot_transfer_timeout_s = 120.0  # a snapshot of millions of dedup records is tens of MB
 
 subject_prefix = "coffer.log."
 stream_name_default = "coffer-shard-0"
@@ -383,6 +388,61 @@ class JetStreamLog(CommandLog):
         """
         self._check_open()
         return self._run(self._step_down(), self._api_timeout_s * 2)
+
+    # -- snapshots shared through a JetStream object store -----------------------------------
+
+    @property
+    def snapshot_bucket(self) -> str:
+        return f"{self.stream}-snapshots"
+
+    def put_snapshot(self, index: int, data: bytes) -> None:
+        """Keep ``data`` as the shared snapshot at log ``index`` unless a newer one is there.
+
+        Replicas produce byte-identical snapshots at the same index (the state machine is
+        deterministic), so it does not matter which of them uploads one.
+        """
+        self._check_open()
+        self._run(self._put_snapshot(index, data), snapshot_transfer_timeout_s)
+
+    def shared_snapshot_index(self) -> int:
+        """The log index of the shared snapshot, 0 if there is none."""
+        self._check_open()
+        return self._run(self._shared_snapshot_index(), self._api_timeout_s * 2)
+
+    def fetch_snapshot(self) -> tuple[int, bytes] | None:
+        """The shared snapshot ``(log index, bytes)``, or None."""
+        self._check_open()
+        return self._run(self._fetch_snapshot(), snapshot_transfer_timeout_s)
+
+    async def _snapshot_store(self) -> Any:
+        js = self._nc.jetstream(timeout=self._api_timeout_s)
+        try:
+            return await js.object_store(self.snapshot_bucket)
+        except (nats.js.errors.NotFoundError, nats.js.errors.BucketNotFoundError):
+            config = ObjectStoreConfig(bucket=self.snapshot_bucket, storage=StorageType.FILE, replicas=self.replicas)
+            return await js.create_object_store(self.snapshot_bucket, config=config)
+
+    async def _shared_snapshot_index(self) -> int:
+        store = await self._snapshot_store()
+        try:
+            info = await store.get_info(snapshot_object_name)
+        except (nats.js.errors.NotFoundError, nats.js.errors.ObjectNotFoundError):
+            return 0
+        return int(info.description or 0)
+
+    async def _put_snapshot(self, index: int, data: bytes) -> None:
+        if await self._shared_snapshot_index() >= index:
+            return
+        store = await self._snapshot_store()
+        await store.put(snapshot_object_name, data, meta=ObjectMeta(name=snapshot_object_name, description=str(index)))
+
+    async def _fetch_snapshot(self) -> tuple[int, bytes] | None:
+        store = await self._snapshot_store()
+        try:
+            result = await store.get(snapshot_object_name)
+        except (nats.js.errors.NotFoundError, nats.js.errors.ObjectNotFoundError):
+            return None
+        return int(result.info.description or 0), result.data
 
     def broadcast(self, subject: str, data: bytes) -> None:
         """Publish a best-effort note (core NATS, not the stream): replicas' checkpoints."""

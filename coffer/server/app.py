@@ -39,7 +39,8 @@ commands_per_request_max = 8190
 query_limit_default = 1000
 query_limit_max = 10_000
 store_wait_s_max = 5.0
-submit_wait_s_max = 20.0  # no request hangs: past this the outcome is unknown (503, retry safely)  # a history read waits this long for the event store to catch up
+submit_wait_s_max = 20.0
+compaction_interval_s = 30.0  # cluster: how often a node tries to purge the stream below all snapshots  # no request hangs: past this the outcome is unknown (503, retry safely)  # a history read waits this long for the event store to catch up
 
 _json = msgspec.json.Encoder()
 
@@ -573,7 +574,9 @@ class FastCommandRoutes:
         await send({"type": "http.response.body", "body": encoded})
 
 
-def create_app(replica: Replica, keys: ApiKeys, node_name: str | None = None) -> FastCommandRoutes:
+def create_app(
+    replica: Replica, keys: ApiKeys, node_name: str | None = None, compaction_interval: float = compaction_interval_s
+) -> FastCommandRoutes:
     """The ASGI app; it recovers the replica and starts the pipeline when the server starts.
 
     With ``node_name`` the node is one of several on a shared log (a cluster): it applies the
@@ -589,7 +592,7 @@ def create_app(replica: Replica, keys: ApiKeys, node_name: str | None = None) ->
             api.pipeline = Pipeline(replica, on_entry=api.on_entry)
         else:
             api.pipeline = FollowerPipeline(replica, node_name, on_entry=api.on_entry)
-            background.append(asyncio.get_running_loop().create_task(_watch_checkpoints(api, node_name)))
+            background.append(asyncio.get_running_loop().create_task(_watch_checkpoints(api, node_name, compaction_interval)))
         api.pipeline.start()
         api.ready = True
         try:
@@ -626,7 +629,7 @@ def _unauthenticated(handler: Callable[[Request, Role], Awaitable[Response]]) ->
     return endpoint
 
 
-async def _watch_checkpoints(api: "Api", node_name: str) -> None:
+async def _watch_checkpoints(api: "Api", node_name: str, compaction_interval: float) -> None:
     """Publish this replica's checkpoint every second and judge the peers' (cluster mode)."""
     log = api.replica.log
     subject = f"coffer.checkpoints.{getattr(log, 'stream', 'log')}"
@@ -638,12 +641,30 @@ async def _watch_checkpoints(api: "Api", node_name: str) -> None:
     api.pipeline.applied_hooks.append(monitor.record)
     loop = asyncio.get_running_loop()
     await asyncio.to_thread(log.listen, subject, lambda data: loop.call_soon_threadsafe(monitor.receive, data))  # type: ignore[attr-defined]
+    last_compaction = time.monotonic()
     while True:
         await asyncio.sleep(checkpoint_interval_s)
         latest = monitor.latest()
         if latest is None:
             continue
+        latest.snapshot_index = api.replica.snapshot_index
         try:
             await asyncio.to_thread(log.broadcast, subject, monitor.encode(latest))  # type: ignore[attr-defined]
         except Exception as error:  # the log is failing over; the next second tries again
             logger.debug("checkpoint not published: %s", error)
+        if time.monotonic() - last_compaction >= compaction_interval:
+            last_compaction = time.monotonic()
+            await _compact(api, monitor)
+
+
+async def _compact(api: "Api", monitor: CheckpointMonitor) -> None:
+    """Purge the shared stream below what every live replica and the shared store have."""
+    log = api.replica.log
+    try:
+        shared = await asyncio.to_thread(log.shared_snapshot_index)  # type: ignore[attr-defined]
+        index = monitor.compaction_index(api.replica.snapshot_index, shared)
+        if index > 0 and index + 1 > await asyncio.to_thread(lambda: log.first_index):
+            await asyncio.to_thread(log.truncate_before, index + 1)
+            logger.info("compacted the stream below log index %d", index + 1)
+    except Exception as error:  # compaction is housekeeping: the next round tries again
+        logger.warning("stream compaction failed: %s", error)

@@ -32,7 +32,7 @@ import msgspec
 from coffer.core.accounts import OK, Result
 from coffer.core.commands import Command
 from coffer.core.events import EventRecord
-from coffer.log.base import LogError, LogRecord
+from coffer.log.base import LogError, LogRecord, LogTruncatedError
 from coffer.replica import Replica, decode_entry, encode_entry, store_backlog_events_max
 
 logger = logging.getLogger(__name__)
@@ -306,6 +306,13 @@ class FollowerPipeline(Pipeline):
             next_index = self.replica.machine.log_index + 1
             try:
                 records = await loop.run_in_executor(self._reader, log.follow, next_index, follow_wait_s)
+            except LogTruncatedError as error:
+                # The stream was compacted past this replica while it was away: it can only
+                # catch up from the shared snapshot, which a restart adopts.
+                self.follow_error = error
+                self.broken = error
+                logger.critical("this replica fell behind a compacted stream (%s): restart it to catch up", error)
+                return
             except LogError as error:
                 logger.warning("reading the log failed, retrying: %s", error)
                 await asyncio.sleep(0.2)

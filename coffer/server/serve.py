@@ -54,6 +54,7 @@ def serve(
     node_name: str | None = None,
     stream: str = "coffer-shard-0",
     replicas: int = 3,
+    compaction_interval_s: float = 30.0,
 ) -> None:
     if not __debug__:
         # Assertions guard states that must be impossible; a ledger does not run without them.
@@ -68,7 +69,7 @@ def serve(
     replica = Replica(data_dir, log, snapshot_entries=snapshot_entries, truncate_log=not shared)
     if shared and node_name is None:
         node_name = f"{socket.gethostname()}:{port}"
-    app = create_app(replica, keys, node_name if shared else None)
+    app = create_app(replica, keys, node_name if shared else None, compaction_interval_s)
     # Millions of long-lived ledger objects: collect young garbage less often, and never rescan
     # what survived start-up.
     gc.set_threshold(50_000, 20, 100)
