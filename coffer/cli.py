@@ -114,6 +114,23 @@ def cluster_down(data_dir: Path) -> None:
     click.echo(f"stopped {len(stopped)} processes")
 
 
+@main.command()
+@click.option("--minutes", default=2.0, show_default=True, help="how long the nemesis works")
+@click.option("--nodes", default="3", show_default=True, type=click.Choice(["3", "5"]), help="NATS servers and Coffer nodes")
+@click.option("--threads", default=6, show_default=True, help="client threads")
+@click.option("--seed", default=1, show_default=True, help="drives the nemesis and the clients")
+@click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), help="keep the cluster's files here")
+def chaos(minutes: float, nodes: str, threads: int, seed: int, data_dir: Path | None) -> None:
+    """Faults on a real local cluster under mixed load, then a check of everything acknowledged.
+
+    Last line: chaos: requests= faults= lost= duplicated= invariant_violations=. Exit 1 on a problem.
+    """
+    from coffer.cluster.chaos import run
+
+    if not run(minutes, int(nodes), threads, seed, data_dir, click.echo):
+        raise SystemExit(1)
+
+
 @main.group()
 def bench() -> None:
     """Benchmarks (speed targets live here, never in tests)."""

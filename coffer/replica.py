@@ -242,14 +242,16 @@ class Replica:
         return not self.truncate_log and hasattr(self.log, "fetch_snapshot")
 
     def _adopt_shared_snapshot(self) -> None:
-        """Take the cluster's shared snapshot when it is newer than this replica's own.
-
-        A replica with an empty disk, or one that was down while the stream was compacted
-        below its own snapshot, can only catch up from there.
+        """Take the cluster's shared snapshot when the stream no longer holds what comes after
+        this replica's own (or it has none) — after the stream was compacted while it was away,
+        or when it joins with an empty disk. Otherwise it replays the stream, which also gives
+        its event store the whole history.
         """
         newest = self._newest_snapshot()
         local_index = _snapshot_index(newest) if newest is not None else 0
         try:
+            if local_index + 1 >= self.log.first_index:
+                return
             shared_index = self.log.shared_snapshot_index()  # type: ignore[attr-defined]
             if shared_index <= local_index:
                 return

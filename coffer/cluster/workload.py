@@ -33,6 +33,7 @@ retry_pause_s = 0.05
 
 @dataclass
 class Acknowledged:
+    path: str
     body: dict[str, Any]
     status: int
     answer: Any
@@ -47,8 +48,9 @@ class Workload:
     threads: int = 6
     prefix: str = "w"
     seed: int = 1
+    mixed: bool = False  # all kinds of commands, not only transfers
     acknowledged: dict[str, Acknowledged] = field(default_factory=dict)
-    unknown: dict[str, dict[str, Any]] = field(default_factory=dict)
+    unknown: dict[str, tuple[str, dict[str, Any]]] = field(default_factory=dict)
     failures: Counter[str] = field(default_factory=Counter)
     _stop: threading.Event = field(default_factory=threading.Event)
     _lock: threading.Lock = field(default_factory=threading.Lock)
@@ -97,27 +99,22 @@ class Workload:
 
     def _client(self, number: int) -> None:
         rng = random.Random(self.seed * 1000 + number)
-        sequence = 0
+        commands = _Commands(self, number, rng)
         while not self._stop.is_set():
-            sequence += 1
-            source, target = rng.sample(self.account_ids, 2)
-            body = {
-                "dedup_id": f"{self.prefix}-{self.seed}-{number}-{sequence}",
-                "from_account_id": source,
-                "to_account_id": target,
-                "amount": f"{rng.randrange(1, 50)}.{rng.randrange(100):02d}",
-                "asset": asset,
-            }
+            path, body = commands.next()
             with self._lock:
-                self.unknown[body["dedup_id"]] = body
+                self.unknown[body["dedup_id"]] = (path, body)
             # Keep trying this command (same dedup_id, same payload) while the load runs.
-            answered = self._send_until_answered("/v1/transfers", body, None, number)
+            answered = self._send_until_answered(path, body, None, number)
             if answered is None:
                 continue  # stopped while the cluster did not answer: stays unknown
             status, answer, attempt_started_at = answered
+            commands.answered(path, body, status)
             with self._lock:
                 del self.unknown[body["dedup_id"]]
-                self.acknowledged[body["dedup_id"]] = Acknowledged(body, status, answer, time.monotonic(), attempt_started_at)
+                self.acknowledged[body["dedup_id"]] = Acknowledged(
+                    path, body, status, answer, time.monotonic(), attempt_started_at
+                )
 
     def _send_until_answered(self, path: str, body: dict[str, Any], deadline: float | None, start: int) -> Any:
         attempt = start
@@ -142,8 +139,94 @@ class Workload:
                 time.sleep(retry_pause_s)
 
 
+class _Commands:
+    """What one client thread sends next: transfers, or with ``mixed`` every kind of command.
+
+    Every command moves money between the workload's own accounts only, so the sum of
+    available + reserved + pending_out over them stays what was deposited, whatever applies.
+    """
+
+    def __init__(self, workload: Workload, number: int, rng: random.Random) -> None:
+        self.workload = workload
+        self.number = number
+        self.rng = rng
+        self.sequence = 0
+        self.open_txn: str | None = None  # a TCC try of this thread that still needs phase two
+        self.reserved: list[tuple[str, str]] = []  # (account, reservation) this thread holds
+        self.transfers: list[str] = []  # applied transfers this thread may compensate
+
+    def _dedup_id(self) -> str:
+        self.sequence += 1
+        return f"{self.workload.prefix}-{self.workload.seed}-{self.number}-{self.sequence}"
+
+    def _amount(self) -> str:
+        return f"{self.rng.randrange(1, 50)}.{self.rng.randrange(100):02d}"
+
+    def next(self) -> tuple[str, dict[str, Any]]:
+        rng = self.rng
+        source, target = rng.sample(self.workload.account_ids, 2)
+        dedup_id = self._dedup_id()
+        if self.open_txn is not None:
+            txn, self.open_txn = self.open_txn, None
+            return rng.choice(("/v1/tcc/confirm", "/v1/tcc/cancel")), {"dedup_id": dedup_id, "txn_id": txn}
+        kind = rng.choice(("transfer", "batch", "reserve", "release", "tcc", "compensate")) if self.workload.mixed else "transfer"
+        if kind == "batch":
+            amount = self._amount()
+            legs = [
+                {"account_id": source, "amount": f"-{amount}", "asset": asset},
+                {"account_id": target, "amount": amount, "asset": asset},
+            ]
+            return "/v1/batch-operations", {
+                "dedup_id": dedup_id,
+                "legs": legs,
+                "preconditions": [{"account_id": source, "min_balance": "0"}],
+            }
+        if kind == "reserve":
+            reservation = f"r{self.number}-{self.sequence}"
+            return "/v1/reservations", {
+                "dedup_id": dedup_id,
+                "account_id": source,
+                "reservation_id": reservation,
+                "amount": self._amount(),
+            }
+        if kind == "release" and self.reserved:
+            account_id, reservation = self.reserved.pop()
+            return "/v1/releases", {"dedup_id": dedup_id, "account_id": account_id, "reservation_id": reservation}
+        if kind == "tcc":
+            amount = self._amount()
+            legs = [
+                {"account_id": source, "amount": f"-{amount}", "asset": asset},
+                {"account_id": target, "amount": amount, "asset": asset},
+            ]
+            return "/v1/tcc/try", {"dedup_id": dedup_id, "txn_id": f"txn-{dedup_id}", "legs": legs, "timeout_s": 60}
+        if kind == "compensate" and self.transfers:
+            return "/v1/compensations", {
+                "dedup_id": dedup_id,
+                "original_dedup_id": self.transfers.pop(rng.randrange(len(self.transfers))),
+            }
+        body = {
+            "dedup_id": dedup_id,
+            "from_account_id": source,
+            "to_account_id": target,
+            "amount": self._amount(),
+            "asset": asset,
+        }
+        return "/v1/transfers", body
+
+    def answered(self, path: str, body: dict[str, Any], status: int) -> None:
+        if status != 200:
+            return
+        if path == "/v1/tcc/try":
+            self.open_txn = body["txn_id"]
+        elif path == "/v1/reservations":
+            self.reserved.append((body["account_id"], body["reservation_id"]))
+        elif path == "/v1/transfers":
+            self.transfers.append(body["dedup_id"])
+
+
 @dataclass
 class Verdict:
+    limit_violations: int
     acknowledged: int
     settled_unknown: int
     lost: int
@@ -168,14 +251,24 @@ def check(workload: Workload, urls: list[str], settle_s: float = 60.0) -> Verdic
     applied: set[str] = set()
     rejected: set[str] = set()
     for dedup_id, entry in list(workload.acknowledged.items()):
-        status, answer, _ = workload._send_until_answered("/v1/transfers", entry.body, deadline, hash(dedup_id))
+        try:
+            status, answer, _ = workload._send_until_answered(entry.path, entry.body, deadline, hash(dedup_id))
+        except AssertionError as error:
+            problems.append(f"{dedup_id}: {error} (failures seen: {dict(workload.failures)})")
+            break
         if (status, answer) != (entry.status, entry.answer):
             changed += 1
             problems.append(f"{dedup_id}: answered {entry.status} {entry.answer}, now {status} {answer}")
         (applied if entry.status == 200 else rejected).add(dedup_id)
-    for dedup_id, body in list(workload.unknown.items()):
-        first = workload._send_until_answered("/v1/transfers", body, deadline, hash(dedup_id))[:2]
-        again = workload._send_until_answered("/v1/transfers", body, deadline, hash(dedup_id) + 1)[:2]
+    for dedup_id, (path, body) in list(workload.unknown.items()):
+        if problems:
+            break
+        try:
+            first = workload._send_until_answered(path, body, deadline, hash(dedup_id))[:2]
+            again = workload._send_until_answered(path, body, deadline, hash(dedup_id) + 1)[:2]
+        except AssertionError as error:
+            problems.append(f"{dedup_id}: {error} (failures seen: {dict(workload.failures)})")
+            break
         if first != again:
             problems.append(f"{dedup_id}: an unknown command answered {first} then {again}")
         (applied if first[0] == 200 else rejected).add(dedup_id)
@@ -184,10 +277,9 @@ def check(workload: Workload, urls: list[str], settle_s: float = 60.0) -> Verdic
     replicas_agree = len({(head["seq"], head["hash"]) for head in heads}) == 1
     if not replicas_agree:
         problems.append(f"replicas disagree: {heads}")
-    events = _all_events(urls[0])
-    seen = Counter(
-        event["dedup_id"] for event in events if event["type"] == "transferred" and event["dedup_id"].startswith(workload.prefix)
-    )
+    events = _full_history(urls)
+    own = f"{workload.prefix}-{workload.seed}-"
+    seen = Counter(event["dedup_id"] for event in events if (event["dedup_id"] or "").startswith(own))
     duplicated = sum(count - 1 for count in seen.values() if count > 1)
     lost = len(applied - set(seen))
     if duplicated:
@@ -202,12 +294,27 @@ def check(workload: Workload, urls: list[str], settle_s: float = 60.0) -> Verdic
     )
     if not chain_ok:
         problems.append("the event history is not a gapless chain")
+    outside = [
+        (event["seq"], view["account_id"])
+        for event in events
+        for view in event["accounts"]
+        if Decimal(view["available"]) < Decimal(view["lower_limit"])
+        or (view["upper_limit"] is not None and _total(view) > Decimal(view["upper_limit"]))
+    ]
+    if outside:
+        problems.append(f"accounts outside their limits after events: {outside[:5]}")
     balances = httpx.get(f"{urls[0]}/v1/accounts", params={"ids": ",".join(workload.account_ids)}, timeout=10).json()["accounts"]
-    total = sum(Decimal(view["available"]) for view in balances.values())
+    total = sum(
+        Decimal(view["available"])
+        + sum(map(Decimal, view["reservations"].values()))
+        + sum(map(Decimal, view["pending_out"].values()))
+        for view in balances.values()
+    )
     conservation_ok = total == workload.deposited
     if not conservation_ok:
         problems.append(f"balances add up to {total}, deposited {workload.deposited}")
     return Verdict(
+        limit_violations=len(outside),
         acknowledged=len(workload.acknowledged),
         settled_unknown=len(workload.unknown),
         lost=lost,
@@ -219,6 +326,11 @@ def check(workload: Workload, urls: list[str], settle_s: float = 60.0) -> Verdic
         events=len(events),
         problems=problems,
     )
+
+
+def _total(view: dict[str, Any]) -> Decimal:
+    sections = (view["reservations"], view["pending_in"], view["pending_out"])
+    return Decimal(view["available"]) + sum(Decimal(amount) for section in sections for amount in section.values())
 
 
 def _converged_heads(urls: list[str], deadline: float) -> list[dict[str, Any]]:
@@ -238,7 +350,19 @@ def _converged_heads(urls: list[str], deadline: float) -> list[dict[str, Any]]:
 def _all_events(url: str) -> list[dict[str, Any]]:
     events: list[dict[str, Any]] = []
     while True:
-        page = httpx.get(f"{url}/v1/events", params={"from_seq": len(events) + 1, "limit": 10000}, timeout=30).json()["events"]
+        from_seq = events[-1]["seq"] + 1 if events else 1
+        page = httpx.get(f"{url}/v1/events", params={"from_seq": from_seq, "limit": 10000}, timeout=30).json()["events"]
         if not page:
             return events
         events.extend(page)
+
+
+def _full_history(urls: list[str]) -> list[dict[str, Any]]:
+    """The history of a replica that holds all of it (one rebuilt from a shared snapshot does not)."""
+    best: list[dict[str, Any]] = []
+    for url in urls:
+        events = _all_events(url)
+        if events and events[0]["seq"] == 1:
+            return events
+        best = best or events
+    return best

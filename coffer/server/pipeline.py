@@ -317,9 +317,11 @@ class FollowerPipeline(Pipeline):
                 logger.warning("reading the log failed, retrying: %s", error)
                 await asyncio.sleep(0.2)
                 continue
+            except asyncio.CancelledError:
+                raise
             except BaseException as error:
                 self.follow_error = error
-                logger.critical("the log follower stopped: %s", error)
+                logger.critical("the log follower stopped: %r", error)
                 raise
             for record in records:
                 if record.index < next_index:
