@@ -10,7 +10,11 @@ scale, so ``format_amount(parse_amount(s, k), k)`` is the canonical spelling of 
 import re
 
 scale_max = 18  # 10**18 minor units per major unit covers every asset we know of (ETH wei).
-amount_digits_max = 40  # an amount is at most 40 digits: far beyond any real balance, bounds parsing cost.
+amount_digits_max = 40  # an amount is at most 40 digits: bounds parsing cost before the range check.
+# Every amount and every balance (available + held) fits a signed 64-bit integer, the widest the
+# log and event encoding (MessagePack) carries: 9.2e18 minor units, e.g. 92 quadrillion at scale 2
+# or 9.2 at scale 18. A command that would go beyond is rejected, never wrapped or rounded.
+amount_max = 2**63 - 1
 
 _amount_pattern = re.compile(r"(-?)(0|[1-9][0-9]*)(?:\.([0-9]+))?")
 
@@ -44,6 +48,8 @@ def parse_amount(text: object, scale: int, *, signed: bool = False) -> int:
     if len(fraction) > scale:
         raise AmountError(f"amount {text!r} has more than {scale} decimals")
     value = int(whole + fraction.ljust(scale, "0"))
+    if value > amount_max:
+        raise AmountError(f"amount {text!r} is beyond the largest amount a ledger holds ({amount_max} minor units)")
     return -value if sign else value  # "-0" is in the grammar and means 0
 
 

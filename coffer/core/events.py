@@ -101,7 +101,7 @@ def verify_chain(records: Iterable[EventRecord], prev_seq: int = 0, prev_hash: b
             raise ChainError(record.seq, "hash does not match the event's canonical bytes")
         try:
             body_seq = event_decoder.decode(record.body).seq
-        except msgspec.MsgspecError as error:
+        except (msgspec.MsgspecError, ValueError) as error:  # bad UTF-8 surfaces as a ValueError
             raise ChainError(record.seq, f"event body is not an event: {error}") from None
         if body_seq != record.seq:
             raise ChainError(record.seq, "event body carries another seq")

@@ -64,7 +64,7 @@ def restore_snapshot(data: bytes) -> StateMachine:
     """A state machine equal to the one the snapshot was taken of."""
     try:
         state = _decoder.decode(data)
-    except msgspec.DecodeError as error:
+    except (msgspec.MsgspecError, ValueError) as error:  # bad UTF-8 surfaces as a ValueError
         raise SnapshotError(f"not a Coffer snapshot: {error}") from error
     if state.format_version != snapshot_format_version:
         raise SnapshotError(f"snapshot format {state.format_version} is not {snapshot_format_version}")

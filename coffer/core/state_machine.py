@@ -38,7 +38,7 @@ from coffer.core.accounts import (
     TxnLeg,
     TxnState,
 )
-from coffer.core.amounts import scale_max
+from coffer.core.amounts import amount_max, scale_max
 from coffer.core.commands import (
     BatchBalanceOperation,
     Command,
@@ -101,10 +101,35 @@ def _valid_metadata(metadata: object) -> bool:
     )
 
 
+def _out_of_range(*amounts: int | None) -> bool:
+    """An amount the log cannot carry (beyond a signed 64-bit integer)."""
+    return any(amount is not None and not -amount_max <= amount <= amount_max for amount in amounts)
+
+
+def _too_large(account_id: str) -> Result:
+    return _reject(ErrorCode.INVALID_AMOUNT, f"an amount is beyond {amount_max} minor units", account_id)
+
+
 def _state_error(account: Account) -> Result:
     if account.state == _DELETED:
         return _reject(ErrorCode.ACCOUNT_DELETED, f"account {account.account_id} is deleted", account.account_id)
     return _reject(ErrorCode.ACCOUNT_LOCKED, f"account {account.account_id} is locked", account.account_id)
+
+
+def _check_leg_amounts(legs: tuple[Leg, ...]) -> Result | None:
+    """Step 2 for legs, amounts first: each non-zero and in range."""
+    for leg in legs:
+        if leg.amount == 0:
+            return _reject(ErrorCode.INVALID_AMOUNT, "a leg's amount must not be zero", leg.account_id)
+        if _out_of_range(leg.amount):
+            return _too_large(leg.account_id)
+    return None
+
+
+def _check_leg_count(legs: tuple[Leg, ...]) -> Result | None:
+    if not legs or len(legs) > legs_max:
+        return _reject(ErrorCode.INVALID_REQUEST, f"a command needs 1 to {legs_max} legs")
+    return None
 
 
 class StateMachine:
@@ -193,6 +218,8 @@ class StateMachine:
 
     def _create_account(self, command: CreateAccount) -> Result:
         account_id = command.account_id
+        if _out_of_range(command.lower_limit, command.upper_limit):
+            return _too_large(account_id)
         if not _valid_id(account_id):
             return _reject(ErrorCode.INVALID_REQUEST, "account_id must be 1 to 128 characters of A-Za-z0-9._:-")
         if not _valid_id(command.asset, asset_length_max):
@@ -237,6 +264,8 @@ class StateMachine:
         return account
 
     def _update_limits(self, command: UpdateLimits) -> Result:
+        if _out_of_range(command.lower_limit, command.upper_limit):
+            return _too_large(command.account_id)
         account = self._existing(command.account_id)
         if isinstance(account, Result):
             return account
@@ -246,7 +275,7 @@ class StateMachine:
         upper = account.upper_limit if command.keep_upper_limit else command.upper_limit
         if account.available < lower:
             return _reject(ErrorCode.LOWER_LIMIT_EXCEEDED, "available balance is below the new lower limit", account.account_id)
-        if upper is not None and account.available + account.held() > upper:
+        if account.available + account.held() > (amount_max if upper is None else upper):
             return _reject(ErrorCode.UPPER_LIMIT_EXCEEDED, "balance is above the new upper limit", account.account_id)
         account.lower_limit = lower
         account.upper_limit = upper
@@ -296,6 +325,8 @@ class StateMachine:
         amount = command.amount
         if amount <= 0:
             return _reject(ErrorCode.INVALID_AMOUNT, "amount must be positive")
+        if amount > amount_max or _out_of_range(command.expected_from_balance, command.expected_to_balance):
+            return _too_large(command.from_account_id)
         source_id = command.from_account_id
         target_id = command.to_account_id
         if source_id == target_id:
@@ -326,7 +357,7 @@ class StateMachine:
             return _reject(ErrorCode.LOWER_LIMIT_EXCEEDED, f"account {source_id} would go below its lower limit", source_id)
         target_available = target.available + amount
         upper = target.upper_limit
-        if upper is not None and target_available + target.held() > upper:
+        if target_available + target.held() > (amount_max if upper is None else upper):
             return _reject(ErrorCode.UPPER_LIMIT_EXCEEDED, f"account {target_id} would go above its upper limit", target_id)
         source.available = source_available
         source.version += 1
@@ -342,12 +373,7 @@ class StateMachine:
         return Result(OK, seq)
 
     def _check_legs(self, legs: tuple[Leg, ...]) -> Result | dict[str, int]:
-        """Shape, existence, state and asset of every leg; the net amount per account."""
-        if not legs or len(legs) > legs_max:
-            return _reject(ErrorCode.INVALID_REQUEST, f"a command needs 1 to {legs_max} legs")
-        for leg in legs:
-            if leg.amount == 0:
-                return _reject(ErrorCode.INVALID_AMOUNT, "a leg's amount must not be zero", leg.account_id)
+        """Existence, state and asset of every leg; the net amount per account."""
         net: dict[str, int] = {}
         accounts = self.accounts
         for leg in legs:
@@ -370,7 +396,7 @@ class StateMachine:
             if available < account.lower_limit:
                 return _reject(ErrorCode.LOWER_LIMIT_EXCEEDED, f"account {account_id} would go below its lower limit", account_id)
             upper = account.upper_limit
-            if upper is not None and available + account.held() > upper:
+            if available + account.held() > (amount_max if upper is None else upper):
                 return _reject(ErrorCode.UPPER_LIMIT_EXCEEDED, f"account {account_id} would go above its upper limit", account_id)
         return None
 
@@ -384,9 +410,21 @@ class StateMachine:
         return changed
 
     def _batch_operation(self, command: BatchBalanceOperation) -> Result:
+        failed = _check_leg_amounts(command.legs) or _check_leg_count(command.legs)
+        if failed is not None:
+            return failed
+        if len(command.preconditions) > legs_max:
+            return _reject(ErrorCode.INVALID_REQUEST, f"a command takes at most {legs_max} preconditions")
+        for condition in command.preconditions:
+            if _out_of_range(condition.expected_balance, condition.min_balance, condition.max_balance, condition.expected_version):
+                return _too_large(condition.account_id)
         net = self._check_legs(command.legs)
         if isinstance(net, Result):
             return net
+        # Step 3 for the accounts the conditions name: they must exist before any is judged.
+        for condition in command.preconditions:
+            if condition.account_id not in self.accounts:
+                return _reject(ErrorCode.ACCOUNT_NOT_FOUND, f"account {condition.account_id} not found", condition.account_id)
         for condition in command.preconditions:
             failed = self._check_precondition(condition)
             if failed is not None:
@@ -417,6 +455,8 @@ class StateMachine:
         amount = command.amount
         if amount <= 0:
             return _reject(ErrorCode.INVALID_AMOUNT, "amount must be positive")
+        if amount > amount_max:
+            return _too_large(command.account_id)
         if not _valid_id(command.reservation_id):
             return _reject(ErrorCode.INVALID_REQUEST, "reservation_id must be 1 to 128 characters of A-Za-z0-9._:-")
         account = self._existing(command.account_id)
@@ -438,6 +478,8 @@ class StateMachine:
     def _release(self, command: Release) -> Result:
         if command.amount is not None and command.amount <= 0:
             return _reject(ErrorCode.INVALID_AMOUNT, "amount must be positive")
+        if _out_of_range(command.amount):
+            return _too_large(command.account_id)
         account = self._existing(command.account_id)
         if isinstance(account, Result):
             return account
@@ -472,16 +514,17 @@ class StateMachine:
 
     def _tcc_try(self, command: TccTry) -> Result:
         txn_id = command.txn_id
+        failed = _check_leg_amounts(command.legs)
+        if failed is not None:
+            return failed
         if not _valid_id(txn_id):
             return _reject(ErrorCode.INVALID_REQUEST, "txn_id must be 1 to 128 characters of A-Za-z0-9._:-")
         timeout_s = command.timeout_s
         if timeout_s is not None and not 0 < timeout_s <= timeout_s_max:
             return _reject(ErrorCode.INVALID_REQUEST, f"timeout_s must be 1..{timeout_s_max}")
-        if not command.legs or len(command.legs) > legs_max:
-            return _reject(ErrorCode.INVALID_REQUEST, f"a command needs 1 to {legs_max} legs")
-        for leg in command.legs:
-            if leg.amount == 0:
-                return _reject(ErrorCode.INVALID_AMOUNT, "a leg's amount must not be zero", leg.account_id)
+        failed = _check_leg_count(command.legs)
+        if failed is not None:
+            return failed
         net = self._check_legs(command.legs)
         if isinstance(net, Result):
             return net
@@ -500,7 +543,7 @@ class StateMachine:
                 return _reject(ErrorCode.LOWER_LIMIT_EXCEEDED, f"account {account_id} would go below its lower limit", account_id)
             upper = account.upper_limit
             # Money moved to pending_out still counts; pending_in adds to the total.
-            if upper is not None and account.available + account.held() + amount_in > upper:
+            if account.available + account.held() + amount_in > (amount_max if upper is None else upper):
                 return _reject(ErrorCode.UPPER_LIMIT_EXCEEDED, f"account {account_id} would go above its upper limit", account_id)
         changed = []
         legs = []
@@ -597,7 +640,8 @@ class StateMachine:
             return Result(OK, seq, compensation=Compensation.NULL_COMPENSATED.value)
         original = record.command
         if isinstance(original, Transfer):
-            net = {original.to_account_id: -original.amount, original.from_account_id: original.amount}
+            # The transfer's own order: its from account first, then its to account.
+            net = {original.from_account_id: original.amount, original.to_account_id: -original.amount}
             changed = self._undo_net(net)
         elif isinstance(original, BatchBalanceOperation):
             net = {}

@@ -118,7 +118,7 @@ class PreconditionBody(msgspec.Struct, forbid_unknown_fields=True, kw_only=True)
     expected_balance: AmountText | None = None
     min_balance: AmountText | None = None
     max_balance: AmountText | None = None
-    expected_version: Annotated[int, msgspec.Meta(ge=0)] | None = None
+    expected_version: Annotated[int, msgspec.Meta(ge=0, le=2**63 - 1)] | None = None
 
 
 Legs = Annotated[list[LegBody], msgspec.Meta(min_length=1, max_length=core.legs_max)]

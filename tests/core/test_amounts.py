@@ -43,9 +43,12 @@ accepted = [
     ("-0.5", 8, True, -50_000_000),
     ("1", 18, False, 10**18),
     ("0.000000000000000001", 18, False, 1),
-    ("123.456", 18, False, 123_456 * 10**15),
+    ("1.456", 18, False, 1_456 * 10**15),
     ("-1.5", 18, True, -15 * 10**17),
-    ("12345678901234567890.123456789012345678", 18, False, 12345678901234567890123456789012345678),
+    # the widest amount: a signed 64-bit integer of minor units, at scale 0 and 18
+    ("9223372036854775807", 0, False, 2**63 - 1),
+    ("-9223372036854775807", 0, True, -(2**63 - 1)),
+    ("9.223372036854775807", 18, False, 2**63 - 1),
 ]
 
 
@@ -202,7 +205,7 @@ def test_format_prints_the_full_scale(value: int, scale: int, text: str) -> None
 
 @pytest.mark.parametrize("scale", [0, 1, 2, 8, 18])
 def test_format_always_matches_the_grammar_and_parses_back(scale: int) -> None:
-    values = [0, 1, -1, 9, 10, 11, 99, 100, 101, 10**scale - 1, 10**scale, -(10**scale), 10**scale + 1, 7 * 10**20 + 3]
+    values = [0, 1, -1, 9, 10, 11, 99, 100, 101, 10**scale - 1, 10**scale, -(10**scale), 10**scale + 1, 7 * 10**17 + 3, 2**63 - 1]
     pattern = grammar(scale)
     for value in values:
         text = format_amount(value, scale)
@@ -211,3 +214,12 @@ def test_format_always_matches_the_grammar_and_parses_back(scale: int) -> None:
         if scale:
             assert len(text.split(".")[1]) == scale
         assert parse_amount(text, scale, signed=True) == value
+
+
+@pytest.mark.parametrize(
+    ("text", "scale"),
+    [("9223372036854775808", 0), ("-9223372036854775808", 0), ("9.223372036854775808", 18), ("123.456", 18), ("1" * 40, 2)],
+)
+def test_amounts_beyond_a_signed_64_bit_integer_of_minor_units_are_refused(text: str, scale: int) -> None:
+    with pytest.raises(AmountError, match="beyond"):
+        parse_amount(text, scale, signed=True)

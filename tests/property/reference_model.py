@@ -27,7 +27,13 @@ that came with these tests, so a reviewer can overrule it):
 - Lock of a locked account / Unlock of a normal one is INVALID_STATE_TRANSITION, while any
   command on a deleted account (other than Confirm/Cancel) is ACCOUNT_DELETED;
 - every accepted command emits exactly one event, even when it changes no account (a repeated
-  confirm or cancel, a null compensation).
+  confirm or cancel, a null compensation);
+- compensating a rejected original of any kind is a null compensation (it moved nothing);
+- money is an unbounded integer: any amount the edge accepts (40 digits) must work, so the model
+  has no 64-bit bound.
+
+Limits are checked the same way for every operation: the state after it must have
+``available >= lower`` and ``available + reserved + pending_in + pending_out <= upper``.
 """
 
 import re
@@ -50,12 +56,13 @@ from coffer.core.commands import (
     UpdateLimits,
 )
 
-# The spec's constants, restated here rather than imported so that a change in the core's
-# constants shows up as a disagreement instead of silently moving the oracle too.
+# The bounds of coffer/core/commands.py and amounts.py, restated rather than imported so that a
+# change in the core's constants shows up as a disagreement instead of silently moving the oracle.
 ID_LENGTH_MAX = 128
 ASSET_LENGTH_MAX = 32
 SCALE_MAX = 18
 LEGS_MAX = 1024
+AMOUNT_MAX = 2**63 - 1  # every amount and balance fits a signed 64-bit integer of minor units
 TIMEOUT_S_MAX = 30 * 24 * 3600
 METADATA_KEYS_MAX = 32
 METADATA_KEY_LENGTH_MAX = 64
@@ -63,6 +70,11 @@ METADATA_VALUE_LENGTH_MAX = 1024
 ID_PATTERN = re.compile(r"[A-Za-z0-9._:-]+")
 
 OK = "OK"
+
+
+def _out_of_range(*amounts: int | None) -> bool:
+    """Beyond a signed 64-bit integer of minor units: refused as INVALID_AMOUNT."""
+    return any(amount is not None and not -AMOUNT_MAX <= amount <= AMOUNT_MAX for amount in amounts)
 NORMAL = "NORMAL"
 LOCKED = "LOCKED"
 DELETED = "DELETED"
@@ -126,6 +138,14 @@ class Outcome:
     compensation: str | None = None
 
 
+@dataclass(frozen=True)
+class Report:
+    """One command's outcome and the accounts it changed now (none for a rejection or a retry)."""
+
+    outcome: Outcome
+    changed: tuple[str, ...] = ()
+
+
 @dataclass
 class ModelEvent:
     seq: int
@@ -183,13 +203,19 @@ class ReferenceModel:
 
     # ------------------------------------------------------------------ entry
 
-    def apply_entry(self, time_ms: int, commands: list[Command]) -> tuple[list[Outcome], list[ModelEvent]]:
+    def apply_entry(self, time_ms: int, commands: list[Command]) -> tuple[list[Report], list[ModelEvent]]:
         # The ledger's clock never goes back, even if the log's time does.
         self.clock_ms = max(self.clock_ms, time_ms)
         self.events = []
         self._expire_tries()
-        outcomes = [self._apply_command(command) for command in commands]
-        return outcomes, self.events
+        reports = []
+        for command in commands:
+            events_before = len(self.events)
+            outcome = self._apply_command(command)
+            new_events = self.events[events_before:]
+            assert len(new_events) <= 1
+            reports.append(Report(outcome, tuple(new_events[0].accounts) if new_events else ()))
+        return reports, self.events
 
     def _expire_tries(self) -> None:
         due = [
@@ -289,7 +315,7 @@ class ReferenceModel:
         """Step 5 for one account: the state after the operation must be within its limits."""
         if available_after < account.lower:
             raise Rejected("LOWER_LIMIT_EXCEEDED")
-        if account.upper is not None and total_after > account.upper:
+        if total_after > (AMOUNT_MAX if account.upper is None else account.upper):
             raise Rejected("UPPER_LIMIT_EXCEEDED")
 
     def _check_net_limits(self, net: dict[str, int]) -> None:
@@ -307,6 +333,8 @@ class ReferenceModel:
     # ------------------------------------------------------------------ accounts
 
     def _create_account(self, command: CreateAccount) -> Outcome:
+        if _out_of_range(command.lower_limit, command.upper_limit):
+            raise Rejected("INVALID_AMOUNT")
         if not _valid_id(command.account_id):
             raise Rejected("INVALID_REQUEST")
         if not _valid_id(command.asset, ASSET_LENGTH_MAX):
@@ -341,6 +369,8 @@ class ReferenceModel:
         return self._ok(command.dedup_id, "account_created", [command.account_id])
 
     def _update_limits(self, command: UpdateLimits) -> Outcome:
+        if _out_of_range(command.lower_limit, command.upper_limit):
+            raise Rejected("INVALID_AMOUNT")
         account = self._must_exist(command.account_id)
         self._must_not_be_deleted(account)
         # An absent lower limit keeps the current one; an absent upper limit removes it, unless
@@ -357,7 +387,7 @@ class ReferenceModel:
     def _check_limits_of_new_bounds(account: ModelAccount, lower: int, upper: int | None) -> None:
         if account.available < lower:
             raise Rejected("LOWER_LIMIT_EXCEEDED")
-        if upper is not None and account.total() > upper:
+        if account.total() > (AMOUNT_MAX if upper is None else upper):
             raise Rejected("UPPER_LIMIT_EXCEEDED")
 
     def _change_state(self, dedup_id: str, account_id: str, source: str, target: str, event_type: str) -> Outcome:
@@ -383,6 +413,8 @@ class ReferenceModel:
     def _transfer(self, command: Transfer) -> Outcome:
         if command.amount <= 0:
             raise Rejected("INVALID_AMOUNT")
+        if _out_of_range(command.amount, command.expected_from_balance, command.expected_to_balance):
+            raise Rejected("INVALID_AMOUNT")
         if command.from_account_id == command.to_account_id:
             raise Rejected("SAME_ACCOUNT")
         source = self._must_be_open_for_balances(command.from_account_id, command.asset)
@@ -398,10 +430,15 @@ class ReferenceModel:
 
     def _batch_operation(self, command: BatchBalanceOperation) -> Outcome:
         for leg in command.legs:
-            if leg.amount == 0:
+            if leg.amount == 0 or _out_of_range(leg.amount):
                 raise Rejected("INVALID_AMOUNT")
         if not 1 <= len(command.legs) <= LEGS_MAX:
             raise Rejected("INVALID_REQUEST")
+        if len(command.preconditions) > LEGS_MAX:
+            raise Rejected("INVALID_REQUEST")
+        for condition in command.preconditions:
+            if _out_of_range(condition.expected_balance, condition.min_balance, condition.max_balance, condition.expected_version):
+                raise Rejected("INVALID_AMOUNT")
         for leg in command.legs:
             self._must_be_open_for_balances(leg.account_id, leg.asset)
         for condition in command.preconditions:
@@ -423,7 +460,7 @@ class ReferenceModel:
         return self._ok(command.dedup_id, "balances_changed", changed)
 
     def _reserve(self, command: Reserve) -> Outcome:
-        if command.amount <= 0:
+        if command.amount <= 0 or command.amount > AMOUNT_MAX:
             raise Rejected("INVALID_AMOUNT")
         if not _valid_id(command.reservation_id):
             raise Rejected("INVALID_REQUEST")
@@ -436,7 +473,7 @@ class ReferenceModel:
         return self._ok(command.dedup_id, "reserved", [command.account_id])
 
     def _release(self, command: Release) -> Outcome:
-        if command.amount is not None and command.amount <= 0:
+        if command.amount is not None and (command.amount <= 0 or command.amount > AMOUNT_MAX):
             raise Rejected("INVALID_AMOUNT")
         account = self._must_be_open_for_balances(command.account_id, None)
         self._take_from_reservation(account, command.reservation_id, command.amount)
@@ -462,7 +499,7 @@ class ReferenceModel:
 
     def _tcc_try(self, command: TccTry) -> Outcome:
         for leg in command.legs:
-            if leg.amount == 0:
+            if leg.amount == 0 or _out_of_range(leg.amount):
                 raise Rejected("INVALID_AMOUNT")
         if not _valid_id(command.txn_id):
             raise Rejected("INVALID_REQUEST")

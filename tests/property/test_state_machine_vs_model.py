@@ -1,20 +1,25 @@
 """The core state machine against the reference model, entry by entry, with invariants.
 
-Method. A hypothesis rule-based test sends log entries (index +1 each, time non-decreasing with
-occasional jumps so TCC timeouts fire) of random commands over a small pool of ids to both the
-:class:`~coffer.core.state_machine.StateMachine` and the :class:`~.reference_model.ReferenceModel`.
-Pools are small on purpose: four accounts, two assets of different scales, a few reservation and
-transaction ids, and dedup ids that are often retried or reused, with amounts small against the
-limits, so that the interesting outcomes (limits hit, retries, reuse, expiry, late originals)
-happen in most runs, not once in a million.
+Method. Hypothesis draws runs of log entries (index +1 each, time non-decreasing: often no step,
+often whole seconds so that entries land exactly on TCC deadlines, sometimes jumps past them)
+of random commands over a small pool of ids, and :func:`run_entries` sends every entry to both
+the :class:`~coffer.core.state_machine.StateMachine` and the
+:class:`~.reference_model.ReferenceModel`. Pools are small on purpose: four accounts, two assets
+of different scales, three reservation ids, four transaction ids, limits close to the amounts,
+and dedup ids that are often retried or reused, so that the interesting outcomes (limits hit,
+retries, reuse, expiry, undo, late originals) happen in most runs, not once in a million. Some
+commands are sized against the current state to land exactly on a limit or a condition (see
+AtLimit). One ``@given`` over a list of entries (rather than a rule-based machine) shrinks a
+failure to a few literal commands.
 
 After every entry :class:`Comparison` checks, with independent bookkeeping where it can:
-- each result (code, seq, compensation kind) equals the model's, and accepted commands get
-  consecutive seqs;
+- each result (code, seq, compensation kind) equals the model's; accepted commands get
+  consecutive seqs after the entry's expiries; retries answer the stored seq;
+- the accounts each command changed (by the model) are exactly those its event carries;
 - every account equals the model's account, field by field;
 - the events: gapless seq, each ``prev_hash`` the previous hash, ``verify_chain`` accepts them,
   each decodes, carries the entry's index and time, its command and dedup_id, and the full view of
-  exactly the accounts the model says changed; replaying the events' account views gives the
+  the accounts it changed as the model has them; replaying the events' account views gives the
   machine's accounts (so the last event touching an account carries its current version);
 - invariant 1: per asset, sum(available + reserved + pending_out) moved only by the money that
   entered or left through batch legs, confirmed TCC legs and compensated batches, computed from
@@ -24,10 +29,11 @@ After every entry :class:`Comparison` checks, with independent bookkeeping where
 
 A failure prints its entries as literal commands (the strategy resolves retries, reuses and
 the ids that name earlier commands before it returns), ready to paste into ``run_entries`` as a
-regression test.
+regression test, as the tests at the end of this module do.
 """
 
 import os
+import string
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TypeVar
@@ -58,7 +64,7 @@ from coffer.core.commands import (
 from coffer.core.events import EventRecord, genesis_hash, verify_chain
 from coffer.core.state_machine import StateMachine
 
-from .reference_model import Outcome, ReferenceModel
+from .reference_model import Outcome, ReferenceModel, Report
 
 # ---------------------------------------------------------------------------- pools
 
@@ -448,38 +454,39 @@ def _opening_entries(opening: list[tuple[int, int | None, int]]) -> list[Entry]:
     return [(0, creates), (0, [BatchBalanceOperation(dedup_id="open-deposits", legs=tuple(deposits))])]
 
 
+def _number(marker: str) -> int:
+    return int(marker.lstrip(MARKER + string.ascii_lowercase))
+
+
 def _pick(candidates: Sequence[T], marker: str) -> T:
     """The candidate that a marker's number picks (modulo the number of candidates)."""
-    return candidates[int(marker.lstrip(MARKER + "abcdefghijklmnopqrstuvwxyz")) % len(candidates)]
+    return candidates[_number(marker) % len(candidates)]
 
 
 def _resolve_markers(command: Command, sent: list[Command], next_id: int, oracle: ReferenceModel) -> Command:
-    """Replace the markers of a drawn command by the ids of the earlier commands they name;
-    with no such earlier command, fall back to a pool id (a miss is a fine test too)."""
+    """Replace the markers of a drawn command by ids that exist at this point; with nothing to
+    aim at, fall back to an id that is not there (a miss is a fine test too)."""
     replace = msgspec.structs.replace
     if isinstance(command, Compensate) and command.original_dedup_id.startswith(MARKER):
         marker = command.original_dedup_id
+        not_seen = f"d{next_id}"
         if marker.startswith(MARKER + "undo"):
             # By kind first, so that the rarer accepted reservations get undone as well.
-            accepted: dict[type, list[str]] = {}
+            accepted: dict[str, list[str]] = {}
             for dedup_id, (earlier, outcome) in oracle.dedup.items():
                 if outcome.code == "OK" and isinstance(earlier, Transfer | BatchBalanceOperation | Reserve):
-                    accepted.setdefault(type(earlier), []).append(dedup_id)
-            index = int(marker.removeprefix(MARKER + "undo"))
-            kinds = sorted(accepted, key=lambda kind: kind.__name__)
-            if kinds:
-                of_kind = accepted[kinds[index % len(kinds)]]
-                original = of_kind[index // len(kinds) % len(of_kind)]
-            else:
-                original = f"d{next_id}"
+                    accepted.setdefault(type(earlier).__name__, []).append(dedup_id)
+            kinds = sorted(accepted)
+            of_kind = accepted[_pick(kinds, marker)] if kinds else [not_seen]
+            original = of_kind[_number(marker) // max(len(kinds), 1) % len(of_kind)]
         elif marker.startswith(MARKER + "again"):
-            compensated = [earlier.original_dedup_id for earlier in sent if isinstance(earlier, Compensate)]
-            index = int(marker.removeprefix(MARKER + "again"))
-            original = compensated[index % len(compensated)] if compensated else f"d{next_id}"
+            original = _pick(
+                [earlier.original_dedup_id for earlier in sent if isinstance(earlier, Compensate)] or [not_seen], marker
+            )
         elif marker.startswith(MARKER + "sent"):
-            original = sent[int(marker.removeprefix(MARKER + "sent")) % len(sent)].dedup_id if sent else f"d{next_id}"
+            original = _pick([earlier.dedup_id for earlier in sent] or [not_seen], marker)
         elif marker.startswith(MARKER + "next"):
-            original = f"d{next_id + int(marker.removeprefix(MARKER + 'next'))}"
+            original = f"d{next_id + _number(marker)}"
         else:
             original = command.dedup_id  # "#self"
         return replace(command, original_dedup_id=original)
@@ -614,13 +621,14 @@ class Comparison:
         self.entries.append((self.log_index, self.time_ms, commands))
         seq_before = self.machine.seq
         results, events = self.machine.apply(self.log_index, self.time_ms, commands)
-        outcomes, model_events = self.model.apply_entry(self.time_ms, commands)
+        reports, model_events = self.model.apply_entry(self.time_ms, commands)
 
         assert len(results) == len(commands)
-        for index, (command, result, outcome) in enumerate(zip(commands, results, outcomes, strict=True)):
-            assert result_key(result) == result_key(outcome), (
-                f"command {index} {command!r}: machine {result!r}, model {outcome!r}"
+        for index, (command, result, report) in enumerate(zip(commands, results, reports, strict=True)):
+            assert result_key(result) == result_key(report.outcome), (
+                f"command {index} {command!r}: machine {result!r}, model {report.outcome!r}"
             )
+        self._check_changed(results, events, reports, seq_before)
         self._check_events(commands, results, events, model_events, seq_before)
         self._count_flow(commands, results, seq_before)
         self._compare_accounts()
@@ -671,6 +679,18 @@ class Comparison:
         # The events alone rebuild the accounts: the last event that touched an account carries
         # its current version and sections.
         assert self.projection == {key: account_view(account) for key, account in self.machine.accounts.items()}
+
+    @staticmethod
+    def _check_changed(results: list[Result], events: list[EventRecord], reports: list[Report], seq_before: int) -> None:
+        """The accounts a command changed now, by the model, are those its event carries."""
+        carried = {record.seq: sorted(account.account_id for account in record.decode().accounts) for record in events}
+        fresh = set(fresh_seqs(results, seq_before))
+        for result, report in zip(results, reports, strict=True):
+            if result.ok and result.seq in fresh:
+                fresh.discard(result.seq)
+                assert carried[result.seq] == sorted(report.changed), (result, report)
+            else:
+                assert report.changed == (), (result, report)  # rejected, or answered from the dedup store
 
     def _count_flow(self, commands: list[Command], results: list[Result], seq_before: int) -> None:
         fresh = set(fresh_seqs(results, seq_before))
@@ -749,9 +769,10 @@ def test_state_machine_agrees_with_model(entries: list[Entry]) -> None:
 
 # ---------------------------------------------------------------------------- magnitudes
 
-# The edge accepts amounts of up to 40 digits (coffer.core.amounts.amount_digits_max) and money
-# is a Python int that never overflows (shared/ARCHITECTURE.md). 2**64 minor units is only
-# 18.45 ETH at scale 18, so the small amounts above would never find a limit of the encoding.
+# Amounts and balances are bounded by a signed 64-bit integer of minor units (the widest the log
+# and event encoding carries, coffer.core.amounts.amount_max): up to it they stay exact, beyond it
+# a command is refused (INVALID_AMOUNT, or UPPER_LIMIT_EXCEEDED for a total that would pass it),
+# never wrapped and never a crash of the apply loop. Amounts of up to 40 digits probe both sides.
 large_amounts = st.integers(1, 10**40 - 1)
 
 
