@@ -326,6 +326,10 @@ class FollowerPipeline(Pipeline):
             for record in records:
                 if record.index < next_index:
                     continue  # already applied (a follow that overlapped the last one)
+                if record.index > next_index:
+                    # Never apply past a hole: every replica must apply every entry, in order.
+                    logger.warning("the log skipped from %d to %d; reading again from %d", next_index, record.index, next_index)
+                    break
                 try:
                     entry = decode_entry(record.payload)
                 except msgspec.MsgspecError as error:
