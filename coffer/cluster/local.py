@@ -155,12 +155,16 @@ class LocalCluster:
         A step-down moves the leadership at once, so writes pause for a moment instead of the
         4-9 s election that a crash of the leader costs.
         """
+        from coffer.log.base import LogError
         from coffer.log.jetstream import JetStreamLog
 
-        with JetStreamLog(self.nats.urls, stream=self.stream, replicas=self.nats.size) as log:
-            leader = log.leader()
-            if leader is not None and self.nats.number_of(leader) == number:
-                log.step_down()
+        try:
+            with JetStreamLog(self.nats.urls, stream=self.stream, replicas=self.nats.size) as log:
+                leader = log.leader()
+                if leader is not None and self.nats.number_of(leader) == number:
+                    log.step_down()
+        except LogError:
+            pass  # no leader to hand over from (an election is on): restart all the same
         self.nats.stop(number)
         self.nats.start(number)
 
