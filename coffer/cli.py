@@ -649,3 +649,13 @@ def audit_head(client: "Client", output: _Output) -> None:
         output.json(head)
     else:
         click.echo(f"seq   {head.seq}\nhash  {head.hash}")
+
+
+def _register_query_commands() -> None:
+    # The query side's commands live with it (coffer/query/cli.py); they join the groups here.
+    from coffer.query.cli import register
+
+    register(main, audit, bench)
+
+
+_register_query_commands()

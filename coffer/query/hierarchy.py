@@ -10,6 +10,10 @@ Rules (checked on every change, against the state inside the same write transact
 - it is a tree: an account or a node has at most one parent (a second parent would count its
   money twice in a common ancestor), and no node is its own ancestor (``INVALID_REQUEST``).
 
+A change creates or replaces one node: its children become exactly the given list (a child node
+left out becomes a root of its own, with its subtree), and with ``parent_id`` the node moves under
+that parent; without it, the node keeps the parent it had.
+
 Method: pure functions over :class:`Forest`, the parent and child links as read from the store;
 :func:`plan_change` returns the rows to write or raises :class:`HierarchyError`. Sums are exact
 integers of minor units, formatted at the asset's scale at the end.
@@ -67,7 +71,9 @@ class Forest:
             stack.extend((child_id, current, depth + 1) for child_id in reversed(child_nodes))
 
     def accounts_under(self, node_id: str) -> list[str]:
-        return [child_id for current, _, _ in self.walk(node_id) for child_id, kind in self.children[current] if kind == account_kind]
+        return [
+            child_id for current, _, _ in self.walk(node_id) for child_id, kind in self.children[current] if kind == account_kind
+        ]
 
 
 def plan_change(
@@ -81,6 +87,8 @@ def plan_change(
     its parent). Return the ids of the nodes whose rows change, and all their child rows."""
     if node_id in known_accounts:
         raise HierarchyError(ErrorCode.INVALID_REQUEST, f"{node_id} is an account; a node needs an id of its own", node_id)
+    if len(set(child_ids)) != len(child_ids):
+        raise HierarchyError(ErrorCode.INVALID_REQUEST, f"node {node_id} lists a child twice", node_id)
     children: list[tuple[str, str]] = []
     for child_id in child_ids:
         if child_id == node_id:
@@ -102,9 +110,8 @@ def plan_change(
         raise HierarchyError(ErrorCode.INVALID_REQUEST, f"parent node {new_parent} does not exist", new_parent)
 
     changed: dict[str, list[tuple[str, str]]] = {node_id: children}
-    if new_parent != old_parent:
-        if old_parent is not None:
-            changed[old_parent] = [child for child in forest.children[old_parent] if child != (node_id, node_kind)]
+    if new_parent != old_parent and old_parent is not None:
+        changed[old_parent] = [child for child in forest.children[old_parent] if child != (node_id, node_kind)]
     if new_parent is not None and (node_id, node_kind) not in changed.get(new_parent, forest.children[new_parent]):
         changed[new_parent] = [*changed.get(new_parent, forest.children[new_parent]), (node_id, node_kind)]
 
@@ -113,7 +120,11 @@ def plan_change(
         for entry in entries:
             after.parent[entry] = parent
     _refuse_cycle(after, node_id)
-    rows = [(parent, position, child_id, kind) for parent, entries in changed.items() for position, (child_id, kind) in enumerate(entries)]
+    rows = [
+        (parent, position, child_id, kind)
+        for parent, entries in changed.items()
+        for position, (child_id, kind) in enumerate(entries)
+    ]
     return list(changed), rows
 
 

@@ -110,7 +110,9 @@ class LocalPostgres:
         self._prepare_user()
         binaries = _binaries()
         if not (self.data / "PG_VERSION").exists():
-            self._run([str(binaries / "initdb"), "-D", str(self.data), "-U", database_user, "--auth=trust", "--encoding=UTF8", "-N"])
+            self._run(
+                [str(binaries / "initdb"), "-D", str(self.data), "-U", database_user, "--auth=trust", "--encoding=UTF8", "-N"]
+            )
         settings = ["-c", "listen_addresses=" + host, "-c", "unix_socket_directories=", "-c", "max_connections=50"]
         if not self.durable:
             settings += ["-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off"]

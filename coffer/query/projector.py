@@ -6,7 +6,9 @@ optionally hand every stored event on to NATS. ``coffer project --source URL --s
 Method.
 - Resume: the store's newest (seq, hash) is the starting point; the feed is asked from the
   next seq (``GET /v1/events/stream?from_seq=N``). After any disconnect — network error, a
-  node restart, no heartbeat for ``silence_s_max`` — it reconnects from the last verified seq.
+  node restart, no heartbeat for ``silence_s_max`` — it reconnects from the last verified seq,
+  to the next of the source URLs when several are given (replicas of one shard serve the same
+  chain, and the chain check holds whichever answers).
 - Verify before storing: every event must carry the next seq, link to the previous event's hash,
   hash to its own ``hash`` from its canonical bytes, and hold its own seq inside those bytes. The
   first event that fails stops the projector with :class:`ProjectionError` naming that seq; what
@@ -32,7 +34,6 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from hashlib import sha256
 from typing import Any
 
@@ -40,7 +41,7 @@ import httpx
 import msgspec
 
 from coffer.core.events import EventRecord
-from coffer.query.sql_store import EventRow, SqlStore, VersionRow, index_decoder, rows_of
+from coffer.query.sql_store import EventRow, SqlStore, VersionRow, index_decoder
 from coffer.server.feed import heartbeat_interval_s, line_decoder, stream_path
 
 logger = logging.getLogger(__name__)
@@ -102,7 +103,12 @@ class _Pending:
 
 
 class ChainFollower:
-    """Checks feed lines against the chain head and turns them into rows (no I/O)."""
+    """Checks feed lines against the chain head and turns them into rows (no I/O).
+
+    This loop is the projector's CPU cost per event, so it is written flat: hashes are compared
+    as the hex text the feed carries, and rows are built here rather than through
+    :func:`coffer.query.sql_store.rows_of` (which the audit uses to check the same rows).
+    """
 
     def __init__(self, seq: int, hash_: bytes) -> None:
         self.seq = seq
@@ -116,42 +122,54 @@ class ChainFollower:
             lines = line_decoder.decode_lines(data)
         except msgspec.MsgspecError as error:
             raise ProjectionError(self.seq + 1, f"the feed sent a malformed line: {error}") from None
-        for line in lines:
-            if line.seq is None:
-                if line.heartbeat is not None:
-                    self.node_stored_seq = line.heartbeat
-                continue
-            event_row, versions = self._verify(line.seq, line.body, line.prev_hash, line.hash)
-            event_rows.append(event_row)
-            version_rows.extend(versions)
-
-    def _verify(self, seq: int, body: bytes | None, prev_hash_hex: str | None, hash_hex: str | None) -> tuple[EventRow, list[VersionRow]]:
-        expected = self.seq + 1
-        if seq != expected:
-            raise ProjectionError(expected, f"gap in the feed: expected seq {expected}, got {seq}")
-        if body is None or prev_hash_hex is None or hash_hex is None:
-            raise ProjectionError(seq, "the feed line lacks body, prev_hash or hash")
+        seq, hash_ = self.seq, self.hash
+        hash_hex = hash_.hex()
         try:
-            prev_hash = bytes.fromhex(prev_hash_hex)
-            hash_ = bytes.fromhex(hash_hex)
-        except ValueError:
-            raise ProjectionError(seq, "prev_hash or hash is not hex") from None
-        if prev_hash != self.hash:
-            raise ProjectionError(seq, "broken chain: prev_hash is not the previous event's hash")
-        if sha256(prev_hash + body).digest() != hash_:
-            raise ProjectionError(seq, "broken chain: hash does not match the event's canonical bytes")
-        try:
-            index = index_decoder.decode(body)
-        except msgspec.MsgspecError as error:
-            raise ProjectionError(seq, f"the event's bytes are not an event: {error}") from None
-        if index.seq != seq:
-            raise ProjectionError(seq, f"the event's bytes carry seq {index.seq}")
-        self.seq, self.hash = seq, hash_
-        return rows_of(EventRecord(seq, body, prev_hash, hash_), index)
+            for line in lines:
+                line_seq = line.seq
+                if line_seq is None:
+                    if line.heartbeat is not None:
+                        self.node_stored_seq = line.heartbeat
+                    continue
+                if line_seq != seq + 1:
+                    raise ProjectionError(seq + 1, f"gap in the feed: expected seq {seq + 1}, got {line_seq}")
+                body = line.body
+                if body is None or line.hash is None:
+                    raise ProjectionError(line_seq, "the feed line lacks body or hash")
+                if line.prev_hash != hash_hex:
+                    raise ProjectionError(line_seq, "broken chain: prev_hash is not the previous event's hash")
+                digest = sha256(hash_ + body).digest()
+                if digest.hex() != line.hash:
+                    raise ProjectionError(line_seq, "broken chain: hash does not match the event's canonical bytes")
+                try:
+                    index = index_decoder.decode(body)
+                except msgspec.MsgspecError as error:
+                    raise ProjectionError(line_seq, f"the event's bytes are not an event: {error}") from None
+                if index.seq != line_seq:
+                    raise ProjectionError(line_seq, f"the event's bytes carry seq {index.seq}")
+                time_ms = index.time_ms
+                event_rows.append((line_seq, index.log_index, time_ms, index.dedup_id, index.type, body, hash_, digest))
+                version_rows.extend(
+                    [
+                        (
+                            account.account_id,
+                            line_seq,
+                            account.version,
+                            time_ms,
+                            account.asset,
+                            account.scale,
+                            str(account.available),
+                        )
+                        for account in index.accounts
+                    ]
+                )
+                seq, hash_, hash_hex = line_seq, digest, line.hash
+        finally:
+            self.seq, self.hash = seq, hash_
 
 
 class Projector:
-    """Follows ``source`` (a node's base URL) into ``store``; see the module docstring."""
+    """Follows ``source`` (a node's base URL, or several, comma-separated) into ``store``; see the module docstring."""
 
     def __init__(
         self,
@@ -163,7 +181,9 @@ class Projector:
         shard: int = 0,
         on_progress: Callable[[str], None] | None = None,
     ) -> None:
-        self.source = source.rstrip("/")
+        self.sources = [part.strip().rstrip("/") for part in source.split(",") if part.strip()]
+        if not self.sources:
+            raise ValueError("the projector needs a source URL")
         self.store = store
         self.api_key = api_key
         self.nats_url = nats_url
@@ -172,13 +192,28 @@ class Projector:
         self.stored_seq = 0
         self.published_seq = 0
         self._stored = asyncio.Event()
-        self._store_thread = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="coffer-projector-store")
+        # One thread writes (writes stay in order); the publisher reads back and records on another.
+        self._writer_thread: concurrent.futures.ThreadPoolExecutor | None = None
+        self._publisher_thread: concurrent.futures.ThreadPoolExecutor | None = None
 
     async def _in_store(self, function: Callable[..., Any], *arguments: Any) -> Any:
-        return await asyncio.get_running_loop().run_in_executor(self._store_thread, function, *arguments)
+        return await asyncio.get_running_loop().run_in_executor(self._writer_thread, function, *arguments)
+
+    async def _in_publisher_thread(self, function: Callable[..., Any], *arguments: Any) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(self._publisher_thread, function, *arguments)
 
     async def run(self, until_seq: int | None = None) -> int:
         """Project until ``until_seq`` is stored (and published), or forever; return the stored seq."""
+        self._writer_thread = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="coffer-projector-write")
+        self._publisher_thread = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="coffer-projector-publish")
+        try:
+            return await self._run(until_seq)
+        finally:
+            # Waits for a write in flight: a batch that started to commit commits whole.
+            self._writer_thread.shutdown(wait=True)
+            self._publisher_thread.shutdown(wait=True)
+
+    async def _run(self, until_seq: int | None) -> int:
         seq, hash_ = await self._in_store(self.store.head)
         self.stored_seq = seq
         follower = ChainFollower(seq, hash_)
@@ -199,7 +234,6 @@ class Projector:
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
-            self._store_thread.shutdown(wait=True)
         return self.stored_seq
 
     # ------------------------------------------------------------------ reading
@@ -209,9 +243,12 @@ class Projector:
         headers = {"x-api-key": self.api_key} if self.api_key else {}
         timeout = httpx.Timeout(connect=connect_timeout_s, read=silence_s_max, write=connect_timeout_s, pool=connect_timeout_s)
         delay = reconnect_delay_s_first
+        attempt = 0
         async with httpx.AsyncClient(timeout=timeout, headers=headers) as client:
             while True:
-                url = f"{self.source}{stream_path}"
+                source = self.sources[attempt % len(self.sources)]
+                attempt += 1
+                url = f"{source}{stream_path}"
                 try:
                     async with client.stream("GET", url, params={"from_seq": str(follower.seq + 1)}) as response:
                         if response.status_code != 200:
@@ -225,7 +262,7 @@ class Projector:
                     pending.fail(error)  # the writer stores what came before it, then stops
                     return
                 except (httpx.TransportError, httpx.StreamError) as error:
-                    logger.warning("event feed from %s interrupted at seq %d (%s); reconnecting", self.source, follower.seq, error)
+                    logger.warning("event feed from %s interrupted at seq %d (%s); reconnecting", source, follower.seq, error)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, reconnect_delay_s_max)
 
@@ -265,14 +302,16 @@ class Projector:
         publisher = NatsPublisher(self.nats_url or "", self.shard)
         await publisher.connect()
         try:
-            progress = await self._in_store(self.store.progress, f"{published_progress_name}.{self.shard}")
+            progress = await self._in_publisher_thread(self.store.progress, f"{published_progress_name}.{self.shard}")
             self.published_seq = progress or 0
             while until_seq is None or self.published_seq < until_seq:
                 if self.published_seq >= self.stored_seq:
                     self._stored.clear()
                     await self._stored.wait()
                     continue
-                records = await self._in_store(self.store.events, self.published_seq + 1, self.stored_seq + 1, None, None, publish_page_events_max)
+                records = await self._in_publisher_thread(
+                    self.store.events, self.published_seq + 1, self.stored_seq + 1, None, None, publish_page_events_max
+                )
                 try:
                     await publisher.publish(records)
                 except Exception as error:  # an unacknowledged page is sent again, whole
@@ -280,7 +319,9 @@ class Projector:
                     await asyncio.sleep(publish_retry_delay_s)
                     continue
                 self.published_seq = records[-1].seq
-                await self._in_store(self.store.set_progress, f"{published_progress_name}.{self.shard}", self.published_seq)
+                await self._in_publisher_thread(
+                    self.store.set_progress, f"{published_progress_name}.{self.shard}", self.published_seq
+                )
         finally:
             await publisher.close()
 
@@ -293,6 +334,9 @@ class Projector:
             message = f"stored seq {self.stored_seq} ({rate:.0f} events/s), node stored seq {follower.node_stored_seq}"
             if self.nats_url is not None:
                 message += f", published seq {self.published_seq}"
+            if 0 < follower.node_stored_seq < self.stored_seq:
+                # A node restarts with its whole history, so this is another node, or one that lost data.
+                message += "; WARNING: the node's history is shorter than this store's"
             self.on_progress(message)
             last_seq, last_time = self.stored_seq, now
 

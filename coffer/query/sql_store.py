@@ -141,7 +141,9 @@ class Dialect:
     def lock_migrations(self, connection: Any) -> None:
         """Serialize concurrent migrations (a projector and a query server starting together)."""
 
-    def bulk_insert(self, connection: Any, table: str, columns: str, types: Sequence[str], rows: Sequence[tuple[Any, ...]]) -> None:
+    def bulk_insert(
+        self, connection: Any, table: str, columns: str, types: Sequence[str], rows: Sequence[tuple[Any, ...]]
+    ) -> None:
         raise NotImplementedError
 
     def ddl(self, statement: str) -> str:
@@ -160,7 +162,11 @@ class SqliteDialect(Dialect):
         if self.path.parent != Path() and not self.path.parent.exists():
             raise StoreError(f"no directory {self.path.parent} for the SQLite store")
         # isolation_level=None: transactions are ours (BEGIN IMMEDIATE … COMMIT), one per batch.
-        connection = sqlite3.connect(self.path, isolation_level=None, timeout=sqlite_busy_timeout_ms / 1000)
+        # check_same_thread=False only so that close() may run on another thread; each connection
+        # is used by the one thread that opened it.
+        connection = sqlite3.connect(
+            self.path, isolation_level=None, timeout=sqlite_busy_timeout_ms / 1000, check_same_thread=False
+        )
         connection.execute("PRAGMA journal_mode=WAL")  # readers do not block the projector
         # NORMAL in WAL mode survives a killed process; an OS crash may lose the last batches,
         # which the projector then fetches again (the store is a rebuildable copy).
@@ -218,7 +224,9 @@ class PostgresDialect(Dialect):
     def lock_migrations(self, connection: Any) -> None:
         connection.execute("SELECT pg_advisory_xact_lock(%s)", (self.migration_lock_key,))
 
-    def bulk_insert(self, connection: Any, table: str, columns: str, types: Sequence[str], rows: Sequence[tuple[Any, ...]]) -> None:
+    def bulk_insert(
+        self, connection: Any, table: str, columns: str, types: Sequence[str], rows: Sequence[tuple[Any, ...]]
+    ) -> None:
         # Binary COPY: no per-row statement, no text escaping of the event bytes.
         with connection.cursor() as cursor, cursor.copy(f"COPY {table} ({columns}) FROM STDIN (FORMAT BINARY)") as copy:
             copy.set_types(list(types))
@@ -278,7 +286,16 @@ def rows_of(record: EventRecord, index: EventIndex | None = None) -> tuple[Event
     """The event row and the account version rows that ``record`` becomes."""
     if index is None:
         index = index_decoder.decode(record.body)
-    event_row: EventRow = (record.seq, index.log_index, index.time_ms, index.dedup_id, index.type, record.body, record.prev_hash, record.hash)
+    event_row: EventRow = (
+        record.seq,
+        index.log_index,
+        index.time_ms,
+        index.dedup_id,
+        index.type,
+        record.body,
+        record.prev_hash,
+        record.hash,
+    )
     version_rows: list[VersionRow] = [
         (account.account_id, record.seq, account.version, index.time_ms, account.asset, account.scale, str(account.available))
         for account in index.accounts
@@ -420,7 +437,8 @@ class SqlStore:
     def version_rows(self, from_seq: int, to_seq: int) -> list[VersionRow]:
         """Account version rows with ``from_seq <= seq < to_seq``, by (seq, account_id)."""
         rows = self._rows(
-            f"SELECT {version_columns} FROM account_versions WHERE seq >= ? AND seq < ? ORDER BY seq, account_id", (from_seq, to_seq)
+            f"SELECT {version_columns} FROM account_versions WHERE seq >= ? AND seq < ? ORDER BY seq, account_id",
+            (from_seq, to_seq),
         )
         return [
             (account_id, int(seq), int(version), int(time_ms), asset, int(scale), available)
@@ -460,7 +478,9 @@ class SqlStore:
         """account_id → (asset, scale, available in minor units) right after event ``seq``."""
         found: dict[str, tuple[str, int, int]] = {}
         for chunk in _chunks(list(dict.fromkeys(account_ids))):
-            for account_id, asset, scale, available in self._rows(_latest_versions_sql(len(chunk), "v.asset, v.scale, v.available"), (*chunk, seq)):
+            for account_id, asset, scale, available in self._rows(
+                _latest_versions_sql(len(chunk), "v.asset, v.scale, v.available"), (*chunk, seq)
+            ):
                 found[account_id] = (asset, int(scale), int(available))
         return found
 
@@ -511,7 +531,10 @@ class SqlStore:
                 connection.execute(self.dialect.sql("INSERT INTO hierarchy_nodes (node_id) VALUES (?)"), (node_id,))
             for row in children:
                 connection.execute(
-                    self.dialect.sql("INSERT INTO hierarchy_children (node_id, position, child_id, child_kind) VALUES (?, ?, ?, ?)"), row
+                    self.dialect.sql(
+                        "INSERT INTO hierarchy_children (node_id, position, child_id, child_kind) VALUES (?, ?, ?, ?)"
+                    ),
+                    row,
                 )
 
 

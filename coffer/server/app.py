@@ -28,6 +28,7 @@ from coffer.core.errors import ErrorCode
 from coffer.replica import Replica
 from coffer.server import requests as bodies
 from coffer.server.auth import ApiKeys, Role
+from coffer.server.feed import event_stream
 from coffer.server.openapi import openapi_document
 from coffer.server.pipeline import FollowerPipeline, LogUnavailable, Outcome, Pipeline
 from coffer.server.views import account_view, error_body, event_view, rejection_body
@@ -509,6 +510,7 @@ class Api:
             self.route("/v1/compensations", "POST", operator, command("compensate")),
             self.route("/v1/commands", "POST", operator, self.commands),
             self.route("/v1/events", "GET", reader, self.events),
+            self.route("/v1/events/stream", "GET", reader, lambda request, role: event_stream(request, self)),
             self.route("/v1/audit/head", "GET", reader, self.audit_head),
             self.route("/admin/log-level", "PUT", admin, self.log_level),
             self.route("/metrics", "GET", reader, self.metrics_endpoint),

@@ -14,6 +14,7 @@ from coffer.log.wal import LocalWal
 from coffer.replica import Replica
 from coffer.server.app import create_app
 from coffer.server.auth import ApiKeys
+from coffer.server.feed import close_streams
 
 logger = logging.getLogger("coffer")
 
@@ -84,4 +85,11 @@ def serve(
         timeout_graceful_shutdown=10,
         backlog=4096,
     )
-    uvicorn.Server(config).run()
+    _Server(config).run()
+
+
+class _Server(uvicorn.Server):
+    def handle_exit(self, sig: int, frame: object) -> None:
+        # Open event feeds never end by themselves: end them first, so a stop is not held up.
+        close_streams()
+        super().handle_exit(sig, frame)  # type: ignore[arg-type]
