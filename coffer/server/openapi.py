@@ -227,6 +227,16 @@ def openapi_document() -> dict[str, Any]:
                 },
             }
         },
+        "/v1/events/stream": {
+            "get": {
+                "summary": "The event feed: JSON lines, one event a line with its canonical bytes (base64), then new ones as they come",
+                "parameters": [_query("from_seq", _seq)],
+                "responses": {
+                    "200": {"description": "application/x-ndjson, heartbeats between events"},
+                    **_errors(401, 403, 422),
+                },
+            }
+        },
         "/v1/audit/head": {
             "get": {"summary": "The chain head", "responses": {"200": _json({"type": "object"}), **_errors(401, 403)}}
         },
