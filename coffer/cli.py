@@ -652,10 +652,12 @@ def audit_head(client: "Client", output: _Output) -> None:
 
 
 def _register_query_commands() -> None:
-    # The query side's commands live with it (coffer/query/cli.py); they join the groups here.
+    # The query side's and the simulator's commands live with them; they join the groups here.
     from coffer.query.cli import register
+    from coffer.sim.cli import sim
 
     register(main, audit, bench)
+    main.add_command(sim)
 
 
 _register_query_commands()

@@ -41,6 +41,7 @@ query_limit_default = 1000
 query_limit_max = 10_000
 store_wait_s_max = 5.0
 submit_wait_s_max = 20.0
+query_integer_max = 2**63 - 1  # seqs and times are stored as signed 64-bit integers
 compaction_interval_s = 30.0  # cluster: how often a node tries to purge the stream below all snapshots  # no request hangs: past this the outcome is unknown (503, retry safely)  # a history read waits this long for the event store to catch up
 
 _json = msgspec.json.Encoder()
@@ -126,6 +127,8 @@ def _int_param(request: Request, name: str, minimum: int = 0) -> int | None:
     value = int(text)
     if value < minimum:
         raise HttpError(422, ErrorCode.INVALID_REQUEST, f"{name} must be at least {minimum}")
+    if value > query_integer_max:
+        raise HttpError(422, ErrorCode.INVALID_REQUEST, f"{name} must be at most {query_integer_max}")
     return value
 
 
@@ -143,6 +146,13 @@ def _time_param(request: Request, name: str) -> int | None:
     if moment.tzinfo is None:
         raise HttpError(422, ErrorCode.INVALID_REQUEST, f"{name} needs a time zone (RFC 3339)")
     return int(moment.timestamp() * 1000)
+
+
+def _time_param_checked(request: Request, name: str) -> int | None:
+    value = _time_param(request, name)
+    if value is not None and not 0 <= value <= query_integer_max:
+        raise HttpError(422, ErrorCode.INVALID_REQUEST, f"{name} is out of range")
+    return value
 
 
 def _limit(request: Request) -> int:
@@ -421,8 +431,8 @@ class Api:
             account_id,
             _int_param(request, "from_seq"),
             _int_param(request, "to_seq"),
-            _time_param(request, "from_time"),
-            _time_param(request, "to_time"),
+            _time_param_checked(request, "from_time"),
+            _time_param_checked(request, "to_time"),
             _limit(request),
         )
         from coffer.server.views import time_text
@@ -437,8 +447,8 @@ class Api:
             self.replica.store.events,
             _int_param(request, "from_seq"),
             to_seq,
-            _time_param(request, "from_time"),
-            _time_param(request, "to_time"),
+            _time_param_checked(request, "from_time"),
+            _time_param_checked(request, "to_time"),
             _limit(request),
         )
         return json_response({"events": [event_view(record) for record in records]})

@@ -126,6 +126,19 @@ class Pipeline:
         inflight.future = asyncio.get_running_loop().run_in_executor(self._executor, self.replica.log.append, payload)
 
     async def _run(self) -> None:
+        try:
+            await self._write_and_apply()
+        except asyncio.CancelledError:
+            raise
+        except BaseException as error:
+            # A bug, not an operating error: refuse writes loudly rather than hang them.
+            logger.critical("the write path stopped: %r", error)
+            self.broken = error
+            self._fail(list(self._pending), error)
+            self._pending.clear()
+            raise
+
+    async def _write_and_apply(self) -> None:
         inflight: _Inflight | None = None
         while True:
             if inflight is None:
@@ -241,7 +254,7 @@ class FollowerPipeline(Pipeline):
         self._tasks.append(loop.create_task(self._run(), name="coffer-pipeline-writer"))
         self._tasks.append(loop.create_task(self._follow(), name="coffer-pipeline-follower"))
 
-    async def _run(self) -> None:
+    async def _write_and_apply(self) -> None:
         while True:
             await self._wait_for_pending()
             await self._slots.acquire()

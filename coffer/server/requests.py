@@ -344,5 +344,7 @@ def to_command(kind: str, body: _Body, scales: Scales) -> core.Command:
         txn_command = core.TccConfirm if kind == "tcc_confirm" else core.TccCancel
         return txn_command(dedup_id=body.dedup_id, txn_id=body.txn_id)
     if isinstance(body, CompensateBody):
+        if body.original_dedup_id == body.dedup_id:
+            raise RequestError(ErrorCode.INVALID_REQUEST, "a command cannot compensate itself")
         return core.Compensate(dedup_id=body.dedup_id, original_dedup_id=body.original_dedup_id)
     raise AssertionError(f"no command for {type(body).__name__}")

@@ -1,0 +1,62 @@
+"""``coffer sim``: run the deterministic simulator for one seed or for seeds 1..K.
+
+Register with ``main.add_command(sim)`` in :mod:`coffer.cli`. Output: one line per seed
+(``seed=N steps= faults= entries= events= answers= digest=``), then for each failing seed the
+first violated invariant, the last steps of its trace and the command that replays it. The last
+line is ``sim: seeds=<int> steps=<int> faults=<int> violations=<int>`` (steps and faults summed
+over the seeds), followed by `` digest=<hex>`` when one seed ran. Exit status 1 if any seed
+broke an invariant.
+"""
+
+import click
+
+
+@click.command("sim")
+@click.option("--seed", type=int, help="run this one seed [default: 1]")
+@click.option("--seeds", "seed_count", type=click.IntRange(min=1), help="run seeds 1..K and print a summary")
+@click.option("--steps", default=1_000, show_default=True, type=click.IntRange(min=0), help="steps per seed")
+@click.option("--replicas", default=3, show_default=True, type=click.IntRange(min=1))
+@click.option("--clients", default=4, show_default=True, type=click.IntRange(min=1))
+@click.option("--trace", "show_trace", is_flag=True, help="print every step of the run (one seed)")
+def sim(seed: int | None, seed_count: int | None, steps: int, replicas: int, clients: int, show_trace: bool) -> None:
+    """Simulate replicas, clients and faults in one process from a seed; check the invariants after every step."""
+    from coffer.sim.simulator import Simulation
+
+    if seed is not None and seed_count is not None:
+        raise click.UsageError("give --seed or --seeds, not both")
+    seeds = range(1, seed_count + 1) if seed_count is not None else [1 if seed is None else seed]
+    if show_trace and len(seeds) > 1:
+        raise click.UsageError("--trace needs a single --seed")
+    steps_total = faults_total = violations = 0
+    digest = ""
+    for number in seeds:
+        simulation = Simulation(number, steps, replicas, clients, keep_full_trace=show_trace)
+        report = simulation.run()
+        if simulation.full_trace is not None:
+            for line in simulation.full_trace:
+                click.echo(f"  {line}")
+        steps_total += report.steps
+        faults_total += report.fault_count
+        digest = report.digest
+        click.echo(
+            f"seed={number} steps={report.steps} faults={report.fault_count} entries={report.entries} "
+            f"events={report.events} answers={report.answers} digest={report.digest}"
+        )
+        violation = report.violation
+        if violation is not None:
+            violations += 1
+            step = "settle" if violation.step > steps else violation.step  # the final catch-up after the steps
+            click.echo(f"VIOLATION seed={number} step={step} invariant={violation.invariant}: {violation.detail}")
+            click.echo("  last steps:")
+            for line in violation.trace:
+                click.echo(f"    {line}")
+            replay = f"coffer sim --seed {number} --steps {steps}"
+            if replicas != 3 or clients != 4:
+                replay += f" --replicas {replicas} --clients {clients}"
+            click.echo(f"  replay: {replay}")
+    summary = f"sim: seeds={len(seeds)} steps={steps_total} faults={faults_total} violations={violations}"
+    if len(seeds) == 1:
+        summary += f" digest={digest}"
+    click.echo(summary)
+    if violations:
+        raise SystemExit(1)
