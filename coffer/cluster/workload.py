@@ -55,6 +55,7 @@ class Workload:
     _stop: threading.Event = field(default_factory=threading.Event)
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _threads: list[threading.Thread] = field(default_factory=list)
+    _local: threading.local = field(default_factory=threading.local)
 
     @property
     def account_ids(self) -> list[str]:
@@ -116,27 +117,34 @@ class Workload:
                     path, body, status, answer, time.monotonic(), attempt_started_at
                 )
 
+    def _http(self) -> httpx.Client:
+        """One keep-alive client per thread: plain http, so no TLS context is built per call."""
+        client = getattr(self._local, "client", None)
+        if client is None:
+            client = self._local.client = httpx.Client(timeout=request_timeout_s, verify=False)
+        return client
+
     def _send_until_answered(self, path: str, body: dict[str, Any], deadline: float | None, start: int) -> Any:
         attempt = start
-        with httpx.Client(timeout=request_timeout_s) as client:
-            while True:
-                url = self.urls[attempt % len(self.urls)]
-                started = time.monotonic()
-                try:
-                    response = client.post(url + path, json=body)
-                    if response.status_code in (200, 409):
-                        return response.status_code, response.json(), started
-                    self.failures[f"HTTP {response.status_code}"] += 1
-                    if response.status_code != 503:
-                        raise AssertionError(f"unexpected answer {response.status_code}: {response.text}")
-                except httpx.TransportError as error:
-                    self.failures[type(error).__name__] += 1
-                attempt += 1
-                if deadline is None and self._stop.is_set():
-                    return None
-                if deadline is not None and time.monotonic() > deadline:
-                    raise AssertionError(f"no answer for {path} before the deadline")
-                time.sleep(retry_pause_s)
+        client = self._http()
+        while True:
+            url = self.urls[attempt % len(self.urls)]
+            started = time.monotonic()
+            try:
+                response = client.post(url + path, json=body)
+                if response.status_code in (200, 409):
+                    return response.status_code, response.json(), started
+                self.failures[f"HTTP {response.status_code}"] += 1
+                if response.status_code != 503:
+                    raise AssertionError(f"unexpected answer {response.status_code}: {response.text}")
+            except httpx.TransportError as error:
+                self.failures[type(error).__name__] += 1
+            attempt += 1
+            if deadline is None and self._stop.is_set():
+                return None
+            if deadline is not None and time.monotonic() > deadline:
+                raise AssertionError(f"no answer for {path} before the deadline")
+            time.sleep(retry_pause_s)
 
 
 class _Commands:
