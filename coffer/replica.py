@@ -24,13 +24,13 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import crc32c
-import msgspec
 
 from coffer.core.accounts import Result
 from coffer.core.commands import Command
-from coffer.core.events import EventRecord
+from coffer.core.entries import decode_entry
+from coffer.core.events import Actor, EventRecord
 from coffer.core.snapshot import restore_snapshot, take_snapshot
-from coffer.core.state_machine import StateMachine
+from coffer.core.state_machine import StateMachine, protocol_version_max
 from coffer.log.base import CommandLog, LogRecord
 from coffer.query.event_store import EventStore
 
@@ -48,30 +48,6 @@ store_commit_events_max = 50_000
 # so history queries stay fresh and a snapshot, which waits for the store, is never far behind.
 store_backlog_events_max = 100_000
 store_queue_batches_max = 8192  # a hard bound on queued entries, far above what the backlog allows
-
-
-class LogEntry(msgspec.Struct, array_like=True, gc=False):
-    """The payload of one log record: a batch of commands and who appended it.
-
-    ``origin`` names the appending node's request batch (empty for a single node), so that in a
-    cluster the node that appended an entry can match it to its waiting requests when it reads
-    the entry back from the shared log, whoever else appended around it.
-    """
-
-    origin: str
-    commands: list[Command]
-
-
-_entry_encoder = msgspec.msgpack.Encoder()
-_entry_decoder = msgspec.msgpack.Decoder(LogEntry)
-
-
-def encode_entry(commands: list[Command], origin: str = "") -> bytes:
-    return _entry_encoder.encode(LogEntry(origin, commands))
-
-
-def decode_entry(payload: bytes) -> LogEntry:
-    return _entry_decoder.decode(payload)
 
 
 class SnapshotCorrupt(RuntimeError):
@@ -211,7 +187,8 @@ class Replica:
         replayed = 0
         batch: list[EventRecord] = []
         for record in self._records_after(self.machine.log_index):
-            _, events = self.machine.apply(record.index, record.time_ms, decode_entry(record.payload).commands)
+            entry = decode_entry(record.payload)
+            _, events = self.machine.apply(record.index, record.time_ms, entry.commands, entry.actors, entry.protocol_version)
             batch.extend(events)
             replayed += 1
             if len(batch) >= 50_000:
@@ -303,8 +280,14 @@ class Replica:
 
     # ------------------------------------------------------------------ apply
 
-    def apply(self, record: LogRecord, commands: list[Command]) -> tuple[list[Result], list[EventRecord]]:
-        results, events = self.machine.apply(record.index, record.time_ms, commands)
+    def apply(
+        self,
+        record: LogRecord,
+        commands: list[Command],
+        actors: list[Actor | None] | None = None,
+        protocol_version: int = protocol_version_max,
+    ) -> tuple[list[Result], list[EventRecord]]:
+        results, events = self.machine.apply(record.index, record.time_ms, commands, actors, protocol_version)
         if events:
             assert self.writer is not None
             self.writer.put(events)

@@ -20,8 +20,9 @@ import httpx
 
 from coffer.bench.apply import _setup_entries
 from coffer.core.commands import Command, Transfer
+from coffer.core.entries import encode_entry
 from coffer.log.wal import LocalWal
-from coffer.replica import Replica, encode_entry, store_backlog_events_max
+from coffer.replica import Replica, store_backlog_events_max
 
 
 def _free_port() -> int:

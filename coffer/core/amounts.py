@@ -10,11 +10,18 @@ scale, so ``format_amount(parse_amount(s, k), k)`` is the canonical spelling of 
 import re
 
 scale_max = 18  # 10**18 minor units per major unit covers every asset we know of (ETH wei).
-amount_digits_max = 40  # an amount is at most 40 digits: bounds parsing cost before the range check.
-# Every amount and every balance (available + held) fits a signed 64-bit integer, the widest the
-# log and event encoding (MessagePack) carries: 9.2e18 minor units, e.g. 92 quadrillion at scale 2
-# or 9.2 at scale 18. A command that would go beyond is rejected, never wrapped or rounded.
-amount_max = 2**63 - 1
+# Every amount and every balance (available + reserved + pending) is below 2^127 minor units in
+# magnitude: 1.7e38, i.e. 1.7e20 units of an 18-decimal asset (wei) or 1.7e36 of a 2-decimal one.
+# That holds any real balance of any asset, and it is TigerBeetle's 128-bit width (one bit for the
+# sign), so balances move between the two without loss. Python integers do the arithmetic exactly;
+# the formats carry them (coffer.core.encoding), and the stores keep them as NUMERIC. A command
+# that would go beyond is rejected (an amount: INVALID_AMOUNT; a sum: BALANCE_OUT_OF_RANGE), never
+# wrapped or rounded.
+amount_max = 2**127 - 1
+# Protocol version 1 of the state machine (data written before version 2) bounded everything by a
+# signed 64-bit integer; replaying that history must judge it by the rules it was written under.
+amount_max_protocol_1 = 2**63 - 1
+amount_digits_max = 40  # 2^127 has 39 digits: bounds parsing cost before the range check.
 
 _amount_pattern = re.compile(r"(-?)(0|[1-9][0-9]*)(?:\.([0-9]+))?")
 

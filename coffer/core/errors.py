@@ -1,4 +1,4 @@
-"""The stable result codes of the ledger (shared/API.md), one enum for the core and the edge.
+"""The stable result codes of the ledger (docs/api.md), one enum for the core and the edge.
 
 A rejected command is not an exception: its code is data, returned for that command, stored in
 the replicated dedup store and answered again on retry. The values never change once published:
@@ -32,6 +32,9 @@ class ErrorCode(StrEnum):
     ALREADY_COMPENSATED = "ALREADY_COMPENSATED"
     DEDUP_ID_REUSED = "DEDUP_ID_REUSED"
     INVALID_AMOUNT = "INVALID_AMOUNT"
+    # A balance would leave the range every amount lives in (|x| < 2^127 minor units), with no
+    # limit of the account's own in the way: not a limit the user set, so not *_LIMIT_EXCEEDED.
+    BALANCE_OUT_OF_RANGE = "BALANCE_OUT_OF_RANGE"
     INVALID_REQUEST = "INVALID_REQUEST"
     NOT_AVAILABLE = "NOT_AVAILABLE"
     UNAUTHORIZED = "UNAUTHORIZED"

@@ -1,10 +1,18 @@
 """Snapshot and restore of a whole state machine, as deterministic bytes, and its state hash.
 
 The snapshot is the msgpack encoding (map keys sorted) of :class:`SnapshotState`: every part of
-the replicated state — accounts, asset scales, the dedup store, TCC transactions, compensations,
-the log position, the ledger clock, the event seq and the chain head. Two replicas that applied
-the same entries produce the same bytes, whatever order their dicts were filled in, so the
-SHA-256 of the snapshot (the *state hash*) is how replicas prove they agree.
+the replicated state — the protocol version, accounts, asset scales, the dedup store, TCC
+transactions, compensations, the log position, the ledger clock, the event seq and the chain
+head. Two replicas that applied the same entries produce the same bytes, whatever order their
+dicts were filled in, so the SHA-256 of the snapshot (the *state hash*) is how replicas prove they
+agree.
+
+Formats (the first element of the array says which):
+- 1: ``[1, log_index, time_ms, seq, head, accounts, asset_scales, dedup, txns, compensations]``,
+  written before protocol versions existed; it restores as protocol 1.
+- 2: ``[2, protocol_version, log_index, time_ms, seq, head, accounts, asset_scales, dedup, txns,
+  compensations]``, integers beyond 64 bits as in :mod:`coffer.core.encoding`.
+A snapshot of a newer format is refused with a message that says so.
 """
 
 import heapq
@@ -13,13 +21,27 @@ from hashlib import sha256
 import msgspec
 
 from coffer.core.accounts import Account, DedupRecord, Txn
-from coffer.core.events import encoder
-from coffer.core.state_machine import StateMachine
+from coffer.core.encoding import Decoder, encode
+from coffer.core.state_machine import StateMachine, protocol_version_max
 
-snapshot_format_version = 1
+snapshot_format_version = 2
 
 
 class SnapshotState(msgspec.Struct, array_like=True, gc=False):
+    format_version: int
+    protocol_version: int
+    log_index: int
+    time_ms: int
+    seq: int
+    head: bytes
+    accounts: dict[str, Account]
+    asset_scales: dict[str, int]
+    dedup: dict[str, DedupRecord]
+    txns: dict[str, Txn]
+    compensations: dict[str, str]
+
+
+class _SnapshotStateFormat1(msgspec.Struct, array_like=True, gc=False):
     format_version: int
     log_index: int
     time_ms: int
@@ -32,7 +54,8 @@ class SnapshotState(msgspec.Struct, array_like=True, gc=False):
     compensations: dict[str, str]
 
 
-_decoder = msgspec.msgpack.Decoder(SnapshotState)
+_decoder = Decoder(SnapshotState)
+_decoder_format_1 = Decoder(_SnapshotStateFormat1)
 
 
 class SnapshotError(ValueError):
@@ -43,6 +66,7 @@ def take_snapshot(machine: StateMachine) -> bytes:
     """Deterministic bytes of the whole state (O(state); run it off the apply loop's hot path)."""
     state = SnapshotState(
         snapshot_format_version,
+        machine.protocol_version,
         machine.log_index,
         machine.time_ms,
         machine.seq,
@@ -53,7 +77,7 @@ def take_snapshot(machine: StateMachine) -> bytes:
         machine.txns,
         machine.compensations,
     )
-    return encoder.encode(state)
+    return encode(state)
 
 
 def state_hash(machine: StateMachine) -> bytes:
@@ -62,13 +86,23 @@ def state_hash(machine: StateMachine) -> bytes:
 
 def restore_snapshot(data: bytes) -> StateMachine:
     """A state machine equal to the one the snapshot was taken of."""
+    format_version = snapshot_format(data)
     try:
-        state = _decoder.decode(data)
+        if format_version == 1:
+            old = _decoder_format_1.decode(data)
+            state = SnapshotState(2, 1, *msgspec.structs.astuple(old)[1:])
+        else:
+            state = _decoder.decode(data)
     except (msgspec.MsgspecError, ValueError) as error:  # bad UTF-8 surfaces as a ValueError
         raise SnapshotError(f"not a Coffer snapshot: {error}") from error
-    if state.format_version != snapshot_format_version:
-        raise SnapshotError(f"snapshot format {state.format_version} is not {snapshot_format_version}")
+    if state.protocol_version > protocol_version_max:
+        raise SnapshotError(
+            f"the snapshot's ledger runs protocol {state.protocol_version}, newer than this release understands "
+            f"(up to {protocol_version_max}): upgrade Coffer"
+        )
     machine = StateMachine()
+    if state.protocol_version:
+        machine.upgrade(state.protocol_version)
     machine.log_index = state.log_index
     machine.time_ms = state.time_ms
     machine.seq = state.seq
@@ -84,3 +118,18 @@ def restore_snapshot(data: bytes) -> StateMachine:
     )
     heapq.heapify(machine.expiries)
     return machine
+
+
+def snapshot_format(data: bytes) -> int:
+    """The format number a snapshot's bytes declare; refuses one newer than this release knows."""
+    # Every format is a MessagePack array (0x90-0x9f: up to 15 elements) whose first element is
+    # the format number, a positive fixint.
+    if len(data) < 2 or not 0x90 <= data[0] <= 0x9F or data[1] > 0x7F:
+        raise SnapshotError("not a Coffer snapshot")
+    if data[1] > snapshot_format_version:
+        raise SnapshotError(
+            f"snapshot format {data[1]} is newer than this release understands (up to {snapshot_format_version}): upgrade Coffer"
+        )
+    if data[1] < 1:
+        raise SnapshotError(f"unknown snapshot format {data[1]}")
+    return data[1]

@@ -19,7 +19,21 @@ order (the first failing check decides the code):
 5. limits, per account in the order the command names them: lower first, then upper.
 
 Before the commands of an entry run, every TCC try whose deadline is at or before the entry's
-time is cancelled (event ``tcc_expired``), in (deadline, txn_id) order.
+time is cancelled (event ``tcc_expired``), in (deadline, txn_id) order. An entry may hold no
+command at all: it then only moves the ledger's clock, which is how a deadline takes effect on a
+quiet ledger.
+
+Protocol versions. The rules are versioned as a whole: every log entry says which protocol its
+writer ran, the ledger's protocol is the highest it has applied so far (part of the replicated
+state), and each entry is judged by the ledger's protocol. History written under an older protocol
+therefore replays to the very same events, and a replica that meets a protocol newer than
+``protocol_version_max`` refuses it instead of guessing.
+
+- Protocol 1: amounts and balances within a signed 64-bit integer; a balance that would pass that
+  bound on an account without an upper limit was rejected as ``UPPER_LIMIT_EXCEEDED``; events in
+  format 1 (no actor).
+- Protocol 2: amounts and balances below 2^127 minor units; a balance beyond it is rejected as
+  ``BALANCE_OUT_OF_RANGE``; events in format 2 (with the actor who sent the command).
 """
 
 import heapq
@@ -38,7 +52,7 @@ from coffer.core.accounts import (
     TxnLeg,
     TxnState,
 )
-from coffer.core.amounts import amount_max, scale_max
+from coffer.core.amounts import amount_max, amount_max_protocol_1, scale_max
 from coffer.core.commands import (
     BatchBalanceOperation,
     Command,
@@ -64,8 +78,9 @@ from coffer.core.commands import (
     metadata_value_length_max,
     timeout_s_max,
 )
+from coffer.core.encoding import encode as _encode
 from coffer.core.errors import ErrorCode
-from coffer.core.events import EventRecord, EventType, encoder, genesis_hash
+from coffer.core.events import Actor, EventRecord, EventType, genesis_hash
 
 _id_pattern = re.compile(r"[A-Za-z0-9._:-]+")
 
@@ -76,7 +91,13 @@ _TRIED = TxnState.TRIED.value
 _CONFIRMED = TxnState.CONFIRMED.value
 _CANCELLED = TxnState.CANCELLED.value
 _TRANSFERRED = EventType.TRANSFERRED.value
-_encode = encoder.encode
+
+protocol_version_max = 2  # the newest protocol this release applies (see the module docstring)
+_amount_max_by_protocol = {1: amount_max_protocol_1, 2: amount_max}
+
+
+class ProtocolVersionError(RuntimeError):
+    """The log holds an entry of a protocol newer than this release understands."""
 
 
 def _reject(code: ErrorCode, message: str, account_id: str | None = None) -> Result:
@@ -101,13 +122,13 @@ def _valid_metadata(metadata: object) -> bool:
     )
 
 
-def _out_of_range(*amounts: int | None) -> bool:
-    """An amount the log cannot carry (beyond a signed 64-bit integer)."""
-    return any(amount is not None and not -amount_max <= amount <= amount_max for amount in amounts)
+def _out_of_range(bound: int, *amounts: int | None) -> bool:
+    """An amount beyond the protocol's bound (``bound`` in magnitude)."""
+    return any(amount is not None and not -bound <= amount <= bound for amount in amounts)
 
 
-def _too_large(account_id: str) -> Result:
-    return _reject(ErrorCode.INVALID_AMOUNT, f"an amount is beyond {amount_max} minor units", account_id)
+def _too_large(bound: int, account_id: str | None) -> Result:
+    return _reject(ErrorCode.INVALID_AMOUNT, f"an amount is beyond {bound} minor units", account_id)
 
 
 def _state_error(account: Account) -> Result:
@@ -116,13 +137,13 @@ def _state_error(account: Account) -> Result:
     return _reject(ErrorCode.ACCOUNT_LOCKED, f"account {account.account_id} is locked", account.account_id)
 
 
-def _check_leg_amounts(legs: tuple[Leg, ...]) -> Result | None:
+def _check_leg_amounts(legs: tuple[Leg, ...], bound: int) -> Result | None:
     """Step 2 for legs, amounts first: each non-zero and in range."""
     for leg in legs:
         if leg.amount == 0:
             return _reject(ErrorCode.INVALID_AMOUNT, "a leg's amount must not be zero", leg.account_id)
-        if _out_of_range(leg.amount):
-            return _too_large(leg.account_id)
+        if _out_of_range(bound, leg.amount):
+            return _too_large(bound, leg.account_id)
     return None
 
 
@@ -147,6 +168,10 @@ class StateMachine:
         self.time_ms = 0
         self.seq = 0
         self.head = genesis_hash
+        # 0 until the first entry: a new ledger takes the protocol of its first entry.
+        self.protocol_version = 0
+        self.amount_max = amount_max
+        self._actor: Actor | None = None
         self._events: list[EventRecord] = []
         self._handlers = {
             CreateAccount: self._create_account,
@@ -166,9 +191,23 @@ class StateMachine:
 
     # ------------------------------------------------------------------ entry point
 
-    def apply(self, log_index: int, time_ms: int, commands: Sequence[Command]) -> tuple[list[Result], list[EventRecord]]:
-        """Apply one log entry; return one result per command and the events, in order."""
+    def apply(
+        self,
+        log_index: int,
+        time_ms: int,
+        commands: Sequence[Command],
+        actors: Sequence[Actor | None] | None = None,
+        protocol_version: int = protocol_version_max,
+    ) -> tuple[list[Result], list[EventRecord]]:
+        """Apply one log entry; return one result per command and the events, in order.
+
+        ``actors`` (one per command, or ``None`` for none at all) say who sent each command; the
+        events of protocol 2 record it. ``protocol_version`` is the protocol the entry's writer ran.
+        """
         assert log_index > self.log_index, f"log index {log_index} after {self.log_index}"
+        assert actors is None or len(actors) == len(commands), "one actor per command"
+        if protocol_version > self.protocol_version:
+            self.upgrade(protocol_version)
         self.log_index = log_index
         # Log time may step back when the log's leader changes; the ledger's clock never does.
         if time_ms > self.time_ms:
@@ -181,7 +220,8 @@ class StateMachine:
         dedup = self.dedup
         results: list[Result] = []
         append = results.append
-        for command in commands:
+        for position, command in enumerate(commands):
+            self._actor = actors[position] if actors is not None else None
             dedup_id = command.dedup_id
             record = dedup.get(dedup_id)
             if record is not None:
@@ -193,7 +233,44 @@ class StateMachine:
             result = handlers[type(command)](command)
             dedup[dedup_id] = DedupRecord(command, result)
             append(result)
+        self._actor = None
         return results, events
+
+    def upgrade(self, protocol_version: int) -> None:
+        if protocol_version > protocol_version_max:
+            raise ProtocolVersionError(
+                f"log entry {self.log_index + 1} needs protocol {protocol_version}, newer than this release "
+                f"understands (up to {protocol_version_max}): upgrade Coffer on this node"
+            )
+        self.protocol_version = protocol_version
+        self.amount_max = _amount_max_by_protocol[protocol_version]
+
+    def _event_body(self, seq: int, dedup_id: str | None, event_type: str, command: Command | None, accounts: Sequence[Account]) -> bytes:
+        if self.protocol_version >= 2:
+            return _encode((2, seq, self.log_index, self.time_ms, dedup_id, event_type, command, accounts, self._actor))
+        return _encode((seq, self.log_index, self.time_ms, dedup_id, event_type, command, accounts))
+
+    def _beyond_upper(self, account: Account, total: int) -> Result | None:
+        """``total`` (available + held, after the change) against the upper limit and the bound."""
+        upper = account.upper_limit
+        if upper is not None:
+            if total > upper:
+                return _reject(
+                    ErrorCode.UPPER_LIMIT_EXCEEDED, f"account {account.account_id} would go above its upper limit", account.account_id
+                )
+            return None
+        if total > self.amount_max:
+            if self.protocol_version < 2:
+                return _reject(
+                    ErrorCode.UPPER_LIMIT_EXCEEDED, f"account {account.account_id} would go above its upper limit", account.account_id
+                )
+            return _reject(
+                ErrorCode.BALANCE_OUT_OF_RANGE,
+                f"account {account.account_id} would hold more than {self.amount_max} minor units (2^127 - 1), "
+                "the largest balance a ledger holds",
+                account.account_id,
+            )
+        return None
 
     def _replay(self, record: DedupRecord, command: Command) -> Result:
         if record.command == command:
@@ -208,7 +285,7 @@ class StateMachine:
     def _emit(self, dedup_id: str | None, event_type: str, command: Command | None, accounts: Sequence[Account]) -> int:
         seq = self.seq + 1
         self.seq = seq
-        body = _encode((seq, self.log_index, self.time_ms, dedup_id, event_type, command, accounts))
+        body = self._event_body(seq, dedup_id, event_type, command, accounts)
         prev_hash = self.head
         self.head = sha256(prev_hash + body).digest()
         self._events.append(EventRecord(seq, body, prev_hash, self.head))
@@ -218,8 +295,8 @@ class StateMachine:
 
     def _create_account(self, command: CreateAccount) -> Result:
         account_id = command.account_id
-        if _out_of_range(command.lower_limit, command.upper_limit):
-            return _too_large(account_id)
+        if _out_of_range(self.amount_max, command.lower_limit, command.upper_limit):
+            return _too_large(self.amount_max, account_id)
         if not _valid_id(account_id):
             return _reject(ErrorCode.INVALID_REQUEST, "account_id must be 1 to 128 characters of A-Za-z0-9._:-")
         if not _valid_id(command.asset, asset_length_max):
@@ -264,8 +341,8 @@ class StateMachine:
         return account
 
     def _update_limits(self, command: UpdateLimits) -> Result:
-        if _out_of_range(command.lower_limit, command.upper_limit):
-            return _too_large(command.account_id)
+        if _out_of_range(self.amount_max, command.lower_limit, command.upper_limit):
+            return _too_large(self.amount_max, command.account_id)
         account = self._existing(command.account_id)
         if isinstance(account, Result):
             return account
@@ -275,7 +352,7 @@ class StateMachine:
         upper = account.upper_limit if command.keep_upper_limit else command.upper_limit
         if account.available < lower:
             return _reject(ErrorCode.LOWER_LIMIT_EXCEEDED, "available balance is below the new lower limit", account.account_id)
-        if account.available + account.held() > (amount_max if upper is None else upper):
+        if upper is not None and account.available + account.held() > upper:
             return _reject(ErrorCode.UPPER_LIMIT_EXCEEDED, "balance is above the new upper limit", account.account_id)
         account.lower_limit = lower
         account.upper_limit = upper
@@ -325,8 +402,9 @@ class StateMachine:
         amount = command.amount
         if amount <= 0:
             return _reject(ErrorCode.INVALID_AMOUNT, "amount must be positive")
-        if amount > amount_max or _out_of_range(command.expected_from_balance, command.expected_to_balance):
-            return _too_large(command.from_account_id)
+        bound = self.amount_max
+        if amount > bound or _out_of_range(bound, command.expected_from_balance, command.expected_to_balance):
+            return _too_large(bound, command.from_account_id)
         source_id = command.from_account_id
         target_id = command.to_account_id
         if source_id == target_id:
@@ -357,8 +435,10 @@ class StateMachine:
             return _reject(ErrorCode.LOWER_LIMIT_EXCEEDED, f"account {source_id} would go below its lower limit", source_id)
         target_available = target.available + amount
         upper = target.upper_limit
-        if target_available + target.held() > (amount_max if upper is None else upper):
-            return _reject(ErrorCode.UPPER_LIMIT_EXCEEDED, f"account {target_id} would go above its upper limit", target_id)
+        if target_available + target.held() > (bound if upper is None else upper):
+            failed = self._beyond_upper(target, target_available + target.held())
+            assert failed is not None
+            return failed
         source.available = source_available
         source.version += 1
         target.available = target_available
@@ -366,7 +446,10 @@ class StateMachine:
         # _emit, inlined: this is the one command where the call costs a measurable share.
         seq = self.seq + 1
         self.seq = seq
-        body = _encode((seq, self.log_index, self.time_ms, command.dedup_id, _TRANSFERRED, command, (source, target)))
+        if self.protocol_version >= 2:
+            body = _encode((2, seq, self.log_index, self.time_ms, command.dedup_id, _TRANSFERRED, command, (source, target), self._actor))
+        else:
+            body = _encode((seq, self.log_index, self.time_ms, command.dedup_id, _TRANSFERRED, command, (source, target)))
         prev_hash = self.head
         self.head = head = sha256(prev_hash + body).digest()
         self._events.append(EventRecord(seq, body, prev_hash, head))
@@ -395,9 +478,9 @@ class StateMachine:
             available = account.available + delta
             if available < account.lower_limit:
                 return _reject(ErrorCode.LOWER_LIMIT_EXCEEDED, f"account {account_id} would go below its lower limit", account_id)
-            upper = account.upper_limit
-            if available + account.held() > (amount_max if upper is None else upper):
-                return _reject(ErrorCode.UPPER_LIMIT_EXCEEDED, f"account {account_id} would go above its upper limit", account_id)
+            failed = self._beyond_upper(account, available + account.held())
+            if failed is not None:
+                return failed
         return None
 
     def _commit_net(self, net: dict[str, int]) -> list[Account]:
@@ -410,14 +493,16 @@ class StateMachine:
         return changed
 
     def _batch_operation(self, command: BatchBalanceOperation) -> Result:
-        failed = _check_leg_amounts(command.legs) or _check_leg_count(command.legs)
+        failed = _check_leg_amounts(command.legs, self.amount_max) or _check_leg_count(command.legs)
         if failed is not None:
             return failed
         if len(command.preconditions) > legs_max:
             return _reject(ErrorCode.INVALID_REQUEST, f"a command takes at most {legs_max} preconditions")
         for condition in command.preconditions:
-            if _out_of_range(condition.expected_balance, condition.min_balance, condition.max_balance, condition.expected_version):
-                return _too_large(condition.account_id)
+            if _out_of_range(
+                self.amount_max, condition.expected_balance, condition.min_balance, condition.max_balance, condition.expected_version
+            ):
+                return _too_large(self.amount_max, condition.account_id)
         net = self._check_legs(command.legs)
         if isinstance(net, Result):
             return net
@@ -455,8 +540,8 @@ class StateMachine:
         amount = command.amount
         if amount <= 0:
             return _reject(ErrorCode.INVALID_AMOUNT, "amount must be positive")
-        if amount > amount_max:
-            return _too_large(command.account_id)
+        if amount > self.amount_max:
+            return _too_large(self.amount_max, command.account_id)
         if not _valid_id(command.reservation_id):
             return _reject(ErrorCode.INVALID_REQUEST, "reservation_id must be 1 to 128 characters of A-Za-z0-9._:-")
         account = self._existing(command.account_id)
@@ -478,8 +563,8 @@ class StateMachine:
     def _release(self, command: Release) -> Result:
         if command.amount is not None and command.amount <= 0:
             return _reject(ErrorCode.INVALID_AMOUNT, "amount must be positive")
-        if _out_of_range(command.amount):
-            return _too_large(command.account_id)
+        if _out_of_range(self.amount_max, command.amount):
+            return _too_large(self.amount_max, command.account_id)
         account = self._existing(command.account_id)
         if isinstance(account, Result):
             return account
@@ -514,7 +599,7 @@ class StateMachine:
 
     def _tcc_try(self, command: TccTry) -> Result:
         txn_id = command.txn_id
-        failed = _check_leg_amounts(command.legs)
+        failed = _check_leg_amounts(command.legs, self.amount_max)
         if failed is not None:
             return failed
         if not _valid_id(txn_id):
@@ -541,10 +626,10 @@ class StateMachine:
             account = accounts[account_id]
             if account.available - amount_out < account.lower_limit:
                 return _reject(ErrorCode.LOWER_LIMIT_EXCEEDED, f"account {account_id} would go below its lower limit", account_id)
-            upper = account.upper_limit
             # Money moved to pending_out still counts; pending_in adds to the total.
-            if account.available + account.held() + amount_in > (amount_max if upper is None else upper):
-                return _reject(ErrorCode.UPPER_LIMIT_EXCEEDED, f"account {account_id} would go above its upper limit", account_id)
+            failed = self._beyond_upper(account, account.available + account.held() + amount_in)
+            if failed is not None:
+                return failed
         changed = []
         legs = []
         for account_id, (amount_out, amount_in) in holds.items():

@@ -14,10 +14,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-import msgspec
-
 from coffer.core.accounts import Account
-from coffer.core.events import EventRecord, event_decoder
+from coffer.core.events import EventRecord, event_decoder, index_event
 
 schema = """
 CREATE TABLE IF NOT EXISTS events (
@@ -44,33 +42,6 @@ CREATE TABLE IF NOT EXISTS account_versions (
 cache_kib = 256 * 1024  # keep the hot B-tree pages of the version index in memory
 
 
-class _AccountKey(msgspec.Struct, array_like=True):
-    """The leading fields of an encoded Account: enough to index it without decoding it all."""
-
-    account_id: str
-    asset: str
-    scale: int
-    state: str
-    lower_limit: int
-    upper_limit: int | None
-    available: int
-    reservations: msgspec.Raw
-    pending_in: msgspec.Raw
-    pending_out: msgspec.Raw
-    version: int
-
-
-class _EventIndex(msgspec.Struct, array_like=True):
-    seq: int
-    log_index: int
-    time_ms: int
-    dedup_id: str | None
-    type: str
-    command: msgspec.Raw
-    accounts: list[_AccountKey]
-
-
-_index_decoder = msgspec.msgpack.Decoder(_EventIndex)
 
 
 class EventStoreCorrupt(RuntimeError):
@@ -114,7 +85,7 @@ class EventStore:
             if record.seq <= self.last_seq:
                 replayed.append(record)
                 continue
-            index = _index_decoder.decode(record.body)
+            index = index_event(record.body)
             event_rows.append(
                 (
                     record.seq,

@@ -40,8 +40,8 @@ from typing import Any
 import httpx
 import msgspec
 
-from coffer.core.events import EventRecord
-from coffer.query.sql_store import EventRow, SqlStore, VersionRow, index_decoder
+from coffer.core.events import EventRecord, index_event
+from coffer.query.sql_store import EventRow, SqlStore, VersionRow
 from coffer.server.feed import heartbeat_interval_s, line_decoder, stream_path
 
 logger = logging.getLogger(__name__)
@@ -142,8 +142,8 @@ class ChainFollower:
                 if digest.hex() != line.hash:
                     raise ProjectionError(line_seq, "broken chain: hash does not match the event's canonical bytes")
                 try:
-                    index = index_decoder.decode(body)
-                except msgspec.MsgspecError as error:
+                    index = index_event(body)
+                except (msgspec.MsgspecError, ValueError) as error:  # EventFormatError is a ValueError
                     raise ProjectionError(line_seq, f"the event's bytes are not an event: {error}") from None
                 if index.seq != line_seq:
                     raise ProjectionError(line_seq, f"the event's bytes carry seq {index.seq}")

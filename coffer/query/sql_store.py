@@ -14,8 +14,9 @@ and the store's last seq is always a consistent resume point.
 Schema migrations are the numbered steps of :data:`migrations`; ``schema_version`` records the
 highest one applied. Steps only ever get appended.
 
-Amounts (``available``) are stored as decimal integer text: a minor-unit amount may exceed 64
-bits, and sums are done in Python, exactly.
+Amounts (``available``) reach 2^127 minor units: PostgreSQL stores them as ``NUMERIC(39, 0)``
+(migration 4), SQLite as decimal integer text (its numeric affinity would turn an integer beyond 64
+bits into a float). Both read back as exact Python integers, and sums are done in Python.
 
 DSNs: ``postgresql://…`` (or ``postgres://…``) for PostgreSQL; ``sqlite:///path``,
 ``sqlite:path`` or a bare file path for SQLite.
@@ -26,13 +27,12 @@ import sqlite3
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-import msgspec
-
 from coffer.core.accounts import Account
-from coffer.core.events import EventRecord, event_decoder, genesis_hash
+from coffer.core.events import EventIndex, EventRecord, event_decoder, genesis_hash, index_event
 
 ids_per_statement_max = 1_000  # well under SQLite's 32,766 and PostgreSQL's 65,535 parameters
 sqlite_busy_timeout_ms = 10_000  # a reader and the projector share the file; wait, don't fail
@@ -64,6 +64,7 @@ class Migration:
     version: int
     summary: str
     statements: tuple[str, ...]  # ``{bytes}`` and ``{without_rowid}`` are filled in per dialect
+    dialects: tuple[str, ...] = ("sqlite", "postgresql")  # where the statements run (elsewhere: a no-op step)
 
 
 migrations: tuple[Migration, ...] = (
@@ -116,6 +117,14 @@ migrations: tuple[Migration, ...] = (
         3,
         "projector progress (what was published downstream)",
         ("CREATE TABLE projector_state (name TEXT PRIMARY KEY, value BIGINT NOT NULL)",),
+    ),
+    Migration(
+        4,
+        "balances as NUMERIC in PostgreSQL: exact up to 2^127 minor units, and summable in SQL",
+        ("ALTER TABLE account_versions ALTER COLUMN available TYPE NUMERIC(39, 0) USING available::NUMERIC(39, 0)",),
+        # SQLite keeps decimal text: its NUMERIC affinity turns an integer beyond 64 bits into a
+        # float, which would round money.
+        dialects=("postgresql",),
     ),
 )
 
@@ -227,10 +236,17 @@ class PostgresDialect(Dialect):
     def bulk_insert(
         self, connection: Any, table: str, columns: str, types: Sequence[str], rows: Sequence[tuple[Any, ...]]
     ) -> None:
-        # Binary COPY: no per-row statement, no text escaping of the event bytes.
+        # Binary COPY: no per-row statement, no text escaping of the event bytes. Amounts travel as
+        # decimal text and become exact NUMERIC values (Decimal keeps every digit of 2^127).
+        numeric = [position for position, kind in enumerate(types) if kind == "numeric"]
         with connection.cursor() as cursor, cursor.copy(f"COPY {table} ({columns}) FROM STDIN (FORMAT BINARY)") as copy:
             copy.set_types(list(types))
             for row in rows:
+                if numeric:
+                    values = list(row)
+                    for position in numeric:
+                        values[position] = Decimal(values[position])
+                    row = tuple(values)
                 copy.write_row(row)
 
 
@@ -250,42 +266,12 @@ def dialect_for(dsn: str) -> Dialect:
     return SqliteDialect(Path(dsn))
 
 
-class _AccountIndex(msgspec.Struct, array_like=True, gc=False):
-    """The fields of an encoded Account that the tables index; the maps stay undecoded."""
-
-    account_id: str
-    asset: str
-    scale: int
-    state: str
-    lower_limit: int
-    upper_limit: int | None
-    available: int
-    reservations: msgspec.Raw
-    pending_in: msgspec.Raw
-    pending_out: msgspec.Raw
-    version: int
-    metadata: msgspec.Raw
-
-
-class EventIndex(msgspec.Struct, array_like=True, gc=False):
-    """The fields of an event's canonical bytes that the tables index."""
-
-    seq: int
-    log_index: int
-    time_ms: int
-    dedup_id: str | None
-    type: str
-    command: msgspec.Raw
-    accounts: list[_AccountIndex]
-
-
-index_decoder = msgspec.msgpack.Decoder(EventIndex)
 
 
 def rows_of(record: EventRecord, index: EventIndex | None = None) -> tuple[EventRow, list[VersionRow]]:
     """The event row and the account version rows that ``record`` becomes."""
     if index is None:
-        index = index_decoder.decode(record.body)
+        index = index_event(record.body)
     event_row: EventRow = (
         record.seq,
         index.log_index,
@@ -304,7 +290,7 @@ def rows_of(record: EventRecord, index: EventIndex | None = None) -> tuple[Event
 
 
 _event_types = ("bigint", "bigint", "bigint", "text", "text", "bytea", "bytea", "bytea")
-_version_types = ("text", "bigint", "bigint", "bigint", "text", "integer", "text")
+_version_types = ("text", "bigint", "bigint", "bigint", "text", "integer", "numeric")
 
 
 class SqlStore:
@@ -376,8 +362,9 @@ class SqlStore:
                 row = connection.execute(self.dialect.sql("SELECT max(version) FROM schema_version")).fetchone()
                 if row is not None and row[0] is not None and row[0] >= migration.version:
                     continue
-                for statement in migration.statements:
-                    connection.execute(self.dialect.ddl(statement))
+                if self.dialect.name in migration.dialects:
+                    for statement in migration.statements:
+                        connection.execute(self.dialect.ddl(statement))
                 connection.execute(self.dialect.sql("INSERT INTO schema_version (version) VALUES (?)"), (migration.version,))
         return self.schema_version()
 
@@ -441,7 +428,7 @@ class SqlStore:
             (from_seq, to_seq),
         )
         return [
-            (account_id, int(seq), int(version), int(time_ms), asset, int(scale), available)
+            (account_id, int(seq), int(version), int(time_ms), asset, int(scale), str(int(available)))
             for account_id, seq, version, time_ms, asset, scale, available in rows
         ]
 

@@ -31,9 +31,11 @@ import msgspec
 
 from coffer.core.accounts import OK, Result
 from coffer.core.commands import Command
-from coffer.core.events import EventRecord
+from coffer.core.entries import EntryFormatError, decode_entry, encode_entry
+from coffer.core.events import Actor, EventRecord
+from coffer.core.state_machine import protocol_version_max
 from coffer.log.base import LogError, LogRecord, LogTruncatedError
-from coffer.replica import Replica, decode_entry, encode_entry, store_backlog_events_max
+from coffer.replica import Replica, store_backlog_events_max
 
 logger = logging.getLogger(__name__)
 
@@ -59,12 +61,14 @@ class Outcome:
 class _Waiter:
     commands: list[Command]
     future: asyncio.Future[list[Outcome]]
+    actor: Actor | None = None  # who sent these commands (every command of a request has one sender)
 
 
 @dataclass(slots=True)
 class _Inflight:
     waiters: list[_Waiter]
     commands: list[Command]
+    actors: list[Actor | None] | None = None
     started: float = field(default_factory=time.perf_counter)
     future: "asyncio.Future[LogRecord] | asyncio.Future[int] | None" = None
 
@@ -88,15 +92,18 @@ class Pipeline:
     def start(self) -> None:
         self._tasks.append(asyncio.get_running_loop().create_task(self._run(), name="coffer-pipeline"))
 
-    async def submit(self, commands: list[Command]) -> list[Outcome]:
-        """Append the commands (in order, possibly over several entries) and return their outcomes."""
+    async def submit(self, commands: list[Command], actor: Actor | None = None) -> list[Outcome]:
+        """Append the commands (in order, possibly over several entries) and return their outcomes.
+
+        ``actor`` is the credential that sent them; their events record it.
+        """
         if self.broken is not None:
             raise LogUnavailable(str(self.broken))
         loop = asyncio.get_running_loop()
         futures = []
         for start in range(0, len(commands), entry_commands_max):
             future: asyncio.Future[list[Outcome]] = loop.create_future()
-            self._pending.append(_Waiter(commands[start : start + entry_commands_max], future))
+            self._pending.append(_Waiter(commands[start : start + entry_commands_max], future, actor))
             futures.append(future)
         self._wakeup.set()
         outcomes: list[Outcome] = []
@@ -107,11 +114,18 @@ class Pipeline:
     def _gather(self) -> _Inflight:
         waiters: list[_Waiter] = []
         commands: list[Command] = []
+        with_actor = False
         while self._pending and len(commands) + len(self._pending[0].commands) <= entry_commands_max:
             waiter = self._pending.popleft()
             waiters.append(waiter)
             commands.extend(waiter.commands)
-        return _Inflight(waiters, commands)
+            with_actor = with_actor or waiter.actor is not None
+        actors: list[Actor | None] | None = None
+        if with_actor:
+            actors = []
+            for waiter in waiters:
+                actors.extend([waiter.actor] * len(waiter.commands))
+        return _Inflight(waiters, commands, actors)
 
     async def _wait_for_pending(self) -> None:
         while not self._pending:
@@ -122,7 +136,7 @@ class Pipeline:
             await asyncio.sleep(0.005)  # backpressure from the event store; reads go on meanwhile
 
     def _append(self, inflight: _Inflight, origin: str = "") -> None:
-        payload = encode_entry(inflight.commands, origin)
+        payload = encode_entry(inflight.commands, origin, inflight.actors)
         inflight.future = asyncio.get_running_loop().run_in_executor(self._executor, self.replica.log.append, payload)
 
     async def _run(self) -> None:
@@ -160,7 +174,7 @@ class Pipeline:
             if self._pending:
                 upcoming = self._gather()
                 self._append(upcoming)
-            self._apply(record, inflight.commands, inflight)
+            self._apply(record, inflight.commands, inflight.actors, protocol_version_max, inflight)
             inflight = upcoming
 
     @staticmethod
@@ -169,8 +183,15 @@ class Pipeline:
             if not waiter.future.done():
                 waiter.future.set_exception(LogUnavailable(str(error)))
 
-    def _apply(self, record: LogRecord, commands: list[Command], inflight: _Inflight | None) -> None:
-        results, events = self.replica.apply(record, commands)
+    def _apply(
+        self,
+        record: LogRecord,
+        commands: list[Command],
+        actors: list[Actor | None] | None,
+        protocol_version: int,
+        inflight: _Inflight | None,
+    ) -> None:
+        results, events = self.replica.apply(record, commands, actors, protocol_version)
         if inflight is not None:
             _resolve(inflight, record.index, results, events)
         machine = self.replica.machine
@@ -268,7 +289,7 @@ class FollowerPipeline(Pipeline):
             asyncio.get_running_loop().create_task(self._confirm(origin, inflight))
 
     def _append(self, inflight: _Inflight, origin: str = "") -> None:
-        payload = encode_entry(inflight.commands, origin)
+        payload = encode_entry(inflight.commands, origin, inflight.actors)
         log = self.replica.log
         publish = getattr(log, "publish", None)
         loop = asyncio.get_running_loop()
@@ -345,12 +366,19 @@ class FollowerPipeline(Pipeline):
                     break
                 try:
                     entry = decode_entry(record.payload)
+                except EntryFormatError as error:
+                    # An entry from a newer release (or no entry at all): applying anything now
+                    # could diverge from the replicas that understand it. Stop, loudly.
+                    self.follow_error = error
+                    self.broken = error
+                    logger.critical("log record %d cannot be applied by this release: %s", record.index, error)
+                    return
                 except msgspec.MsgspecError as error:
                     # Every replica reads the same bytes and skips them the same way.
                     logger.critical("log record %d is not a Coffer entry (%s); applying it as empty", record.index, error)
-                    self._apply(record, [], None)
+                    self._apply(record, [], None, protocol_version_max, None)
                     next_index = record.index + 1
                     continue
                 inflight = self._by_origin.pop(entry.origin, None) if entry.origin else None
-                self._apply(record, entry.commands, inflight)
+                self._apply(record, entry.commands, entry.actors, entry.protocol_version, inflight)
                 next_index = record.index + 1

@@ -36,11 +36,11 @@ from hashlib import sha256
 
 from coffer.core.accounts import Result
 from coffer.core.commands import Command
+from coffer.core.entries import decode_entry, encode_entry
 from coffer.core.events import EventRecord
 from coffer.core.snapshot import restore_snapshot, take_snapshot
 from coffer.core.state_machine import StateMachine
 from coffer.log.base import LogRecord
-from coffer.replica import decode_entry, encode_entry
 from coffer.sim import workload
 from coffer.sim.checker import Auditor, InvariantViolation
 from coffer.sim.workload import Workload

@@ -206,6 +206,7 @@ def test_format_prints_the_full_scale(value: int, scale: int, text: str) -> None
 @pytest.mark.parametrize("scale", [0, 1, 2, 8, 18])
 def test_format_always_matches_the_grammar_and_parses_back(scale: int) -> None:
     values = [0, 1, -1, 9, 10, 11, 99, 100, 101, 10**scale - 1, 10**scale, -(10**scale), 10**scale + 1, 7 * 10**17 + 3, 2**63 - 1]
+    values += [2**63, 2**64, -(2**64), 2**127 - 1, -(2**127 - 1)]
     pattern = grammar(scale)
     for value in values:
         text = format_amount(value, scale)
@@ -218,8 +219,31 @@ def test_format_always_matches_the_grammar_and_parses_back(scale: int) -> None:
 
 @pytest.mark.parametrize(
     ("text", "scale"),
-    [("9223372036854775808", 0), ("-9223372036854775808", 0), ("9.223372036854775808", 18), ("123.456", 18), ("1" * 40, 2)],
+    [
+        (str(2**127), 0),
+        (str(-(2**127)), 0),
+        ("170141183460469231731.687303715884105728", 18),  # 2^127 wei
+        ("1701411834604692317316873037158841057.28", 2),
+        ("1" * 40, 2),
+    ],
 )
-def test_amounts_beyond_a_signed_64_bit_integer_of_minor_units_are_refused(text: str, scale: int) -> None:
+def test_amounts_of_2_to_the_127_minor_units_and_beyond_are_refused(text: str, scale: int) -> None:
     with pytest.raises(AmountError, match="beyond"):
         parse_amount(text, scale, signed=True)
+
+
+@pytest.mark.parametrize(
+    ("text", "scale", "value"),
+    [
+        (str(2**127 - 1), 0, 2**127 - 1),
+        (str(-(2**127 - 1)), 0, -(2**127 - 1)),
+        ("170141183460469231731.687303715884105727", 18, 2**127 - 1),
+        ("10", 18, 10 * 10**18),  # 10 ETH, which a 64-bit ledger cannot hold
+        ("100000000000000000000", 18, 10**38),  # 10^20 ETH
+        ("1" + "0" * 28 + ".00", 2, 10**30),  # 10^30 minor units at scale 2
+        ("9223372036854775808", 0, 2**63),
+    ],
+)
+def test_amounts_up_to_2_to_the_127_minor_units_are_exact(text: str, scale: int, value: int) -> None:
+    assert parse_amount(text, scale, signed=True) == value
+    assert format_amount(value, scale) == text if "." in text or scale == 0 else True

@@ -105,6 +105,8 @@ scenarios = {
     ErrorCode.ALREADY_COMPENSATED: _compensated,
     ErrorCode.DEDUP_ID_REUSED: _reused,
     ErrorCode.INVALID_AMOUNT: lambda machine: (transfer("alice", "bob", 0), None),
+    # alice holds money and has no upper limit: one more maximal deposit passes the ledger's bound.
+    ErrorCode.BALANCE_OUT_OF_RANGE: lambda machine: (batch(leg("alice", 2**127 - 1)), "alice"),
     ErrorCode.INVALID_REQUEST: lambda machine: (batch(), None),
 }
 

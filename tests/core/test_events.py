@@ -156,12 +156,14 @@ def test_a_timeout_event_belongs_to_the_entry_that_found_it() -> None:
 
 
 def test_canonical_bytes_can_be_recomputed_from_the_decoded_event() -> None:
-    """events.py: body = msgpack [seq, log_index, time_ms, dedup_id, type, command, accounts], keys sorted."""
+    """events.py, format 2: body = msgpack [2, seq, log_index, time_ms, dedup_id, type, command,
+    accounts, actor], keys sorted."""
     _, events = _history()
     encoder = msgspec.msgpack.Encoder(order="deterministic")
     for record in events:
         event = record.decode()
-        fields = (event.seq, event.log_index, event.time_ms, event.dedup_id, event.type, event.command, event.accounts)
+        assert event.format_version == 2
+        fields = (2, event.seq, event.log_index, event.time_ms, event.dedup_id, event.type, event.command, event.accounts, event.actor)
         assert encoder.encode(fields) == record.body
 
 

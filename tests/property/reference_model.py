@@ -29,8 +29,8 @@ that came with these tests, so a reviewer can overrule it):
 - every accepted command emits exactly one event, even when it changes no account (a repeated
   confirm or cancel, a null compensation);
 - compensating a rejected original of any kind is a null compensation (it moved nothing);
-- money is an unbounded integer: any amount the edge accepts (40 digits) must work, so the model
-  has no 64-bit bound.
+- money is an exact integer bounded by 2^127 - 1 minor units in magnitude: an amount beyond is
+  INVALID_AMOUNT, and a total beyond it on an account without an upper limit BALANCE_OUT_OF_RANGE.
 
 Limits are checked the same way for every operation: the state after it must have
 ``available >= lower`` and ``available + reserved + pending_in + pending_out <= upper``.
@@ -62,7 +62,7 @@ ID_LENGTH_MAX = 128
 ASSET_LENGTH_MAX = 32
 SCALE_MAX = 18
 LEGS_MAX = 1024
-AMOUNT_MAX = 2**63 - 1  # every amount and balance fits a signed 64-bit integer of minor units
+AMOUNT_MAX = 2**127 - 1  # every amount and balance is below 2^127 minor units in magnitude
 TIMEOUT_S_MAX = 30 * 24 * 3600
 METADATA_KEYS_MAX = 32
 METADATA_KEY_LENGTH_MAX = 64
@@ -73,7 +73,7 @@ OK = "OK"
 
 
 def _out_of_range(*amounts: int | None) -> bool:
-    """Beyond a signed 64-bit integer of minor units: refused as INVALID_AMOUNT."""
+    """Beyond 2^127 - 1 minor units in magnitude: refused as INVALID_AMOUNT."""
     return any(amount is not None and not -AMOUNT_MAX <= amount <= AMOUNT_MAX for amount in amounts)
 NORMAL = "NORMAL"
 LOCKED = "LOCKED"
@@ -315,8 +315,10 @@ class ReferenceModel:
         """Step 5 for one account: the state after the operation must be within its limits."""
         if available_after < account.lower:
             raise Rejected("LOWER_LIMIT_EXCEEDED")
-        if total_after > (AMOUNT_MAX if account.upper is None else account.upper):
+        if account.upper is not None and total_after > account.upper:
             raise Rejected("UPPER_LIMIT_EXCEEDED")
+        if total_after > AMOUNT_MAX:  # no limit of the account's own: the ledger's bound
+            raise Rejected("BALANCE_OUT_OF_RANGE")
 
     def _check_net_limits(self, net: dict[str, int]) -> None:
         """Limits for a change of ``available`` by ``net`` per account (nothing else moves)."""
@@ -387,7 +389,7 @@ class ReferenceModel:
     def _check_limits_of_new_bounds(account: ModelAccount, lower: int, upper: int | None) -> None:
         if account.available < lower:
             raise Rejected("LOWER_LIMIT_EXCEEDED")
-        if account.total() > (AMOUNT_MAX if upper is None else upper):
+        if upper is not None and account.total() > upper:
             raise Rejected("UPPER_LIMIT_EXCEEDED")
 
     def _change_state(self, dedup_id: str, account_id: str, source: str, target: str, event_type: str) -> Outcome:

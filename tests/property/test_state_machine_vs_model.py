@@ -61,7 +61,9 @@ from coffer.core.commands import (
     UnlockAccount,
     UpdateLimits,
 )
+from coffer.core.entries import decode_entry, encode_entry
 from coffer.core.events import EventRecord, genesis_hash, verify_chain
+from coffer.core.snapshot import restore_snapshot, take_snapshot
 from coffer.core.state_machine import StateMachine
 
 from .reference_model import Outcome, ReferenceModel, Report
@@ -769,11 +771,17 @@ def test_state_machine_agrees_with_model(entries: list[Entry]) -> None:
 
 # ---------------------------------------------------------------------------- magnitudes
 
-# Amounts and balances are bounded by a signed 64-bit integer of minor units (the widest the log
-# and event encoding carries, coffer.core.amounts.amount_max): up to it they stay exact, beyond it
-# a command is refused (INVALID_AMOUNT, or UPPER_LIMIT_EXCEEDED for a total that would pass it),
-# never wrapped and never a crash of the apply loop. Amounts of up to 40 digits probe both sides.
-large_amounts = st.integers(1, 10**40 - 1)
+# Amounts and balances are bounded by 2^127 - 1 minor units (coffer.core.amounts.amount_max): up
+# to it they stay exact through every layer of encoding (wide integers beyond 64 bits), beyond it a
+# command is refused (INVALID_AMOUNT, or BALANCE_OUT_OF_RANGE for a total that would pass it),
+# never wrapped and never a crash of the apply loop. Amounts drawn around 2^63, 2^64 and 2^127 and
+# of up to 40 digits probe both sides of every edge.
+large_amounts = st.one_of(
+    st.integers(1, 10**40 - 1),
+    st.integers(2**63 - 3, 2**64 + 3),
+    st.integers(2**126, 2**127 + 3),
+    st.integers(2**127 - 8, 2**127 - 1),
+)
 
 
 @settings(max_examples=max(EXAMPLES // 5, 10), derandomize=DERANDOMIZE, deadline=None)
@@ -803,7 +811,12 @@ def test_large_amounts_stay_exact(amounts: list[int], lower_limit: int) -> None:
                 ],
             )
         )
-    run_entries(entries)
+    comparison = run_entries(entries)
+    # Every record that carries these values keeps them exactly: the log entries, the snapshot.
+    for _, _, commands in comparison.entries:
+        assert decode_entry(encode_entry(commands)).commands == commands
+    snapshot = take_snapshot(comparison.machine)
+    assert take_snapshot(restore_snapshot(snapshot)) == snapshot
 
 
 # ---------------------------------------------------------------------------- found discrepancies
@@ -834,6 +847,29 @@ def test_a_balance_beyond_64_bits_is_kept_exactly() -> None:
             (0, [CreateAccount(dedup_id="open", account_id="w0", asset="ETH", scale=18)]),
             (0, [BatchBalanceOperation(dedup_id="deposit-1", legs=(Leg(account_id="w0", amount=2**63, asset="ETH"),))]),
             (0, [BatchBalanceOperation(dedup_id="deposit-2", legs=(Leg(account_id="w0", amount=2**63, asset="ETH"),))]),
+        ]
+    )
+
+
+def test_two_deposits_of_9_eth_on_an_account_without_limits_are_kept() -> None:
+    # 18 ETH at scale 18 is 1.8e19 wei, beyond 2^63: once UPPER_LIMIT_EXCEEDED, now exact.
+    nine_eth = 9 * 10**18
+    run_entries(
+        [
+            (0, [CreateAccount(dedup_id="open", account_id="w0", asset="ETH", scale=18)]),
+            (0, [BatchBalanceOperation(dedup_id="deposit-1", legs=(Leg(account_id="w0", amount=nine_eth, asset="ETH"),))]),
+            (0, [BatchBalanceOperation(dedup_id="deposit-2", legs=(Leg(account_id="w0", amount=nine_eth, asset="ETH"),))]),
+        ]
+    )
+
+
+def test_a_sum_beyond_2_to_the_127_is_balance_out_of_range_not_a_limit() -> None:
+    run_entries(
+        [
+            (0, [CreateAccount(dedup_id="open", account_id="w0", asset="ETH", scale=18)]),
+            (0, [BatchBalanceOperation(dedup_id="deposit-1", legs=(Leg(account_id="w0", amount=2**127 - 1, asset="ETH"),))]),
+            (0, [BatchBalanceOperation(dedup_id="deposit-2", legs=(Leg(account_id="w0", amount=1, asset="ETH"),))]),
+            (0, [BatchBalanceOperation(dedup_id="withdraw", legs=(Leg(account_id="w0", amount=-(2**127 - 1), asset="ETH"),))]),
         ]
     )
 

@@ -8,11 +8,12 @@ from pathlib import Path
 import pytest
 
 from coffer.core.commands import BatchBalanceOperation, Command, CreateAccount, Leg, Transfer
+from coffer.core.entries import encode_entry
 from coffer.core.events import verify_chain
 from coffer.core.snapshot import take_snapshot
 from coffer.log.wal import LocalWal
 from coffer.query.event_store import EventStore
-from coffer.replica import Replica, SnapshotCorrupt, encode_entry, read_snapshot_file
+from coffer.replica import Replica, SnapshotCorrupt, read_snapshot_file
 
 account_count = 20
 
