@@ -692,6 +692,22 @@ class StateMachine:
         txn.state = _CANCELLED
         return changed
 
+    def next_deadline_ms(self) -> int | None:
+        """The log time at which the next live TCC try expires (None: no try has a deadline).
+
+        The node uses it to append a time-only entry when a deadline passes on a quiet ledger.
+        Stale heap entries (tries already confirmed or cancelled) are dropped here: the heap is
+        derived state (a restore rebuilds it from the live tries), so this changes nothing that
+        replicas must agree on.
+        """
+        expiries = self.expiries
+        while expiries:
+            deadline_ms, txn_id = expiries[0]
+            if self.txns[txn_id].state == _TRIED:
+                return deadline_ms
+            heapq.heappop(expiries)
+        return None
+
     def _expire_tries(self) -> None:
         expiries = self.expiries
         while expiries and expiries[0][0] <= self.time_ms:

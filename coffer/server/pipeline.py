@@ -43,6 +43,8 @@ entry_commands_max = 8190  # one entry holds at most one full POST /v1/commands
 min_seq_wait_s_max = 2.0  # how long a read waits for this node to reach min_seq before 503
 follow_wait_s = 0.25  # one follow call waits this long for new records before looping
 appends_in_flight_max = 4  # cluster: entries published and not yet acknowledged, per node
+deadline_poll_s = 0.1  # how often a node looks for a TCC deadline due on a quiet ledger
+deadline_tick_wait_s_max = 10.0  # a time-only entry that takes longer is given up (the next poll retries)
 apply_wait_s_max = 15.0  # cluster: an acknowledged entry must come back within this, or 503
 
 
@@ -91,6 +93,36 @@ class Pipeline:
 
     def start(self) -> None:
         self._tasks.append(asyncio.get_running_loop().create_task(self._run(), name="coffer-pipeline"))
+        self._tasks.append(asyncio.get_running_loop().create_task(self._keep_deadlines(), name="coffer-deadlines"))
+
+    async def _keep_deadlines(self) -> None:
+        """Append a time-only entry when a TCC deadline has passed and nothing else was written.
+
+        Deadlines take effect by log time, when an entry is applied; on a quiet ledger no entry
+        would come. Every replica still expires the same tries at the same log index: the entry
+        is in the log like any other. In a cluster several nodes may each append one; the later
+        ones find nothing due and change nothing but the clock.
+        """
+        while True:
+            await asyncio.sleep(deadline_poll_s)
+            if self.broken is not None:
+                return
+            deadline_ms = self.replica.machine.next_deadline_ms()
+            if deadline_ms is None or time.time() * 1000 < deadline_ms or self._pending:
+                continue
+            try:
+                await asyncio.wait_for(self.tick(), deadline_tick_wait_s_max)
+            except (LogUnavailable, TimeoutError) as error:
+                logger.warning("could not append a time-only entry for a due TCC deadline: %s", error)
+
+    async def tick(self) -> None:
+        """Append an entry with no command: it moves the ledger's clock (and expires due tries)."""
+        if self.broken is not None:
+            raise LogUnavailable(str(self.broken))
+        future: asyncio.Future[list[Outcome]] = asyncio.get_running_loop().create_future()
+        self._pending.append(_Waiter([], future))
+        self._wakeup.set()
+        await future
 
     async def submit(self, commands: list[Command], actor: Actor | None = None) -> list[Outcome]:
         """Append the commands (in order, possibly over several entries) and return their outcomes.
@@ -274,6 +306,7 @@ class FollowerPipeline(Pipeline):
         loop = asyncio.get_running_loop()
         self._tasks.append(loop.create_task(self._run(), name="coffer-pipeline-writer"))
         self._tasks.append(loop.create_task(self._follow(), name="coffer-pipeline-follower"))
+        self._tasks.append(loop.create_task(self._keep_deadlines(), name="coffer-deadlines"))
 
     async def _write_and_apply(self) -> None:
         while True:
