@@ -8,6 +8,12 @@ subject every second. When a peer's checkpoint names an index this node has appl
 are compared; a node that disagrees with the majority of the peers it has compared against stops
 serving (reads, writes and readiness answer 503) and logs it at CRITICAL: its state can no longer
 be trusted, and an operator must look before it serves again.
+
+Checkpoints also say which protocol each node runs (the newest its release applies, and the
+ledger's current one), so nodes of different releases in one cluster are seen at once: each node
+logs it and reports it in ``/readyz``. They cannot silently diverge: every entry says the protocol
+its writer ran and is judged by the ledger's protocol, and a node that meets a protocol newer than
+it understands stops instead of applying it.
 """
 
 import logging
@@ -29,6 +35,8 @@ class Checkpoint(msgspec.Struct, array_like=True):
     seq: int
     head: bytes
     snapshot_index: int = 0  # the replica's newest snapshot: the stream below it may go
+    protocol_version: int = 0  # the ledger's protocol as this replica applied it (0: not said)
+    protocol_version_max: int = 0  # the newest protocol this node's release applies (0: not said)
 
 
 _encoder = msgspec.msgpack.Encoder()
@@ -49,6 +57,8 @@ class CheckpointMonitor:
         self.diverged: str | None = None
         self.compared = 0
         self.peer_snapshots: dict[str, tuple[int, float]] = {}  # peer -> (snapshot index, heard at)
+        self.protocol_version_max = 0  # this node's, set by the node
+        self.peer_protocols: dict[str, int] = {}  # peer -> the newest protocol its release applies
 
     def compaction_index(self, own_snapshot_index: int, shared_snapshot_index: int) -> int:
         """The stream may be purged up to and including this index.
@@ -89,12 +99,32 @@ class CheckpointMonitor:
         if checkpoint.node == self.node_name:
             return
         self.peer_snapshots[checkpoint.node] = (checkpoint.snapshot_index, time.monotonic())
+        self._note_protocol(checkpoint)
         newest = next(reversed(self._heads), 0) if self._heads else 0
         if checkpoint.log_index > newest:
             if len(self._pending) < heads_kept:
                 self._pending.setdefault(checkpoint.log_index, []).append(checkpoint)
             return
         self._compare(checkpoint)
+
+    def _note_protocol(self, checkpoint: Checkpoint) -> None:
+        theirs = checkpoint.protocol_version_max
+        if self.peer_protocols.get(checkpoint.node) == theirs:
+            return
+        self.peer_protocols[checkpoint.node] = theirs
+        if theirs != self.protocol_version_max:
+            logger.error(
+                "node %s runs a release of protocol %s, this node (%s) protocol %d: nodes of different releases "
+                "in one cluster; finish the upgrade (a node whose release is older than the ledger's protocol stops)",
+                checkpoint.node,
+                theirs or "1 (a release before protocol versions)",
+                self.node_name,
+                self.protocol_version_max,
+            )
+
+    def mixed_protocols(self) -> dict[str, int]:
+        """Peers whose release runs another protocol than this node's (empty when all agree)."""
+        return {node: version for node, version in self.peer_protocols.items() if version != self.protocol_version_max}
 
     def _compare(self, checkpoint: Checkpoint) -> None:
         mine = self._heads.get(checkpoint.log_index)

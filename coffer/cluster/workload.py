@@ -26,7 +26,10 @@ from typing import Any
 import httpx
 
 asset = "USD"
-opening_amount = Decimal("100000.00")
+# Every balance is beyond 64 bits (10^27 minor units), and now and then a transfer is too: the wide
+# integers of every layer are exercised under faults, not only the common case.
+opening_amount = Decimal("10000000000000000000000000.00")
+wide_amount_chance = 0.05
 request_timeout_s = 5.0
 retry_pause_s = 0.05
 
@@ -168,6 +171,8 @@ class _Commands:
         return f"{self.workload.prefix}-{self.workload.seed}-{self.number}-{self.sequence}"
 
     def _amount(self) -> str:
+        if self.rng.random() < wide_amount_chance:
+            return f"{self.rng.randrange(10**18, 10**21)}.{self.rng.randrange(100):02d}"
         return f"{self.rng.randrange(1, 50)}.{self.rng.randrange(100):02d}"
 
     def next(self) -> tuple[str, dict[str, Any]]:

@@ -69,3 +69,23 @@ def format_amount(value: int, scale: int) -> str:
         return sign + digits
     digits = digits.rjust(scale + 1, "0")
     return f"{sign}{digits[:-scale]}.{digits[-scale:]}"
+
+
+def amount_sign(text: object, *, signed: bool = False) -> int:
+    """-1, 0 or 1: the sign of an amount whose scale is not known yet (grammar checked as by
+    :func:`parse_amount` at the widest scale, but not the bound, which depends on the scale)."""
+    if not isinstance(text, str):
+        raise AmountError(f"amount must be a decimal string, not {type(text).__name__}")
+    if len(text) > amount_digits_max + 2:
+        raise AmountError("amount has too many digits")
+    match = _amount_pattern.fullmatch(text)
+    if match is None:
+        raise AmountError(f"amount {text!r} is not a decimal number like '12.34'")
+    sign, whole, fraction = match.groups()
+    if sign and not signed:
+        raise AmountError(f"amount {text!r} must not be negative")
+    if fraction is not None and len(fraction) > scale_max:
+        raise AmountError(f"amount {text!r} has more than {scale_max} decimals")
+    if whole == "0" and not (fraction or "").strip("0"):
+        return 0
+    return -1 if sign else 1

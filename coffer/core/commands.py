@@ -5,6 +5,14 @@ decimal strings with :mod:`coffer.core.amounts` before a command is built. Every
 ``dedup_id``. Commands are immutable values: the dedup store keeps them to compare the payload of
 a retry and to know what a compensation must undo.
 
+Amounts the edge could not resolve. An amount's integer depends on its asset's scale; when the
+node taking the request has not seen the account (or asset) the amount needs, it cannot know that
+scale, yet the command must still reach the log: its outcome there is final for its ``dedup_id``
+(a retry answers what the first attempt answered, whatever was created in between). Such a
+command carries the amount as its decimal text (an :data:`Amount` that is a ``str``, already
+checked against the grammar, the sign and the bound at the widest scale); the state machine
+resolves it with the scale it knows at that log position (see ``state_machine.py``).
+
 Encoding: msgpack arrays tagged with the API's command type name (``["transfer", ...]``), which
 keeps log records small and fast to decode. The tag names are part of the log format.
 """
@@ -12,6 +20,8 @@ keeps log records small and fast to decode. The tag names are part of the log fo
 from typing import Annotated
 
 import msgspec
+
+Amount = int | str  # minor units, or the decimal text of an amount the edge could not resolve
 
 # A metadata map: small, string to string, so that it is canonical in the event history and
 # cannot carry floats into a ledger that has none.
@@ -44,8 +54,8 @@ class CreateAccount(_Command, tag="create_account"):
 
 class UpdateLimits(_Command, tag="update_limits"):
     account_id: str
-    lower_limit: int | None = None  # None keeps the current lower limit
-    upper_limit: int | None = None  # None removes the upper limit, unless keep_upper_limit
+    lower_limit: Amount | None = None  # None keeps the current lower limit
+    upper_limit: Amount | None = None  # None removes the upper limit, unless keep_upper_limit
     keep_upper_limit: bool = False
 
 
@@ -64,18 +74,18 @@ class DeleteAccount(_Command, tag="delete_account"):
 class Transfer(_Command, tag="transfer"):
     from_account_id: str
     to_account_id: str
-    amount: int
+    amount: Amount
     asset: str
     metadata: Metadata | None = None
-    expected_from_balance: int | None = None
-    expected_to_balance: int | None = None
+    expected_from_balance: Amount | None = None
+    expected_to_balance: Amount | None = None
 
 
 class Leg(msgspec.Struct, frozen=True, array_like=True, gc=False, kw_only=True):
     """A signed amount on one account: positive adds, negative takes away."""
 
     account_id: str
-    amount: int
+    amount: Amount
     asset: str
     metadata: Metadata | None = None
 
@@ -84,9 +94,9 @@ class Precondition(msgspec.Struct, frozen=True, array_like=True, gc=False, kw_on
     """Conditions on one account's state before the command; every one given must hold."""
 
     account_id: str
-    expected_balance: int | None = None
-    min_balance: int | None = None
-    max_balance: int | None = None
+    expected_balance: Amount | None = None
+    min_balance: Amount | None = None
+    max_balance: Amount | None = None
     expected_version: int | None = None
 
 
@@ -98,13 +108,13 @@ class BatchBalanceOperation(_Command, tag="batch_operation"):
 class Reserve(_Command, tag="reserve"):
     account_id: str
     reservation_id: str
-    amount: int
+    amount: Amount
 
 
 class Release(_Command, tag="release"):
     account_id: str
     reservation_id: str
-    amount: int | None = None  # None releases the whole reservation
+    amount: Amount | None = None  # None releases the whole reservation
 
 
 class TccTry(_Command, tag="tcc_try"):

@@ -34,12 +34,23 @@ therefore replays to the very same events, and a replica that meets a protocol n
   format 1 (no actor).
 - Protocol 2: amounts and balances below 2^127 minor units; a balance beyond it is rejected as
   ``BALANCE_OUT_OF_RANGE``; events in format 2 (with the actor who sent the command).
+
+Amounts as text. A command may carry an amount as decimal text when the node that took it did not
+know the scale (see ``commands.py``). Before its handler runs, such a command is resolved with the
+scale known at this log position: the asset's scale for transfers and legs, the account's for the
+rest. Text with more decimals than that scale is ``INVALID_AMOUNT``. When no scale is known (the
+asset or account does not exist), the handler runs with a stand-in amount of 1 and rejects the
+command at step 3, as it would any command naming a missing account. The dedup store keeps the
+command as sent; a retry is the same payload when both resolve to the same amounts.
 """
 
 import heapq
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from hashlib import sha256
+from typing import Any
+
+import msgspec
 
 from coffer.core.accounts import (
     OK,
@@ -52,8 +63,9 @@ from coffer.core.accounts import (
     TxnLeg,
     TxnState,
 )
-from coffer.core.amounts import amount_max, amount_max_protocol_1, scale_max
+from coffer.core.amounts import AmountError, amount_max, amount_max_protocol_1, parse_amount, scale_max
 from coffer.core.commands import (
+    Amount,
     BatchBalanceOperation,
     Command,
     Compensate,
@@ -98,6 +110,22 @@ _amount_max_by_protocol = {1: amount_max_protocol_1, 2: amount_max}
 
 class ProtocolVersionError(RuntimeError):
     """The log holds an entry of a protocol newer than this release understands."""
+
+
+def _is_text(value: object) -> bool:
+    return value.__class__ is str
+
+
+# Per command type that may carry amounts as text: whether this one does (kept cheap: the hot path).
+_text_checks: dict[type, Callable[[Any], bool]] = {
+    Transfer: lambda c: c.amount.__class__ is str or _is_text(c.expected_from_balance) or _is_text(c.expected_to_balance),
+    BatchBalanceOperation: lambda c: any(leg.amount.__class__ is str for leg in c.legs)
+    or any(_is_text(p.expected_balance) or _is_text(p.min_balance) or _is_text(p.max_balance) for p in c.preconditions),
+    TccTry: lambda c: any(leg.amount.__class__ is str for leg in c.legs),
+    Reserve: lambda c: c.amount.__class__ is str,
+    Release: lambda c: _is_text(c.amount),
+    UpdateLimits: lambda c: _is_text(c.lower_limit) or _is_text(c.upper_limit),
+}
 
 
 def _reject(code: ErrorCode, message: str, account_id: str | None = None) -> Result:
@@ -230,11 +258,132 @@ class StateMachine:
             if not isinstance(dedup_id, str) or not 0 < len(dedup_id) <= id_length_max:
                 append(_reject(ErrorCode.INVALID_REQUEST, "dedup_id must be 1 to 128 characters"))
                 continue
-            result = handlers[type(command)](command)
+            kind = type(command)
+            if kind in _text_checks and _text_checks[kind](command):
+                resolved = self._resolve(command)
+                result = resolved if isinstance(resolved, Result) else handlers[kind](resolved)
+            else:
+                result = handlers[kind](command)
             dedup[dedup_id] = DedupRecord(command, result)
             append(result)
         self._actor = None
         return results, events
+
+    # ------------------------------------------------------------------ amounts as text
+
+    def _scale_of_asset(self, asset: str) -> int | None:
+        return self.asset_scales.get(asset)
+
+    def _scale_of_account(self, account_id: str) -> int | None:
+        account = self.accounts.get(account_id)
+        return None if account is None else account.scale
+
+    def _resolve(self, command: Command) -> Command | Result:
+        """``command`` with its text amounts as integers of the scale known now (module docstring)."""
+        failure: list[Result] = []
+
+        def amount(value: Amount | None, scale: int | None, account_id: str | None) -> Amount | None:
+            if value.__class__ is not str:
+                return value
+            if scale is None:
+                return 1  # a stand-in: the handler rejects the command at step 3 (nothing holds the scale)
+            try:
+                return parse_amount(value, scale, signed=True)
+            except AmountError as error:
+                if not failure:
+                    failure.append(_reject(ErrorCode.INVALID_AMOUNT, str(error), account_id))
+                return 1
+
+        replace = msgspec.structs.replace
+        resolved: Command
+        if isinstance(command, Transfer):
+            scale = self._scale_of_asset(command.asset)
+            account_id = command.from_account_id
+            resolved = replace(
+                command,
+                amount=amount(command.amount, scale, account_id),
+                expected_from_balance=amount(command.expected_from_balance, scale, account_id),
+                expected_to_balance=amount(command.expected_to_balance, scale, command.to_account_id),
+            )
+        elif isinstance(command, BatchBalanceOperation | TccTry):
+            legs = tuple(
+                replace(leg, amount=amount(leg.amount, self._scale_of_asset(leg.asset), leg.account_id)) for leg in command.legs
+            )
+            if isinstance(command, TccTry):
+                resolved = replace(command, legs=legs)
+            else:
+                conditions = []
+                for condition in command.preconditions:
+                    scale = self._scale_of_account(condition.account_id)
+                    conditions.append(
+                        replace(
+                            condition,
+                            expected_balance=amount(condition.expected_balance, scale, condition.account_id),
+                            min_balance=amount(condition.min_balance, scale, condition.account_id),
+                            max_balance=amount(condition.max_balance, scale, condition.account_id),
+                        )
+                    )
+                resolved = replace(command, legs=legs, preconditions=tuple(conditions))
+        elif isinstance(command, Reserve | Release):
+            resolved = replace(command, amount=amount(command.amount, self._scale_of_account(command.account_id), command.account_id))
+        else:
+            assert isinstance(command, UpdateLimits), type(command)
+            scale = self._scale_of_account(command.account_id)
+            resolved = replace(
+                command,
+                lower_limit=amount(command.lower_limit, scale, command.account_id),
+                upper_limit=amount(command.upper_limit, scale, command.account_id),
+            )
+        return failure[0] if failure else resolved
+
+    def _same_payload(self, stored: Command, command: Command) -> bool:
+        """Whether a retry with other spellings of its amounts is the command stored for its id."""
+        if type(stored) is not type(command):
+            return False
+        checks = _text_checks.get(type(command))
+        if checks is None or not (checks(stored) or checks(command)):
+            return False
+        return self._spelled_alike(stored) == self._spelled_alike(command)
+
+    def _spelled_alike(self, command: Command) -> Command:
+        """Text amounts as integers where a scale is known, else at the widest scale (a stable form)."""
+
+        def amount(value: Amount | None, scale: int | None) -> Amount | None:
+            if value.__class__ is not str:
+                return value
+            try:
+                return parse_amount(value, scale_max if scale is None else scale, signed=True)
+            except AmountError:
+                return value
+
+        replace = msgspec.structs.replace
+        if isinstance(command, Transfer):
+            scale = self._scale_of_asset(command.asset)
+            return replace(
+                command,
+                amount=amount(command.amount, scale),
+                expected_from_balance=amount(command.expected_from_balance, scale),
+                expected_to_balance=amount(command.expected_to_balance, scale),
+            )
+        if isinstance(command, BatchBalanceOperation | TccTry):
+            legs = tuple(replace(leg, amount=amount(leg.amount, self._scale_of_asset(leg.asset))) for leg in command.legs)
+            if isinstance(command, TccTry):
+                return replace(command, legs=legs)
+            conditions = tuple(
+                replace(
+                    condition,
+                    expected_balance=amount(condition.expected_balance, self._scale_of_account(condition.account_id)),
+                    min_balance=amount(condition.min_balance, self._scale_of_account(condition.account_id)),
+                    max_balance=amount(condition.max_balance, self._scale_of_account(condition.account_id)),
+                )
+                for condition in command.preconditions
+            )
+            return replace(command, legs=legs, preconditions=conditions)
+        if isinstance(command, Reserve | Release):
+            return replace(command, amount=amount(command.amount, self._scale_of_account(command.account_id)))
+        assert isinstance(command, UpdateLimits), type(command)
+        scale = self._scale_of_account(command.account_id)
+        return replace(command, lower_limit=amount(command.lower_limit, scale), upper_limit=amount(command.upper_limit, scale))
 
     def upgrade(self, protocol_version: int) -> None:
         if protocol_version > protocol_version_max:
@@ -274,6 +423,8 @@ class StateMachine:
 
     def _replay(self, record: DedupRecord, command: Command) -> Result:
         if record.command == command:
+            return record.result
+        if record.command is not None and self._same_payload(record.command, command):
             return record.result
         if record.command is None:
             # The original arrives after its null compensation: reject it, for good.

@@ -7,6 +7,7 @@ is JSON; errors have the documented shape ``{"error": {"code", "message", "accou
 
 import asyncio
 import contextlib
+import contextvars
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
@@ -25,6 +26,8 @@ from coffer.cluster.checkpoints import CheckpointMonitor, checkpoint_interval_s
 from coffer.core.accounts import Account
 from coffer.core.commands import Command
 from coffer.core.errors import ErrorCode
+from coffer.core.events import Actor
+from coffer.core.state_machine import protocol_version_max
 from coffer.replica import Replica
 from coffer.server import requests as bodies
 from coffer.server.auth import ApiKeys, Role
@@ -46,6 +49,9 @@ compaction_interval_s = 30.0  # cluster: how often a node tries to purge the str
 
 _json = msgspec.json.Encoder()
 
+
+# Who sent the request being handled (set by Api._role, read when its commands are submitted).
+_caller: contextvars.ContextVar[Actor | None] = contextvars.ContextVar("coffer_caller", default=None)
 
 class _CommandsBody(msgspec.Struct, forbid_unknown_fields=True):
     commands: list[dict[str, Any]]
@@ -178,15 +184,19 @@ class Api:
     # ------------------------------------------------------------------ plumbing
 
     def _role(self, headers: Mapping[str, str]) -> Role:
+        """The caller's role; also notes who the caller is, for the events of its commands."""
         if not self.keys:
-            return Role.ADMIN  # loopback without keys: the operator of this machine
+            _caller.set(None)  # loopback without keys: the operator of this machine, unnamed
+            return Role.ADMIN
         presented = headers.get("x-api-key")
         authorization = headers.get("authorization")
         if presented is None and authorization is not None and authorization[:7].lower() == "bearer ":
             presented = authorization[7:].strip()
-        role = self.keys.role_of(presented)
-        if role is None:
+        identity = self.keys.identify(presented)
+        if identity is None:
             raise HttpError(401, ErrorCode.UNAUTHORIZED, "missing or unknown API key")
+        role, key_id = identity
+        _caller.set(Actor(key_id, role.name.lower()))
         return role
 
     async def guarded(self, needed: Role, headers: Mapping[str, str], work: Callable[[Role], Awaitable[Any]]) -> Any:
@@ -205,9 +215,6 @@ class Api:
             return error.status, error_body(error.code, error.message, error.account_id)
         except bodies.RequestError as error:
             return 422, error_body(error.code, error.message, error.account_id)
-        except bodies.RuleError as error:
-            self.metrics.count(error.code)
-            return 409, error_body(error.code, error.message, error.account_id)
         except LogUnavailable as error:
             return 503, error_body(ErrorCode.NOT_AVAILABLE, f"the command log is unavailable: {error}")
 
@@ -277,7 +284,7 @@ class Api:
             if record is not None and record.command == commands[0]:
                 return [Outcome(record.result, 0, None)]
         try:
-            return await asyncio.wait_for(pipeline.submit(commands), submit_wait_s_max)
+            return await asyncio.wait_for(pipeline.submit(commands, _caller.get()), submit_wait_s_max)
         except TimeoutError:
             raise LogUnavailable(f"no outcome within {submit_wait_s_max} s; retry with the same dedup_id") from None
 
@@ -305,12 +312,8 @@ class Api:
             body = bodies.convert_body(body_type, fields)
         else:
             body = bodies.decode_body(body_type, data)
-        try:
-            command = bodies.to_command(kind, body, self._scales())
-        except bodies.RuleError:
-            # An account unknown here may be in log entries this replica has not applied yet.
-            await self._pipeline().catch_up()
-            command = bodies.to_command(kind, body, self._scales())
+        # An account this node has not seen still goes to the log: its outcome there is final.
+        command = bodies.to_command(kind, body, self._scales())
         (outcome,) = await self._submit([command])
         return await self._outcome_body(outcome)
 
@@ -332,7 +335,6 @@ class Api:
         answers: list[dict[str, Any] | None] = []
         to_send: list[Command] = []
         slots: list[int] = []
-        caught_up = False
         for item in batch.commands:
             fields = dict(item)
             kind = fields.pop("type", None)
@@ -342,21 +344,9 @@ class Api:
                 if kind in bodies.admin_command_types and role < Role.ADMIN:
                     raise HttpError(403, ErrorCode.FORBIDDEN, f"{kind} needs the admin role")
                 body = bodies.convert_body(bodies.body_types[kind], fields)
-                try:
-                    command = bodies.to_command(kind, body, scales)
-                except bodies.RuleError:
-                    if caught_up:
-                        raise
-                    # Unknown here, maybe not yet applied here: catch up with the log once.
-                    await self._pipeline().catch_up()
-                    caught_up = True
-                    command = bodies.to_command(kind, body, scales)
+                command = bodies.to_command(kind, body, scales)
             except bodies.RequestError as error:
                 answers.append({"status": 422, **error_body(error.code, error.message, error.account_id)})
-                continue
-            except bodies.RuleError as error:
-                self.metrics.count(error.code)
-                answers.append({"status": 409, **error_body(error.code, error.message, error.account_id)})
                 continue
             except HttpError as error:
                 answers.append({"status": error.status, **error_body(error.code, error.message, error.account_id)})
@@ -468,7 +458,15 @@ class Api:
             return error_response(503, ErrorCode.NOT_AVAILABLE, "not ready")
         if self.checkpoints is not None and self.checkpoints.diverged is not None:
             return error_response(503, ErrorCode.NOT_AVAILABLE, self.checkpoints.diverged)
-        return json_response({"status": "ready", "seq": self.replica.machine.seq})
+        ready: dict[str, Any] = {
+            "status": "ready",
+            "seq": self.replica.machine.seq,
+            "protocol_version": self.replica.machine.protocol_version,
+            "protocol_version_max": protocol_version_max,
+        }
+        if self.checkpoints is not None and self.checkpoints.mixed_protocols():
+            ready["peers_on_other_protocols"] = self.checkpoints.mixed_protocols()
+        return json_response(ready)
 
     async def metrics_endpoint(self, request: Request, role: Role) -> Response:
         machine = self.replica.machine
@@ -646,6 +644,7 @@ async def _watch_checkpoints(api: "Api", node_name: str, compaction_interval: fl
     log = api.replica.log
     subject = f"coffer.checkpoints.{getattr(log, 'stream', 'log')}"
     monitor = CheckpointMonitor(node_name, subject)
+    monitor.protocol_version_max = protocol_version_max
     api.checkpoints = monitor
     machine = api.replica.machine
     monitor.record(machine.log_index, machine.seq, machine.head)
@@ -660,6 +659,8 @@ async def _watch_checkpoints(api: "Api", node_name: str, compaction_interval: fl
         if latest is None:
             continue
         latest.snapshot_index = api.replica.snapshot_index
+        latest.protocol_version = api.replica.machine.protocol_version
+        latest.protocol_version_max = protocol_version_max
         try:
             await asyncio.to_thread(log.broadcast, subject, monitor.encode(latest))  # type: ignore[attr-defined]
         except Exception as error:  # the log is failing over; the next second tries again

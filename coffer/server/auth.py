@@ -4,8 +4,12 @@ Roles nest: ``reader`` may read, ``operator`` may also send balance commands, ``
 manage accounts (create, limits, lock, unlock, delete) and the log level. Keys come from a file
 (one ``ROLE KEY`` pair a line, ``#`` comments) or the ``COFFER_API_KEYS`` variable
 (``role:key,role:key``). Keys are compared in constant time and never logged.
+
+Every key has a *key id*, which the events of the commands it sent record (never the key): the
+first 12 hex digits of the key's SHA-256.
 """
 
+import hashlib
 import hmac
 import os
 from enum import IntEnum
@@ -26,23 +30,33 @@ class KeyConfigError(ValueError):
     pass
 
 
+def key_id_of(key: str) -> str:
+    """The public name of a key: what the history records as the sender of a command."""
+    return hashlib.sha256(key.encode()).hexdigest()[:12]
+
+
 class ApiKeys:
     def __init__(self, keys: dict[str, Role]) -> None:
-        self._keys = [(key.encode(), role) for key, role in keys.items()]
+        self._keys = [(key.encode(), role, key_id_of(key)) for key, role in keys.items()]
 
     def __bool__(self) -> bool:
         return bool(self._keys)
 
-    def role_of(self, presented: str | None) -> Role | None:
+    def identify(self, presented: str | None) -> tuple[Role, str] | None:
+        """(role, key id) of the presented key, or None if it is no key of ours."""
         if presented is None:
             return None
         candidate = presented.encode()
         found = None
         # Compare against every key, always: the time taken must not depend on which matched.
-        for key, role in self._keys:
+        for key, role, key_id in self._keys:
             if hmac.compare_digest(key, candidate):
-                found = role
+                found = (role, key_id)
         return found
+
+    def role_of(self, presented: str | None) -> Role | None:
+        identity = self.identify(presented)
+        return None if identity is None else identity[0]
 
     @classmethod
     def load(cls, keys_file: Path | None = None, environ: dict[str, str] | None = None) -> "ApiKeys":

@@ -18,7 +18,7 @@ from typing import Annotated, Any
 import msgspec
 
 from coffer.core import commands as core
-from coffer.core.amounts import AmountError, parse_amount
+from coffer.core.amounts import AmountError, amount_sign, parse_amount
 from coffer.core.errors import ErrorCode
 
 dedup_id_length_max = core.id_length_max
@@ -53,16 +53,6 @@ amount_fields = frozenset(
 
 class RequestError(Exception):
     """A malformed request: HTTP 422 with a stable code."""
-
-    def __init__(self, code: ErrorCode, message: str, account_id: str | None = None) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
-        self.account_id = account_id
-
-
-class RuleError(Exception):
-    """A rejection decided at the edge because the node has never seen the account: HTTP 409."""
 
     def __init__(self, code: ErrorCode, message: str, account_id: str | None = None) -> None:
         super().__init__(message)
@@ -215,35 +205,35 @@ class Scales:
         self.overlay_accounts: dict[str, tuple[str, int]] = {}
         self.overlay_assets: dict[str, int] = {}
 
-    def account(self, account_id: str) -> tuple[str, int]:
+    def account(self, account_id: str) -> int | None:
+        """The account's scale, or None if this node has not seen the account (yet)."""
         known = self.overlay_accounts.get(account_id) or self._account_scale(account_id)
-        if known is None:
-            raise RuleError(ErrorCode.ACCOUNT_NOT_FOUND, f"account {account_id} not found", account_id)
-        return known
+        return None if known is None else known[1]
 
-    def asset(self, asset: str, account_ids: list[str]) -> int:
+    def asset(self, asset: str) -> int | None:
+        """The asset's scale, or None if no account this node has seen holds it."""
         scale = self.overlay_assets.get(asset)
-        if scale is None:
-            scale = self._asset_scale(asset)
-        if scale is None:
-            # No account holds this asset, so the first named account is missing or holds another.
-            for account_id in account_ids:
-                held = self.overlay_accounts.get(account_id) or self._account_scale(account_id)
-                if held is None:
-                    raise RuleError(ErrorCode.ACCOUNT_NOT_FOUND, f"account {account_id} not found", account_id)
-                raise RuleError(ErrorCode.ASSET_MISMATCH, f"account {account_id} holds {held[0]}", account_id)
-            raise RuleError(ErrorCode.ASSET_MISMATCH, f"no account holds {asset}")
-        return scale
+        return self._asset_scale(asset) if scale is None else scale
 
     def created(self, account_id: str, asset: str, scale: int) -> None:
         self.overlay_accounts.setdefault(account_id, (asset, scale))
         self.overlay_assets.setdefault(asset, scale)
 
 
-def _amount(text: str | None, scale: int, *, signed: bool = False, positive: bool = False) -> int | None:
+def _amount(text: str | None, scale: int | None, *, signed: bool = False, positive: bool = False) -> core.Amount | None:
+    """Minor units at ``scale``; with no known scale, the checked text, for the ledger to resolve.
+
+    Unknown scale: the command still goes to the log, where its outcome (usually
+    ACCOUNT_NOT_FOUND) is final for its dedup_id, whatever is created later.
+    """
     if text is None:
         return None
     try:
+        if scale is None:
+            sign = amount_sign(text, signed=signed)
+            if positive and sign <= 0:
+                raise RequestError(ErrorCode.INVALID_AMOUNT, f"amount {text!r} must be positive")
+            return text
         value = parse_amount(text, scale, signed=signed)
     except AmountError as error:
         raise RequestError(ErrorCode.INVALID_AMOUNT, str(error)) from None
@@ -255,9 +245,9 @@ def _amount(text: str | None, scale: int, *, signed: bool = False, positive: boo
 def _legs(legs: list[LegBody], scales: Scales) -> tuple[core.Leg, ...]:
     converted = []
     for leg in legs:
-        scale = scales.asset(leg.asset, [leg.account_id])
+        scale = scales.asset(leg.asset)
         amount = _amount(leg.amount, scale, signed=True)
-        if amount == 0:
+        if amount == 0 or (scale is None and amount_sign(leg.amount, signed=True) == 0):
             raise RequestError(ErrorCode.INVALID_AMOUNT, "a leg's amount must not be zero", leg.account_id)
         converted.append(core.Leg(account_id=leg.account_id, amount=amount, asset=leg.asset, metadata=leg.metadata))
     return tuple(converted)
@@ -266,7 +256,7 @@ def _legs(legs: list[LegBody], scales: Scales) -> tuple[core.Leg, ...]:
 def to_command(kind: str, body: _Body, scales: Scales) -> core.Command:
     """The core command for a decoded body of type ``kind`` (a key of :data:`body_types`)."""
     if isinstance(body, TransferBody):
-        scale = scales.asset(body.asset, [body.from_account_id, body.to_account_id])
+        scale = scales.asset(body.asset)
         return core.Transfer(
             dedup_id=body.dedup_id,
             from_account_id=body.from_account_id,
@@ -291,7 +281,7 @@ def to_command(kind: str, body: _Body, scales: Scales) -> core.Command:
         scales.created(body.account_id, body.asset, body.scale)
         return command
     if isinstance(body, UpdateLimitsBody):
-        _, scale = scales.account(body.account_id)
+        scale = scales.account(body.account_id)
         keep_upper = body.upper_limit is msgspec.UNSET
         return core.UpdateLimits(
             dedup_id=body.dedup_id,
@@ -311,7 +301,7 @@ def to_command(kind: str, body: _Body, scales: Scales) -> core.Command:
         legs = _legs(body.legs, scales)
         preconditions = []
         for condition in body.preconditions:
-            _, scale = scales.account(condition.account_id)
+            scale = scales.account(condition.account_id)
             preconditions.append(
                 core.Precondition(
                     account_id=condition.account_id,
@@ -323,7 +313,7 @@ def to_command(kind: str, body: _Body, scales: Scales) -> core.Command:
             )
         return core.BatchBalanceOperation(dedup_id=body.dedup_id, legs=legs, preconditions=tuple(preconditions))
     if isinstance(body, ReserveBody):
-        _, scale = scales.account(body.account_id)
+        scale = scales.account(body.account_id)
         return core.Reserve(
             dedup_id=body.dedup_id,
             account_id=body.account_id,
@@ -331,7 +321,7 @@ def to_command(kind: str, body: _Body, scales: Scales) -> core.Command:
             amount=_amount(body.amount, scale, positive=True),  # type: ignore[arg-type]
         )
     if isinstance(body, ReleaseBody):
-        _, scale = scales.account(body.account_id)
+        scale = scales.account(body.account_id)
         return core.Release(
             dedup_id=body.dedup_id,
             account_id=body.account_id,

@@ -42,6 +42,9 @@ def event_view(record: EventRecord, event: Event | None = None) -> dict[str, Any
         "dedup_id": event.dedup_id,
         "type": event.type,
         "accounts": [account_view(account, record.seq) for account in event.accounts],
+        # Who sent the command (format 2 events): the key's id and role, never the key.
+        "actor": None if event.actor is None else {"key_id": event.actor.key_id, "role": event.actor.role},
+        "format": event.format_version,
         "prev_hash": record.prev_hash.hex(),
         "hash": record.hash.hex(),
     }

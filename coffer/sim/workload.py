@@ -46,11 +46,11 @@ transfer_minor_units_max = 8_000
 credit_line_minor_units = 20_000  # a negative lower limit some accounts get
 upper_limit_minor_units = 150_000
 tcc_timeout_s_max = 20  # long enough that some tries finish in time, short enough that many expire
-# Amounts and limits at the edge of 64 bits: the ledger bounds every amount and balance by a signed
-# 64-bit integer (the widest the log's and the events' msgpack carries). Each of these fits; a few of
-# them add up to balances that do not, which the ledger must refuse, never crash on.
+# Amounts and limits at the edges: around 64 bits (where the encodings switch to wide integers) and
+# at the ledger's bound of 2^127 - 1 minor units. Each of these fits; a few of them add up to
+# balances that do not, which the ledger must refuse (BALANCE_OUT_OF_RANGE), never crash on.
 huge_amount_chance = 0.03  # per amount or limit drawn
-huge_minor_units = (2**62, 2**63 - 1)
+huge_minor_units = (2**62, 2**63 - 1, 2**63, 2**64 + 1, 2**100, 2**126, 2**127 - 1)
 
 # Relative weights of the kinds of command once the accounts exist.
 command_weights: dict[str, int] = {
@@ -151,7 +151,7 @@ class Workload:
         return self.rng.choice(candidates)
 
     def _huge(self) -> int | None:
-        """Now and then an amount at the edge of 64 bits."""
+        """Now and then an amount at an edge of the encodings or of the bound."""
         if self.rng.random() < self.huge_amount_chance:
             return self.rng.choice(huge_minor_units)
         return None

@@ -5,6 +5,7 @@ import time
 from pathlib import Path
 
 import httpx
+import msgspec
 import nats
 
 from coffer.cluster.checkpoints import Checkpoint, CheckpointMonitor
@@ -65,6 +66,22 @@ def test_own_and_malformed_notes_are_ignored() -> None:
     _note(monitor, "c1", 1, 1, head_b)
     monitor.receive(b"\xc1 not a checkpoint")
     assert monitor.diverged is None and monitor.compared == 0
+
+
+def test_checkpoints_say_which_protocol_each_node_runs() -> None:
+    monitor = CheckpointMonitor("c1", "subject")
+    monitor.protocol_version_max = 2
+    monitor.record(1, 1, head_a)
+    monitor.receive(monitor.encode(Checkpoint("c2", 1, 1, head_a, protocol_version=2, protocol_version_max=2)))
+    assert monitor.mixed_protocols() == {}
+    # A node of the release before protocol versions says nothing (0); a newer one says 3.
+    monitor.receive(monitor.encode(Checkpoint("c3", 1, 1, head_a)))
+    monitor.receive(monitor.encode(Checkpoint("c4", 1, 1, head_a, protocol_version=2, protocol_version_max=3)))
+    assert monitor.mixed_protocols() == {"c3": 0, "c4": 3}
+    # A checkpoint of the old layout (no protocol fields) still decodes.
+    old = msgspec.msgpack.encode(["c5", 1, 1, head_a, 0])
+    monitor.receive(old)
+    assert monitor.mixed_protocols()["c5"] == 0 and monitor.diverged is None
 
 
 def test_a_real_node_that_disagrees_with_its_peers_stops_serving(tmp_path: Path) -> None:

@@ -250,13 +250,13 @@ def _post(node: FuzzNode, path: str, body: dict[str, Any]) -> httpx.Response | N
     [
         pytest.param(
             "/v1/accounts",
-            {"account_id": "wide-limit", "asset": "WIDE", "dedup_id": "wide-1", "lower_limit": "-99999999999999999999"},
+            {"account_id": "wide-limit", "asset": "WIDE", "dedup_id": "wide-1", "lower_limit": "-" + str(2**127)},
             id="create-lower-limit",
         ),
         pytest.param(
             "/v1/accounts",
-            {"account_id": "wide-eth", "asset": "WIDEETH", "scale": 18, "dedup_id": "wide-2", "lower_limit": "-10"},
-            id="create-10-units-credit-at-scale-18",
+            {"account_id": "wide-eth", "asset": "WIDEETH", "scale": 18, "dedup_id": "wide-2", "lower_limit": "-170141183460469231732"},
+            id="create-credit-beyond-the-bound-at-scale-18",
         ),
         pytest.param(
             "/v1/batch-operations",
@@ -269,7 +269,7 @@ def _post(node: FuzzNode, path: str, body: dict[str, Any]) -> httpx.Response | N
         ),
     ],
 )
-def test_an_int_beyond_64_bits_is_rejected_and_the_node_keeps_taking_writes(
+def test_an_int_beyond_the_bound_is_rejected_and_the_node_keeps_taking_writes(
     node: FuzzNode, path: str, body: dict[str, Any]
 ) -> None:
     # The account the precondition case names (the others do not need it).
@@ -285,9 +285,9 @@ def test_an_int_beyond_64_bits_is_rejected_and_the_node_keeps_taking_writes(
         node.ensure_writable()  # a fresh node for the tests after this one if this one broke it
 
 
-def test_a_balance_beyond_64_bits_is_rejected_and_the_node_restarts(node: FuzzNode) -> None:
-    # 2**63 - 1 minor units at scale 2, the largest amount; three of them do not fit in 64 bits.
-    largest = "92233720368547758.07"
+def test_a_balance_beyond_the_bound_is_rejected_and_the_node_restarts(node: FuzzNode) -> None:
+    # 2**127 - 1 minor units at scale 2, the largest amount; two of them pass the bound.
+    largest = str(2**127 - 1)[:-2] + "." + str(2**127 - 1)[-2:]
     _post(node, "/v1/accounts", {"account_id": "wide-sum", "asset": "WIDESUM", "dedup_id": "wide-sum-0"})
     try:
         for number in (1, 2, 3):

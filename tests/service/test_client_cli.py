@@ -197,21 +197,20 @@ def test_a_retry_of_a_rejected_command_returns_the_same_409_even_when_it_would_n
     assert available(client, target) == "0.00"
 
 
-def test_a_command_for_an_account_this_node_never_saw_is_answered_at_the_edge(client: Client) -> None:
-    # The node needs the account's scale to parse the amount, so a command naming an account it
-    # has never seen is answered 409 ACCOUNT_NOT_FOUND before the log (README, "API notes"):
-    # the answer changed nothing and is not kept, so the same dedup_id can be used once the
-    # account exists.
+def test_a_command_for_an_account_that_does_not_exist_is_a_final_rejection(client: Client) -> None:
+    # README, "API notes": the command goes to the log, is rejected there, and that outcome is
+    # final for its dedup_id, also once the account exists.
     account_id = new_id()
     dedup_id = new_id("d")
-    head = client.audit_head()
     with pytest.raises(RejectedError) as first:
         client.reserve(account_id, "r1", "1", dedup_id=dedup_id)
     assert first.value.code == "ACCOUNT_NOT_FOUND"
-    assert client.audit_head() == head
     client.create_account(account_id, "USD")
     client.batch_operation([Leg(account_id=account_id, amount="5", asset="USD")])
-    assert client.reserve(account_id, "r1", "1", dedup_id=dedup_id).accounts[0].reservations == {"r1": "1.00"}
+    with pytest.raises(RejectedError) as again:
+        client.reserve(account_id, "r1", "1", dedup_id=dedup_id)
+    assert (again.value.code, again.value.message) == (first.value.code, first.value.message)
+    assert client.reserve(account_id, "r1", "1").accounts[0].reservations == {"r1": "1.00"}
 
 
 def test_malformed_requests_raise_invalid_request_error_and_keep_their_dedup_id_free(client: Client) -> None:
