@@ -28,6 +28,7 @@ _plain_max = 2**64 - 1
 
 _encoder = msgspec.msgpack.Encoder(order="deterministic")
 _encode_plain = _encoder.encode
+encode_plain = _encode_plain  # for hot paths that inline the fallback below: the same bytes when it succeeds
 
 
 def _widen(value: Any) -> Any:

@@ -91,6 +91,7 @@ from coffer.core.commands import (
     timeout_s_max,
 )
 from coffer.core.encoding import encode as _encode
+from coffer.core.encoding import encode_plain as _encode_plain
 from coffer.core.errors import ErrorCode
 from coffer.core.events import Actor, EventRecord, EventType, genesis_hash
 
@@ -126,6 +127,9 @@ _text_checks: dict[type, Callable[[Any], bool]] = {
     Release: lambda c: _is_text(c.amount),
     UpdateLimits: lambda c: _is_text(c.lower_limit) or _is_text(c.upper_limit),
 }
+
+# Transfers check inside their handler, the hot path, without the extra call.
+_text_checks_before_handler = {kind: check for kind, check in _text_checks.items() if kind is not Transfer}
 
 
 def _reject(code: ErrorCode, message: str, account_id: str | None = None) -> Result:
@@ -259,7 +263,8 @@ class StateMachine:
                 append(_reject(ErrorCode.INVALID_REQUEST, "dedup_id must be 1 to 128 characters"))
                 continue
             kind = type(command)
-            if kind in _text_checks and _text_checks[kind](command):
+            check = _text_checks_before_handler.get(kind)
+            if check is not None and check(command):
                 resolved = self._resolve(command)
                 result = resolved if isinstance(resolved, Result) else handlers[kind](resolved)
             else:
@@ -551,6 +556,9 @@ class StateMachine:
     def _transfer(self, command: Transfer) -> Result:
         # The hot path: written out rather than built on the generic helpers below.
         amount = command.amount
+        if amount.__class__ is str or _is_text(command.expected_from_balance) or _is_text(command.expected_to_balance):
+            resolved = self._resolve(command)
+            return resolved if isinstance(resolved, Result) else self._transfer(resolved)  # type: ignore[arg-type]
         if amount <= 0:
             return _reject(ErrorCode.INVALID_AMOUNT, "amount must be positive")
         bound = self.amount_max
@@ -598,7 +606,11 @@ class StateMachine:
         seq = self.seq + 1
         self.seq = seq
         if self.protocol_version >= 2:
-            body = _encode((2, seq, self.log_index, self.time_ms, command.dedup_id, _TRANSFERRED, command, (source, target), self._actor))
+            fields = (2, seq, self.log_index, self.time_ms, command.dedup_id, _TRANSFERRED, command, (source, target), self._actor)
+            try:
+                body = _encode_plain(fields)
+            except OverflowError:  # a balance beyond 64 bits: the wide spelling
+                body = _encode(fields)
         else:
             body = _encode((seq, self.log_index, self.time_ms, command.dedup_id, _TRANSFERRED, command, (source, target)))
         prev_hash = self.head
