@@ -737,6 +737,23 @@ def statement(
     click.echo(f"closing available  {closing}")
 
 
+@main.command("openapi")
+@click.option("--markdown", is_flag=True, help="the contract as Markdown (docs/api.md), not JSON")
+@click.option("--query-server", is_flag=True, help="the query server's document (coffer query serve), not the node's")
+def openapi(markdown: bool, query_server: bool) -> None:
+    """Print the API's OpenAPI document, as the servers publish it at /openapi.json."""
+    import msgspec
+
+    from coffer.server import api_markdown
+    from coffer.server.openapi import openapi_document, query_openapi_document
+
+    document = query_openapi_document() if query_server else openapi_document()
+    if markdown:
+        click.echo(api_markdown.markdown(document), nl=False)
+    else:
+        click.echo(msgspec.json.format(msgspec.json.encode(document), indent=2))
+
+
 @main.group()
 def audit() -> None:
     """The hash chain of the event history."""

@@ -1,4 +1,4 @@
-"""The stable result codes of the ledger (shared/API.md), one enum for the core and the edge.
+"""The stable result codes of the ledger (docs/api.md), one enum for the core and the edge.
 
 A rejected command is not an exception: its code is data, returned for that command, stored in
 the replicated dedup store and answered again on retry. The values never change once published:

@@ -60,6 +60,27 @@ _positive_fields = {("TransferBody", "amount"), ("ReserveBody", "amount"), ("Rel
 _nonzero_fields = {("LegBody", "amount")}
 
 
+# What a field means where its name and type do not say it all (rendered into docs/api.md too).
+_field_notes = {
+    ("CreateAccountBody", "scale"): "digits after the point of the asset's amounts",
+    ("CreateAccountBody", "lower_limit"): "lowest available balance; absent means 0",
+    ("CreateAccountBody", "upper_limit"): "highest available + reserved + pending; absent means none",
+    ("UpdateLimitsBody", "lower_limit"): "absent: unchanged",
+    ("UpdateLimitsBody", "upper_limit"): "null: no upper limit; absent: unchanged",
+    ("AccountBody", "account_id"): "from the path; if given here it must be the same",
+    ("TransferBody", "expected_from_balance"): "only if the from account's available is exactly this",
+    ("TransferBody", "expected_to_balance"): "only if the to account's available is exactly this",
+    ("PreconditionBody", "expected_balance"): "available must be exactly this",
+    ("PreconditionBody", "min_balance"): "available must be at least this",
+    ("PreconditionBody", "max_balance"): "available must be at most this",
+    ("PreconditionBody", "expected_version"): "the account's version must be this",
+    ("ReleaseBody", "amount"): "absent: all of the reservation",
+    ("TccTryBody", "timeout_s"): "cancel the try by itself this many seconds of log time after it (event tcc_expired)",
+    ("TccTryBody", "legs"): "negative legs move available to pending_out; positive legs book pending_in",
+    ("CompensateBody", "original_dedup_id"): "the transfer, batch operation or reservation to undo; unseen: a null compensation",
+}
+
+
 def _amount_ref(struct: str, field: str) -> dict[str, str]:
     if (struct, field) in _positive_fields:
         return _positive_ref
@@ -342,6 +363,8 @@ def openapi_document() -> dict[str, Any]:
                     schema["properties"][name] = amount
                 elif "anyOf" in prop:
                     prop["anyOf"] = [amount if option.get("type") == "string" else option for option in prop["anyOf"]]
+    for (struct, name), note in _field_notes.items():
+        components[struct]["properties"][name] = {**components[struct]["properties"][name], "description": note}
     components.update(
         {
             "PositiveAmount": positive_amount,
@@ -441,6 +464,15 @@ def openapi_document() -> dict[str, Any]:
         "/v1/commands": {
             "post": {
                 "summary": "Up to 8190 commands in one request, each answered on its own",
+                "description": (
+                    "Each item is `{\"type\": T, …}` with T one of "
+                    + ", ".join(f"`{kind}`" for kind in sorted(bodies.body_types))
+                    + ", and the fields of T's own endpoint, its dedup_id included (a path parameter becomes"
+                    " the field `account_id`). The answer has one result per command, in order, each"
+                    " `{\"status\": 200 | 409 | 422 | 403, …the body T's endpoint would answer}`; each command is"
+                    " independent, and a malformed one gets its own 422. More than 8190 is a 422 for the whole"
+                    " request. The admin command types need the admin role."
+                ),
                 "x-coffer-role": "operator",
                 "requestBody": {
                     "required": True,
@@ -456,7 +488,26 @@ def openapi_document() -> dict[str, Any]:
                         }
                     },
                 },
-                "responses": {"200": _json({"type": "object"}), **_errors(401, 403, 413, 422, 503)},
+                "responses": {
+                    "200": _json(
+                        {
+                            "type": "object",
+                            "required": ["results"],
+                            "properties": {
+                                "results": {
+                                    "type": "array",
+                                    "items": {
+                                        "type": "object",
+                                        "required": ["status"],
+                                        "properties": {"status": {"type": "integer"}},
+                                        "description": "status, then a CommandResult's fields or an Error's",
+                                    },
+                                }
+                            },
+                        }
+                    ),
+                    **_errors(401, 403, 413, 422, 503),
+                },
             }
         },
         "/v1/events": _read(

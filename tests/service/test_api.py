@@ -1,4 +1,4 @@
-"""The HTTP contract of shared/API.md against a real server: every endpoint, every error code."""
+"""The HTTP contract (docs/api.md) against a real server: every endpoint, every error code."""
 
 import itertools
 from collections.abc import Iterator
