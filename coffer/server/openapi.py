@@ -300,8 +300,9 @@ def _ref(name: str) -> dict[str, str]:
     return {"$ref": f"#/components/schemas/{name}"}
 
 
-_account_path = {"name": "account_id", "in": "path", "required": True, "schema": {"type": "string"}}
-_node_path = {"name": "node_id", "in": "path", "required": True, "schema": {"type": "string"}}
+_id = {"type": "string", "pattern": "^[A-Za-z0-9._:-]{1,128}$"}
+_account_path = {"name": "account_id", "in": "path", "required": True, "schema": _id}
+_node_path = {"name": "node_id", "in": "path", "required": True, "schema": _id}
 _seq = {"type": "integer", "minimum": 0, "maximum": 2**63 - 1}
 _time = {"type": "string", "description": "RFC 3339 with a zone, or Unix epoch seconds"}
 _limit = {"type": "integer", "minimum": 1, "maximum": 10000, "default": 1000}
