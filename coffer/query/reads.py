@@ -96,8 +96,9 @@ class ReadSource(Protocol):
 
     async def settle(self, min_seq: int | None, range_end_seq: int | None) -> int:
         """The seq up to which the store is complete, once it is at least ``min_seq`` (else
-        ReadError 503). ``range_end_seq``: the last seq a range asks for; a server may wait for
-        it too (the query server does, the node answers what it has applied)."""
+        ReadError 503). ``range_end_seq``: the last seq a range or an ``at_seq`` asks for; a server
+        may wait for it too (the query server waits for its projector; a node answers what it has
+        applied, and an ``at_seq`` beyond that is 503 at once)."""
         ...
 
     async def run(self, function: Callable[..., Any], *arguments: Any) -> Any:

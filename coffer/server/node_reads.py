@@ -14,6 +14,7 @@ log: each node keeps its own, as each query server does.
 """
 
 import asyncio
+import threading
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -64,13 +65,15 @@ class NodeHierarchy:
     def __init__(self, data_dir: Path, store: EventStore, known: Callable[[Sequence[str]], set[str]]) -> None:
         self._path = data_dir / hierarchy_file_name
         self._rows: SqlStore | None = None
+        self._opening = threading.Lock()  # two first requests in two worker threads open it once
         self._store = store
         self._known = known
 
     def _hierarchy(self) -> SqlStore:
-        if self._rows is None:  # opened on first use: most nodes never hold a hierarchy
-            self._rows = SqlStore(f"sqlite:{self._path}")
-        return self._rows
+        with self._opening:
+            if self._rows is None:  # opened on first use: most nodes never hold a hierarchy
+                self._rows = SqlStore(f"sqlite:{self._path}")
+            return self._rows
 
     def hierarchy_rows(self) -> tuple[list[str], list[ChildRow]]:
         return self._hierarchy().hierarchy_rows()
@@ -86,6 +89,7 @@ class NodeHierarchy:
         return {account_id: (account.asset, account.scale, account.available) for account_id, account in found.items()}
 
     def close(self) -> None:
-        if self._rows is not None:
-            self._rows.close()
-            self._rows = None
+        with self._opening:
+            if self._rows is not None:
+                self._rows.close()
+                self._rows = None
