@@ -292,11 +292,26 @@ def _range_options(function: Callable[..., None]) -> Callable[..., None]:
         click.option("--to-seq", type=seq, help="end seq (exclusive)"),
         click.option("--from-time", help="first time (inclusive): RFC 3339 or Unix seconds"),
         click.option("--to-time", help="end time (exclusive): RFC 3339 or Unix seconds"),
-        click.option("--limit", type=click.IntRange(min=1), help="at most this many [server default 1000]"),
+        click.option("--limit", type=click.IntRange(min=1), help="at most this many per page [server default 1000]"),
+        click.option("--cursor", help="continue where a page ended (its next cursor), with the same other options"),
+        click.option("--all", "all_pages", is_flag=True, help="follow the pages to the end of the range"),
     ]
     for option in reversed(options):
         function = option(function)
     return function
+
+
+def _pages(fetch: "Callable[[str | None], tuple[Sequence[Any], str | None]]", cursor: str | None, all_pages: bool) -> list[Any]:
+    """One page, or every page with ``all_pages``; a next cursor left unfollowed goes to stderr."""
+    items: list[Any] = []
+    while True:
+        page, cursor = fetch(cursor)
+        items.extend(page)
+        if cursor is None:
+            return items
+        if not all_pages:
+            click.echo(f"more: --cursor {cursor} (or --all)", err=True)
+            return items
 
 
 # ------------------------------------------------------------------------------------ formatting
@@ -437,13 +452,21 @@ def account_create(
 @click.argument("account_ids", metavar="ACCOUNT_ID...", nargs=-1, required=True)
 @click.option("--min-seq", type=click.IntRange(min=0), help="fail (exit 4) rather than show a state older than this seq")
 @click.option("--at-seq", type=click.IntRange(min=0), help="show the accounts as of this seq")
+@click.option("--at-time", help="show the accounts as of the last event at or before this time (RFC 3339 or Unix seconds)")
 @_talks_to_node
 def account_show(
-    client: "Client", output: _Output, account_ids: tuple[str, ...], min_seq: int | None, at_seq: int | None
+    client: "Client",
+    output: _Output,
+    account_ids: tuple[str, ...],
+    min_seq: int | None,
+    at_seq: int | None,
+    at_time: str | None,
 ) -> None:
     """Show one account in full, or several as a table, all as of the same seq."""
+    if at_seq is not None and at_time is not None:
+        raise click.UsageError("give --at-seq or --at-time, not both")
     if len(account_ids) == 1 and at_seq is None:
-        view = client.get_account(account_ids[0], min_seq=min_seq)
+        view = client.get_account(account_ids[0], min_seq=min_seq, at_time=at_time)
         if output.as_json:
             output.json(view)
         else:
@@ -451,7 +474,7 @@ def account_show(
         return
     if min_seq is not None:
         raise click.UsageError("--min-seq takes one account; use --at-seq for several")
-    accounts = client.get_accounts(list(account_ids), at_seq=at_seq)
+    accounts = client.get_accounts(list(account_ids), at_seq=at_seq, at_time=at_time)
     if output.as_json:
         output.json(accounts)
     else:
@@ -580,9 +603,18 @@ def events(
     from_time: str | None,
     to_time: str | None,
     limit: int | None,
+    cursor: str | None,
+    all_pages: bool,
 ) -> None:
-    """The event history, oldest first (ranges: from inclusive, to exclusive)."""
-    found = client.events(from_seq=from_seq, to_seq=to_seq, from_time=from_time, to_time=to_time, limit=limit)
+    """The event history, oldest first (ranges: from inclusive, to exclusive), a page at a time or --all."""
+
+    def fetch(cursor: str | None) -> tuple[Sequence[Any], str | None]:
+        page = client.events_page(
+            from_seq=from_seq, to_seq=to_seq, from_time=from_time, to_time=to_time, limit=limit, cursor=cursor
+        )
+        return page.events, page.next
+
+    found = _pages(fetch, cursor, all_pages)
     if output.as_json:
         output.json(found)
         return
@@ -591,7 +623,7 @@ def events(
             str(event.seq),
             event.time,
             event.type,
-            event.dedup_id,
+            "-" if event.dedup_id is None else event.dedup_id,
             ", ".join(f"{account.account_id} {account.available}" for account in event.accounts),
         ]
         for event in found
@@ -612,9 +644,18 @@ def history(
     from_time: str | None,
     to_time: str | None,
     limit: int | None,
+    cursor: str | None,
+    all_pages: bool,
 ) -> None:
-    """Every version of ACCOUNT_ID, oldest first."""
-    versions = client.history(account_id, from_seq=from_seq, to_seq=to_seq, from_time=from_time, to_time=to_time, limit=limit)
+    """Every version of ACCOUNT_ID, oldest first, a page at a time or --all."""
+
+    def fetch(cursor: str | None) -> tuple[Sequence[Any], str | None]:
+        page = client.history_page(
+            account_id, from_seq=from_seq, to_seq=to_seq, from_time=from_time, to_time=to_time, limit=limit, cursor=cursor
+        )
+        return page.versions, page.next
+
+    versions = _pages(fetch, cursor, all_pages)
     if output.as_json:
         output.json(versions)
         return
@@ -633,6 +674,84 @@ def history(
     ]
     headers = ("SEQ", "TIME", "VERSION", "STATE", "AVAILABLE", "RESERVED", "PENDING_IN", "PENDING_OUT")
     click.echo(_table(headers, rows, frozenset({0, 2, 4, 5, 6, 7})))
+
+
+@main.command("statement")
+@click.argument("account_id")
+@click.option("--from", "from_time", help="period start (inclusive): RFC 3339 or Unix seconds")
+@click.option("--to", "to_time", help="period end (exclusive): RFC 3339 or Unix seconds")
+@click.option("--from-seq", type=click.IntRange(min=0), help="period start as a seq (inclusive)")
+@click.option("--to-seq", type=click.IntRange(min=0), help="period end as a seq (exclusive)")
+@click.option("--limit", type=click.IntRange(min=1), help="changes per request [server default 1000]")
+@_talks_to_node
+def statement(
+    client: "Client",
+    output: _Output,
+    account_id: str,
+    from_time: str | None,
+    to_time: str | None,
+    from_seq: int | None,
+    to_seq: int | None,
+    limit: int | None,
+) -> None:
+    """ACCOUNT_ID's statement for a period: opening balance, every change, closing balance.
+
+    Every page of changes is fetched. Without bounds the period is the whole history.
+    """
+    import msgspec
+
+    first = client.statement(account_id, from_seq=from_seq, to_seq=to_seq, from_time=from_time, to_time=to_time, limit=limit)
+    changes = list(first.changes)
+    page = first
+    while page.next is not None:
+        page = client.statement(
+            account_id, from_seq=from_seq, to_seq=to_seq, from_time=from_time, to_time=to_time, limit=limit, cursor=page.next
+        )
+        changes.extend(page.changes)
+    # Pages repeat the opening; the closing of the last page is the latest one.
+    whole = msgspec.structs.replace(first, changes=changes, closing=page.closing, seq=page.seq, to_seq=page.to_seq, next=None)
+    if output.as_json:
+        output.json(whole)
+        return
+    zero = _total({}, whole.scale)
+    click.echo(f"statement of {whole.account_id} ({whole.asset}), seqs {whole.from_seq} to {whole.to_seq} (exclusive)")
+    opening = zero if whole.opening is None else whole.opening.available
+    click.echo(f"opening available  {opening}" + ("  (the account did not exist yet)" if whole.opening is None else ""))
+    rows = [
+        [
+            str(change.seq),
+            change.time,
+            change.type,
+            "-" if change.dedup_id is None else change.dedup_id,
+            change.available_delta,
+            change.available,
+            _total(change.reservations, whole.scale),
+            _total(change.pending_in, whole.scale),
+            _total(change.pending_out, whole.scale),
+        ]
+        for change in changes
+    ]
+    headers = ("SEQ", "TIME", "TYPE", "DEDUP_ID", "CHANGE", "AVAILABLE", "RESERVED", "PENDING_IN", "PENDING_OUT")
+    click.echo(_table(headers, rows, frozenset({0, 4, 5, 6, 7, 8})))
+    closing = zero if whole.closing is None else whole.closing.available
+    click.echo(f"closing available  {closing}")
+
+
+@main.command("openapi")
+@click.option("--markdown", is_flag=True, help="the contract as Markdown (docs/api.md), not JSON")
+@click.option("--query-server", is_flag=True, help="the query server's document (coffer query serve), not the node's")
+def openapi(markdown: bool, query_server: bool) -> None:
+    """Print the API's OpenAPI document, as the servers publish it at /openapi.json."""
+    import msgspec
+
+    from coffer.server import api_markdown
+    from coffer.server.openapi import openapi_document, query_openapi_document
+
+    document = query_openapi_document() if query_server else openapi_document()
+    if markdown:
+        click.echo(api_markdown.markdown(document), nl=False)
+    else:
+        click.echo(msgspec.json.format(msgspec.json.encode(document), indent=2))
 
 
 @main.group()

@@ -1,4 +1,4 @@
-"""Client and AsyncClient: the HTTP API of shared/API.md over httpx.
+"""Client and AsyncClient: the HTTP API of Coffer (docs/api.md) over httpx.
 
 Method: every operation is described once, by a builder below, as a :class:`_Call` — HTTP method,
 path, query, JSON body, the dedup_id it carries and how to decode the answer. ``Client`` and
@@ -19,7 +19,7 @@ import asyncio
 import random
 import time
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
@@ -41,7 +41,9 @@ __all__ = [
     "CommandResult",
     "ErrorDetail",
     "EventView",
+    "EventsPage",
     "Health",
+    "HistoryPage",
     "InvalidRequestError",
     "Leg",
     "NotAvailableError",
@@ -49,6 +51,8 @@ __all__ = [
     "Precondition",
     "RejectedError",
     "RetryPolicy",
+    "Statement",
+    "StatementChange",
     "TransportError",
 ]
 
@@ -57,7 +61,7 @@ Time = datetime | str | int  # RFC 3339 text, an aware datetime, or Unix epoch s
 
 default_url = "http://127.0.0.1:8080"
 timeout_s_default = 10.0  # longer than the server's own waits (min_seq 2 s, event store 5 s)
-commands_per_request_max = 8190  # API.md: POST /v1/commands takes 1 to 8190 commands
+commands_per_request_max = 8190  # POST /v1/commands takes 1 to 8190 commands
 transport_error_code = "TRANSPORT_ERROR"  # client-side only: the server was not reached or did not answer
 invalid_response_code = "INVALID_RESPONSE"  # client-side only: a 2xx answer that is not the API's shape
 
@@ -198,15 +202,72 @@ class AccountsView(msgspec.Struct, frozen=True, kw_only=True):
     missing: list[str]
 
 
+class Actor(msgspec.Struct, frozen=True, kw_only=True):
+    """The credential that sent a command: the key's id (never the key) and its role."""
+
+    key_id: str
+    role: str
+
+
 class EventView(msgspec.Struct, frozen=True, kw_only=True):
+    """One event; ``dedup_id`` is None for an event no command caused (``tcc_expired``)."""
+
     seq: int
     time: str
     log_index: int
-    dedup_id: str
+    dedup_id: str | None
     type: str
     accounts: list[AccountView]
     prev_hash: str
     hash: str
+    actor: Actor | None = None  # who sent the command (events of format 2 with a key)
+    format: int = 1
+
+
+class EventsPage(msgspec.Struct, frozen=True, kw_only=True):
+    """A page of events; ``next`` continues it (pass it as ``cursor``), None at the end."""
+
+    events: list[EventView]
+    next: str | None = None
+
+
+class HistoryPage(msgspec.Struct, frozen=True, kw_only=True):
+    """A page of an account's versions; ``next`` continues it, None at the end."""
+
+    versions: list[AccountView]
+    next: str | None = None
+
+
+class StatementChange(msgspec.Struct, frozen=True, kw_only=True):
+    """One change of a statement: the event, the change of ``available``, the sections after it."""
+
+    seq: int
+    time: str
+    type: str
+    dedup_id: str | None
+    version: int
+    state: str
+    available_delta: str
+    available: str
+    reservations: dict[str, str] = {}
+    pending_in: dict[str, str] = {}
+    pending_out: dict[str, str] = {}
+
+
+class Statement(msgspec.Struct, frozen=True, kw_only=True):
+    """An account's statement for the period ``[from_seq, to_seq)``: ``opening`` (None if the account
+    did not exist yet), ``changes`` (one page; ``next`` continues), ``closing``."""
+
+    account_id: str
+    asset: str
+    scale: int
+    seq: int
+    from_seq: int
+    to_seq: int
+    opening: AccountView | None
+    closing: AccountView | None
+    changes: list[StatementChange]
+    next: str | None = None
 
 
 class AuditHead(msgspec.Struct, frozen=True, kw_only=True):
@@ -222,14 +283,6 @@ class Health(msgspec.Struct, frozen=True, kw_only=True):
 
 class _ErrorBody(msgspec.Struct):
     error: ErrorDetail
-
-
-class _Versions(msgspec.Struct):
-    versions: list[AccountView]
-
-
-class _Events(msgspec.Struct):
-    events: list[EventView]
 
 
 class _LogLevel(msgspec.Struct):
@@ -425,8 +478,9 @@ _decode_accounts = _decoder(AccountsView)
 _decode_audit_head = _decoder(AuditHead)
 _decode_health = _decoder(Health)
 _decode_result = _decoder(CommandResult)
-_decode_versions = _decoder(_Versions)
-_decode_events = _decoder(_Events)
+_decode_history_page = _decoder(HistoryPage)
+_decode_events_page = _decoder(EventsPage)
+_decode_statement = _decoder(Statement)
 _decode_log_level = _decoder(_LogLevel)
 _decode_outcomes = _decoder(_RawOutcomes)
 _encode = msgspec.json.Encoder().encode
@@ -443,7 +497,7 @@ def _command(path: str, fields: dict[str, Any], dedup_id: str | None) -> _Call[C
 
 
 def _account_path(account_id: str, action: str = "") -> str:
-    # Ids are [A-Za-z0-9._:-] (API.md); quoting keeps a malformed id inside its path segment.
+    # Ids are [A-Za-z0-9._:-]; quoting keeps a malformed id inside its path segment.
     path = "/v1/accounts/" + quote(account_id, safe="")
     return f"{path}/{action}" if action else path
 
@@ -554,33 +608,56 @@ def _commands(commands: Sequence[Mapping[str, Any]]) -> _Call[list[CommandOutcom
     return _Call("POST", "/v1/commands", decode, body=_encode({"commands": items}))
 
 
-def _get_account(account_id: str, min_seq: int | None) -> _Call[AccountView]:
-    return _Call("GET", _account_path(account_id), _decode_account, params=_query(min_seq=min_seq))
+def _get_account(account_id: str, min_seq: int | None, at_seq: int | None, at_time: Time | None) -> _Call[AccountView]:
+    params = _query(min_seq=min_seq, at_seq=at_seq, at_time=_time_text(at_time))
+    return _Call("GET", _account_path(account_id), _decode_account, params=params)
 
 
-def _get_accounts(account_ids: Sequence[str], at_seq: int | None) -> _Call[AccountsView]:
+def _get_accounts(account_ids: Sequence[str], at_seq: int | None, at_time: Time | None) -> _Call[AccountsView]:
     if isinstance(account_ids, str):
         raise TypeError("account_ids is a sequence of ids, not one string")
-    return _Call("GET", "/v1/accounts", _decode_accounts, params=_query(ids=",".join(account_ids), at_seq=at_seq))
+    params = _query(ids=",".join(account_ids), at_seq=at_seq, at_time=_time_text(at_time))
+    return _Call("GET", "/v1/accounts", _decode_accounts, params=params)
 
 
-def _history(
+def _range(
+    from_seq: int | None, to_seq: int | None, from_time: Time | None, to_time: Time | None, limit: int | None, cursor: str | None
+) -> dict[str, str]:
+    return _query(
+        from_seq=from_seq, to_seq=to_seq, from_time=_time_text(from_time), to_time=_time_text(to_time), limit=limit, cursor=cursor
+    )
+
+
+def _history_page(
     account_id: str,
     from_seq: int | None,
     to_seq: int | None,
     from_time: Time | None,
     to_time: Time | None,
     limit: int | None,
-) -> _Call[list[AccountView]]:
-    params = _query(from_seq=from_seq, to_seq=to_seq, from_time=_time_text(from_time), to_time=_time_text(to_time), limit=limit)
-    return _Call("GET", _account_path(account_id, "history"), lambda content: _decode_versions(content).versions, params=params)
+    cursor: str | None,
+) -> _Call[HistoryPage]:
+    params = _range(from_seq, to_seq, from_time, to_time, limit, cursor)
+    return _Call("GET", _account_path(account_id, "history"), _decode_history_page, params=params)
 
 
-def _events(
-    from_seq: int | None, to_seq: int | None, from_time: Time | None, to_time: Time | None, limit: int | None
-) -> _Call[list[EventView]]:
-    params = _query(from_seq=from_seq, to_seq=to_seq, from_time=_time_text(from_time), to_time=_time_text(to_time), limit=limit)
-    return _Call("GET", "/v1/events", lambda content: _decode_events(content).events, params=params)
+def _events_page(
+    from_seq: int | None, to_seq: int | None, from_time: Time | None, to_time: Time | None, limit: int | None, cursor: str | None
+) -> _Call[EventsPage]:
+    return _Call("GET", "/v1/events", _decode_events_page, params=_range(from_seq, to_seq, from_time, to_time, limit, cursor))
+
+
+def _statement(
+    account_id: str,
+    from_seq: int | None,
+    to_seq: int | None,
+    from_time: Time | None,
+    to_time: Time | None,
+    limit: int | None,
+    cursor: str | None,
+) -> _Call[Statement]:
+    params = _range(from_seq, to_seq, from_time, to_time, limit, cursor)
+    return _Call("GET", _account_path(account_id, "statement"), _decode_statement, params=params)
 
 
 def _set_log_level(level: str) -> _Call[str]:
@@ -806,12 +883,21 @@ class Client(_Base):
 
     # --------------------------------------------------------------------------------- queries
 
-    def get_account(self, account_id: str, *, min_seq: int | None = None) -> AccountView:
-        """The account; with ``min_seq``, NotAvailableError rather than a view older than that seq."""
-        return self._run(_get_account(account_id, min_seq))
+    def get_account(
+        self, account_id: str, *, min_seq: int | None = None, at_seq: int | None = None, at_time: Time | None = None
+    ) -> AccountView:
+        """The account; with ``min_seq``, NotAvailableError rather than a view older than that seq.
 
-    def get_accounts(self, account_ids: Sequence[str], *, at_seq: int | None = None) -> AccountsView:
-        return self._run(_get_accounts(account_ids, at_seq))
+        With ``at_seq`` or ``at_time`` (not both), the account as it was then: after that seq, or
+        after the last event with time <= ``at_time``; NotFoundError if it did not exist yet.
+        """
+        return self._run(_get_account(account_id, min_seq, at_seq, at_time))
+
+    def get_accounts(
+        self, account_ids: Sequence[str], *, at_seq: int | None = None, at_time: Time | None = None
+    ) -> AccountsView:
+        """Several accounts, all as of one seq: the latest, ``at_seq``, or the last event at or before ``at_time``."""
+        return self._run(_get_accounts(account_ids, at_seq, at_time))
 
     def history(
         self,
@@ -823,8 +909,43 @@ class Client(_Base):
         to_time: Time | None = None,
         limit: int | None = None,
     ) -> list[AccountView]:
-        """The account's versions, oldest first, each with ``time``; ranges are half-open."""
-        return self._run(_history(account_id, from_seq, to_seq, from_time, to_time, limit))
+        """The account's versions, oldest first, each with ``time``; ranges are half-open. One page:
+        see :meth:`history_page` and :meth:`iter_history` for more."""
+        page = self._run(_history_page(account_id, from_seq, to_seq, from_time, to_time, limit, None))
+        return page.versions
+
+    def history_page(
+        self,
+        account_id: str,
+        *,
+        from_seq: int | None = None,
+        to_seq: int | None = None,
+        from_time: Time | None = None,
+        to_time: Time | None = None,
+        limit: int | None = None,
+        cursor: str | None = None,
+    ) -> HistoryPage:
+        """One page of the account's versions; pass its ``next`` as ``cursor``, with the same ranges, for the next."""
+        return self._run(_history_page(account_id, from_seq, to_seq, from_time, to_time, limit, cursor))
+
+    def iter_history(
+        self,
+        account_id: str,
+        *,
+        from_seq: int | None = None,
+        to_seq: int | None = None,
+        from_time: Time | None = None,
+        to_time: Time | None = None,
+        limit: int | None = None,
+    ) -> Iterator[AccountView]:
+        """Every version in range, following ``next`` page after page (``limit`` is the page size)."""
+        cursor: str | None = None
+        while True:
+            page = self._run(_history_page(account_id, from_seq, to_seq, from_time, to_time, limit, cursor))
+            yield from page.versions
+            if page.next is None:
+                return
+            cursor = page.next
 
     def events(
         self,
@@ -835,7 +956,58 @@ class Client(_Base):
         to_time: Time | None = None,
         limit: int | None = None,
     ) -> list[EventView]:
-        return self._run(_events(from_seq, to_seq, from_time, to_time, limit))
+        """Events in range, oldest first (one page: see :meth:`events_page` and :meth:`iter_events`)."""
+        page = self._run(_events_page(from_seq, to_seq, from_time, to_time, limit, None))
+        return page.events
+
+    def events_page(
+        self,
+        *,
+        from_seq: int | None = None,
+        to_seq: int | None = None,
+        from_time: Time | None = None,
+        to_time: Time | None = None,
+        limit: int | None = None,
+        cursor: str | None = None,
+    ) -> EventsPage:
+        """One page of events; pass its ``next`` as ``cursor``, with the same ranges, for the next."""
+        return self._run(_events_page(from_seq, to_seq, from_time, to_time, limit, cursor))
+
+    def iter_events(
+        self,
+        *,
+        from_seq: int | None = None,
+        to_seq: int | None = None,
+        from_time: Time | None = None,
+        to_time: Time | None = None,
+        limit: int | None = None,
+    ) -> Iterator[EventView]:
+        """Every event in range, following ``next`` page after page (``limit`` is the page size)."""
+        cursor: str | None = None
+        while True:
+            page = self._run(_events_page(from_seq, to_seq, from_time, to_time, limit, cursor))
+            yield from page.events
+            if page.next is None:
+                return
+            cursor = page.next
+
+    def statement(
+        self,
+        account_id: str,
+        *,
+        from_seq: int | None = None,
+        to_seq: int | None = None,
+        from_time: Time | None = None,
+        to_time: Time | None = None,
+        limit: int | None = None,
+        cursor: str | None = None,
+    ) -> Statement:
+        """The account's statement for a period: opening balance, changes (one page), closing balance.
+
+        The period is ``[from_seq, to_seq)`` and ``[from_time, to_time)`` together. Pass ``next``
+        as ``cursor``, with the same bounds, for the next page of changes.
+        """
+        return self._run(_statement(account_id, from_seq, to_seq, from_time, to_time, limit, cursor))
 
     def audit_head(self) -> AuditHead:
         return self._run(_audit_head)
@@ -1012,11 +1184,21 @@ class AsyncClient(_Base):
 
     # --------------------------------------------------------------------------------- queries
 
-    async def get_account(self, account_id: str, *, min_seq: int | None = None) -> AccountView:
-        return await self._run(_get_account(account_id, min_seq))
+    async def get_account(
+        self, account_id: str, *, min_seq: int | None = None, at_seq: int | None = None, at_time: Time | None = None
+    ) -> AccountView:
+        """The account; with ``min_seq``, NotAvailableError rather than a view older than that seq.
 
-    async def get_accounts(self, account_ids: Sequence[str], *, at_seq: int | None = None) -> AccountsView:
-        return await self._run(_get_accounts(account_ids, at_seq))
+        With ``at_seq`` or ``at_time`` (not both), the account as it was then: after that seq, or
+        after the last event with time <= ``at_time``; NotFoundError if it did not exist yet.
+        """
+        return await self._run(_get_account(account_id, min_seq, at_seq, at_time))
+
+    async def get_accounts(
+        self, account_ids: Sequence[str], *, at_seq: int | None = None, at_time: Time | None = None
+    ) -> AccountsView:
+        """Several accounts, all as of one seq: the latest, ``at_seq``, or the last event at or before ``at_time``."""
+        return await self._run(_get_accounts(account_ids, at_seq, at_time))
 
     async def history(
         self,
@@ -1028,7 +1210,44 @@ class AsyncClient(_Base):
         to_time: Time | None = None,
         limit: int | None = None,
     ) -> list[AccountView]:
-        return await self._run(_history(account_id, from_seq, to_seq, from_time, to_time, limit))
+        """The account's versions, oldest first, each with ``time``; ranges are half-open. One page:
+        see :meth:`history_page` and :meth:`iter_history` for more."""
+        page = await self._run(_history_page(account_id, from_seq, to_seq, from_time, to_time, limit, None))
+        return page.versions
+
+    async def history_page(
+        self,
+        account_id: str,
+        *,
+        from_seq: int | None = None,
+        to_seq: int | None = None,
+        from_time: Time | None = None,
+        to_time: Time | None = None,
+        limit: int | None = None,
+        cursor: str | None = None,
+    ) -> HistoryPage:
+        """One page of the account's versions; pass its ``next`` as ``cursor``, with the same ranges, for the next."""
+        return await self._run(_history_page(account_id, from_seq, to_seq, from_time, to_time, limit, cursor))
+
+    async def iter_history(
+        self,
+        account_id: str,
+        *,
+        from_seq: int | None = None,
+        to_seq: int | None = None,
+        from_time: Time | None = None,
+        to_time: Time | None = None,
+        limit: int | None = None,
+    ) -> AsyncIterator[AccountView]:
+        """Every version in range, following ``next`` page after page (``limit`` is the page size)."""
+        cursor: str | None = None
+        while True:
+            page = await self._run(_history_page(account_id, from_seq, to_seq, from_time, to_time, limit, cursor))
+            for version in page.versions:
+                yield version
+            if page.next is None:
+                return
+            cursor = page.next
 
     async def events(
         self,
@@ -1039,7 +1258,59 @@ class AsyncClient(_Base):
         to_time: Time | None = None,
         limit: int | None = None,
     ) -> list[EventView]:
-        return await self._run(_events(from_seq, to_seq, from_time, to_time, limit))
+        """Events in range, oldest first (one page: see :meth:`events_page` and :meth:`iter_events`)."""
+        page = await self._run(_events_page(from_seq, to_seq, from_time, to_time, limit, None))
+        return page.events
+
+    async def events_page(
+        self,
+        *,
+        from_seq: int | None = None,
+        to_seq: int | None = None,
+        from_time: Time | None = None,
+        to_time: Time | None = None,
+        limit: int | None = None,
+        cursor: str | None = None,
+    ) -> EventsPage:
+        """One page of events; pass its ``next`` as ``cursor``, with the same ranges, for the next."""
+        return await self._run(_events_page(from_seq, to_seq, from_time, to_time, limit, cursor))
+
+    async def iter_events(
+        self,
+        *,
+        from_seq: int | None = None,
+        to_seq: int | None = None,
+        from_time: Time | None = None,
+        to_time: Time | None = None,
+        limit: int | None = None,
+    ) -> AsyncIterator[EventView]:
+        """Every event in range, following ``next`` page after page (``limit`` is the page size)."""
+        cursor: str | None = None
+        while True:
+            page = await self._run(_events_page(from_seq, to_seq, from_time, to_time, limit, cursor))
+            for event in page.events:
+                yield event
+            if page.next is None:
+                return
+            cursor = page.next
+
+    async def statement(
+        self,
+        account_id: str,
+        *,
+        from_seq: int | None = None,
+        to_seq: int | None = None,
+        from_time: Time | None = None,
+        to_time: Time | None = None,
+        limit: int | None = None,
+        cursor: str | None = None,
+    ) -> Statement:
+        """The account's statement for a period: opening balance, changes (one page), closing balance.
+
+        The period is ``[from_seq, to_seq)`` and ``[from_time, to_time)`` together. Pass ``next``
+        as ``cursor``, with the same bounds, for the next page of changes.
+        """
+        return await self._run(_statement(account_id, from_seq, to_seq, from_time, to_time, limit, cursor))
 
     async def audit_head(self) -> AuditHead:
         return await self._run(_audit_head)

@@ -28,7 +28,7 @@ import httpx
 from coffer.query.projector import Projector
 from coffer.query.sql_store import SqlStore
 
-commands_per_request = 8190  # API.md's most per POST /v1/commands
+commands_per_request = 8190  # the most one POST /v1/commands takes
 legs_per_batch_max = 1024  # the ledger's most legs in one batch operation
 start_s_max = 60.0
 stop_s_max = 15.0

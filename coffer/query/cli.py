@@ -103,7 +103,7 @@ def query() -> None:
 @click.option("--wait-s", default=2.0, show_default=True, help="how long a question about a seq not stored yet waits, then 503")
 @click.option("--log-level", default="info", show_default=True, type=click.Choice(["debug", "info", "warning", "error"]))
 def query_serve(store_dsn: str, host: str, port: int, keys_file: Path | None, wait_s: float, log_level: str) -> None:
-    """Serve history, balances at a seq and the hierarchy over HTTP (shared/API.md shapes)."""
+    """Serve history, balances in the past, statements and the hierarchy over HTTP (the node's shapes, docs/api.md)."""
     import uvicorn
 
     from coffer.query.query_app import create_query_app

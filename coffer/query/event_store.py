@@ -153,6 +153,16 @@ class EventStore:
         rows = self._connection().execute(sql, (account_id, *parameters, limit)).fetchall()
         return [(seq, time_ms, _account_in(body, account_id)) for seq, time_ms, body in rows]
 
+    def account_events(self, account_id: str, from_seq: int, to_seq: int | None, limit: int) -> list[EventRecord]:
+        """The events that changed the account, ``from_seq <= seq < to_seq``, in seq order."""
+        clauses, parameters = _range_clauses("v.seq", from_seq, to_seq, None, None, time_column="v.time_ms")
+        sql = (
+            "SELECT e.seq, e.body, e.prev_hash, e.hash FROM account_versions v JOIN events e ON e.seq = v.seq "
+            f"WHERE v.account_id = ? AND {clauses.removeprefix('WHERE ')} ORDER BY v.seq LIMIT ?"
+        )
+        rows = self._connection().execute(sql, (account_id, *parameters, limit)).fetchall()
+        return [EventRecord(seq, body, prev_hash, hash_) for seq, body, prev_hash, hash_ in rows]
+
     def accounts_at(self, account_ids: list[str], seq: int) -> dict[str, Account]:
         """Each account as it was right after event ``seq`` (absent if it did not exist yet)."""
         found = {}

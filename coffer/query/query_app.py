@@ -1,24 +1,26 @@
-"""The query server: history, snapshots at a seq and hierarchy balances, served from the SQL store.
+"""The query server: history, balances in the past, statements and the hierarchy, served from the SQL store.
 
-Job: ``coffer query serve --store DSN --port P`` answers the read side of shared/API.md that
-needs history — ``GET /v1/accounts/{id}/history``, ``GET /v1/events``, ``GET
-/v1/accounts?ids=…&at_seq=N``, ``GET /v1/audit/head`` — and owns the account hierarchy
-(``POST /v1/hierarchy/nodes``, ``GET /v1/hierarchy/nodes/{id}``, ``GET
-/v1/hierarchy/nodes/{id}/balance``). Nodes keep serving the latest state; this serves the past.
+Job: ``coffer query serve --store DSN --port P`` answers the read side of the API (docs/api.md)
+that needs history — ``GET /v1/accounts/{id}?at_seq=|at_time=``, ``GET /v1/accounts?ids=…``,
+``GET /v1/accounts/{id}/history``, ``GET /v1/accounts/{id}/statement``, ``GET /v1/events``,
+``GET /v1/audit/head`` — and owns an account hierarchy (``POST /v1/hierarchy/nodes``, ``GET
+/v1/hierarchy/nodes/{id}``, ``GET /v1/hierarchy/nodes/{id}/balance``). It publishes its own
+OpenAPI document at ``/openapi.json``. Nodes keep serving the latest state; this serves the past.
 
-Method: every answer reads the store (in worker threads) and has the JSON shapes and errors of
-the node (:mod:`coffer.server.views`). A question about a seq the store has not reached yet
-(``at_seq``, ``min_seq``, ``to_seq``) waits up to ``store_wait_s_max`` (``--wait-s``) for the projector, then
-answers 503 ``NOT_AVAILABLE``: never an older answer presented as the asked one. Keys and roles
+Method: the answers are :mod:`coffer.query.reads` and :mod:`coffer.query.hierarchy_service`, the
+same code the node runs against its own event store; this module only says how far the store is
+complete. A question about a seq the store has not reached yet (``at_seq``, ``min_seq``,
+``to_seq``) waits up to ``store_wait_s_max`` (``--wait-s``) for the projector, then answers 503
+``NOT_AVAILABLE``: never an older answer presented as the asked one. A question by time
+(``at_time``, ``from_time``, ``to_time``) is answered from the events the store holds, and the
+answer's ``seq`` says which; pass ``min_seq`` to be sure it holds what you wrote. Keys and roles
 are the node's (``--keys-file``, ``COFFER_API_KEYS``); changing the hierarchy needs admin.
 """
 
 import asyncio
 import contextlib
-import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from datetime import datetime
 from typing import Any
 
 import msgspec
@@ -29,17 +31,15 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from coffer.core.errors import ErrorCode
-from coffer.query import hierarchy
+from coffer.query import hierarchy, hierarchy_service, reads
 from coffer.query.sql_store import SqlStore
 from coffer.server.auth import ApiKeys, Role
-from coffer.server.views import account_view, error_body, event_view, time_text
+from coffer.server.openapi import query_openapi_document
+from coffer.server.views import error_body
 
-query_limit_default = 1000  # API.md: limit defaults to 1000, at most 10000
-query_limit_max = 10_000
 request_bytes_max = 4 * 1024 * 1024  # a hierarchy node of 10,000 children of 128 characters fits
 store_wait_s_max = 2.0  # how long a question about a seq waits for the projector
 store_poll_s = 0.02
-id_pattern = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 
 _json = msgspec.json.Encoder()
 
@@ -53,69 +53,9 @@ class HttpError(Exception):
         self.subject_id = subject_id
 
 
-class _NodeBody(msgspec.Struct, forbid_unknown_fields=True):
-    node_id: str
-    children: list[str]
-    parent_id: str | None = None
-
-
-_node_decoder = msgspec.json.Decoder(_NodeBody)
-
-
 def json_response(body: Any, status: int = 200) -> Response:
     headers = {"Retry-After": "1"} if status == 503 else None
     return Response(_json.encode(body), status_code=status, media_type="application/json", headers=headers)
-
-
-def _int_param(request: Request, name: str, minimum: int = 0) -> int | None:
-    text = request.query_params.get(name)
-    if text is None or text == "":
-        return None
-    if not text.isascii() or not text.isdigit() or int(text) < minimum:
-        raise HttpError(422, ErrorCode.INVALID_REQUEST, f"{name} must be an integer of at least {minimum}")
-    return int(text)
-
-
-def _time_param(request: Request, name: str) -> int | None:
-    """RFC 3339 or Unix epoch seconds, as milliseconds."""
-    text = request.query_params.get(name)
-    if text is None or text == "":
-        return None
-    try:
-        if text.replace(".", "", 1).isdigit():
-            return int(float(text) * 1000) if "." in text else int(text) * 1000
-        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
-        raise HttpError(422, ErrorCode.INVALID_REQUEST, f"{name} must be RFC 3339 or Unix seconds") from None
-    if moment.tzinfo is None:
-        raise HttpError(422, ErrorCode.INVALID_REQUEST, f"{name} needs a time zone (RFC 3339)")
-    return int(moment.timestamp() * 1000)
-
-
-def _limit(request: Request) -> int:
-    limit = _int_param(request, "limit", minimum=1)
-    if limit is None:
-        return query_limit_default
-    if limit > query_limit_max:
-        raise HttpError(422, ErrorCode.INVALID_REQUEST, f"limit is at most {query_limit_max}")
-    return limit
-
-
-def _bool_param(request: Request, name: str, default: bool) -> bool:
-    text = request.query_params.get(name)
-    if text is None or text == "":
-        return default
-    if text.lower() in ("true", "1"):
-        return True
-    if text.lower() in ("false", "0"):
-        return False
-    raise HttpError(422, ErrorCode.INVALID_REQUEST, f"{name} is true or false")
-
-
-def _checked_id(value: str, name: str) -> str:
-    if not id_pattern.fullmatch(value):
-        raise HttpError(422, ErrorCode.INVALID_REQUEST, f"{name} must be 1-128 characters of A-Za-z0-9._:-")
-    return value
 
 
 class QueryApi:
@@ -145,6 +85,8 @@ class QueryApi:
                     raise HttpError(403, ErrorCode.FORBIDDEN, f"this route needs the {role.name.lower()} role")
                 return await handler(request)
             except HttpError as error:
+                return json_response(error_body(error.code, error.message, error.subject_id), error.status)
+            except reads.ReadError as error:
                 return json_response(error_body(error.code, error.message, error.subject_id), error.status)
             except hierarchy.HierarchyError as error:
                 return json_response(error_body(error.code, error.message, error.subject_id), 409)
@@ -179,51 +121,27 @@ class QueryApi:
 
     # ------------------------------------------------------------------ history
 
+    async def settle(self, min_seq: int | None, range_end_seq: int | None) -> int:
+        """The :class:`coffer.query.reads.ReadSource` promise: the store's seq, once it holds both."""
+        return await self._reached(max(min_seq or 0, range_end_seq or 0) or None)
+
+    async def run(self, function: Callable[..., Any], *arguments: Any) -> Any:
+        return await self._store(function, *arguments)
+
     async def history(self, request: Request) -> Response:
-        account_id = request.path_params["account_id"]
-        to_seq = _int_param(request, "to_seq", minimum=1)
-        await self._reached(max(_int_param(request, "min_seq") or 0, (to_seq or 1) - 1))
-        rows = await self._store(
-            self.store.history,
-            account_id,
-            _int_param(request, "from_seq"),
-            to_seq,
-            _time_param(request, "from_time"),
-            _time_param(request, "to_time"),
-            _limit(request),
-        )
-        if not rows and not await self._store(self.store.known_accounts, [account_id]):
-            raise HttpError(404, ErrorCode.ACCOUNT_NOT_FOUND, f"account {account_id} not found", account_id)
-        versions = [{**account_view(account, seq), "time": time_text(time_ms)} for seq, time_ms, account in rows]
-        return json_response({"versions": versions})
+        return json_response(await reads.history_page(self, request.path_params["account_id"], request.query_params))
 
     async def events(self, request: Request) -> Response:
-        to_seq = _int_param(request, "to_seq", minimum=1)
-        await self._reached(max(_int_param(request, "min_seq") or 0, (to_seq or 1) - 1))
-        records = await self._store(
-            self.store.events,
-            _int_param(request, "from_seq"),
-            to_seq,
-            _time_param(request, "from_time"),
-            _time_param(request, "to_time"),
-            _limit(request),
-        )
-        return json_response({"events": [event_view(record) for record in records]})
+        return json_response(await reads.events_page(self, request.query_params))
+
+    async def statement(self, request: Request) -> Response:
+        return json_response(await reads.statement(self, request.path_params["account_id"], request.query_params))
+
+    async def account(self, request: Request) -> Response:
+        return json_response(await reads.account_as_of(self, request.path_params["account_id"], request.query_params))
 
     async def accounts(self, request: Request) -> Response:
-        ids = [part for part in request.query_params.get("ids", "").split(",") if part]
-        if not ids:
-            raise HttpError(422, ErrorCode.INVALID_REQUEST, "ids must name at least one account")
-        if len(ids) > query_limit_max:
-            raise HttpError(422, ErrorCode.INVALID_REQUEST, f"ids names at most {query_limit_max} accounts")
-        at_seq = _int_param(request, "at_seq")
-        last_seq = await self._reached(max(at_seq or 0, _int_param(request, "min_seq") or 0))
-        seq = last_seq if at_seq is None else at_seq
-        found = await self._store(self.store.accounts_at, ids, seq)
-        views = {account_id: account_view(account, seq) for account_id, account in found.items()}
-        return json_response(
-            {"seq": seq, "accounts": views, "missing": [account_id for account_id in ids if account_id not in found]}
-        )
+        return json_response(await reads.accounts_as_of(self, request.query_params))
 
     async def audit_head(self, request: Request) -> Response:
         seq, hash_ = await self._store(self.store.head)
@@ -232,59 +150,21 @@ class QueryApi:
     # ------------------------------------------------------------------ hierarchy
 
     async def put_node(self, request: Request) -> Response:
-        try:
-            body = _node_decoder.decode(await self._body(request))
-        except msgspec.ValidationError as error:
-            raise HttpError(422, ErrorCode.INVALID_REQUEST, str(error)) from None
-        except msgspec.DecodeError as error:
-            raise HttpError(422, ErrorCode.INVALID_REQUEST, f"body is not valid JSON: {error}") from None
-        node_id = _checked_id(body.node_id, "node_id")
-        if body.parent_id is not None:
-            _checked_id(body.parent_id, "parent_id")
-        for child_id in body.children:
-            _checked_id(child_id, "each child")
-        if len(body.children) > hierarchy.children_per_node_max:
-            raise HttpError(422, ErrorCode.INVALID_REQUEST, f"a node has at most {hierarchy.children_per_node_max} children")
-        if len(set(body.children)) != len(body.children):
-            raise HttpError(422, ErrorCode.INVALID_REQUEST, "children lists an id twice")
-        known = await self._store(self.store.known_accounts, [node_id, *body.children])
-
-        def change(nodes: list[str], rows: list[Any]) -> tuple[list[str], list[Any]]:
-            return hierarchy.plan_change(hierarchy.Forest.from_rows(nodes, rows), node_id, body.parent_id, body.children, known)
-
-        await self._store(self.store.change_hierarchy, change)
-        return await self._node_answer(node_id)
-
-    async def _forest(self) -> hierarchy.Forest:
-        nodes, rows = await self._store(self.store.hierarchy_rows)
-        return hierarchy.Forest.from_rows(nodes, rows)
-
-    def _node_view(self, forest: hierarchy.Forest, node_id: str) -> dict[str, Any]:
-        if node_id not in forest.children:
-            raise HttpError(404, ErrorCode.ACCOUNT_NOT_FOUND, f"hierarchy node {node_id} not found", node_id)
-        return {
-            "node_id": node_id,
-            "parent_id": forest.parent_of(node_id),
-            "children": [{"id": child_id, "kind": kind} for child_id, kind in forest.children[node_id]],
-        }
-
-    async def _node_answer(self, node_id: str) -> Response:
-        return json_response(self._node_view(await self._forest(), node_id))
+        body = hierarchy_service.decode_node(await self._body(request))
+        return json_response(await self._store(hierarchy_service.put_node, self.store, body))
 
     async def get_node(self, request: Request) -> Response:
-        return await self._node_answer(request.path_params["node_id"])
+        found = await self._store(hierarchy_service.forest, self.store)
+        return json_response(hierarchy_service.node_view(found, request.path_params["node_id"]))
 
     async def node_balance(self, request: Request) -> Response:
-        node_id = request.path_params["node_id"]
-        root_only = _bool_param(request, "root_only", default=False)
-        at_seq = _int_param(request, "at_seq")
+        params = request.query_params
+        root_only = reads.bool_param(params, "root_only", default=False)
+        at_seq = reads.int_param(params, "at_seq")
         last_seq = await self._reached(at_seq)
         seq = last_seq if at_seq is None else at_seq
-        forest = await self._forest()
-        self._node_view(forest, node_id)  # 404 for an unknown node
-        available = await self._store(self.store.available_at, forest.accounts_under(node_id), seq)
-        balances, nodes = hierarchy.subtree_balances(forest, node_id, available, root_only)
-        return json_response({"seq": seq, "node_id": node_id, "available": balances, "nodes": nodes})
+        node_id = request.path_params["node_id"]
+        return json_response(await self._store(hierarchy_service.node_balance, self.store, node_id, root_only, seq))
 
     # ------------------------------------------------------------------ operations
 
@@ -298,13 +178,19 @@ class QueryApi:
             raise HttpError(503, ErrorCode.NOT_AVAILABLE, f"the query store is unreachable: {error}") from None
         return json_response({"status": "ready", "seq": seq})
 
+    async def openapi(self, request: Request) -> Response:
+        return json_response(query_openapi_document())
+
     def routes(self) -> list[Route]:
         reader, admin = Role.READER, Role.ADMIN
         return [
             self.route("/healthz", "GET", None, self.healthz),
             self.route("/readyz", "GET", None, self.readyz),
+            self.route("/openapi.json", "GET", None, self.openapi),
             self.route("/v1/accounts", "GET", reader, self.accounts),
+            self.route("/v1/accounts/{account_id}", "GET", reader, self.account),
             self.route("/v1/accounts/{account_id}/history", "GET", reader, self.history),
+            self.route("/v1/accounts/{account_id}/statement", "GET", reader, self.statement),
             self.route("/v1/events", "GET", reader, self.events),
             self.route("/v1/audit/head", "GET", reader, self.audit_head),
             self.route("/v1/hierarchy/nodes", "POST", admin, self.put_node),

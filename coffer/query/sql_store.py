@@ -452,6 +452,16 @@ class SqlStore:
         )
         return [(int(seq), int(time_ms), account_in(bytes(body), account_id)) for seq, time_ms, body in rows]
 
+    def account_events(self, account_id: str, from_seq: int, to_seq: int | None, limit: int) -> list[EventRecord]:
+        """The events that changed the account, ``from_seq <= seq < to_seq``, in seq order."""
+        where, parameters = _range_clauses("v.seq", "v.time_ms", from_seq, to_seq, None, None)
+        rows = self._rows(
+            "SELECT e.seq, e.body, e.prev_hash, e.hash FROM account_versions v JOIN events e ON e.seq = v.seq "
+            f"WHERE v.account_id = ? AND {where.removeprefix('WHERE ')} ORDER BY v.seq LIMIT ?",
+            (account_id, *parameters, limit),
+        )
+        return [EventRecord(int(seq), bytes(body), bytes(prev_hash), bytes(hash_)) for seq, body, prev_hash, hash_ in rows]
+
     def accounts_at(self, account_ids: Sequence[str], seq: int) -> dict[str, Account]:
         """Each account as it was right after event ``seq`` (absent if it did not exist yet)."""
         found: dict[str, Account] = {}

@@ -1,4 +1,4 @@
-"""The HTTP API of one node (shared/API.md), as an ASGI application.
+"""The HTTP API of one node (docs/api.md), as an ASGI application.
 
 Handlers never change state: commands go through the :class:`Pipeline` (log, then apply), and
 reads look at the applied state between entries, or at the event store for history. Every answer
@@ -11,7 +11,6 @@ import contextvars
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
-from datetime import datetime
 from typing import Any, ClassVar
 
 import msgspec
@@ -28,19 +27,20 @@ from coffer.core.commands import Command
 from coffer.core.errors import ErrorCode
 from coffer.core.events import Actor
 from coffer.core.state_machine import protocol_version_max
+from coffer.query import hierarchy, hierarchy_service, reads
 from coffer.replica import Replica
 from coffer.server import requests as bodies
 from coffer.server.auth import ApiKeys, Role
 from coffer.server.feed import event_stream
+from coffer.server.node_reads import NodeHierarchy, NodeReads
 from coffer.server.openapi import openapi_document
 from coffer.server.pipeline import FollowerPipeline, LogUnavailable, Outcome, Pipeline
-from coffer.server.views import account_view, error_body, event_view, rejection_body
+from coffer.server.views import account_view, error_body, rejection_body
 
 logger = logging.getLogger(__name__)
 
 request_bytes_max = 16 * 1024 * 1024  # a full POST /v1/commands of 8190 commands fits with room
 commands_per_request_max = 8190
-query_limit_default = 1000
 query_limit_max = 10_000
 store_wait_s_max = 5.0
 submit_wait_s_max = 20.0
@@ -138,38 +138,6 @@ def _int_param(request: Request, name: str, minimum: int = 0) -> int | None:
     return value
 
 
-def _time_param(request: Request, name: str) -> int | None:
-    """RFC 3339 or Unix epoch seconds, as milliseconds."""
-    text = request.query_params.get(name)
-    if text is None or text == "":
-        return None
-    try:
-        if text.replace(".", "", 1).isdigit():
-            return int(float(text) * 1000) if "." in text else int(text) * 1000
-        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
-        raise HttpError(422, ErrorCode.INVALID_REQUEST, f"{name} must be RFC 3339 or Unix seconds") from None
-    if moment.tzinfo is None:
-        raise HttpError(422, ErrorCode.INVALID_REQUEST, f"{name} needs a time zone (RFC 3339)")
-    return int(moment.timestamp() * 1000)
-
-
-def _time_param_checked(request: Request, name: str) -> int | None:
-    value = _time_param(request, name)
-    if value is not None and not 0 <= value <= query_integer_max:
-        raise HttpError(422, ErrorCode.INVALID_REQUEST, f"{name} is out of range")
-    return value
-
-
-def _limit(request: Request) -> int:
-    limit = _int_param(request, "limit", minimum=1)
-    if limit is None:
-        return query_limit_default
-    if limit > query_limit_max:
-        raise HttpError(422, ErrorCode.INVALID_REQUEST, f"limit is at most {query_limit_max}")
-    return limit
-
-
 class Api:
     """Routes and the state they read; ``pipeline`` is set when the app starts."""
 
@@ -180,6 +148,13 @@ class Api:
         self.pipeline: Pipeline | None = None
         self.ready = False
         self.checkpoints: CheckpointMonitor | None = None
+        machine = replica.machine
+        self.reads = NodeReads(
+            replica.store, lambda: replica.machine.seq, lambda seq: self._pipeline().wait_for_seq(seq), self._store_reached
+        )
+        self.hierarchy = NodeHierarchy(
+            replica.data_dir, replica.store, lambda ids: {account_id for account_id in ids if account_id in machine.accounts}
+        )
 
     # ------------------------------------------------------------------ plumbing
 
@@ -217,6 +192,10 @@ class Api:
             return 422, error_body(error.code, error.message, error.account_id)
         except LogUnavailable as error:
             return 503, error_body(ErrorCode.NOT_AVAILABLE, f"the command log is unavailable: {error}")
+        except reads.ReadError as error:
+            return error.status, error_body(error.code, error.message, error.subject_id)
+        except hierarchy.HierarchyError as error:
+            return 409, error_body(error.code, error.message, error.subject_id)
 
     def route(self, path: str, method: str, role: Role, handler: Callable[[Request, Role], Awaitable[Response]]) -> Route:
         async def endpoint(request: Request) -> Response:
@@ -372,6 +351,8 @@ class Api:
             raise HttpError(503, ErrorCode.NOT_AVAILABLE, f"this node has not applied seq {min_seq} yet")
 
     async def get_account(self, request: Request, role: Role) -> Response:
+        if reads.needs_history(request.query_params):
+            return json_response(await reads.account_as_of(self.reads, request.path_params["account_id"], request.query_params))
         await self._at_least(request)
         account_id = request.path_params["account_id"]
         account = self.replica.machine.accounts.get(account_id)
@@ -380,6 +361,8 @@ class Api:
         return json_response(account_view(account, self.replica.machine.seq))
 
     async def get_accounts(self, request: Request, role: Role) -> Response:
+        if request.query_params.get("at_time"):
+            return json_response(await reads.accounts_as_of(self.reads, request.query_params))
         await self._at_least(request)
         ids = [part for part in request.query_params.get("ids", "").split(",") if part]
         if not ids:
@@ -412,36 +395,36 @@ class Api:
             await asyncio.sleep(0.005)
 
     async def history(self, request: Request, role: Role) -> Response:
-        account_id = request.path_params["account_id"]
-        if account_id not in self.replica.machine.accounts:
-            raise HttpError(404, ErrorCode.ACCOUNT_NOT_FOUND, f"account {account_id} not found", account_id)
-        await self._store_reached(self.replica.machine.seq)
-        rows = await asyncio.to_thread(
-            self.replica.store.history,
-            account_id,
-            _int_param(request, "from_seq"),
-            _int_param(request, "to_seq"),
-            _time_param_checked(request, "from_time"),
-            _time_param_checked(request, "to_time"),
-            _limit(request),
-        )
-        from coffer.server.views import time_text
-
-        versions = [{**account_view(account, seq), "time": time_text(time_ms)} for seq, time_ms, account in rows]
-        return json_response({"versions": versions})
+        return json_response(await reads.history_page(self.reads, request.path_params["account_id"], request.query_params))
 
     async def events(self, request: Request, role: Role) -> Response:
-        to_seq = _int_param(request, "to_seq")
-        await self._store_reached(min(self.replica.machine.seq, (to_seq or 1 << 62) - 1))
-        records = await asyncio.to_thread(
-            self.replica.store.events,
-            _int_param(request, "from_seq"),
-            to_seq,
-            _time_param_checked(request, "from_time"),
-            _time_param_checked(request, "to_time"),
-            _limit(request),
+        return json_response(await reads.events_page(self.reads, request.query_params))
+
+    async def statement(self, request: Request, role: Role) -> Response:
+        return json_response(await reads.statement(self.reads, request.path_params["account_id"], request.query_params))
+
+    # ------------------------------------------------------------------ hierarchy (the query side's, on this node)
+
+    async def put_node(self, request: Request, role: Role) -> Response:
+        body = hierarchy_service.decode_node(await self._body(request))
+        return json_response(await asyncio.to_thread(hierarchy_service.put_node, self.hierarchy, body))
+
+    async def get_node(self, request: Request, role: Role) -> Response:
+        found = await asyncio.to_thread(hierarchy_service.forest, self.hierarchy)
+        return json_response(hierarchy_service.node_view(found, request.path_params["node_id"]))
+
+    async def node_balance(self, request: Request, role: Role) -> Response:
+        params = request.query_params
+        root_only = reads.bool_param(params, "root_only", default=False)
+        at_seq = reads.int_param(params, "at_seq")
+        seq = await self.reads.settle(None, None)
+        if at_seq is not None and at_seq > seq:
+            raise HttpError(503, ErrorCode.NOT_AVAILABLE, f"this node has not applied seq {at_seq} yet")
+        node_id = request.path_params["node_id"]
+        balance = await asyncio.to_thread(
+            hierarchy_service.node_balance, self.hierarchy, node_id, root_only, seq if at_seq is None else at_seq
         )
-        return json_response({"events": [event_view(record) for record in records]})
+        return json_response(balance)
 
     async def audit_head(self, request: Request, role: Role) -> Response:
         machine = self.replica.machine
@@ -504,6 +487,7 @@ class Api:
             self.route("/v1/accounts", "GET", reader, self.get_accounts),
             self.route("/v1/accounts/{account_id}", "GET", reader, self.get_account),
             self.route("/v1/accounts/{account_id}/history", "GET", reader, self.history),
+            self.route("/v1/accounts/{account_id}/statement", "GET", reader, self.statement),
             self.route("/v1/accounts/{account_id}/limits", "POST", admin, command("update_limits", path_account=True)),
             self.route("/v1/accounts/{account_id}/lock", "POST", admin, command("lock_account", path_account=True)),
             self.route("/v1/accounts/{account_id}/unlock", "POST", admin, command("unlock_account", path_account=True)),
@@ -520,6 +504,9 @@ class Api:
             self.route("/v1/events", "GET", reader, self.events),
             self.route("/v1/events/stream", "GET", reader, lambda request, role: event_stream(request, self)),
             self.route("/v1/audit/head", "GET", reader, self.audit_head),
+            self.route("/v1/hierarchy/nodes", "POST", admin, self.put_node),
+            self.route("/v1/hierarchy/nodes/{node_id}", "GET", reader, self.get_node),
+            self.route("/v1/hierarchy/nodes/{node_id}/balance", "GET", reader, self.node_balance),
             self.route("/admin/log-level", "PUT", admin, self.log_level),
             self.route("/metrics", "GET", reader, self.metrics_endpoint),
         ]
@@ -612,6 +599,7 @@ def create_app(
             for task in background:
                 task.cancel()
             await api.pipeline.close()
+            api.hierarchy.close()
             replica.close()
 
     public = [

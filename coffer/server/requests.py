@@ -35,7 +35,7 @@ MetadataMap = Annotated[
     msgspec.Meta(max_length=core.metadata_keys_max),
 ]
 
-# Fields whose wrong JSON type is an amount error, not a generic schema error (API.md: a JSON
+# Fields whose wrong JSON type is an amount error, not a generic schema error (docs/api.md: a JSON
 # number where an amount belongs is INVALID_AMOUNT).
 amount_fields = frozenset(
     {

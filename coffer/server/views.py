@@ -1,4 +1,4 @@
-"""JSON views of ledger records, exactly as shared/API.md shows them."""
+"""JSON views of ledger records, exactly as the API shows them (docs/api.md)."""
 
 from datetime import UTC, datetime
 from typing import Any

@@ -4,7 +4,7 @@ Job. Replicas apply the same log at their own pace, restart from snapshots and r
 auditor holds the *history of truth*: for every log index, the state hash, the results and the
 events of the first replica that applied it. Every later replica that applies that index must
 reach the same state hash and answer the same results (SPEC invariant 4). The first replica's
-entry is audited in depth, from the events alone, by rules written here from shared/SPEC.md
+entry is audited in depth, from the events alone, by rules written here from the ledger's specification
 (not from the state machine's code):
 
 - the events continue a gapless, hash-chained sequence (invariant 4);

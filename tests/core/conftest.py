@@ -1,8 +1,8 @@
 """Helpers for the core's rule tests: a machine with funded accounts, and log entries fed one at a time.
 
 Amounts here are integers of the minor unit (the core never sees decimal strings): every asset in
-these tests has scale 2, so ``10_000`` is 100.00. Expected outcomes come from shared/SPEC.md and
-shared/API.md, not from the implementation.
+these tests has scale 2, so ``10_000`` is 100.00. Expected outcomes come from the specification and
+the contract (docs/api.md), not from the implementation.
 """
 
 import itertools

@@ -1,4 +1,4 @@
-"""parse_amount / format_amount against the API grammar ``^-?(0|[1-9][0-9]*)(\\.[0-9]{1,S})?$`` (shared/API.md)."""
+"""parse_amount / format_amount against the API grammar ``^-?(0|[1-9][0-9]*)(\\.[0-9]{1,S})?$`` (docs/api.md)."""
 
 import re
 from decimal import Decimal

@@ -1,4 +1,4 @@
-"""Every result code the core can give (shared/API.md), each reached once, with nothing changed.
+"""Every result code the core can give (docs/api.md), each reached once, with nothing changed.
 
 The per-rule files test each code in depth; this table guards that no code of the contract is
 left without a test when codes are added. NOT_AVAILABLE, UNAUTHORIZED and FORBIDDEN belong to

@@ -1,4 +1,4 @@
-"""The core is pure (STYLE.md): no I/O, no clock, no randomness — time and the log index come in."""
+"""The core is pure: no I/O, no clock, no randomness — time and the log index come in."""
 
 import ast
 import datetime

@@ -1,4 +1,4 @@
-"""A deliberately simple reference model of one shard's ledger, written from shared/SPEC.md.
+"""A deliberately simple reference model of one shard's ledger, written from the ledger's specification.
 
 It is the oracle of the property tests: :class:`coffer.core.state_machine.StateMachine` must give
 the same outcome for every command and hold the same accounts after every log entry. To be worth

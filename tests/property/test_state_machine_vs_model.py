@@ -821,7 +821,7 @@ def test_large_amounts_stay_exact(amounts: list[int], lower_limit: int) -> None:
 
 # ---------------------------------------------------------------------------- found discrepancies
 # The minimal examples the property above found, kept as plain tests so that each one names its
-# rule. Each expectation comes from shared/SPEC.md and the check order in state_machine.py's
+# rule. Each expectation comes from the specification and the check order in state_machine.py's
 # docstring; see the reference model's docstring for the readings it takes.
 
 

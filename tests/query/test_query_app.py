@@ -210,3 +210,77 @@ def test_hierarchy_changes_that_break_the_rules_are_rejected(served: QueryServer
     _error(served.reader.get("/v1/hierarchy/nodes/r-top/balance", params={"at_seq": served.last_seq + 1}), 503, "NOT_AVAILABLE")
     _error(served.reader.get("/v1/hierarchy/nodes/r-top/balance", params={"root_only": "maybe"}), 422, "INVALID_REQUEST")
     assert _ok(served.reader.get("/v1/hierarchy/nodes/r-mid"))["children"] == []  # nothing changed
+
+
+def _pages(client: httpx.Client, path: str, key: str, params: dict[str, Any]) -> list[Any]:
+    items: list[Any] = []
+    cursor = None
+    while True:
+        page = _ok(client.get(path, params={**params, **({"cursor": cursor} if cursor else {})}))
+        items.extend(page[key])
+        cursor = page["next"]
+        if cursor is None:
+            return items
+
+
+def test_pages_follow_next_to_the_end_as_on_the_node(served: QueryServer) -> None:
+    events = _pages(served.reader, "/v1/events", "events", {"limit": 97})
+    assert [event["seq"] for event in events] == list(range(1, served.last_seq + 1))
+    first = _ok(served.reader.get("/v1/events", params={"limit": 97}))
+    assert first == _ok(served.node.get("/v1/events", params={"limit": 97}))  # the same cursor too
+    # A cursor of one server continues on the other: it names a position and a question, not a server.
+    assert _ok(served.node.get("/v1/events", params={"limit": 97, "cursor": first["next"]}))["events"] == events[97:194]
+    account_id = served.account_ids[0]
+    path = f"/v1/accounts/{account_id}/history"
+    assert _pages(served.reader, path, "versions", {"limit": 7}) == _pages(served.node, path, "versions", {"limit": 7})
+    _error(served.reader.get(path, params={"cursor": first["next"]}), 422, "INVALID_REQUEST")
+
+
+def test_balances_as_of_a_time_are_the_nodes(served: QueryServer) -> None:
+    events = _ok(served.reader.get("/v1/events", params={"limit": 10_000}))["events"]
+    ids = ",".join([*served.account_ids, "nobody"])
+    for event in events[:: max(1, len(events) // 12)] + events[-1:]:
+        answer = _ok(served.reader.get("/v1/accounts", params={"ids": ids, "at_time": event["time"]}))
+        assert answer == _ok(served.node.get("/v1/accounts", params={"ids": ids, "at_time": event["time"]}))
+        assert answer["seq"] >= event["seq"]
+        for account in event["accounts"]:
+            path = f"/v1/accounts/{account['account_id']}"
+            assert _ok(served.reader.get(path, params={"at_time": event["time"]})) == _ok(
+                served.node.get(path, params={"at_time": event["time"]})
+            )
+    account_id = served.account_ids[0]
+    _error(served.reader.get(f"/v1/accounts/{account_id}", params={"at_time": "0"}), 404, "ACCOUNT_NOT_FOUND")
+    both = {"at_time": "0", "at_seq": "1"}
+    _error(served.reader.get(f"/v1/accounts/{account_id}", params=both), 422, "INVALID_REQUEST")
+    _error(served.reader.get("/v1/accounts", params={"ids": account_id, **both}), 422, "INVALID_REQUEST")
+    latest = _ok(served.reader.get(f"/v1/accounts/{account_id}"))
+    assert latest == _ok(served.node.get(f"/v1/accounts/{account_id}"))
+
+
+def test_statements_are_the_nodes(served: QueryServer) -> None:
+    for account_id in served.account_ids[:3] + served.account_ids[-1:]:
+        path = f"/v1/accounts/{account_id}/statement"
+        whole = _ok(served.reader.get(path))
+        assert whole == _ok(served.node.get(path))
+        middle = whole["changes"][len(whole["changes"]) // 2]
+        period = {"from_seq": whole["changes"][1]["seq"], "to_time": middle["time"]}
+        assert _ok(served.reader.get(path, params=period)) == _ok(served.node.get(path, params=period))
+        assert _pages(served.reader, path, "changes", {"limit": 3}) == whole["changes"]
+        # The changes add up: opening + every delta = closing.
+        opening = Decimal(whole["opening"]["available"]) if whole["opening"] else Decimal(0)
+        assert opening + sum(Decimal(change["available_delta"]) for change in whole["changes"]) == Decimal(
+            whole["closing"]["available"]
+        )
+
+
+def test_the_query_server_publishes_its_own_openapi_document(served: QueryServer) -> None:
+    from coffer.server.openapi import query_openapi_document, query_server_routes
+
+    document = httpx.get(f"{served.url}/openapi.json", timeout=10.0).json()  # no key needed
+    assert document == query_openapi_document()
+    assert {path: next(iter(item)) for path, item in document["paths"].items()} == query_server_routes
+    for path, method in query_server_routes.items():
+        if "{" in path or method != "get" or path == "/openapi.json":
+            continue
+        params = {"ids": served.account_ids[0]} if path == "/v1/accounts" else {}
+        assert served.reader.get(path, params=params).status_code == 200, path

@@ -1,4 +1,4 @@
-"""The HTTP contract of shared/API.md against a real server: every endpoint, every error code."""
+"""The HTTP contract (docs/api.md) against a real server: every endpoint, every error code."""
 
 import itertools
 from collections.abc import Iterator
@@ -315,7 +315,9 @@ def test_operations_endpoints(api: httpx.Client) -> None:
     expect_error(api.put("/admin/log-level", json={"level": "loud"}), 422, "INVALID_REQUEST")
     document = api.get("/openapi.json").json()
     assert document["openapi"].startswith("3.") and "/v1/transfers" in document["paths"]
-    assert document["components"]["schemas"]["TransferBody"]["properties"]["amount"]["pattern"]
+    schemas = document["components"]["schemas"]
+    assert schemas["TransferBody"]["properties"]["amount"] == {"$ref": "#/components/schemas/PositiveAmount"}
+    assert schemas["PositiveAmount"]["pattern"]
 
 
 @pytest.fixture(scope="module")

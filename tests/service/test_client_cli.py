@@ -1,6 +1,6 @@
 """The client and the CLI against a real ``coffer serve`` (tests/service/conftest.py).
 
-Expected answers come from shared/API.md, not from the server's code: where the server answers
+Expected answers come from the contract (docs/api.md), not from the server's code: where the server answers
 otherwise, the test fails and names the contract's rule.
 """
 
@@ -227,13 +227,13 @@ def test_malformed_requests_raise_invalid_request_error_and_keep_their_dedup_id_
     with pytest.raises(InvalidRequestError) as caught:
         client.create_account("not an id!", "USD")
     assert (caught.value.status, caught.value.code) == (422, "INVALID_REQUEST")
-    # None of those used up the dedup_id (API.md, Commands).
+    # None of those used up the dedup_id (docs/api.md, status codes).
     assert client.transfer(source, target, "1", "USD", dedup_id=dedup_id).dedup_id == dedup_id
     assert available(client, target) == "1.00"
 
 
 def test_a_negative_zero_limit_is_in_the_amount_grammar(client: Client) -> None:
-    # API.md, Amounts: ^-?(0|[1-9][0-9]*)(\.[0-9]{1,S})?$ with the sign allowed on limits; "-0" matches.
+    # docs/api.md, Amounts: ^-?(0|[1-9][0-9]*)(\.[0-9]{1,S})?$ with the sign allowed on limits; "-0" matches.
     (account_id,) = open_accounts(client, "0")
     assert client.update_limits(account_id, lower_limit="-0").accounts[0].lower_limit == "0.00"
     assert client.update_limits(account_id, lower_limit="-0.00").accounts[0].lower_limit == "0.00"
@@ -382,7 +382,7 @@ def test_an_original_after_its_null_compensation_is_rejected(client: Client) -> 
     with pytest.raises(RejectedError) as caught:  # the original arrives after its compensation
         client.transfer(source, target, "3", "USD", dedup_id=late)
     assert available(client, target) == "0.00"
-    # ALREADY_COMPENSATED extends API.md's list of codes (README, "API notes").
+    # ALREADY_COMPENSATED is one of the codes docs/api.md lists.
     assert caught.value.code == "ALREADY_COMPENSATED"
 
 
