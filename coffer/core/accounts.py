@@ -107,3 +107,16 @@ class Txn(msgspec.Struct, array_like=True, gc=False):
     state: str
     legs: tuple[TxnLeg, ...]
     deadline_ms: int | None
+
+
+class Decision(msgspec.Struct, frozen=True, array_like=True, gc=False):
+    """What a commit point recorded for a cross-shard transaction (see ``commands.Decide``)."""
+
+    txn_id: str
+    commit: bool
+    participants: tuple[int, ...]
+    reason_code: str | None
+    reason_message: str
+    reason_account_id: str | None
+    time_ms: int
+    seq: int

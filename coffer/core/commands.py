@@ -121,6 +121,9 @@ class TccTry(_Command, tag="tcc_try"):
     txn_id: str
     legs: tuple[Leg, ...]
     timeout_s: int | None = None
+    # Checked on this ledger with the holds, all or nothing: a cross-shard batch operation's
+    # preconditions travel with the try on the shard that holds their accounts.
+    preconditions: tuple[Precondition, ...] = ()
 
 
 class TccConfirm(_Command, tag="tcc_confirm"):
@@ -133,6 +136,22 @@ class TccCancel(_Command, tag="tcc_cancel"):
 
 class Compensate(_Command, tag="compensate"):
     original_dedup_id: str
+
+
+class Decide(_Command, tag="decide"):
+    """The outcome of a cross-shard transaction, recorded at its commit point (one participant).
+
+    The first decision written for a ``txn_id`` wins: a coordinator proposing commit and a recovery
+    task proposing abort can never both succeed. ``reason_*`` say why an abort was decided (the
+    rejection a participant answered, or a timeout), so that every retry answers the same.
+    """
+
+    txn_id: str
+    commit: bool
+    participants: tuple[int, ...] = ()
+    reason_code: str | None = None
+    reason_message: str = ""
+    reason_account_id: str | None = None
 
 
 Command = (
@@ -149,6 +168,7 @@ Command = (
     | TccConfirm
     | TccCancel
     | Compensate
+    | Decide
 )
 
 command_types: tuple[type[_Command], ...] = Command.__args__  # type: ignore[attr-defined]

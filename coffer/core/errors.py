@@ -30,6 +30,8 @@ class ErrorCode(StrEnum):
     # The original of a compensation arrived after it (or a second compensation arrived):
     # a saga's undo must win over a late original, and an undo applies once.
     ALREADY_COMPENSATED = "ALREADY_COMPENSATED"
+    # A cross-shard transaction's commit point already holds the other decision: the first wins.
+    TXN_ALREADY_DECIDED = "TXN_ALREADY_DECIDED"
     DEDUP_ID_REUSED = "DEDUP_ID_REUSED"
     INVALID_AMOUNT = "INVALID_AMOUNT"
     # A balance would leave the range every amount lives in (|x| < 2^127 minor units), with no

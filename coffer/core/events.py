@@ -63,6 +63,7 @@ class EventType(StrEnum):
     TCC_EXPIRED = "tcc_expired"
     COMPENSATED = "compensated"
     NULL_COMPENSATED = "null_compensated"
+    TXN_DECIDED = "txn_decided"
 
 
 class Actor(msgspec.Struct, frozen=True, array_like=True, gc=False):

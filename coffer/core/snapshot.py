@@ -11,7 +11,7 @@ Formats (the first element of the array says which):
 - 1: ``[1, log_index, time_ms, seq, head, accounts, asset_scales, dedup, txns, compensations]``,
   written before protocol versions existed; it restores as protocol 1.
 - 2: ``[2, protocol_version, log_index, time_ms, seq, head, accounts, asset_scales, dedup, txns,
-  compensations]``, integers beyond 64 bits as in :mod:`coffer.core.encoding`.
+  compensations, decisions]``, integers beyond 64 bits as in :mod:`coffer.core.encoding`.
 A snapshot of a newer format is refused with a message that says so.
 """
 
@@ -20,7 +20,7 @@ from hashlib import sha256
 
 import msgspec
 
-from coffer.core.accounts import Account, DedupRecord, Txn
+from coffer.core.accounts import Account, Decision, DedupRecord, Txn
 from coffer.core.encoding import Decoder, encode
 from coffer.core.state_machine import StateMachine, protocol_version_max
 
@@ -39,6 +39,7 @@ class SnapshotState(msgspec.Struct, array_like=True, gc=False):
     dedup: dict[str, DedupRecord]
     txns: dict[str, Txn]
     compensations: dict[str, str]
+    decisions: dict[str, Decision] = {}
 
 
 class _SnapshotStateFormat1(msgspec.Struct, array_like=True, gc=False):
@@ -76,6 +77,7 @@ def take_snapshot(machine: StateMachine) -> bytes:
         machine.dedup,
         machine.txns,
         machine.compensations,
+        machine.decisions,
     )
     return encode(state)
 
@@ -112,11 +114,13 @@ def restore_snapshot(data: bytes) -> StateMachine:
     machine.dedup = state.dedup
     machine.txns = state.txns
     machine.compensations = state.compensations
+    machine.decisions = state.decisions
     # The expiry heap is derived: the live tries with a deadline, in (deadline, txn_id) order.
     machine.expiries = sorted(
         (txn.deadline_ms, txn.txn_id) for txn in state.txns.values() if txn.state == "TRIED" and txn.deadline_ms is not None
     )
     heapq.heapify(machine.expiries)
+    machine.open_txns = dict.fromkeys(txn.txn_id for txn in state.txns.values() if txn.state == "TRIED")
     return machine
 
 

@@ -57,6 +57,7 @@ from coffer.core.accounts import (
     Account,
     AccountState,
     Compensation,
+    Decision,
     DedupRecord,
     Result,
     Txn,
@@ -70,6 +71,7 @@ from coffer.core.commands import (
     Command,
     Compensate,
     CreateAccount,
+    Decide,
     DeleteAccount,
     Leg,
     LockAccount,
@@ -195,6 +197,10 @@ class StateMachine:
         self.txns: dict[str, Txn] = {}
         # original dedup_id -> dedup_id of the compensation that undid it (or pre-empted it)
         self.compensations: dict[str, str] = {}
+        self.decisions: dict[str, Decision] = {}  # txn_id -> the decision of a cross-shard transaction
+        # Derived (not part of the replicated state, rebuilt on restore): the tries still open, in
+        # the order they were tried, so the transaction layer finds transactions in doubt cheaply.
+        self.open_txns: dict[str, None] = {}
         self.expiries: list[tuple[int, str]] = []  # heap of (deadline_ms, txn_id) of TCC tries
         self.log_index = 0
         self.time_ms = 0
@@ -219,6 +225,7 @@ class StateMachine:
             TccConfirm: self._tcc_confirm,
             TccCancel: self._tcc_cancel,
             Compensate: self._compensate,
+            Decide: self._decide,
         }
 
     # ------------------------------------------------------------------ entry point
@@ -659,29 +666,42 @@ class StateMachine:
         failed = _check_leg_amounts(command.legs, self.amount_max) or _check_leg_count(command.legs)
         if failed is not None:
             return failed
-        if len(command.preconditions) > legs_max:
-            return _reject(ErrorCode.INVALID_REQUEST, f"a command takes at most {legs_max} preconditions")
-        for condition in command.preconditions:
-            if _out_of_range(
-                self.amount_max, condition.expected_balance, condition.min_balance, condition.max_balance, condition.expected_version
-            ):
-                return _too_large(self.amount_max, condition.account_id)
+        failed = self._check_condition_shapes(command.preconditions)
+        if failed is not None:
+            return failed
         net = self._check_legs(command.legs)
         if isinstance(net, Result):
             return net
-        # Step 3 for the accounts the conditions name: they must exist before any is judged.
-        for condition in command.preconditions:
-            if condition.account_id not in self.accounts:
-                return _reject(ErrorCode.ACCOUNT_NOT_FOUND, f"account {condition.account_id} not found", condition.account_id)
-        for condition in command.preconditions:
-            failed = self._check_precondition(condition)
-            if failed is not None:
-                return failed
+        failed = self._check_conditions(command.preconditions)
+        if failed is not None:
+            return failed
         failed = self._check_limits(net)
         if failed is not None:
             return failed
         changed = self._commit_net(net)
         return Result(OK, self._emit(command.dedup_id, EventType.BALANCES_CHANGED, command, changed))
+
+    def _check_condition_shapes(self, preconditions: tuple[Precondition, ...]) -> Result | None:
+        """Step 2 for preconditions: their number and the range of their values."""
+        if len(preconditions) > legs_max:
+            return _reject(ErrorCode.INVALID_REQUEST, f"a command takes at most {legs_max} preconditions")
+        for condition in preconditions:
+            if _out_of_range(
+                self.amount_max, condition.expected_balance, condition.min_balance, condition.max_balance, condition.expected_version
+            ):
+                return _too_large(self.amount_max, condition.account_id)
+        return None
+
+    def _check_conditions(self, preconditions: tuple[Precondition, ...]) -> Result | None:
+        """Steps 3 and 4 for preconditions: every named account exists before any is judged."""
+        for condition in preconditions:
+            if condition.account_id not in self.accounts:
+                return _reject(ErrorCode.ACCOUNT_NOT_FOUND, f"account {condition.account_id} not found", condition.account_id)
+        for condition in preconditions:
+            failed = self._check_precondition(condition)
+            if failed is not None:
+                return failed
+        return None
 
     def _check_precondition(self, condition: Precondition) -> Result | None:
         account_id = condition.account_id
@@ -773,9 +793,15 @@ class StateMachine:
         failed = _check_leg_count(command.legs)
         if failed is not None:
             return failed
+        failed = self._check_condition_shapes(command.preconditions)
+        if failed is not None:
+            return failed
         net = self._check_legs(command.legs)
         if isinstance(net, Result):
             return net
+        failed = self._check_conditions(command.preconditions)
+        if failed is not None:
+            return failed
         if txn_id in self.txns:
             return _reject(ErrorCode.TXN_EXISTS, f"transaction {txn_id} exists")
         holds: dict[str, list[int]] = {account_id: [0, 0] for account_id in net}
@@ -807,6 +833,7 @@ class StateMachine:
             legs.append(TxnLeg(account_id, amount_out, amount_in))
         deadline_ms = None if timeout_s is None else self.time_ms + timeout_s * 1000
         self.txns[txn_id] = Txn(txn_id, _TRIED, tuple(legs), deadline_ms)
+        self.open_txns[txn_id] = None
         if deadline_ms is not None:
             heapq.heappush(self.expiries, (deadline_ms, txn_id))
         return Result(OK, self._emit(command.dedup_id, EventType.TCC_TRIED, command, changed))
@@ -830,6 +857,7 @@ class StateMachine:
                 account.version += 1
                 changed.append(account)
             txn.state = _CONFIRMED
+            del self.open_txns[txn.txn_id]
         return Result(OK, self._emit(command.dedup_id, EventType.TCC_CONFIRMED, command, changed))
 
     def _tcc_cancel(self, command: TccCancel) -> Result:
@@ -853,6 +881,7 @@ class StateMachine:
             account.version += 1
             changed.append(account)
         txn.state = _CANCELLED
+        del self.open_txns[txn.txn_id]
         return changed
 
     def next_deadline_ms(self) -> int | None:
@@ -879,6 +908,40 @@ class StateMachine:
             if txn.state == _TRIED:
                 changed = self._cancel_txn(txn)
                 self._emit(None, EventType.TCC_EXPIRED, None, changed)
+
+    # ------------------------------------------------------------------ cross-shard decisions
+
+    def _decide(self, command: Decide) -> Result:
+        """Record the decision of a cross-shard transaction; the first one written wins."""
+        txn_id = command.txn_id
+        if not _valid_id(txn_id):
+            return _reject(ErrorCode.INVALID_REQUEST, "txn_id must be 1 to 128 characters of A-Za-z0-9._:-")
+        if len(command.participants) > legs_max or any(not 0 <= shard < 2**31 for shard in command.participants):
+            return _reject(ErrorCode.INVALID_REQUEST, "participants must be shard numbers")
+        if command.reason_code is not None and not _valid_id(command.reason_code, 64):
+            return _reject(ErrorCode.INVALID_REQUEST, "reason_code must be an error code")
+        if len(command.reason_message) > metadata_value_length_max:
+            return _reject(ErrorCode.INVALID_REQUEST, f"reason_message must be at most {metadata_value_length_max} characters")
+        if command.reason_account_id is not None and not _valid_id(command.reason_account_id):
+            return _reject(ErrorCode.INVALID_REQUEST, "reason_account_id must be an account id")
+        decided = self.decisions.get(txn_id)
+        if decided is not None:
+            if decided.commit == command.commit:
+                return Result(OK, decided.seq)
+            outcome = "commit" if decided.commit else "abort"
+            return _reject(ErrorCode.TXN_ALREADY_DECIDED, f"transaction {txn_id} was decided: {outcome}")
+        seq = self._emit(command.dedup_id, EventType.TXN_DECIDED, command, ())
+        self.decisions[txn_id] = Decision(
+            txn_id,
+            command.commit,
+            tuple(command.participants),
+            command.reason_code,
+            command.reason_message,
+            command.reason_account_id,
+            self.time_ms,
+            seq,
+        )
+        return Result(OK, seq)
 
     # ------------------------------------------------------------------ saga compensation
 

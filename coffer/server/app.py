@@ -30,6 +30,7 @@ from coffer.core.state_machine import protocol_version_max
 from coffer.query import hierarchy, hierarchy_service, reads
 from coffer.replica import Replica
 from coffer.server import requests as bodies
+from coffer.server import transactions
 from coffer.server.auth import ApiKeys, Role
 from coffer.server.feed import event_stream
 from coffer.server.node_reads import NodeHierarchy, NodeReads
@@ -426,6 +427,24 @@ class Api:
         )
         return json_response(balance)
 
+    async def get_transaction(self, request: Request, role: Role) -> Response:
+        await self._at_least(request)
+        txn_id = request.path_params["txn_id"]
+        view = transactions.transaction_view(self.replica.machine, txn_id)
+        if view is None:
+            raise HttpError(404, ErrorCode.TXN_NOT_FOUND, f"transaction {txn_id} not found on this shard")
+        return json_response(view)
+
+    async def list_transactions(self, request: Request, role: Role) -> Response:
+        """The tries still open (``open=true``, the only listing), oldest first, by id prefix."""
+        params = request.query_params
+        if not reads.bool_param(params, "open", default=False):
+            raise HttpError(422, ErrorCode.INVALID_REQUEST, "only open transactions are listed: pass open=true")
+        limit = min(reads.limit_param(params), transactions.open_transactions_limit_max)
+        machine = self.replica.machine
+        found = transactions.open_transactions(machine, params.get("prefix", ""), limit)
+        return json_response({"seq": machine.seq, "transactions": found})
+
     async def audit_head(self, request: Request, role: Role) -> Response:
         machine = self.replica.machine
         return json_response({"seq": machine.seq, "hash": machine.head.hex(), "log_index": machine.log_index})
@@ -504,6 +523,8 @@ class Api:
             self.route("/v1/events", "GET", reader, self.events),
             self.route("/v1/events/stream", "GET", reader, lambda request, role: event_stream(request, self)),
             self.route("/v1/audit/head", "GET", reader, self.audit_head),
+            self.route("/v1/transactions", "GET", reader, self.list_transactions),
+            self.route("/v1/transactions/{txn_id}", "GET", reader, self.get_transaction),
             self.route("/v1/hierarchy/nodes", "POST", admin, self.put_node),
             self.route("/v1/hierarchy/nodes/{node_id}", "GET", reader, self.get_node),
             self.route("/v1/hierarchy/nodes/{node_id}/balance", "GET", reader, self.node_balance),

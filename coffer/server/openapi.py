@@ -164,6 +164,47 @@ _event = {
         "hash": {"type": "string"},
     },
 }
+_transaction = {
+    "type": "object",
+    "required": ["txn_id", "state", "deadline", "legs", "decision", "seq"],
+    "properties": {
+        "txn_id": {"type": "string"},
+        "state": {"type": ["string", "null"], "enum": ["TRIED", "CONFIRMED", "CANCELLED", None], "description": "null: no try here"},
+        "deadline": {"type": ["string", "null"], "format": "date-time"},
+        "legs": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "required": ["account_id", "asset", "amount_out", "amount_in"],
+                "properties": {
+                    "account_id": {"type": "string"},
+                    "asset": {"type": "string"},
+                    "amount_out": {"type": "string"},
+                    "amount_in": {"type": "string"},
+                },
+            },
+        },
+        "decision": {
+            "type": ["object", "null"],
+            "description": "the decision recorded here (this shard is the commit point), the first one written",
+            "properties": {
+                "commit": {"type": "boolean"},
+                "participants": {"type": "array", "items": {"type": "integer"}},
+                "reason_code": {"type": ["string", "null"]},
+                "reason_message": {"type": "string"},
+                "reason_account_id": {"type": ["string", "null"]},
+                "time": {"type": "string", "format": "date-time"},
+                "seq": {"type": "integer"},
+            },
+        },
+        "seq": {"type": "integer", "description": "the shard's seq this view reflects"},
+    },
+}
+_open_transactions = {
+    "type": "object",
+    "required": ["seq", "transactions"],
+    "properties": {"seq": {"type": "integer"}, "transactions": {"type": "array", "items": {"type": "string"}}},
+}
 _accounts_as_of = {
     "type": "object",
     "required": ["seq", "accounts", "missing"],
@@ -311,6 +352,7 @@ def _ref(name: str) -> dict[str, str]:
 _id = {"type": "string", "pattern": "^[A-Za-z0-9._:-]{1,128}$"}
 _account_path = {"name": "account_id", "in": "path", "required": True, "schema": _id}
 _node_path = {"name": "node_id", "in": "path", "required": True, "schema": _id}
+_txn_path = {"name": "txn_id", "in": "path", "required": True, "schema": _id}
 _seq = {"type": "integer", "minimum": 0, "maximum": 2**63 - 1}
 _time = {"type": "string", "description": "RFC 3339 with a zone, or Unix epoch seconds"}
 _limit = {"type": "integer", "minimum": 1, "maximum": 10000, "default": 1000}
@@ -392,6 +434,8 @@ def openapi_document() -> dict[str, Any]:
             "HierarchyNode": _hierarchy_node,
             "HierarchyBalance": _hierarchy_balance,
             "AuditHead": _audit_head,
+            "Transaction": _transaction,
+            "OpenTransactions": _open_transactions,
         }
     )
 
@@ -534,6 +578,30 @@ def openapi_document() -> dict[str, Any]:
             }
         },
         "/v1/audit/head": _read("reader", "The chain head", [], _ref("AuditHead"), 401, 403),
+        "/v1/transactions": _read(
+            "reader",
+            "Two-phase tries still open on this shard, oldest first (where a recovery task looks for transactions in doubt)",
+            [
+                _query("open", {"type": "boolean"}, "must be true: only open tries are listed", required=True),
+                _query("prefix", {"type": "string", "maxLength": 128}, "only ids that start with this"),
+                _query("limit", {"type": "integer", "minimum": 1, "maximum": 10_000}),
+            ],
+            _ref("OpenTransactions"),
+            401,
+            403,
+            422,
+        ),
+        "/v1/transactions/{txn_id}": _read(
+            "reader",
+            "A two-phase transaction as this shard holds it: its try (state, legs, deadline) and, at a commit point, its decision",
+            [_txn_path, _min_seq],
+            _ref("Transaction"),
+            401,
+            403,
+            404,
+            422,
+            503,
+        ),
         "/v1/hierarchy/nodes": {
             "post": {
                 "summary": "Create or replace a hierarchy node (its children become exactly the given ones)",

@@ -135,6 +135,7 @@ class TccTryBody(_Body):
     txn_id: Id
     legs: Legs
     timeout_s: Annotated[int, msgspec.Meta(ge=1, le=core.timeout_s_max)] | None = None
+    preconditions: Annotated[list[PreconditionBody], msgspec.Meta(max_length=core.legs_max)] = []
 
 
 class TxnBody(_Body):
@@ -143,6 +144,17 @@ class TxnBody(_Body):
 
 class CompensateBody(_Body):
     original_dedup_id: DedupId
+
+
+class DecideBody(_Body):
+    """The decision of a cross-shard transaction at its commit point (the transaction layer's)."""
+
+    txn_id: Id
+    commit: bool
+    participants: Annotated[list[Annotated[int, msgspec.Meta(ge=0, le=2**31 - 1)]], msgspec.Meta(max_length=core.legs_max)] = []
+    reason_code: Annotated[str, msgspec.Meta(min_length=1, max_length=64, pattern=r"^[A-Z_]+$")] | None = None
+    reason_message: Annotated[str, msgspec.Meta(max_length=core.metadata_value_length_max)] = ""
+    reason_account_id: Id | None = None
 
 
 # The command types of POST /v1/commands, each with the body of its own endpoint.
@@ -160,8 +172,9 @@ body_types: dict[str, type[_Body]] = {
     "tcc_confirm": TxnBody,
     "tcc_cancel": TxnBody,
     "compensate": CompensateBody,
+    "decide": DecideBody,
 }
-admin_command_types = frozenset({"create_account", "update_limits", "lock_account", "unlock_account", "delete_account"})
+admin_command_types = frozenset({"create_account", "update_limits", "lock_account", "unlock_account", "delete_account", "decide"})
 
 _decoders = {body_type: msgspec.json.Decoder(body_type) for body_type in set(body_types.values())}
 
@@ -253,6 +266,22 @@ def _legs(legs: list[LegBody], scales: Scales) -> tuple[core.Leg, ...]:
     return tuple(converted)
 
 
+def _preconditions(conditions: list[PreconditionBody], scales: Scales) -> tuple[core.Precondition, ...]:
+    converted = []
+    for condition in conditions:
+        scale = scales.account(condition.account_id)
+        converted.append(
+            core.Precondition(
+                account_id=condition.account_id,
+                expected_balance=_amount(condition.expected_balance, scale, signed=True),
+                min_balance=_amount(condition.min_balance, scale, signed=True),
+                max_balance=_amount(condition.max_balance, scale, signed=True),
+                expected_version=condition.expected_version,
+            )
+        )
+    return tuple(converted)
+
+
 def to_command(kind: str, body: _Body, scales: Scales) -> core.Command:
     """The core command for a decoded body of type ``kind`` (a key of :data:`body_types`)."""
     if isinstance(body, TransferBody):
@@ -299,19 +328,7 @@ def to_command(kind: str, body: _Body, scales: Scales) -> core.Command:
         return account_command[kind](dedup_id=body.dedup_id, account_id=body.account_id)
     if isinstance(body, BatchOperationBody):
         legs = _legs(body.legs, scales)
-        preconditions = []
-        for condition in body.preconditions:
-            scale = scales.account(condition.account_id)
-            preconditions.append(
-                core.Precondition(
-                    account_id=condition.account_id,
-                    expected_balance=_amount(condition.expected_balance, scale, signed=True),
-                    min_balance=_amount(condition.min_balance, scale, signed=True),
-                    max_balance=_amount(condition.max_balance, scale, signed=True),
-                    expected_version=condition.expected_version,
-                )
-            )
-        return core.BatchBalanceOperation(dedup_id=body.dedup_id, legs=legs, preconditions=tuple(preconditions))
+        return core.BatchBalanceOperation(dedup_id=body.dedup_id, legs=legs, preconditions=_preconditions(body.preconditions, scales))
     if isinstance(body, ReserveBody):
         scale = scales.account(body.account_id)
         return core.Reserve(
@@ -329,7 +346,23 @@ def to_command(kind: str, body: _Body, scales: Scales) -> core.Command:
             amount=_amount(body.amount, scale, positive=True),
         )
     if isinstance(body, TccTryBody):
-        return core.TccTry(dedup_id=body.dedup_id, txn_id=body.txn_id, legs=_legs(body.legs, scales), timeout_s=body.timeout_s)
+        return core.TccTry(
+            dedup_id=body.dedup_id,
+            txn_id=body.txn_id,
+            legs=_legs(body.legs, scales),
+            timeout_s=body.timeout_s,
+            preconditions=_preconditions(body.preconditions, scales),
+        )
+    if isinstance(body, DecideBody):
+        return core.Decide(
+            dedup_id=body.dedup_id,
+            txn_id=body.txn_id,
+            commit=body.commit,
+            participants=tuple(body.participants),
+            reason_code=body.reason_code,
+            reason_message=body.reason_message,
+            reason_account_id=body.reason_account_id,
+        )
     if isinstance(body, TxnBody):
         txn_command = core.TccConfirm if kind == "tcc_confirm" else core.TccCancel
         return txn_command(dedup_id=body.dedup_id, txn_id=body.txn_id)

@@ -7,6 +7,7 @@ the edge (replica lag, credentials) and never come out of the state machine.
 
 import pytest
 
+from coffer.core.commands import Decide
 from coffer.core.errors import ErrorCode
 
 from .conftest import (
@@ -80,6 +81,11 @@ def _reused(machine):
     return transfer("alice", "bob", 2, dedup_id="same"), None
 
 
+def _decided(machine):
+    assert_ok(machine, Decide(dedup_id="decide-first", txn_id="x-1", commit=True, participants=(0, 1)))
+    return Decide(dedup_id="decide-second", txn_id="x-1", commit=False), None
+
+
 scenarios = {
     ErrorCode.ACCOUNT_NOT_FOUND: lambda machine: (transfer("alice", "nobody", 1), "nobody"),
     ErrorCode.ACCOUNT_EXISTS: lambda machine: (create("alice"), "alice"),
@@ -105,6 +111,7 @@ scenarios = {
     ErrorCode.ALREADY_COMPENSATED: _compensated,
     ErrorCode.DEDUP_ID_REUSED: _reused,
     ErrorCode.INVALID_AMOUNT: lambda machine: (transfer("alice", "bob", 0), None),
+    ErrorCode.TXN_ALREADY_DECIDED: _decided,
     # alice holds money and has no upper limit: one more maximal deposit passes the ledger's bound.
     ErrorCode.BALANCE_OUT_OF_RANGE: lambda machine: (batch(leg("alice", 2**127 - 1)), "alice"),
     ErrorCode.INVALID_REQUEST: lambda machine: (batch(), None),
