@@ -62,6 +62,14 @@ def main() -> None:
 @click.option("--stream", default="coffer-shard-0", show_default=True, help="the shard's JetStream stream")
 @click.option("--replicas", default=3, show_default=True, type=click.Choice(["1", "3", "5"]), help="stream replicas (R)")
 @click.option("--compaction-interval-s", default=30.0, show_default=True, help="cluster: how often to purge the stream below all snapshots")
+@click.option(
+    "--shards",
+    default=1,
+    show_default=True,
+    type=click.IntRange(1, 1024),
+    help="shards on this machine, each in its own process with its own log; a data directory keeps its number",
+)
+@click.option("--shard-id", type=click.IntRange(0, 1023), hidden=True, help="run as shard K of a sharded node (started by --shards)")
 def serve(
     host: str,
     port: int,
@@ -74,12 +82,34 @@ def serve(
     stream: str,
     replicas: str,
     compaction_interval_s: float,
+    shards: int,
+    shard_id: int | None,
 ) -> None:
     """Run a node: on the local write-ahead log (the embedded default), or on a JetStream cluster."""
     from coffer.server.serve import serve as run_server
 
+    if shards > 1:
+        if log_url is not None:
+            raise click.UsageError("--shards runs shards on local logs; shards over a cluster are not supported yet")
+        from coffer.txn.launcher import serve_sharded
+
+        serve_sharded(host, port, data_dir, keys_file, log_level, snapshot_entries, shards)
+        return
+    if shard_id is None and (data_dir / "shardmap.json").exists():
+        raise click.UsageError(f"{data_dir} holds a sharded ledger: start it with --shards (the number it was created with)")
     run_server(
-        host, port, data_dir, keys_file, log_level, snapshot_entries, log_url, node_name, stream, int(replicas), compaction_interval_s
+        host,
+        port,
+        data_dir,
+        keys_file,
+        log_level,
+        snapshot_entries,
+        log_url,
+        node_name,
+        stream,
+        int(replicas),
+        compaction_interval_s,
+        shard_id=shard_id,
     )
 
 

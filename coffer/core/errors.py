@@ -32,6 +32,9 @@ class ErrorCode(StrEnum):
     ALREADY_COMPENSATED = "ALREADY_COMPENSATED"
     # A cross-shard transaction's commit point already holds the other decision: the first wins.
     TXN_ALREADY_DECIDED = "TXN_ALREADY_DECIDED"
+    # A cross-shard transaction was aborted by recovery: a participant's try stayed open without
+    # its coordinator (a crash, or shards that did not answer) longer than the bound.
+    TXN_ABORTED = "TXN_ABORTED"
     DEDUP_ID_REUSED = "DEDUP_ID_REUSED"
     INVALID_AMOUNT = "INVALID_AMOUNT"
     # A balance would leave the range every amount lives in (|x| < 2^127 minor units), with no

@@ -39,6 +39,7 @@ error_meanings: dict[ErrorCode, tuple[int, str]] = {
     ErrorCode.ORIGINAL_NOT_COMPENSABLE: (409, "the original command is of a type that cannot be compensated"),
     ErrorCode.ALREADY_COMPENSATED: (409, "an original arriving after its compensation, or a second compensation"),
     ErrorCode.DEDUP_ID_REUSED: (409, "the dedup_id was used with another payload"),
+    ErrorCode.TXN_ABORTED: (409, "a cross-shard transaction was aborted by recovery: a participant stayed in doubt too long"),
     ErrorCode.TXN_ALREADY_DECIDED: (409, "a cross-shard transaction's commit point already holds the other decision"),
     ErrorCode.INVALID_AMOUNT: (422, "an amount outside the grammar, the scale or the bounds below"),
     ErrorCode.BALANCE_OUT_OF_RANGE: (

@@ -12,6 +12,7 @@ import uvicorn
 from coffer.log.base import CommandLog
 from coffer.log.wal import LocalWal
 from coffer.replica import Replica
+from coffer.server import views
 from coffer.server.app import create_app
 from coffer.server.auth import ApiKeys
 from coffer.server.feed import close_streams
@@ -56,6 +57,7 @@ def serve(
     stream: str = "coffer-shard-0",
     replicas: int = 3,
     compaction_interval_s: float = 30.0,
+    shard_id: int | None = None,
 ) -> None:
     if not __debug__:
         # Assertions guard states that must be impossible; a ledger does not run without them.
@@ -65,6 +67,8 @@ def serve(
     if not is_loopback(host) and not keys:
         raise ServeError(f"refusing to bind {host} without API keys: set --keys-file or COFFER_API_KEYS")
     data_dir.mkdir(parents=True, exist_ok=True)
+    if shard_id is not None:
+        views.shard_label = shard_id
     log = open_log(log_url, data_dir, stream, replicas)
     shared = log_url is not None
     replica = Replica(data_dir, log, snapshot_entries=snapshot_entries, truncate_log=not shared)

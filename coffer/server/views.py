@@ -7,10 +7,13 @@ from coffer.core.accounts import Account, Result
 from coffer.core.amounts import format_amount
 from coffer.core.events import Event, EventRecord
 
+# The shard this process serves, when it is one shard of a sharded node: account views say it.
+shard_label: int | None = None
+
 
 def account_view(account: Account, seq: int) -> dict[str, Any]:
     scale = account.scale
-    return {
+    view = {
         "account_id": account.account_id,
         "asset": account.asset,
         "scale": scale,
@@ -25,6 +28,9 @@ def account_view(account: Account, seq: int) -> dict[str, Any]:
         "seq": seq,
         "metadata": dict(account.metadata),
     }
+    if shard_label is not None:
+        view["shard"] = shard_label
+    return view
 
 
 def time_text(time_ms: int) -> str:

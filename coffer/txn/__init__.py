@@ -1,0 +1,1 @@
+"""The transaction layer: accounts partitioned into shards, and atomic movements across shards."""

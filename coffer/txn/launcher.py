@@ -1,0 +1,139 @@
+"""``coffer serve --shards N``: N shard processes and the router in front of them, on one machine.
+
+Each shard is a full node (``coffer serve --shard-id K``) on ``<data-dir>/shard-K`` with its own
+local WAL, state machine, seq, chain and snapshots, in its own process (so shards use separate
+cores), listening on a loopback port of its own. This process writes (or checks) the shard map,
+starts the shards, restarts any that dies, and serves the router on the public address. The
+shards die with it (Linux ``PR_SET_PDEATHSIG``), so a ``kill -9`` of this process is a crash of the
+whole node, and a restart recovers every shard from its own disk.
+"""
+
+import ctypes
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import uvicorn
+
+from coffer.server.auth import ApiKeys
+from coffer.server.serve import ServeError, is_loopback
+from coffer.txn.router import Router, create_router_app
+from coffer.txn.shard_map import ShardMapError, load_or_create
+from coffer.txn.shards import ShardClients
+
+logger = logging.getLogger("coffer")
+
+shard_start_s_max = 120.0  # recovery of a large shard; the router waits this long for each
+supervise_interval_s = 0.5
+_pr_set_pdeathsig = 1
+
+
+def _die_with_parent() -> None:
+    # In the child, before exec: the kernel sends SIGKILL when the parent process dies.
+    libc = ctypes.CDLL("libc.so.6", use_errno=True)
+    libc.prctl(_pr_set_pdeathsig, signal.SIGKILL)
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+class ShardProcess:
+    def __init__(self, shard: int, data_dir: Path, log_level: str, snapshot_entries: int) -> None:
+        self.shard = shard
+        self.data_dir = data_dir
+        self.port = _free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log_level = log_level
+        self.snapshot_entries = snapshot_entries
+        self.process: subprocess.Popen[bytes] | None = None
+        self.restarts = 0
+
+    def start(self) -> None:
+        command = [sys.executable, "-m", "coffer", "serve", "--data-dir", str(self.data_dir), "--port", str(self.port)]
+        command += ["--shard-id", str(self.shard), "--log-level", self.log_level, "--snapshot-entries", str(self.snapshot_entries)]
+        environment = {key: value for key, value in os.environ.items() if key != "COFFER_API_KEYS"}  # loopback: no keys
+        self.process = subprocess.Popen(command, env=environment, preexec_fn=_die_with_parent)
+
+    def wait_ready(self, timeout_s: float = shard_start_s_max) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.process is not None and self.process.poll() is not None:
+                raise ServeError(f"shard {self.shard} exited with status {self.process.returncode} while starting")
+            try:
+                if httpx.get(f"{self.url}/readyz", timeout=1.0).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.05)
+        raise ServeError(f"shard {self.shard} was not ready within {timeout_s} s")
+
+    def stop(self) -> None:
+        if self.process is None or self.process.poll() is not None:
+            return
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+
+def _supervise(shards: list[ShardProcess], stopping: threading.Event) -> None:
+    """Restart a shard process that died (a crash, a kill -9): it recovers from its own disk."""
+    while not stopping.wait(supervise_interval_s):
+        for shard in shards:
+            if shard.process is not None and shard.process.poll() is not None and not stopping.is_set():
+                logger.error("shard %d exited with status %s: restarting it", shard.shard, shard.process.returncode)
+                shard.restarts += 1
+                shard.start()
+
+
+def serve_sharded(
+    host: str, port: int, data_dir: Path, keys_file: Path | None, log_level: str, snapshot_entries: int, shard_count: int
+) -> None:
+    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    keys = ApiKeys.load(keys_file)
+    if not is_loopback(host) and not keys:
+        raise ServeError(f"refusing to bind {host} without API keys: set --keys-file or COFFER_API_KEYS")
+    try:
+        shard_map = load_or_create(data_dir, shard_count)
+    except ShardMapError as error:
+        raise ServeError(str(error)) from None
+    shards = [ShardProcess(shard, data_dir / f"shard-{shard}", log_level, snapshot_entries) for shard in range(shard_count)]
+    stopping = threading.Event()
+    try:
+        for shard in shards:
+            shard.start()
+        for shard in shards:
+            shard.wait_ready()
+        supervisor = threading.Thread(target=_supervise, args=(shards, stopping), name="coffer-shard-supervisor", daemon=True)
+        supervisor.start()
+        router = Router(shard_map, ShardClients([shard.url for shard in shards]), keys)
+        logger.info("serving %d shards: %s", shard_count, ", ".join(shard.url for shard in shards))
+        config = uvicorn.Config(
+            create_router_app(router),
+            host=host,
+            port=port,
+            loop="uvloop",
+            http="httptools",
+            access_log=False,
+            log_level=log_level.lower(),
+            timeout_graceful_shutdown=10,
+            backlog=4096,
+        )
+        uvicorn.Server(config).run()
+    finally:
+        stopping.set()
+        for shard in shards:
+            shard.stop()

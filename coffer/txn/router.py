@@ -1,0 +1,447 @@
+"""The front of a sharded node: any request, to the shard (or shards) that own its accounts.
+
+Job. Clients see one API, the same as a single-shard node's. A command whose accounts are all on
+one shard is forwarded to that shard as it is (one hop on loopback, no extra round of a
+protocol); a transfer or batch operation across shards runs as a cross-shard transaction
+(:mod:`coffer.txn.coordinator`); confirm, cancel and compensate, which name only ids, go to every
+shard. Reads of one account go to its shard; ``GET /v1/accounts?ids=`` spans shards; events, the
+chain head and the feed are per shard (``shard=``); ``GET /v1/shards`` shows the map and each
+shard's head and health; ``GET /v1/transactions/{id}`` a cross-shard transaction on every shard.
+
+The router checks API keys and roles; the shards listen on loopback only and trust it. It keeps
+no state of its own beyond the recovery task's "first seen" times, so it may crash at any point:
+a client retries with the same ``dedup_id`` (which replays every step of a cross-shard command),
+and the recovery task finishes what no client comes back for.
+"""
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import msgspec
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response, StreamingResponse
+from starlette.routing import Route
+
+from coffer.core.errors import ErrorCode
+from coffer.server.app import error_response, json_response, read_body
+from coffer.server.auth import ApiKeys, Role
+from coffer.server.openapi import openapi_document
+from coffer.server.requests import admin_command_types
+from coffer.txn import coordinator
+from coffer.txn.coordinator import Coordinator, PlanError, txn_prefix
+from coffer.txn.shard_map import ShardMap
+from coffer.txn.shards import ShardClients, ShardUnavailable
+
+logger = logging.getLogger(__name__)
+
+_forwarded_headers = ("content-type",)
+_answer_headers = ("content-type", "retry-after")
+
+# Command routes: (path, the /v1/commands type, path parameter holds the account)
+command_routes: list[tuple[str, str, bool]] = [
+    ("/v1/accounts", "create_account", False),
+    ("/v1/accounts/{account_id}/limits", "update_limits", True),
+    ("/v1/accounts/{account_id}/lock", "lock_account", True),
+    ("/v1/accounts/{account_id}/unlock", "unlock_account", True),
+    ("/v1/accounts/{account_id}/delete", "delete_account", True),
+    ("/v1/transfers", "transfer", False),
+    ("/v1/batch-operations", "batch_operation", False),
+    ("/v1/reservations", "reserve", False),
+    ("/v1/releases", "release", False),
+    ("/v1/tcc/try", "tcc_try", False),
+    ("/v1/tcc/confirm", "tcc_confirm", False),
+    ("/v1/tcc/cancel", "tcc_cancel", False),
+    ("/v1/compensations", "compensate", False),
+]
+_path_of_kind = {kind: path for path, kind, path_account in command_routes if not path_account}
+_broadcast_kinds = {"tcc_confirm", "tcc_cancel"}
+
+
+class _Refused(Exception):
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+
+
+class Router:
+    def __init__(self, shard_map: ShardMap, shards: ShardClients, keys: ApiKeys) -> None:
+        self.shard_map = shard_map
+        self.shards = shards
+        self.keys = keys
+        self.coordinator = Coordinator(shards, shard_map)
+
+    # ------------------------------------------------------------------ plumbing
+
+    def _role(self, request: Request) -> Role:
+        if not self.keys:
+            return Role.ADMIN
+        presented = request.headers.get("x-api-key")
+        authorization = request.headers.get("authorization")
+        if presented is None and authorization is not None and authorization[:7].lower() == "bearer ":
+            presented = authorization[7:].strip()
+        role = self.keys.role_of(presented)
+        if role is None:
+            raise _Refused(401, ErrorCode.UNAUTHORIZED, "missing or unknown API key")
+        return role
+
+    def route(self, path: str, method: str, needed: Role, handler: Callable[[Request, Role], Awaitable[Response]]) -> Route:
+        async def endpoint(request: Request) -> Response:
+            try:
+                role = self._role(request)
+                if role < needed:
+                    raise _Refused(403, ErrorCode.FORBIDDEN, f"this route needs the {needed.name.lower()} role")
+                return await handler(request, role)
+            except _Refused as refused:
+                return error_response(refused.status, refused.code, refused.message)
+            except ShardUnavailable as error:
+                return error_response(503, ErrorCode.NOT_AVAILABLE, f"{error}; retry with the same dedup_id")
+
+        return Route(path, endpoint, methods=[method])
+
+    @staticmethod
+    def _answer(response: Any) -> Response:
+        headers = {name: response.headers[name] for name in _answer_headers if name in response.headers}
+        return Response(response.content, status_code=response.status_code, headers=headers)
+
+    async def _forward(self, shard: int, request: Request, content: bytes | None = None, params: Any = None) -> Response:
+        headers = {name: request.headers[name] for name in _forwarded_headers if name in request.headers}
+        response = await self.shards.send(
+            shard, request.method, request.url.path, content=content, params=request.query_params if params is None else params, headers=headers
+        )
+        return self._answer(response)
+
+    def _shard_param(self, request: Request) -> tuple[int, list[tuple[str, str]]]:
+        """The ``shard=`` of a per-shard read, and the other parameters (to forward)."""
+        values = request.query_params.getlist("shard")
+        if len(values) != 1 or not values[0].isdigit() or int(values[0]) >= self.shards.count:
+            raise _Refused(422, ErrorCode.INVALID_REQUEST, f"this node has {self.shards.count} shards: pass shard=0..{self.shards.count - 1}")
+        rest = [(key, value) for key, value in request.query_params.multi_items() if key != "shard"]
+        return int(values[0]), rest
+
+    # ------------------------------------------------------------------ commands
+
+    def command_handler(self, kind: str, path_account: bool) -> Callable[[Request, Role], Awaitable[Response]]:
+        async def handle(request: Request, role: Role) -> Response:
+            data = await read_body(request.headers, request.stream())
+            try:
+                body = msgspec.json.decode(data)
+            except msgspec.DecodeError:
+                return await self._forward(0, request, data)  # any shard answers the precise 422
+            if not isinstance(body, dict):
+                return await self._forward(0, request, data)
+            if path_account:
+                body = {**body, "account_id": request.path_params["account_id"]}
+            status, answer = await self.command(kind, body, data if not path_account else None, request.url.path)
+            return json_response(answer, status, {"Retry-After": "1"} if status == 503 else None)
+
+        return handle
+
+    async def command(self, kind: str, body: dict[str, Any], raw: bytes | None, path: str) -> tuple[int, dict[str, Any]]:
+        """One command, wherever it belongs: (status, answer)."""
+        for field_name in ("dedup_id", "txn_id"):
+            value = body.get(field_name)
+            if isinstance(value, str) and value.startswith(txn_prefix):
+                raise _Refused(422, ErrorCode.INVALID_REQUEST, f"{field_name}s starting with {txn_prefix!r} are reserved for the transaction layer")
+        if kind == "compensate":
+            return await self._compensate(body)
+        if kind in _broadcast_kinds:
+            return await self._broadcast(kind, body)
+        shards = self._shards_of(kind, body)
+        if len(shards) > 1:
+            if kind == "tcc_try":
+                raise _Refused(
+                    422,
+                    ErrorCode.INVALID_REQUEST,
+                    "a TCC try with legs on several shards is not supported yet: use a batch operation, which is atomic across shards",
+                )
+            try:
+                plan = coordinator.plan(kind, body, self.shard_map)
+            except PlanError as error:
+                raise _Refused(422, ErrorCode.INVALID_REQUEST, str(error)) from None
+            except (KeyError, TypeError):
+                plan = None  # malformed: the shard below answers the precise 422
+            if plan is not None:
+                outcome = await self.coordinator.run(plan)
+                return outcome.status, outcome.body
+        shard = shards[0] if shards else 0
+        content = raw if raw is not None else msgspec.json.encode(body)
+        response = await self.shards.send(shard, "POST", path, content=content, headers={"content-type": "application/json"})
+        return response.status_code, msgspec.json.decode(response.content)
+
+    def _shards_of(self, kind: str, body: dict[str, Any]) -> list[int]:
+        """The shards that hold the command's accounts, in the command's order (malformed: none)."""
+        ids: list[Any] = []
+        if kind == "transfer":
+            ids = [body.get("from_account_id"), body.get("to_account_id")]
+        elif kind in ("batch_operation", "tcc_try"):
+            for group in ("legs", "preconditions"):
+                items = body.get(group)
+                if isinstance(items, list):
+                    ids.extend(item.get("account_id") for item in items if isinstance(item, dict))
+        else:
+            ids = [body.get("account_id")]
+        found: list[int] = []
+        for account_id in ids:
+            if isinstance(account_id, str):
+                shard = self.shard_map.shard_of(account_id)
+                if shard not in found:
+                    found.append(shard)
+        return found
+
+    async def _broadcast(self, kind: str, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        """Confirm or cancel: the shard that holds the transaction answers; the others find nothing."""
+        path = _path_of_kind[kind]
+        answers = await asyncio.gather(*(self.shards.post(shard, path, body) for shard in range(self.shards.count)))
+        for status, answer in answers:
+            if status == 200:
+                return status, answer
+        for status, answer in answers:
+            if _code(answer) != ErrorCode.TXN_NOT_FOUND:
+                return status, answer
+        return answers[0]
+
+    async def _compensate(self, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        original = body.get("original_dedup_id")
+        if not isinstance(original, str) or not isinstance(body.get("dedup_id"), str):
+            return await self.shards.post(0, "/v1/compensations", body)  # the precise 422
+        # A cross-shard original is decided at its commit point: an abort written first there
+        # stops it for good (a null compensation); a commit written first cannot be undone here.
+        commit_point = self.shard_map.shard_of(original)
+        txn_id = coordinator.txn_id_of(original, commit_point)
+        status, answer = await self.shards.post(
+            commit_point,
+            "/v1/commands",
+            {
+                "commands": [
+                    {
+                        "type": "decide",
+                        "dedup_id": f"{txn_id}.compensated",
+                        "txn_id": txn_id,
+                        "commit": False,
+                        "reason_code": ErrorCode.ALREADY_COMPENSATED.value,
+                        "reason_message": f"compensated by {body['dedup_id']!r}",
+                    }
+                ]
+            },
+        )
+        (result,) = answer["results"]
+        if _code(result) == ErrorCode.TXN_ALREADY_DECIDED:
+            _, view = await self.shards.get(commit_point, f"/v1/transactions/{txn_id}")
+            if view.get("decision", {}).get("commit"):
+                return 409, {
+                    "error": {
+                        "code": ErrorCode.ORIGINAL_NOT_COMPENSABLE.value,
+                        "message": f"{original!r} moved money across shards; undo it with a command that moves it back",
+                    }
+                }
+        answers = await asyncio.gather(*(self.shards.post(shard, "/v1/compensations", body) for shard in range(self.shards.count)))
+        for status, answer in answers:
+            if status == 200 and answer.get("compensation") == "COMPENSATED":
+                return status, answer
+        for status, answer in answers:
+            if status != 200:
+                return status, answer
+        return answers[0]
+
+    async def commands(self, request: Request, role: Role) -> Response:
+        data = await read_body(request.headers, request.stream())
+        try:
+            envelope = msgspec.json.decode(data)
+        except msgspec.DecodeError:
+            return await self._forward(0, request, data)
+        items = envelope.get("commands") if isinstance(envelope, dict) else None
+        if not isinstance(items, list) or not 1 <= len(items) <= 8190 or set(envelope) != {"commands"}:
+            return await self._forward(0, request, data)
+        results: list[dict[str, Any] | None] = [None] * len(items)
+        per_shard: dict[int, list[int]] = {}
+        singles: list[int] = []
+        for position, item in enumerate(items):
+            kind = item.get("type") if isinstance(item, dict) else None
+            if not isinstance(item, dict) or not isinstance(kind, str):
+                per_shard.setdefault(0, []).append(position)  # malformed: shard 0 answers its 422
+                continue
+            if kind in admin_command_types and role < Role.ADMIN:
+                results[position] = {"status": 403, "error": {"code": ErrorCode.FORBIDDEN.value, "message": f"{kind} needs the admin role"}}
+                continue
+            shards = self._shards_of(kind, item)
+            if kind in _broadcast_kinds or kind == "compensate" or len(shards) > 1 or kind == "decide":
+                singles.append(position)
+            else:
+                per_shard.setdefault(shards[0] if shards else 0, []).append(position)
+
+        async def on_shard(shard: int, positions: list[int]) -> None:
+            status, answer = await self.shards.post(shard, "/v1/commands", {"commands": [items[p] for p in positions]})
+            if status != 200:
+                for position in positions:
+                    results[position] = {"status": status, **answer}
+                return
+            for position, result in zip(positions, answer["results"], strict=True):
+                results[position] = result
+
+        async def alone(position: int) -> None:
+            item = dict(items[position])
+            kind = item.pop("type")
+            if kind == "decide":
+                results[position] = {"status": 422, "error": {"code": ErrorCode.INVALID_REQUEST.value, "message": "unknown command type 'decide'"}}
+                return
+            try:
+                status, answer = await self.command(kind, item, None, _path_of_kind.get(kind, "/v1/commands"))
+            except _Refused as refused:
+                status, answer = refused.status, {"error": {"code": refused.code, "message": refused.message}}
+            except ShardUnavailable as error:
+                status, answer = 503, {"error": {"code": ErrorCode.NOT_AVAILABLE.value, "message": str(error)}}
+            results[position] = {"status": status, **answer}
+
+        await asyncio.gather(*(on_shard(shard, positions) for shard, positions in per_shard.items()), *(alone(p) for p in singles))
+        return json_response({"results": results})
+
+    # ------------------------------------------------------------------ reads
+
+    async def by_account(self, request: Request, role: Role) -> Response:
+        return await self._forward(self.shard_map.shard_of(request.path_params["account_id"]), request)
+
+    async def per_shard(self, request: Request, role: Role) -> Response:
+        shard, rest = self._shard_param(request)
+        return await self._forward(shard, request, params=rest)
+
+    async def stream(self, request: Request, role: Role) -> Response:
+        shard, rest = self._shard_param(request)
+        client = self.shards._clients[shard]
+        upstream = client.build_request("GET", request.url.path, params=rest)
+        response = await client.send(upstream, stream=True)
+
+        async def body() -> Any:
+            try:
+                async for chunk in response.aiter_raw():
+                    yield chunk
+            finally:
+                await response.aclose()
+
+        return StreamingResponse(body(), status_code=response.status_code, media_type=response.headers.get("content-type"))
+
+    async def accounts(self, request: Request, role: Role) -> Response:
+        params = request.query_params
+        ids = [part for part in params.get("ids", "").split(",") if part]
+        groups: dict[int, list[str]] = {}
+        for account_id in ids:
+            groups.setdefault(self.shard_map.shard_of(account_id), []).append(account_id)
+        if len(groups) <= 1:
+            return await self._forward(next(iter(groups), 0), request)
+        if "at_seq" in params or "min_seq" in params:
+            raise _Refused(422, ErrorCode.INVALID_REQUEST, "at_seq and min_seq are per shard: these ids span shards (use at_time)")
+        rest = [(key, value) for key, value in params.multi_items() if key != "ids"]
+        answers = await asyncio.gather(
+            *(self.shards.get(shard, "/v1/accounts", [*rest, ("ids", ",".join(group))]) for shard, group in groups.items())
+        )
+        merged: dict[str, Any] = {}
+        missing: set[str] = set()
+        seqs: dict[str, int] = {}
+        for shard, (status, answer) in zip(groups, answers, strict=True):
+            if status != 200:
+                return json_response(answer, status)
+            merged.update(answer["accounts"])
+            missing.update(answer["missing"])
+            seqs[str(shard)] = answer["seq"]
+        return json_response(
+            {
+                "seq": max(seqs.values()),
+                "seqs": seqs,
+                "accounts": {account_id: merged[account_id] for account_id in ids if account_id in merged},
+                "missing": [account_id for account_id in ids if account_id in missing],
+            }
+        )
+
+    async def transaction(self, request: Request, role: Role) -> Response:
+        txn_id = request.path_params["txn_id"]
+        answers = await asyncio.gather(
+            *(self.shards.get(shard, f"/v1/transactions/{txn_id}") for shard in range(self.shards.count)), return_exceptions=True
+        )
+        parts: dict[str, Any] = {}
+        decision = None
+        for shard, answer in enumerate(answers):
+            if isinstance(answer, BaseException):
+                parts[str(shard)] = {"error": str(answer)}
+                continue
+            status, view = answer
+            if status == 200:
+                parts[str(shard)] = view
+                decision = decision or view.get("decision")
+        found = {shard: view for shard, view in parts.items() if "error" not in view}
+        if not found:
+            raise _Refused(404, ErrorCode.TXN_NOT_FOUND, f"no shard holds transaction {txn_id}")
+        states = {view["state"] for view in found.values() if view["state"] is not None}
+        if decision is not None:
+            state = "COMMITTED" if decision["commit"] else "ABORTED"
+            if "TRIED" in states:
+                state += "_IN_FLIGHT"  # decided; some participant has not finished yet
+        else:
+            state = "TRIED" if states == {"TRIED"} else "/".join(sorted(states)) or "UNKNOWN"
+        return json_response({"txn_id": txn_id, "state": state, "decision": decision, "shards": parts})
+
+    async def list_shards(self, request: Request, role: Role) -> Response:
+        async def one(shard: int) -> dict[str, Any]:
+            entry: dict[str, Any] = {"shard": shard, "url": self.shards.urls[shard]}
+            try:
+                _, entry["head"] = await self.shards.get(shard, "/v1/audit/head")
+                response = await self.shards.send(shard, "GET", "/readyz")
+                entry["ready"] = response.status_code == 200
+            except ShardUnavailable as error:
+                entry["ready"] = False
+                entry["error"] = str(error)
+            return entry
+
+        shards = await asyncio.gather(*(one(shard) for shard in range(self.shards.count)))
+        return json_response({"map": self.shard_map.to_json(), "shards": list(shards)})
+
+    async def readyz(self, request: Request) -> Response:
+        for shard in range(self.shards.count):
+            try:
+                response = await self.shards.send(shard, "GET", "/readyz")
+            except ShardUnavailable as error:
+                return error_response(503, ErrorCode.NOT_AVAILABLE, str(error))
+            if response.status_code != 200:
+                return error_response(503, ErrorCode.NOT_AVAILABLE, f"shard {shard} is not ready")
+        return json_response({"status": "ready", "shards": self.shards.count})
+
+
+def _code(answer: dict[str, Any]) -> str | None:
+    error = answer.get("error") if isinstance(answer, dict) else None
+    return error.get("code") if isinstance(error, dict) else None
+
+
+def create_router_app(router: Router) -> Starlette:
+    reader, operator, admin = Role.READER, Role.OPERATOR, Role.ADMIN
+    routes = []
+    for path, kind, path_account in command_routes:
+        routes.append(router.route(path, "POST", admin if kind in admin_command_types else operator, router.command_handler(kind, path_account)))
+    routes += [
+        router.route("/v1/commands", "POST", operator, router.commands),
+        router.route("/v1/accounts", "GET", reader, router.accounts),
+        router.route("/v1/accounts/{account_id}", "GET", reader, router.by_account),
+        router.route("/v1/accounts/{account_id}/history", "GET", reader, router.by_account),
+        router.route("/v1/accounts/{account_id}/statement", "GET", reader, router.by_account),
+        router.route("/v1/events", "GET", reader, router.per_shard),
+        router.route("/v1/events/stream", "GET", reader, router.stream),
+        router.route("/v1/audit/head", "GET", reader, router.per_shard),
+        router.route("/v1/transactions", "GET", reader, router.per_shard),
+        router.route("/v1/transactions/{txn_id}", "GET", reader, router.transaction),
+        router.route("/v1/shards", "GET", reader, router.list_shards),
+        Route("/healthz", lambda request: json_response({"status": "ok"}), methods=["GET"]),
+        Route("/readyz", router.readyz, methods=["GET"]),
+        Route("/openapi.json", lambda request: json_response(openapi_document()), methods=["GET"]),
+    ]
+
+    async def lifespan(app: Starlette) -> Any:
+        task = asyncio.get_running_loop().create_task(router.coordinator.run_recovery(), name="coffer-txn-recovery")
+        try:
+            yield
+        finally:
+            task.cancel()
+            await router.shards.close()
+
+    return Starlette(routes=routes, lifespan=lifespan)

@@ -1,0 +1,68 @@
+"""Talking to the shards: one keep-alive HTTP client per shard process, on loopback.
+
+Every shard is a full Coffer node (its own log, state machine, seq, chain and snapshots) that
+listens on a loopback port of its own; the router and the coordinator reach it through its public
+API. A shard that does not answer raises :class:`ShardUnavailable`: the outcome of what was sent is
+then unknown, and the caller must not guess it.
+"""
+
+from typing import Any
+
+import httpx
+import msgspec
+
+shard_request_timeout_s = 10.0  # a shard answers within its own 20 s cap; past this, unknown
+shard_connections_max = 512  # per shard: a router's concurrent requests, forwarded on keep-alive
+
+
+class ShardUnavailable(Exception):
+    """A shard did not answer (or answered 503): what was sent may or may not have happened."""
+
+    def __init__(self, shard: int, reason: str) -> None:
+        super().__init__(f"shard {shard}: {reason}")
+        self.shard = shard
+
+
+class ShardClients:
+    def __init__(self, urls: list[str]) -> None:
+        self.urls = urls
+        limits = httpx.Limits(max_connections=shard_connections_max, max_keepalive_connections=shard_connections_max)
+        self._clients = [httpx.AsyncClient(base_url=url, timeout=shard_request_timeout_s, limits=limits) for url in urls]
+
+    @property
+    def count(self) -> int:
+        return len(self._clients)
+
+    async def send(
+        self, shard: int, method: str, path: str, *, content: bytes | None = None, params: Any = None, headers: Any = None
+    ) -> httpx.Response:
+        """One request as it is (the router forwards bodies untouched)."""
+        try:
+            return await self._clients[shard].request(method, path, content=content, params=params, headers=headers)
+        except httpx.HTTPError as error:
+            raise ShardUnavailable(shard, f"{type(error).__name__}: {error}") from None
+
+    async def post(self, shard: int, path: str, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        """POST a JSON body; (status, answer). 503 and transport errors raise ShardUnavailable."""
+        response = await self.send(shard, "POST", path, content=msgspec.json.encode(body), headers=_json_headers)
+        return self._answer(shard, response)
+
+    async def get(self, shard: int, path: str, params: Any = None) -> tuple[int, dict[str, Any]]:
+        response = await self.send(shard, "GET", path, params=params)
+        return self._answer(shard, response)
+
+    @staticmethod
+    def _answer(shard: int, response: httpx.Response) -> tuple[int, dict[str, Any]]:
+        if response.status_code == 503 or response.status_code >= 500:
+            raise ShardUnavailable(shard, f"HTTP {response.status_code}: {response.text[:200]}")
+        try:
+            return response.status_code, msgspec.json.decode(response.content)
+        except msgspec.DecodeError:
+            raise ShardUnavailable(shard, f"HTTP {response.status_code} with a body that is not JSON") from None
+
+    async def close(self) -> None:
+        for client in self._clients:
+            await client.aclose()
+
+
+_json_headers = {"content-type": "application/json"}
