@@ -189,6 +189,7 @@ def bench_apply(account_count: int, transfer_count: int, entry_size: int, seed: 
 @click.option("--accounts", "account_count", default=10_000, show_default=True)
 @click.option("--processes", default=2, show_default=True, help="load generator processes")
 @click.option("--seed", default=1, show_default=True)
+@click.option("--cross-shard", default=0.0, show_default=True, help="sharded node: share of transfers between two shards")
 def bench_load(
     url: str,
     mode: str,
@@ -199,12 +200,14 @@ def bench_load(
     account_count: int,
     processes: int,
     seed: int,
+    cross_shard: float,
 ) -> None:
-    """Drive a running node with transfers; last line: mode= tps= p50_ms= p99_ms= p999_ms= errors=."""
+    """Drive a running node with transfers; last line: mode= tps= p50_ms= p99_ms= p999_ms= errors=
+    (against a sharded node: shards= cross_shard= tps= p50_ms= p99_ms= errors=)."""
     from coffer.bench.load import BenchError, run
 
     try:
-        run(url, mode, concurrency, batch_size, duration, hot, account_count, processes, seed, click.echo)
+        run(url, mode, concurrency, batch_size, duration, hot, account_count, processes, seed, click.echo, cross_shard)
     except BenchError as error:
         raise click.UsageError(str(error)) from error
 

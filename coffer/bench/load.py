@@ -28,7 +28,11 @@ request has a unique dedup id (a random run nonce, so re-runs never replay old t
 transfer counts as OK only when answered 200; any other status, a failed connection or an answer
 missing at the drain bound counts as an error.
 
-The last line is ``mode=… tps=… p50_ms=… p99_ms=… p999_ms=… errors=…`` where tps is transfers
+Against a sharded node (``coffer serve --shards N``), accounts are spread by the node's shard map
+and a share ``cross_shard`` of the transfers goes between two shards (the rest stays within one);
+the last line then is ``shards=… cross_shard=… tps=… p50_ms=… p99_ms=… errors=…``.
+
+Otherwise the last line is ``mode=… tps=… p50_ms=… p99_ms=… p999_ms=… errors=…`` where tps is transfers
 answered 200 per second, over the window from the common start to the last answer (the load
 window plus the drain), and the percentiles (nearest rank) are over every request of every
 process — for ``batch``, per batch request.
@@ -52,6 +56,8 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import msgspec
+
+from coffer.txn.shard_map import ShardMap
 
 asset = "BENCH"
 scale = 2
@@ -282,6 +288,8 @@ class _Plan:
     id_prefix: str
     drain_s: float
     duration_s: float
+    cross_shard: float = 0.0  # share of transfers between accounts of different shards
+    shard_map: dict[str, Any] | None = None  # the node's map (GET /v1/shards); None: one shard
 
 
 class _Load:
@@ -305,10 +313,29 @@ class _Load:
         self.deadline = math.inf
         self.counters = counters
         self.slot = slot
+        self.by_shard: list[list[str]] = []
+        if plan.shard_map is not None:
+            shard_map = ShardMap.from_json(plan.shard_map)
+            self.by_shard = [[] for _ in range(shard_map.shards)]
+            for account_id in self.ids:
+                self.by_shard[shard_map.shard_of(account_id)].append(account_id)
 
     def pick(self) -> tuple[str, str]:
         rng = self.rng
         ids = self.ids
+        if self.by_shard and not (self.plan.hot and rng.random() < self.plan.hot):
+            # Sharded: a share ``cross_shard`` between two shards, the rest within one.
+            shards = len(self.by_shard)
+            source_shard = rng.randrange(shards)
+            target_shard = source_shard
+            if rng.random() < self.plan.cross_shard:
+                target_shard = (source_shard + 1 + rng.randrange(shards - 1)) % shards
+            sources, targets = self.by_shard[source_shard], self.by_shard[target_shard]
+            source = sources[rng.randrange(len(sources))]
+            target = targets[rng.randrange(len(targets))]
+            while target == source:
+                target = targets[rng.randrange(len(targets))]
+            return source, target
         if self.plan.hot and rng.random() < self.plan.hot:
             other = ids[rng.randrange(len(ids))]
             return (hot_account, other) if rng.random() < 0.5 else (other, hot_account)
@@ -475,8 +502,11 @@ def run(
     processes: int,
     seed: int,
     echo: Callable[[str], None],
+    cross_shard: float = 0.0,
 ) -> None:
     """Set up, load ``url`` for ``duration_s`` seconds and echo progress, then the result line."""
+    if not 0.0 <= cross_shard <= 1.0:
+        raise BenchError("cross-shard is a share between 0 and 1")
     if mode not in ("single", "batch"):
         raise BenchError(f"mode is single or batch, not {mode!r}")
     if concurrency < 1 or processes < 1 or duration_s <= 0:
@@ -488,6 +518,12 @@ def run(
     if accounts < 2:
         raise BenchError("at least 2 accounts are needed")
     target = _Target.parse(url)
+    shard_map = _shard_map(url)
+    shards = 1 if shard_map is None else int(shard_map["shards"])
+    if cross_shard and shards < 2:
+        raise BenchError("--cross-shard needs a sharded node (coffer serve --shards N)")
+    if shard_map is not None and accounts < 2 * shards:
+        raise BenchError("at least 2 accounts per shard are needed")
 
     started = time.perf_counter()
     asyncio.run(_setup(target, accounts, seed))
@@ -521,6 +557,8 @@ def run(
                     id_prefix=f"bl{seed}-{nonce}-{slot}-",
                     drain_s=drain_s,
                     duration_s=duration_s,
+                    cross_shard=cross_shard,
+                    shard_map=shard_map,
                 ),
                 slot,
                 counters,
@@ -607,3 +645,24 @@ def run(
         f"mode={mode} tps={int(ok / window_s)} p50_ms={_percentile(latencies, 0.5):.2f} "
         f"p99_ms={_percentile(latencies, 0.99):.2f} p999_ms={_percentile(latencies, 0.999):.2f} errors={errors}"
     )
+    if shard_map is not None:
+        echo(
+            f"shards={shards} cross_shard={cross_shard:g} tps={int(ok / window_s)} p50_ms={_percentile(latencies, 0.5):.2f} "
+            f"p99_ms={_percentile(latencies, 0.99):.2f} errors={errors}"
+        )
+
+
+def _shard_map(url: str) -> dict[str, Any] | None:
+    """The node's shard map, or None for a node of one shard (it has no GET /v1/shards)."""
+    import httpx
+
+    headers = {"x-api-key": os.environ[api_key_variable]} if api_key_variable in os.environ else {}
+    try:
+        response = httpx.get(f"{url.rstrip('/')}/v1/shards", headers=headers, timeout=connect_timeout_s, verify=False)
+    except httpx.HTTPError as error:
+        raise BenchError(f"cannot reach {url}: {error}") from None
+    if response.status_code == 404:
+        return None
+    if response.status_code != 200:
+        raise BenchError(f"GET /v1/shards answered {response.status_code}")
+    return response.json()["map"]

@@ -219,14 +219,23 @@ class Coordinator:
             *(self.shards.post(shard, "/v1/tcc/confirm", {"dedup_id": f"{txn_id}.confirm", "txn_id": txn_id}) for shard in participants)
         )
         seqs: dict[int, int] = {}
+        views: dict[str, dict[str, Any]] = {}
         for shard, (status, answer) in zip(participants, confirmed, strict=True):
             if status != 200:
                 raise ShardUnavailable(shard, f"confirm of a committed transaction answered {status}: {answer}")
             seqs[shard] = answer["seq"]
-        # The accounts right after each shard's confirm, in the command's order.
-        views: dict[str, dict[str, Any]] = {}
+            # The confirm's own event holds the accounts right after it, unless recovery had
+            # confirmed first (then this confirm changed nothing): read them as of its seq.
+            for view in answer["accounts"]:
+                views[view["account_id"]] = view
         for shard in participants:
-            ids = [account_id for account_id in plan_.account_order if self.shard_map.shard_of(account_id) == shard]
+            ids = [
+                account_id
+                for account_id in plan_.account_order
+                if self.shard_map.shard_of(account_id) == shard and account_id not in views
+            ]
+            if not ids:
+                continue
             status, answer = await self.shards.get(shard, "/v1/accounts", {"ids": ",".join(ids), "at_seq": seqs[shard]})
             if status != 200:
                 raise ShardUnavailable(shard, f"reading the accounts after confirm answered {status}")

@@ -37,7 +37,6 @@ from coffer.txn.shards import ShardClients, ShardUnavailable
 
 logger = logging.getLogger(__name__)
 
-_forwarded_headers = ("content-type",)
 _answer_headers = ("content-type", "retry-after")
 
 # Command routes: (path, the /v1/commands type, path parameter holds the account)
@@ -109,9 +108,13 @@ class Router:
         return Response(response.content, status_code=response.status_code, headers=headers)
 
     async def _forward(self, shard: int, request: Request, content: bytes | None = None, params: Any = None) -> Response:
-        headers = {name: request.headers[name] for name in _forwarded_headers if name in request.headers}
         response = await self.shards.send(
-            shard, request.method, request.url.path, content=content, params=request.query_params if params is None else params, headers=headers
+            shard,
+            request.method,
+            request.url.path,
+            content=content,
+            params=request.query_params.multi_items() if params is None else params,
+            content_type=request.headers.get("content-type") if content is not None else None,
         )
         return self._answer(response)
 
@@ -170,7 +173,9 @@ class Router:
                 return outcome.status, outcome.body
         shard = shards[0] if shards else 0
         content = raw if raw is not None else msgspec.json.encode(body)
-        response = await self.shards.send(shard, "POST", path, content=content, headers={"content-type": "application/json"})
+        response = await self.shards.send(shard, "POST", path, content=content, content_type="application/json")
+        if response.status_code >= 500:
+            raise ShardUnavailable(shard, f"HTTP {response.status_code}")
         return response.status_code, msgspec.json.decode(response.content)
 
     def _shards_of(self, kind: str, body: dict[str, Any]) -> list[int]:
@@ -311,7 +316,7 @@ class Router:
 
     async def stream(self, request: Request, role: Role) -> Response:
         shard, rest = self._shard_param(request)
-        client = self.shards._clients[shard]
+        client = self.shards.streaming[shard]
         upstream = client.build_request("GET", request.url.path, params=rest)
         response = await client.send(upstream, stream=True)
 
