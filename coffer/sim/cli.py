@@ -18,13 +18,23 @@ import click
 @click.option("--replicas", default=3, show_default=True, type=click.IntRange(min=1))
 @click.option("--clients", default=4, show_default=True, type=click.IntRange(min=1))
 @click.option("--trace", "show_trace", is_flag=True, help="print every step of the run (one seed)")
-def sim(seed: int | None, seed_count: int | None, steps: int, replicas: int, clients: int, show_trace: bool) -> None:
+@click.option(
+    "--shards",
+    default=1,
+    show_default=True,
+    type=click.IntRange(min=1, max=64),
+    help="2 or more: simulate the transaction layer (shards, coordinators, recovery) instead of one shard's replicas",
+)
+def sim(seed: int | None, seed_count: int | None, steps: int, replicas: int, clients: int, show_trace: bool, shards: int) -> None:
     """Simulate replicas, clients and faults in one process from a seed; check the invariants after every step."""
     from coffer.sim.simulator import Simulation
 
     if seed is not None and seed_count is not None:
         raise click.UsageError("give --seed or --seeds, not both")
     seeds = range(1, seed_count + 1) if seed_count is not None else [1 if seed is None else seed]
+    if shards > 1:
+        _simulate_shards(list(seeds), steps, shards)
+        return
     if show_trace and len(seeds) > 1:
         raise click.UsageError("--trace needs a single --seed")
     steps_total = faults_total = violations = 0
@@ -58,5 +68,34 @@ def sim(seed: int | None, seed_count: int | None, steps: int, replicas: int, cli
     if len(seeds) == 1:
         summary += f" digest={digest}"
     click.echo(summary)
+    if violations:
+        raise SystemExit(1)
+
+
+def _simulate_shards(seeds: list[int], steps: int, shards: int) -> None:
+    """The transaction layer's simulation (:mod:`coffer.sim.shards`); last line ``sim-shards: …``."""
+    import logging
+
+    from coffer.sim.shards import ShardSimulation
+
+    logging.getLogger("coffer.txn").setLevel(logging.ERROR)  # every recovery logs a warning
+    totals = {"transfers": 0, "committed": 0, "faults": 0, "recovered": 0}
+    violations = 0
+    for number in seeds:
+        report = ShardSimulation(number, shards).run(steps)
+        for key in totals:
+            totals[key] += getattr(report, key)
+        click.echo(
+            f"seed={number} shards={shards} steps={steps} transfers={report.transfers} committed={report.committed} "
+            f"faults={report.faults} recovered={report.recovered}"
+        )
+        if report.violations:
+            violations += 1
+            click.echo(f"VIOLATION seed={number}: {report.violations[0]}")
+            click.echo(f"  replay: coffer sim --shards {shards} --seed {number} --steps {steps}")
+    click.echo(
+        f"sim-shards: seeds={len(seeds)} shards={shards} steps={steps * len(seeds)} transfers={totals['transfers']} "
+        f"committed={totals['committed']} faults={totals['faults']} recovered={totals['recovered']} violations={violations}"
+    )
     if violations:
         raise SystemExit(1)

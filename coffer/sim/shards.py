@@ -1,0 +1,379 @@
+"""Deterministic simulation of the transaction layer: shards, coordinators, recovery, and faults.
+
+Job. Run the real coordinator (:class:`coffer.txn.coordinator.Coordinator`) and the real
+recovery task against several shards — each a real :class:`StateMachine` behind the real request
+translation of the HTTP edge (:mod:`coffer.server.requests`) and the real transaction views — in one
+process, driven by one seeded ``random.Random``: no clock, no sockets, no threads. Every call from a
+coordinator to a shard may be lost before it arrives, or its answer lost after the shard applied
+it, and a coordinator may crash between any two of its calls (the simulator stops it there). Clients
+retry with the same ``dedup_id``; recovery rounds run between steps and also in the middle of a
+live coordinator (racing it to the commit point).
+
+After every step (and after every call a coordinator makes) the checker verifies, over all shards:
+money conserved (``available + reserved + pending_out`` per asset, plus what is in flight inside a
+committed transaction some participants have confirmed and others not yet, equals what was
+deposited), every account within its limits, and no
+transaction confirmed on one shard and cancelled on another, or finished against its decision. At
+the end (every client retries until it has a final answer, recovery runs until nothing is open):
+nothing in doubt, every acknowledged answer unchanged on retry, and the balances equal to the
+opening balances plus exactly the committed transfers — nothing lost, nothing applied twice.
+"""
+
+import asyncio
+import random
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Any
+
+import msgspec
+
+from coffer.core.accounts import Result
+from coffer.core.events import EventRecord
+from coffer.core.state_machine import StateMachine
+from coffer.server import requests as bodies
+from coffer.server import transactions
+from coffer.server.views import account_view, rejection_body
+from coffer.txn import coordinator as txn
+from coffer.txn.coordinator import Coordinator, txn_prefix
+from coffer.txn.shard_map import ShardMap
+from coffer.txn.shards import ShardUnavailable
+
+accounts_per_shard = 3
+opening_minor_units = 10_000  # 100.00 USD per account
+lose_request_chance = 0.04  # per call: it never arrives
+lose_answer_chance = 0.04  # per call: it was applied, the answer is lost
+crash_chance = 0.03  # per call: the coordinator dies before sending it
+race_recovery_chance = 0.05  # per call: a recovery round runs first, racing this coordinator
+start_time_ms = 1_700_000_000_000
+
+
+class CoordinatorCrash(BaseException):
+    """The simulated coordinator process died: nothing after this call happens."""
+
+
+class ShardViolation(AssertionError):
+    pass
+
+
+class SimShard:
+    """One shard: a state machine behind the edge's real request translation and views."""
+
+    def __init__(self, number: int) -> None:
+        self.number = number
+        self.machine = StateMachine()
+        self.events: list[EventRecord] = []
+        self.time_ms = start_time_ms
+
+    def apply(self, command: Any) -> Result:
+        self.time_ms += 1
+        results, events = self.machine.apply(self.machine.log_index + 1, self.time_ms, [command])
+        self.events.extend(events)
+        return results[0]
+
+    def _scales(self) -> bodies.Scales:
+        machine = self.machine
+
+        def account_scale(account_id: str) -> tuple[str, int] | None:
+            account = machine.accounts.get(account_id)
+            return None if account is None else (account.asset, account.scale)
+
+        return bodies.Scales(account_scale, machine.asset_scales.get)
+
+    def answer(self, result: Result) -> tuple[int, dict[str, Any]]:
+        if not result.ok:
+            return 409, rejection_body(result)
+        event = self.events[result.seq - 1].decode()
+        return 200, {"seq": result.seq, "log_index": event.log_index, "accounts": [account_view(a, result.seq) for a in event.accounts]}
+
+    def post(self, path: str, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        if path == "/v1/commands":
+            results = []
+            for item in body["commands"]:
+                fields = dict(item)
+                kind = fields.pop("type")
+                status, answer = self._command(kind, fields)
+                results.append({"status": status, **answer})
+            return 200, {"results": results}
+        kind = {"/v1/tcc/try": "tcc_try", "/v1/tcc/confirm": "tcc_confirm", "/v1/tcc/cancel": "tcc_cancel", "/v1/transfers": "transfer"}[path]
+        return self._command(kind, body)
+
+    def _command(self, kind: str, fields: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        try:
+            body = bodies.convert_body(bodies.body_types[kind], fields)
+            command = bodies.to_command(kind, body, self._scales())
+        except bodies.RequestError as error:
+            return 422, {"error": {"code": error.code, "message": error.message}}
+        return self.answer(self.apply(command))
+
+    def get(self, path: str, params: Any) -> tuple[int, dict[str, Any]]:
+        query = dict(params.items()) if isinstance(params, dict) else dict(params or [])
+        if path == "/v1/transactions":
+            found = transactions.open_transactions(self.machine, str(query.get("prefix", "")), int(query.get("limit", 1000)))
+            return 200, {"seq": self.machine.seq, "transactions": found}
+        if path.startswith("/v1/transactions/"):
+            view = transactions.transaction_view(self.machine, path.rsplit("/", 1)[1])
+            return (404, {"error": {"code": "TXN_NOT_FOUND", "message": "not here"}}) if view is None else (200, view)
+        if path == "/v1/accounts":
+            ids = str(query["ids"]).split(",")
+            seq = self.machine.seq
+            found = {key: account_view(self.machine.accounts[key], seq) for key in ids if key in self.machine.accounts}
+            return 200, {"seq": seq, "accounts": found, "missing": [key for key in ids if key not in found]}
+        raise AssertionError(f"the simulation does not serve GET {path}")
+
+
+class SimShards:
+    """The coordinator's view of the shards, with faults drawn from the run's RNG."""
+
+    def __init__(self, shards: list[SimShard], rng: random.Random, run: "ShardSimulation") -> None:
+        self.shards = shards
+        self.rng = rng
+        self.run = run
+        self.urls = [f"sim://shard-{shard.number}" for shard in shards]
+        self.faults = True
+        self.calls_before_crash: int | None = None
+
+    @property
+    def count(self) -> int:
+        return len(self.shards)
+
+    def _maybe_fail(self, shard: int) -> bool:
+        """Before a call: crash, lose it, or race recovery; True if the answer is to be lost."""
+        if not self.faults:
+            return False
+        if self.calls_before_crash is not None:
+            if self.calls_before_crash == 0:
+                raise CoordinatorCrash()
+            self.calls_before_crash -= 1
+        if self.run.racing and self.rng.random() < race_recovery_chance:
+            self.run.recovery_round(racing=True)
+        if self.rng.random() < lose_request_chance:
+            self.run.faults += 1
+            raise ShardUnavailable(shard, "simulated: the request was lost")
+        return self.rng.random() < lose_answer_chance
+
+    async def post(self, shard: int, path: str, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        lose = self._maybe_fail(shard)
+        answer = self.shards[shard].post(path, msgspec.json.decode(msgspec.json.encode(body)))
+        self.run.check()
+        if lose:
+            self.run.faults += 1
+            raise ShardUnavailable(shard, "simulated: the answer was lost")
+        return answer
+
+    async def get(self, shard: int, path: str, params: Any = None) -> tuple[int, dict[str, Any]]:
+        lose = self._maybe_fail(shard)
+        answer = self.shards[shard].get(path, params)
+        if lose:
+            self.run.faults += 1
+            raise ShardUnavailable(shard, "simulated: the answer was lost")
+        return answer
+
+
+@dataclass
+class _Request:
+    body: dict[str, Any]
+    first: tuple[int, dict[str, Any]] | None = None  # the first answer the client got
+    final: tuple[int, dict[str, Any]] | None = None
+
+
+@dataclass
+class ShardSimReport:
+    seed: int
+    steps: int
+    shards: int
+    transfers: int
+    committed: int
+    faults: int
+    recovered: int
+    violations: list[str] = field(default_factory=list)
+
+
+class ShardSimulation:
+    def __init__(self, seed: int, shard_count: int = 3, *, bug: Callable[[Coordinator], None] | None = None) -> None:
+        self.seed = seed
+        self.rng = random.Random(seed)
+        self.shard_map = ShardMap.even(shard_count)
+        self.shards = [SimShard(number) for number in range(shard_count)]
+        self.sim_shards = SimShards(self.shards, self.rng, self)
+        self.coordinator = Coordinator(self.sim_shards, self.shard_map)  # type: ignore[arg-type]
+        if bug is not None:
+            bug(self.coordinator)
+        self.accounts: list[str] = []
+        self.requests: list[_Request] = []
+        self.faults = 0
+        self.racing = False
+        self.in_recovery = False
+        self.loop = asyncio.new_event_loop()
+        self._open_accounts()
+
+    def _open_accounts(self) -> None:
+        number = 0
+        for shard in range(len(self.shards)):
+            found = 0
+            while found < accounts_per_shard:
+                account_id = f"a{number}"
+                number += 1
+                if self.shard_map.shard_of(account_id) != shard:
+                    continue
+                found += 1
+                self.accounts.append(account_id)
+                target = self.shards[shard]
+                upper = None if self.rng.random() < 0.7 else f"{self.rng.randrange(100, 300)}.00"
+                for kind, fields in (
+                    ("create_account", {"dedup_id": f"open-{account_id}", "account_id": account_id, "asset": "USD", "upper_limit": upper}),
+                    ("batch_operation", {"dedup_id": f"fund-{account_id}", "legs": [{"account_id": account_id, "amount": "100.00", "asset": "USD"}]}),
+                ):
+                    status, answer = target._command(kind, fields)
+                    assert status == 200, answer
+
+    # ------------------------------------------------------------------ checks
+
+    def check(self) -> None:
+        total = 0
+        for shard in self.shards:
+            for account in shard.machine.accounts.values():
+                if account.available < account.lower_limit:
+                    raise ShardViolation(f"{account.account_id} below its lower limit")
+                if account.upper_limit is not None and account.available + account.held() > account.upper_limit:
+                    raise ShardViolation(f"{account.account_id} above its upper limit")
+                total += account.available + sum(account.reservations.values()) + sum(account.pending_out.values())
+            # Money in flight inside a decided transaction: a participant that confirmed has
+            # let its holds go (out left, in arrived) while another may not have yet.
+            for txn_id, held in shard.machine.txns.items():
+                if txn_id.startswith(txn_prefix) and held.state == "CONFIRMED":
+                    total += sum(leg.amount_out - leg.amount_in for leg in held.legs)
+        if total != opening_minor_units * len(self.accounts):
+            raise ShardViolation(f"money not conserved across shards: {total} != {opening_minor_units * len(self.accounts)}")
+        decisions = {txn_id: decision for shard in self.shards for txn_id, decision in shard.machine.decisions.items()}
+        for shard in self.shards:
+            for txn_id, held in shard.machine.txns.items():
+                if not txn_id.startswith(txn_prefix):
+                    continue
+                decision = decisions.get(txn_id)
+                if held.state == "CONFIRMED" and (decision is None or not decision.commit):
+                    raise ShardViolation(f"{txn_id} confirmed on shard {shard.number} without a commit decision")
+                if held.state == "CANCELLED" and decision is not None and decision.commit:
+                    raise ShardViolation(f"{txn_id} cancelled on shard {shard.number} though decided commit")
+
+    # ------------------------------------------------------------------ steps
+
+    def _transfer_body(self, number: int) -> dict[str, Any]:
+        source, target = self.rng.sample(self.accounts, 2)
+        amount = f"{self.rng.randrange(1, 60)}.{self.rng.randrange(100):02d}"
+        return {"dedup_id": f"t{number}", "from_account_id": source, "to_account_id": target, "amount": amount, "asset": "USD"}
+
+    def _send(self, request: _Request, faults: bool) -> tuple[int, dict[str, Any]] | None:
+        """One attempt of a client: through the coordinator (cross-shard) or straight to a shard."""
+        body = request.body
+        self.sim_shards.faults = faults
+        self.sim_shards.calls_before_crash = self.rng.randrange(0, 8) if faults and self.rng.random() < crash_chance * 8 else None
+        try:
+            plan = txn.plan("transfer", body, self.shard_map)
+            if plan is None:
+                shard = self.shard_map.shard_of(body["from_account_id"])
+                return self.loop.run_until_complete(self.sim_shards.post(shard, "/v1/transfers", body))
+            outcome = self.loop.run_until_complete(self.coordinator.run(plan))
+            return outcome.status, outcome.body
+        except ShardUnavailable:
+            return None
+        except CoordinatorCrash:
+            self.faults += 1
+            return None
+        finally:
+            self.sim_shards.calls_before_crash = None
+            self.sim_shards.faults = True
+
+    def recovery_round(self, racing: bool = False) -> int:
+        if self.in_recovery:
+            return 0
+        self.in_recovery = True
+        saved = self.sim_shards.calls_before_crash
+        self.sim_shards.calls_before_crash = None
+        try:
+            return self.loop.run_until_complete(self.coordinator.recover(in_doubt_s=0.0)) if not racing else self._recover_nested()
+        finally:
+            self.sim_shards.calls_before_crash = saved
+            self.in_recovery = False
+
+    def _recover_nested(self) -> int:
+        # Inside a running coordinator's call: run the recovery's coroutine to its end by hand.
+        coroutine = self.coordinator.recover(in_doubt_s=0.0)
+        try:
+            while True:
+                coroutine.send(None)
+        except StopIteration as done:
+            return int(done.value)
+
+    def step(self, number: int) -> None:
+        roll = self.rng.random()
+        if roll < 0.6 or not self.requests:
+            request = _Request(self._transfer_body(number))
+            self.requests.append(request)
+            answer = self._send(request, faults=True)
+            request.first = answer
+        elif roll < 0.85:
+            request = self.rng.choice(self.requests)
+            answer = self._send(request, faults=True)
+            if request.first is None:
+                request.first = answer
+            elif answer is not None:
+                self._same(request, answer)
+        else:
+            self.recovery_round()
+        self.check()
+
+    def _same(self, request: _Request, answer: tuple[int, dict[str, Any]]) -> None:
+        first = request.first
+        assert first is not None
+        if first[0] != answer[0] or (first[0] != 200 and first[1]["error"]["code"] != answer[1]["error"]["code"]):
+            raise ShardViolation(f"{request.body['dedup_id']}: first answered {first}, a retry {answer}")
+
+    def settle(self) -> None:
+        """Every client retries until it has a final answer; recovery runs until nothing is open."""
+        for request in self.requests:
+            for _ in range(100):
+                answer = self._send(request, faults=False)
+                if answer is not None:
+                    request.final = answer
+                    break
+            if request.final is None:
+                raise ShardViolation(f"{request.body['dedup_id']} has no final answer")
+            if request.first is not None:
+                self._same(request, request.final)
+        self.recovery_round()
+        for shard in self.shards:
+            still = transactions.open_transactions(shard.machine, txn_prefix, 1000)
+            if still:
+                raise ShardViolation(f"shard {shard.number} still holds transactions in doubt: {still}")
+        expected = {account_id: Decimal(100) for account_id in self.accounts}
+        for request in self.requests:
+            assert request.final is not None
+            if request.final[0] == 200:
+                amount = Decimal(request.body["amount"])
+                expected[request.body["from_account_id"]] -= amount
+                expected[request.body["to_account_id"]] += amount
+        for account_id in self.accounts:
+            account = self.shards[self.shard_map.shard_of(account_id)].machine.accounts[account_id]
+            if Decimal(account.available) / 100 != expected[account_id] or account.pending_in or account.pending_out:
+                raise ShardViolation(f"{account_id}: holds {account.available} (pending {account.pending_in}/{account.pending_out}), expected {expected[account_id]}")
+        self.check()
+
+    def run(self, steps: int) -> ShardSimReport:
+        report = ShardSimReport(self.seed, steps, len(self.shards), 0, 0, 0, 0)
+        try:
+            self.racing = True
+            for number in range(steps):
+                self.step(number)
+            self.racing = False
+            self.settle()
+        except ShardViolation as violation:
+            report.violations.append(str(violation))
+        finally:
+            self.loop.close()
+        report.transfers = len(self.requests)
+        report.committed = sum(1 for request in self.requests if request.final is not None and request.final[0] == 200)
+        report.faults = self.faults
+        report.recovered = self.coordinator.recovered
+        return report
+
