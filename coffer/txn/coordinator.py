@@ -249,6 +249,8 @@ class Coordinator:
                 "accounts": [views[account_id] for account_id in plan_.account_order if account_id in views],
                 "txn_id": txn_id,
                 "shard_seqs": {str(shard): seq for shard, seq in sorted(seqs.items())},
+                # Pass it to reads (token=…) to read this write on every shard it touched.
+                "token": ",".join(f"{shard}:{seq}" for shard, seq in sorted(seqs.items())),
             },
         )
 

@@ -7,6 +7,8 @@ protocol); a transfer or batch operation across shards runs as a cross-shard tra
 shard. Reads of one account go to its shard; ``GET /v1/accounts?ids=`` spans shards; events, the
 chain head and the feed are per shard (``shard=``); ``GET /v1/shards`` shows the map and each
 shard's head and health; ``GET /v1/transactions/{id}`` a cross-shard transaction on every shard.
+Reads take ``token=0:12,1:40`` (the per-shard seqs a cross-shard write answers; for a write on one
+shard, its ``seq`` on the account's ``shard``) to read one's own writes on every shard they touched.
 
 The router checks API keys and roles; the shards listen on loopback only and trust it. It keeps
 no state of its own beyond the recovery task's "first seen" times, so it may crash at any point:
@@ -307,8 +309,34 @@ class Router:
 
     # ------------------------------------------------------------------ reads
 
+    def _token(self, request: Request) -> dict[int, int]:
+        """``token=0:12,1:40``: the per-shard seqs a write answered, for reading one's own writes."""
+        values = request.query_params.getlist("token")
+        if not values:
+            return {}
+        seqs: dict[int, int] = {}
+        try:
+            for part in values[-1].split(","):
+                shard, _, seq = part.partition(":")
+                if not (shard.isdigit() and seq.isdigit() and len(seq) <= 19 and int(shard) < self.shards.count):
+                    raise ValueError(part)
+                seqs[int(shard)] = int(seq)
+        except ValueError:
+            raise _Refused(422, ErrorCode.INVALID_REQUEST, "token is shard:seq pairs, comma-separated, as a write answers it") from None
+        if len(values) > 1 or "min_seq" in request.query_params:
+            raise _Refused(422, ErrorCode.INVALID_REQUEST, "give one token, or min_seq, not both")
+        return seqs
+
+    def _with_min_seq(self, request: Request, shard: int, seqs: dict[int, int], drop: tuple[str, ...] = ()) -> list[tuple[str, str]]:
+        params = [(key, value) for key, value in request.query_params.multi_items() if key != "token" and key not in drop]
+        if shard in seqs:
+            params.append(("min_seq", str(seqs[shard])))
+        return params
+
     async def by_account(self, request: Request, role: Role) -> Response:
-        return await self._forward(self.shard_map.shard_of(request.path_params["account_id"]), request)
+        shard = self.shard_map.shard_of(request.path_params["account_id"])
+        seqs = self._token(request)
+        return await self._forward(shard, request, params=self._with_min_seq(request, shard, seqs) if seqs else None)
 
     async def per_shard(self, request: Request, role: Role) -> Response:
         shard, rest = self._shard_param(request)
@@ -335,13 +363,17 @@ class Router:
         groups: dict[int, list[str]] = {}
         for account_id in ids:
             groups.setdefault(self.shard_map.shard_of(account_id), []).append(account_id)
+        seqs = self._token(request)
         if len(groups) <= 1:
-            return await self._forward(next(iter(groups), 0), request)
+            shard = next(iter(groups), 0)
+            return await self._forward(shard, request, params=self._with_min_seq(request, shard, seqs) if seqs else None)
         if "at_seq" in params or "min_seq" in params:
-            raise _Refused(422, ErrorCode.INVALID_REQUEST, "at_seq and min_seq are per shard: these ids span shards (use at_time)")
-        rest = [(key, value) for key, value in params.multi_items() if key != "ids"]
+            raise _Refused(422, ErrorCode.INVALID_REQUEST, "at_seq and min_seq are per shard: these ids span shards (use at_time or token)")
         answers = await asyncio.gather(
-            *(self.shards.get(shard, "/v1/accounts", [*rest, ("ids", ",".join(group))]) for shard, group in groups.items())
+            *(
+                self.shards.get(shard, "/v1/accounts", [*self._with_min_seq(request, shard, seqs, ("ids",)), ("ids", ",".join(group))])
+                for shard, group in groups.items()
+            )
         )
         merged: dict[str, Any] = {}
         missing: set[str] = set()

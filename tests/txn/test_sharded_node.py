@@ -75,6 +75,12 @@ def test_a_transfer_across_shards_is_atomic_and_exactly_once(node: ShardedServer
     assert first["txn_id"].startswith("cx:") and set(first["shard_seqs"]) == {"0", "1"}
     again = _ok(http.post("/v1/transfers", json=body))
     assert again == first  # a retry replays every step and moves nothing twice
+    token = first["token"]
+    assert token == ",".join(f"{shard}:{seq}" for shard, seq in sorted(first["shard_seqs"].items()))
+    assert _ok(http.get(f"/v1/accounts/{b}", params={"token": token}))["available"] == "30.25"
+    too_far = ",".join(f"{shard}:{seq + 1000}" for shard, seq in first["shard_seqs"].items())
+    assert http.get(f"/v1/accounts/{b}", params={"token": too_far}).status_code == 503
+    assert http.get(f"/v1/accounts/{b}", params={"token": "x"}).status_code == 422
     views = _ok(http.get("/v1/accounts", params={"ids": f"{a},{b}"}))
     assert {key: view["available"] for key, view in views["accounts"].items()} == {a: "69.75", b: "30.25"}
     assert set(views["seqs"]) == {"0", "1"}
