@@ -70,6 +70,9 @@ def main() -> None:
     help="shards on this machine, each in its own process with its own log; a data directory keeps its number",
 )
 @click.option("--shard-id", type=click.IntRange(0, 1023), hidden=True, help="run as shard K of a sharded node (started by --shards)")
+@click.option(
+    "--router-processes", default=1, show_default=True, type=click.IntRange(1, 64), help="with --shards: processes serving the API in front of the shards"
+)
 def serve(
     host: str,
     port: int,
@@ -84,6 +87,7 @@ def serve(
     compaction_interval_s: float,
     shards: int,
     shard_id: int | None,
+    router_processes: int,
 ) -> None:
     """Run a node: on the local write-ahead log (the embedded default), or on a JetStream cluster."""
     from coffer.server.serve import serve as run_server
@@ -93,7 +97,7 @@ def serve(
             raise click.UsageError("--shards runs shards on local logs; shards over a cluster are not supported yet")
         from coffer.txn.launcher import serve_sharded
 
-        serve_sharded(host, port, data_dir, keys_file, log_level, snapshot_entries, shards)
+        serve_sharded(host, port, data_dir, keys_file, log_level, snapshot_entries, shards, router_processes)
         return
     if shard_id is None and (data_dir / "shardmap.json").exists():
         raise click.UsageError(f"{data_dir} holds a sharded ledger: start it with --shards (the number it was created with)")

@@ -9,6 +9,7 @@ whole node, and a restart recovers every shard from its own disk.
 """
 
 import ctypes
+import json
 import logging
 import os
 import signal
@@ -23,7 +24,7 @@ import uvicorn
 
 from coffer.server.auth import ApiKeys
 from coffer.server.serve import ServeError, is_loopback
-from coffer.txn.router import Router, create_router_app
+from coffer.txn.router import Router, create_router_app, router_config_variable
 from coffer.txn.shard_map import ShardMapError, load_or_create
 from coffer.txn.shards import ShardClients
 
@@ -100,7 +101,14 @@ def _supervise(shards: list[ShardProcess], stopping: threading.Event) -> None:
 
 
 def serve_sharded(
-    host: str, port: int, data_dir: Path, keys_file: Path | None, log_level: str, snapshot_entries: int, shard_count: int
+    host: str,
+    port: int,
+    data_dir: Path,
+    keys_file: Path | None,
+    log_level: str,
+    snapshot_entries: int,
+    shard_count: int,
+    router_processes: int = 1,
 ) -> None:
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     keys = ApiKeys.load(keys_file)
@@ -119,20 +127,27 @@ def serve_sharded(
             shard.wait_ready()
         supervisor = threading.Thread(target=_supervise, args=(shards, stopping), name="coffer-shard-supervisor", daemon=True)
         supervisor.start()
-        router = Router(shard_map, ShardClients([shard.url for shard in shards]), keys)
         logger.info("serving %d shards: %s", shard_count, ", ".join(shard.url for shard in shards))
-        config = uvicorn.Config(
-            create_router_app(router),
-            host=host,
-            port=port,
-            loop="uvloop",
-            http="httptools",
-            access_log=False,
-            log_level=log_level.lower(),
-            timeout_graceful_shutdown=10,
-            backlog=4096,
-        )
-        uvicorn.Server(config).run()
+        settings: dict[str, object] = {
+            "host": host,
+            "port": port,
+            "loop": "uvloop",
+            "http": "httptools",
+            "access_log": False,
+            "log_level": log_level.lower(),
+            "timeout_graceful_shutdown": 10,
+            "backlog": 4096,
+        }
+        if router_processes > 1:
+            # Several router processes on one listening socket: HTTP handling on every core. Each
+            # runs its own recovery task; decisions are first-written-wins, so they never conflict.
+            os.environ[router_config_variable] = json.dumps(
+                {"urls": [shard.url for shard in shards], "map": shard_map.to_json(), "keys_file": str(keys_file) if keys_file else None}
+            )
+            uvicorn.run("coffer.txn.router:app_from_environment", factory=True, workers=router_processes, **settings)  # type: ignore[arg-type]
+        else:
+            router = Router(shard_map, ShardClients([shard.url for shard in shards]), keys)
+            uvicorn.Server(uvicorn.Config(create_router_app(router), **settings)).run()  # type: ignore[arg-type]
     finally:
         stopping.set()
         for shard in shards:

@@ -482,3 +482,18 @@ def create_router_app(router: Router) -> Starlette:
             await router.shards.close()
 
     return Starlette(routes=routes, lifespan=lifespan)
+
+
+router_config_variable = "COFFER_ROUTER_CONFIG"  # JSON: shard urls, shard map, keys file (router worker processes)
+
+
+def app_from_environment() -> Starlette:
+    """The router app of one worker process, configured by the launcher through the environment."""
+    import json
+    import os
+    from pathlib import Path
+
+    config = json.loads(os.environ[router_config_variable])
+    keys_file = config.get("keys_file")
+    keys = ApiKeys.load(Path(keys_file) if keys_file else None)
+    return create_router_app(Router(ShardMap.from_json(config["map"]), ShardClients(config["urls"]), keys))
