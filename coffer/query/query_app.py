@@ -17,20 +17,20 @@ import asyncio
 import contextlib
 import re
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
-from datetime import datetime
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection
 from typing import Any
 
 import msgspec
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import Route
 
 from coffer.core.errors import ErrorCode
 from coffer.query import hierarchy
 from coffer.query.sql_store import SqlStore
+from coffer.server import inputs
 from coffer.server.auth import ApiKeys, Role
 from coffer.server.views import account_view, error_body, event_view, time_text
 
@@ -67,53 +67,30 @@ def json_response(body: Any, status: int = 200) -> Response:
     return Response(_json.encode(body), status_code=status, media_type="application/json", headers=headers)
 
 
+def _parameters(request: Request) -> inputs.Parameters:
+    parameters: inputs.Parameters = request.state.parameters  # the names its route accepts (QueryApi.route)
+    return parameters
+
+
 def _int_param(request: Request, name: str, minimum: int = 0) -> int | None:
-    text = request.query_params.get(name)
-    if text is None or text == "":
-        return None
-    if not text.isascii() or not text.isdigit() or int(text) < minimum:
-        raise HttpError(422, ErrorCode.INVALID_REQUEST, f"{name} must be an integer of at least {minimum}")
-    return int(text)
+    return _parameters(request).integer(name, minimum)
 
 
 def _time_param(request: Request, name: str) -> int | None:
-    """RFC 3339 or Unix epoch seconds, as milliseconds."""
-    text = request.query_params.get(name)
-    if text is None or text == "":
-        return None
-    try:
-        if text.replace(".", "", 1).isdigit():
-            return int(float(text) * 1000) if "." in text else int(text) * 1000
-        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
-        raise HttpError(422, ErrorCode.INVALID_REQUEST, f"{name} must be RFC 3339 or Unix seconds") from None
-    if moment.tzinfo is None:
-        raise HttpError(422, ErrorCode.INVALID_REQUEST, f"{name} needs a time zone (RFC 3339)")
-    return int(moment.timestamp() * 1000)
+    return _parameters(request).time_ms(name)
 
 
 def _limit(request: Request) -> int:
-    limit = _int_param(request, "limit", minimum=1)
-    if limit is None:
-        return query_limit_default
-    if limit > query_limit_max:
-        raise HttpError(422, ErrorCode.INVALID_REQUEST, f"limit is at most {query_limit_max}")
-    return limit
+    limit = _parameters(request).integer("limit", minimum=1, maximum=query_limit_max)
+    return query_limit_default if limit is None else limit
 
 
 def _bool_param(request: Request, name: str, default: bool) -> bool:
-    text = request.query_params.get(name)
-    if text is None or text == "":
-        return default
-    if text.lower() in ("true", "1"):
-        return True
-    if text.lower() in ("false", "0"):
-        return False
-    raise HttpError(422, ErrorCode.INVALID_REQUEST, f"{name} is true or false")
+    return _parameters(request).boolean(name, default)
 
 
 def _checked_id(value: str, name: str) -> str:
-    if not id_pattern.fullmatch(value):
+    if not id_pattern.fullmatch(value) or value in inputs.reserved_ids:
         raise HttpError(422, ErrorCode.INVALID_REQUEST, f"{name} must be 1-128 characters of A-Za-z0-9._:-")
     return value
 
@@ -138,12 +115,26 @@ class QueryApi:
             raise HttpError(401, ErrorCode.UNAUTHORIZED, "missing or unknown API key")
         return role
 
-    def route(self, path: str, method: str, role: Role | None, handler: Callable[[Request], Awaitable[Response]]) -> Route:
+    def route(
+        self,
+        path: str,
+        method: str,
+        role: Role | None,
+        handler: Callable[[Request], Awaitable[Response]],
+        query: Collection[str] = (),
+    ) -> Route:
+        """A route answering ``method`` on ``path``; ``query`` names every query parameter it takes."""
+
         async def endpoint(request: Request) -> Response:
             try:
                 if role is not None and self._role(request) < role:
                     raise HttpError(403, ErrorCode.FORBIDDEN, f"this route needs the {role.name.lower()} role")
+                request.state.parameters = inputs.Parameters(request.query_params.multi_items(), query)
                 return await handler(request)
+            except ClientDisconnect:
+                return Response(status_code=499)  # nobody is left to read it; uvicorn drops it
+            except inputs.InputError as error:
+                return json_response(error_body(error.code, error.message), 422)
             except HttpError as error:
                 return json_response(error_body(error.code, error.message, error.subject_id), error.status)
             except hierarchy.HierarchyError as error:
@@ -180,7 +171,7 @@ class QueryApi:
     # ------------------------------------------------------------------ history
 
     async def history(self, request: Request) -> Response:
-        account_id = request.path_params["account_id"]
+        account_id = inputs.refuse_reserved_id(request.path_params["account_id"])
         to_seq = _int_param(request, "to_seq", minimum=1)
         await self._reached(max(_int_param(request, "min_seq") or 0, (to_seq or 1) - 1))
         rows = await self._store(
@@ -211,7 +202,7 @@ class QueryApi:
         return json_response({"events": [event_view(record) for record in records]})
 
     async def accounts(self, request: Request) -> Response:
-        ids = [part for part in request.query_params.get("ids", "").split(",") if part]
+        ids = [inputs.refuse_reserved_id(part) for part in (_parameters(request).text("ids") or "").split(",") if part]
         if not ids:
             raise HttpError(422, ErrorCode.INVALID_REQUEST, "ids must name at least one account")
         if len(ids) > query_limit_max:
@@ -233,11 +224,9 @@ class QueryApi:
 
     async def put_node(self, request: Request) -> Response:
         try:
-            body = _node_decoder.decode(await self._body(request))
+            body = inputs.decode_json(await self._body(request), _node_decoder.decode)
         except msgspec.ValidationError as error:
             raise HttpError(422, ErrorCode.INVALID_REQUEST, str(error)) from None
-        except msgspec.DecodeError as error:
-            raise HttpError(422, ErrorCode.INVALID_REQUEST, f"body is not valid JSON: {error}") from None
         node_id = _checked_id(body.node_id, "node_id")
         if body.parent_id is not None:
             _checked_id(body.parent_id, "parent_id")
@@ -272,10 +261,10 @@ class QueryApi:
         return json_response(self._node_view(await self._forest(), node_id))
 
     async def get_node(self, request: Request) -> Response:
-        return await self._node_answer(request.path_params["node_id"])
+        return await self._node_answer(inputs.refuse_reserved_id(request.path_params["node_id"], "node_id"))
 
     async def node_balance(self, request: Request) -> Response:
-        node_id = request.path_params["node_id"]
+        node_id = inputs.refuse_reserved_id(request.path_params["node_id"], "node_id")
         root_only = _bool_param(request, "root_only", default=False)
         at_seq = _int_param(request, "at_seq")
         last_seq = await self._reached(at_seq)
@@ -300,16 +289,17 @@ class QueryApi:
 
     def routes(self) -> list[Route]:
         reader, admin = Role.READER, Role.ADMIN
+        ranges = ("from_seq", "to_seq", "from_time", "to_time", "limit", "min_seq")
         return [
             self.route("/healthz", "GET", None, self.healthz),
             self.route("/readyz", "GET", None, self.readyz),
-            self.route("/v1/accounts", "GET", reader, self.accounts),
-            self.route("/v1/accounts/{account_id}/history", "GET", reader, self.history),
-            self.route("/v1/events", "GET", reader, self.events),
+            self.route("/v1/accounts", "GET", reader, self.accounts, query=("ids", "at_seq", "min_seq")),
+            self.route("/v1/accounts/{account_id}/history", "GET", reader, self.history, query=ranges),
+            self.route("/v1/events", "GET", reader, self.events, query=ranges),
             self.route("/v1/audit/head", "GET", reader, self.audit_head),
             self.route("/v1/hierarchy/nodes", "POST", admin, self.put_node),
             self.route("/v1/hierarchy/nodes/{node_id}", "GET", reader, self.get_node),
-            self.route("/v1/hierarchy/nodes/{node_id}/balance", "GET", reader, self.node_balance),
+            self.route("/v1/hierarchy/nodes/{node_id}/balance", "GET", reader, self.node_balance, query=("root_only", "at_seq")),
         ]
 
 
@@ -320,7 +310,10 @@ def create_query_app(store: SqlStore, keys: ApiKeys, store_wait_s: float = store
         status = getattr(error, "status_code", 500)
         # An unknown route or method is a malformed request in the contract's terms.
         message = f"{request.method} {request.url.path}: {getattr(error, 'detail', 'error')}"
-        return json_response(error_body(ErrorCode.INVALID_REQUEST, message), status)
+        response = json_response(error_body(ErrorCode.INVALID_REQUEST, message), status)
+        if status == 405:
+            response.headers["Allow"] = inputs.allowed_methods(app.routes, request.scope)
+        return response
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:

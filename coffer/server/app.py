@@ -9,15 +9,15 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
-from datetime import datetime
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Mapping
 from typing import Any, ClassVar
 
 import msgspec
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from starlette.applications import Starlette
+from starlette.datastructures import QueryParams
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import Route
 
@@ -26,6 +26,7 @@ from coffer.core.accounts import Account
 from coffer.core.commands import Command
 from coffer.core.errors import ErrorCode
 from coffer.replica import Replica
+from coffer.server import inputs
 from coffer.server import requests as bodies
 from coffer.server.auth import ApiKeys, Role
 from coffer.server.feed import event_stream
@@ -41,7 +42,6 @@ query_limit_default = 1000
 query_limit_max = 10_000
 store_wait_s_max = 5.0
 submit_wait_s_max = 20.0
-query_integer_max = 2**63 - 1  # seqs and times are stored as signed 64-bit integers
 compaction_interval_s = 30.0  # cluster: how often a node tries to purge the stream below all snapshots  # no request hangs: past this the outcome is unknown (503, retry safely)  # a history read waits this long for the event store to catch up
 
 _json = msgspec.json.Encoder()
@@ -51,7 +51,7 @@ class _CommandsBody(msgspec.Struct, forbid_unknown_fields=True):
     commands: list[dict[str, Any]]
 
 
-_commands_decoder = msgspec.json.Decoder(_CommandsBody)
+_log_level_decoder = msgspec.json.Decoder(dict[str, str])
 
 
 class HttpError(Exception):
@@ -118,50 +118,22 @@ class Metrics:
         counter.inc()
 
 
+def _parameters(request: Request) -> inputs.Parameters:
+    parameters: inputs.Parameters = request.state.parameters  # the names its route accepts (Api.route)
+    return parameters
+
+
 def _int_param(request: Request, name: str, minimum: int = 0) -> int | None:
-    text = request.query_params.get(name)
-    if text is None or text == "":
-        return None
-    if not text.isascii() or not text.isdigit():
-        raise HttpError(422, ErrorCode.INVALID_REQUEST, f"{name} must be a non-negative integer")
-    value = int(text)
-    if value < minimum:
-        raise HttpError(422, ErrorCode.INVALID_REQUEST, f"{name} must be at least {minimum}")
-    if value > query_integer_max:
-        raise HttpError(422, ErrorCode.INVALID_REQUEST, f"{name} must be at most {query_integer_max}")
-    return value
-
-
-def _time_param(request: Request, name: str) -> int | None:
-    """RFC 3339 or Unix epoch seconds, as milliseconds."""
-    text = request.query_params.get(name)
-    if text is None or text == "":
-        return None
-    try:
-        if text.replace(".", "", 1).isdigit():
-            return int(float(text) * 1000) if "." in text else int(text) * 1000
-        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
-        raise HttpError(422, ErrorCode.INVALID_REQUEST, f"{name} must be RFC 3339 or Unix seconds") from None
-    if moment.tzinfo is None:
-        raise HttpError(422, ErrorCode.INVALID_REQUEST, f"{name} needs a time zone (RFC 3339)")
-    return int(moment.timestamp() * 1000)
+    return _parameters(request).integer(name, minimum)
 
 
 def _time_param_checked(request: Request, name: str) -> int | None:
-    value = _time_param(request, name)
-    if value is not None and not 0 <= value <= query_integer_max:
-        raise HttpError(422, ErrorCode.INVALID_REQUEST, f"{name} is out of range")
-    return value
+    return _parameters(request).time_ms(name)
 
 
 def _limit(request: Request) -> int:
-    limit = _int_param(request, "limit", minimum=1)
-    if limit is None:
-        return query_limit_default
-    if limit > query_limit_max:
-        raise HttpError(422, ErrorCode.INVALID_REQUEST, f"limit is at most {query_limit_max}")
-    return limit
+    limit = _parameters(request).integer("limit", minimum=1, maximum=query_limit_max)
+    return query_limit_default if limit is None else limit
 
 
 class Api:
@@ -205,15 +177,33 @@ class Api:
             return error.status, error_body(error.code, error.message, error.account_id)
         except bodies.RequestError as error:
             return 422, error_body(error.code, error.message, error.account_id)
+        except inputs.InputError as error:
+            return 422, error_body(error.code, error.message)
         except bodies.RuleError as error:
             self.metrics.count(error.code)
             return 409, error_body(error.code, error.message, error.account_id)
         except LogUnavailable as error:
             return 503, error_body(ErrorCode.NOT_AVAILABLE, f"the command log is unavailable: {error}")
 
-    def route(self, path: str, method: str, role: Role, handler: Callable[[Request, Role], Awaitable[Response]]) -> Route:
+    def route(
+        self,
+        path: str,
+        method: str,
+        role: Role,
+        handler: Callable[[Request, Role], Awaitable[Response]],
+        query: Collection[str] = (),
+    ) -> Route:
+        """A route answering ``method`` on ``path``; ``query`` names every query parameter it takes."""
+
+        async def work(request: Request, granted: Role) -> Response:
+            request.state.parameters = inputs.Parameters(request.query_params.multi_items(), query)
+            return await handler(request, granted)
+
         async def endpoint(request: Request) -> Response:
-            answer = await self.guarded(role, request.headers, lambda granted: handler(request, granted))
+            try:
+                answer = await self.guarded(role, request.headers, lambda granted: work(request, granted))
+            except ClientDisconnect:
+                return Response(status_code=499)  # nobody is left to read it; uvicorn drops it
             if isinstance(answer, Response):
                 return answer
             status, body = answer
@@ -294,10 +284,8 @@ class Api:
         """One command of type ``kind`` from its JSON body: decode, translate, submit, answer."""
         body_type = bodies.body_types[kind]
         if path_id is not None:
-            try:
-                fields = msgspec.json.decode(data)
-            except msgspec.DecodeError as error:
-                raise bodies.RequestError(ErrorCode.INVALID_REQUEST, f"body is not valid JSON: {error}") from None
+            inputs.refuse_reserved_id(path_id)
+            fields = inputs.decode_json(data)
             if not isinstance(fields, dict):
                 raise bodies.RequestError(ErrorCode.INVALID_REQUEST, "body must be a JSON object")
             if fields.setdefault("account_id", path_id) != path_id:
@@ -321,11 +309,9 @@ class Api:
     async def run_commands(self, role: Role, data: bytes) -> tuple[int, dict[str, Any]]:
         """POST /v1/commands: each command answered on its own, in order."""
         try:
-            batch = _commands_decoder.decode(data)
+            batch = msgspec.convert(inputs.decode_json(data), _CommandsBody)
         except msgspec.ValidationError as error:
             raise bodies.RequestError(ErrorCode.INVALID_REQUEST, str(error)) from None
-        except msgspec.DecodeError as error:
-            raise bodies.RequestError(ErrorCode.INVALID_REQUEST, f"body is not valid JSON: {error}") from None
         if not 1 <= len(batch.commands) <= commands_per_request_max:
             raise bodies.RequestError(ErrorCode.INVALID_REQUEST, f"commands must hold 1 to {commands_per_request_max} items")
         scales = self._scales()
@@ -383,7 +369,7 @@ class Api:
 
     async def get_account(self, request: Request, role: Role) -> Response:
         await self._at_least(request)
-        account_id = request.path_params["account_id"]
+        account_id = inputs.refuse_reserved_id(request.path_params["account_id"])
         account = self.replica.machine.accounts.get(account_id)
         if account is None:
             raise HttpError(404, ErrorCode.ACCOUNT_NOT_FOUND, f"account {account_id} not found", account_id)
@@ -391,7 +377,7 @@ class Api:
 
     async def get_accounts(self, request: Request, role: Role) -> Response:
         await self._at_least(request)
-        ids = [part for part in request.query_params.get("ids", "").split(",") if part]
+        ids = [inputs.refuse_reserved_id(part) for part in (_parameters(request).text("ids") or "").split(",") if part]
         if not ids:
             raise HttpError(422, ErrorCode.INVALID_REQUEST, "ids must name at least one account")
         if len(ids) > query_limit_max:
@@ -422,7 +408,7 @@ class Api:
             await asyncio.sleep(0.005)
 
     async def history(self, request: Request, role: Role) -> Response:
-        account_id = request.path_params["account_id"]
+        account_id = inputs.refuse_reserved_id(request.path_params["account_id"])
         if account_id not in self.replica.machine.accounts:
             raise HttpError(404, ErrorCode.ACCOUNT_NOT_FOUND, f"account {account_id} not found", account_id)
         await self._store_reached(self.replica.machine.seq)
@@ -481,8 +467,8 @@ class Api:
     async def log_level(self, request: Request, role: Role) -> Response:
         data = await self._body(request)
         try:
-            level = msgspec.json.decode(data, type=dict[str, str]).get("level", "")
-        except (msgspec.ValidationError, msgspec.DecodeError) as error:
+            level = inputs.decode_json(data, _log_level_decoder.decode).get("level", "")
+        except msgspec.ValidationError as error:
             raise bodies.RequestError(ErrorCode.INVALID_REQUEST, str(error)) from None
         numeric = logging.getLevelName(level.upper())
         if not isinstance(numeric, int):
@@ -501,11 +487,12 @@ class Api:
     def routes(self) -> list[Route]:
         reader, operator, admin = Role.READER, Role.OPERATOR, Role.ADMIN
         command = self.command_handler
+        ranges = ("from_seq", "to_seq", "from_time", "to_time", "limit")
         return [
             self.route("/v1/accounts", "POST", admin, command("create_account")),
-            self.route("/v1/accounts", "GET", reader, self.get_accounts),
-            self.route("/v1/accounts/{account_id}", "GET", reader, self.get_account),
-            self.route("/v1/accounts/{account_id}/history", "GET", reader, self.history),
+            self.route("/v1/accounts", "GET", reader, self.get_accounts, query=("ids", "at_seq", "min_seq")),
+            self.route("/v1/accounts/{account_id}", "GET", reader, self.get_account, query=("min_seq",)),
+            self.route("/v1/accounts/{account_id}/history", "GET", reader, self.history, query=ranges),
             self.route("/v1/accounts/{account_id}/limits", "POST", admin, command("update_limits", path_account=True)),
             self.route("/v1/accounts/{account_id}/lock", "POST", admin, command("lock_account", path_account=True)),
             self.route("/v1/accounts/{account_id}/unlock", "POST", admin, command("unlock_account", path_account=True)),
@@ -519,8 +506,8 @@ class Api:
             self.route("/v1/tcc/cancel", "POST", operator, command("tcc_cancel")),
             self.route("/v1/compensations", "POST", operator, command("compensate")),
             self.route("/v1/commands", "POST", operator, self.commands),
-            self.route("/v1/events", "GET", reader, self.events),
-            self.route("/v1/events/stream", "GET", reader, lambda request, role: event_stream(request, self)),
+            self.route("/v1/events", "GET", reader, self.events, query=ranges),
+            self.route("/v1/events/stream", "GET", reader, lambda request, role: event_stream(request, self), query=("from_seq",)),
             self.route("/v1/audit/head", "GET", reader, self.audit_head),
             self.route("/admin/log-level", "PUT", admin, self.log_level),
             self.route("/metrics", "GET", reader, self.metrics_endpoint),
@@ -568,16 +555,21 @@ class FastCommandRoutes:
             while True:
                 message = await receive()
                 if message["type"] == "http.disconnect":
-                    return
+                    raise ClientDisconnect  # half a body is no request: never decode it
                 yield message.get("body", b"")
                 if not message.get("more_body", False):
                     return
 
         async def work(role: Role) -> tuple[int, dict[str, Any]]:
+            if scope.get("query_string"):
+                inputs.Parameters(QueryParams(scope["query_string"]).multi_items(), ())
             data = await read_body(headers, chunks())
             return await (self.api.run_commands(role, data) if kind == "" else self.api.run_command(kind, data))
 
-        status, body = await self.api.guarded(Role.OPERATOR, headers, work)
+        try:
+            status, body = await self.api.guarded(Role.OPERATOR, headers, work)
+        except ClientDisconnect:
+            return  # nobody is left to answer
         encoded = _json.encode(body)
         response_headers = [(b"content-type", b"application/json"), (b"content-length", str(len(encoded)).encode())]
         if status == 503:
@@ -625,9 +617,9 @@ def create_app(
     async def http_error(request: Request, error: Exception) -> Response:
         status = getattr(error, "status_code", 500)
         # An unknown route or method is a malformed request in the contract's terms.
-        return error_response(
-            status, ErrorCode.INVALID_REQUEST, f"{request.method} {request.url.path}: {getattr(error, 'detail', 'error')}"
-        )
+        message = f"{request.method} {request.url.path}: {getattr(error, 'detail', 'error')}"
+        headers = {"Allow": inputs.allowed_methods(app.routes, request.scope)} if status == 405 else None
+        return json_response(error_body(ErrorCode.INVALID_REQUEST, message), status, headers)
 
     app = Starlette(routes=[*public, *api.routes()], lifespan=lifespan, exception_handlers={HTTPException: http_error})
     app.state.api = api
@@ -636,6 +628,10 @@ def create_app(
 
 def _unauthenticated(handler: Callable[[Request, Role], Awaitable[Response]]) -> Callable[[Request], Awaitable[Response]]:
     async def endpoint(request: Request) -> Response:
+        try:
+            inputs.Parameters(request.query_params.multi_items(), ())
+        except inputs.InputError as error:
+            return json_response(error_body(error.code, error.message), 422)
         return await handler(request, Role.READER)
 
     return endpoint
