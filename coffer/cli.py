@@ -14,17 +14,19 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
+from coffer import exit_codes
+
 if TYPE_CHECKING:
     from coffer.client import AccountView, Client, CommandResult
 
 default_url = "http://127.0.0.1:8080"  # coffer.client.default_url, without importing httpx for `coffer serve`
 
-exit_rejected = 1
-exit_invalid = 2  # the same code as click's usage errors: the request itself is wrong
-exit_not_found = 3
-exit_unavailable = 4
-exit_auth = 5
-exit_other = 6
+exit_rejected = exit_codes.rejected
+exit_invalid = exit_codes.invalid  # the same code as click's usage errors: the request itself is wrong
+exit_not_found = exit_codes.not_found
+exit_unavailable = exit_codes.unavailable
+exit_auth = exit_codes.auth
+exit_other = exit_codes.other
 
 
 @click.group()
@@ -41,12 +43,16 @@ def main() -> None:
     Exit codes:
       0  done
       1  rejected by a ledger rule (HTTP 409), e.g. LOWER_LIMIT_EXCEEDED; nothing changed
-      2  usage error, or a malformed request (HTTP 422), e.g. INVALID_AMOUNT
-      3  not found (HTTP 404)
+      2  usage error, a malformed request (HTTP 422), e.g. INVALID_AMOUNT, or a
+         configuration a server cannot start with (keys file, key too short)
+      3  not found (HTTP 404), e.g. ACCOUNT_NOT_FOUND
       4  unavailable (HTTP 503) or no answer (network); retrying a command
          with the same --dedup-id is safe and answers its outcome
       5  missing or wrong API key, or a role not allowed (HTTP 401/403)
       6  any other error answered by the server
+      7  a server cannot start: its data directory or port is in use
+
+    Each error code maps to one exit code, whatever the command.
     """
 
 
@@ -62,6 +68,10 @@ def main() -> None:
 @click.option("--stream", default="coffer-shard-0", show_default=True, help="the shard's JetStream stream")
 @click.option("--replicas", default=3, show_default=True, type=click.Choice(["1", "3", "5"]), help="stream replicas (R)")
 @click.option("--compaction-interval-s", default=30.0, show_default=True, help="cluster: how often to purge the stream below all snapshots")
+@click.option("--idle-timeout-s", default=5.0, show_default=True, help="close a connection without a request after this")
+@click.option("--header-timeout-s", default=10.0, show_default=True, help="a request's head must arrive within this (else 408)")
+@click.option("--body-timeout-s", default=30.0, show_default=True, help="a request's body must arrive within this")
+@click.option("--connections-max", default=4096, show_default=True, help="open connections, at most (also kept below the fd limit)")
 def serve(
     host: str,
     port: int,
@@ -74,13 +84,40 @@ def serve(
     stream: str,
     replicas: str,
     compaction_interval_s: float,
+    idle_timeout_s: float,
+    header_timeout_s: float,
+    body_timeout_s: float,
+    connections_max: int,
 ) -> None:
     """Run a node: on the local write-ahead log (the embedded default), or on a JetStream cluster."""
+    from coffer.server.connections import ConnectionLimits
+    from coffer.server.serve import ServeError
     from coffer.server.serve import serve as run_server
 
-    run_server(
-        host, port, data_dir, keys_file, log_level, snapshot_entries, log_url, node_name, stream, int(replicas), compaction_interval_s
+    limits = ConnectionLimits(
+        idle_timeout_s=idle_timeout_s,
+        header_timeout_s=header_timeout_s,
+        body_timeout_s=body_timeout_s,
+        connections_max=connections_max,
     )
+    try:
+        run_server(
+            host,
+            port,
+            data_dir,
+            keys_file,
+            log_level,
+            snapshot_entries,
+            log_url,
+            node_name,
+            stream,
+            int(replicas),
+            compaction_interval_s,
+            limits,
+        )
+    except ServeError as error:
+        click.echo(f"error: {error.message}", err=True)
+        raise SystemExit(error.exit_code) from None
 
 
 @main.group()
