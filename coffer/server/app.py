@@ -209,7 +209,9 @@ class Api:
             status, body = answer
             return json_response(body, status, _retry_after if status == 503 else None)
 
-        return Route(path, endpoint, methods=[method])
+        route = Route(path, endpoint, methods=[method])
+        route.query_parameters = frozenset(query)  # type: ignore[attr-defined]  # read by the OpenAPI agreement test
+        return route
 
     async def _body(self, request: Request) -> bytes:
         return await read_body(request.headers, request.stream())

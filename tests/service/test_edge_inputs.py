@@ -317,3 +317,16 @@ def test_the_query_server_405_names_the_allowed_methods(query_server: QueryServe
     with RawConnection(query_server.url) as connection:
         answer = connection.request("DELETE", "/v1/hierarchy/nodes", b"{}")
         assert answer.status == 405 and answer.headers["allow"] == "POST"
+
+
+def test_each_node_route_takes_exactly_the_query_parameters_its_openapi_operation_lists() -> None:
+    from coffer.server.app import Api
+    from coffer.server.auth import ApiKeys
+    from coffer.server.openapi import openapi_document
+
+    paths = openapi_document()["paths"]
+    for route in Api(None, ApiKeys({})).routes():  # type: ignore[arg-type]  # routes() reads no state
+        for method in route.methods - {"HEAD"}:
+            operation = paths[route.path][method.lower()]
+            documented = {parameter["name"] for parameter in operation.get("parameters", []) if parameter["in"] == "query"}
+            assert route.query_parameters == documented, (method, route.path)
