@@ -72,6 +72,9 @@ def main() -> None:
 @click.option("--header-timeout-s", default=10.0, show_default=True, help="a request's head must arrive within this (else 408)")
 @click.option("--body-timeout-s", default=30.0, show_default=True, help="a request's body must arrive within this")
 @click.option("--connections-max", default=4096, show_default=True, help="open connections, at most (also kept below the fd limit)")
+@click.option(
+    "--write-requests-waiting-max", default=1024, show_default=True, help="write requests in the node, at most; past it 503 at once"
+)
 def serve(
     host: str,
     port: int,
@@ -88,6 +91,7 @@ def serve(
     header_timeout_s: float,
     body_timeout_s: float,
     connections_max: int,
+    write_requests_waiting_max: int,
 ) -> None:
     """Run a node: on the local write-ahead log (the embedded default), or on a JetStream cluster."""
     from coffer.server.connections import ConnectionLimits
@@ -114,6 +118,7 @@ def serve(
             int(replicas),
             compaction_interval_s,
             limits,
+            write_requests_waiting_max,
         )
     except ServeError as error:
         click.echo(f"error: {error.message}", err=True)
@@ -196,6 +201,7 @@ def bench_apply(account_count: int, transfer_count: int, entry_size: int, seed: 
 @click.option("--accounts", "account_count", default=10_000, show_default=True)
 @click.option("--processes", default=2, show_default=True, help="load generator processes")
 @click.option("--seed", default=1, show_default=True)
+@click.option("--rate", type=float, help="open loop: requests per second started on a fixed schedule [default: closed loop]")
 def bench_load(
     url: str,
     mode: str,
@@ -206,12 +212,17 @@ def bench_load(
     account_count: int,
     processes: int,
     seed: int,
+    rate: float | None,
 ) -> None:
-    """Drive a running node with transfers; last line: mode= tps= p50_ms= p99_ms= p999_ms= errors=."""
+    """Drive a running node with transfers; last line: mode= tps= p50_ms= p99_ms= p999_ms= errors=.
+
+    With --rate also: rate= refused= (503s) accepted_p50_ms= accepted_p99_ms= late= (latency from each
+    request's scheduled start).
+    """
     from coffer.bench.load import BenchError, run
 
     try:
-        run(url, mode, concurrency, batch_size, duration, hot, account_count, processes, seed, click.echo)
+        run(url, mode, concurrency, batch_size, duration, hot, account_count, processes, seed, click.echo, rate)
     except BenchError as error:
         raise click.UsageError(str(error)) from error
 

@@ -28,6 +28,7 @@ from coffer.core.errors import ErrorCode
 from coffer.replica import Replica
 from coffer.server import inputs
 from coffer.server import requests as bodies
+from coffer.server.admission import Admission, Overloaded
 from coffer.server.auth import ApiKeys, Role
 from coffer.server.feed import event_stream
 from coffer.server.openapi import openapi_document
@@ -109,6 +110,7 @@ class Metrics:
         self.seq = Gauge("coffer_seq", "Last applied event seq", registry=self.registry)
         self.log_index = Gauge("coffer_log_index", "Last applied log index", registry=self.registry)
         self.stored_seq = Gauge("coffer_event_store_seq", "Last event seq in the event store", registry=self.registry)
+        self.refused = Gauge("coffer_writes_refused", "Write requests refused with 503 by admission control", registry=self.registry)
         self._code_counters: dict[str, Any] = {}
 
     def count(self, code: str) -> None:
@@ -146,6 +148,7 @@ class Api:
         self.pipeline: Pipeline | None = None
         self.ready = False
         self.checkpoints: CheckpointMonitor | None = None
+        self.admission = Admission()
 
     # ------------------------------------------------------------------ plumbing
 
@@ -184,6 +187,8 @@ class Api:
             return 409, error_body(error.code, error.message, error.account_id)
         except LogUnavailable as error:
             return 503, error_body(ErrorCode.NOT_AVAILABLE, f"the command log is unavailable: {error}")
+        except Overloaded as error:
+            return 503, error_body(ErrorCode.NOT_AVAILABLE, f"overloaded: {error}")
 
     def route(
         self,
@@ -269,7 +274,8 @@ class Api:
             if record is not None and record.command == commands[0]:
                 return [Outcome(record.result, 0, None)]
         try:
-            return await asyncio.wait_for(pipeline.submit(commands), submit_wait_s_max)
+            with self.admission.commands(len(commands)):
+                return await asyncio.wait_for(pipeline.submit(commands), submit_wait_s_max)
         except TimeoutError:
             raise LogUnavailable(f"no outcome within {submit_wait_s_max} s; retry with the same dedup_id") from None
 
@@ -354,7 +360,8 @@ class Api:
             to_send.append(command)
         if to_send:
             try:
-                outcomes = await asyncio.wait_for(self._pipeline().submit(to_send), submit_wait_s_max)
+                with self.admission.commands(len(to_send)):
+                    outcomes = await asyncio.wait_for(self._pipeline().submit(to_send), submit_wait_s_max)
             except TimeoutError:
                 raise LogUnavailable(f"no outcome within {submit_wait_s_max} s; retry with the same dedup_ids") from None
             for slot, outcome in zip(slots, outcomes, strict=True):
@@ -462,6 +469,7 @@ class Api:
         machine = self.replica.machine
         self.metrics.seq.set(machine.seq)
         self.metrics.log_index.set(machine.log_index)
+        self.metrics.refused.set(self.admission.refused)
         if self.replica.writer is not None:
             self.metrics.stored_seq.set(self.replica.writer.stored_seq)
         return Response(generate_latest(self.metrics.registry), media_type=CONTENT_TYPE_LATEST)

@@ -22,13 +22,20 @@ closing the longest-idle connection; if every connection is busy with a request,
 once with ``503 NOT_AVAILABLE`` and ``Retry-After``. So idle sockets, however many, never stop a
 real request from being served.
 
-Answers the protocol writes itself (a malformed request, a timeout, the cap) have the API's error
-shape ``{"error": {"code", "message"}}`` like every other answer.
+Admission control (:mod:`coffer.server.admission`) is done here too: a POST takes a place in the
+node's bounded queue of write requests as soon as its head is parsed, and gives it back when its
+handler ends; when the queue is full it is answered ``503`` at once by a tiny application instead
+of the node's, so that refusing costs a small fraction of serving (a refusal that cost as much as
+an answer would shed no load).
+
+Answers the protocol writes itself (a malformed request, a timeout, the cap, overload) have the
+API's error shape ``{"error": {"code", "message"}}`` like every other answer.
 """
 
 import asyncio
 import logging
 import resource
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -37,6 +44,7 @@ import uvicorn
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
 from coffer.core.errors import ErrorCode
+from coffer.server.admission import Admission
 
 logger = logging.getLogger(__name__)
 
@@ -81,11 +89,53 @@ def error_response_bytes(status: int, message: str, close: bool = True) -> bytes
     return b"".join(head) + b"\r\n" + body
 
 
+_overloaded_message = "overloaded: the write queue is full; retry later"
+_overloaded_body = msgspec.json.encode({"error": {"code": ErrorCode.NOT_AVAILABLE, "message": _overloaded_message}})
+_overloaded_start = {
+    "type": "http.response.start",
+    "status": 503,
+    "headers": [
+        (b"content-type", b"application/json"),
+        (b"content-length", b"%d" % len(_overloaded_body)),
+        (b"retry-after", b"%d" % retry_after_s),
+    ],
+}
+
+
+async def _overloaded(scope: Any, receive: Callable[[], Awaitable[Any]], send: Callable[[Any], Awaitable[None]]) -> None:
+    # The body is never read: uvicorn discards it once the answer is complete.
+    await send(_overloaded_start)
+    await send({"type": "http.response.body", "body": _overloaded_body})
+
+
+class _Admitted:
+    """The application of one admitted write request: it gives its place back when it ends."""
+
+    __slots__ = ("admission", "app", "released")
+
+    def __init__(self, app: Any, admission: Admission) -> None:
+        self.app = app
+        self.admission = admission
+        self.released = False
+
+    async def __call__(self, scope: Any, receive: Callable[[], Awaitable[Any]], send: Callable[[Any], Awaitable[None]]) -> None:
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self.release()
+
+    def release(self) -> None:
+        if not self.released:
+            self.released = True
+            self.admission.leave()
+
+
 class GuardedProtocol(HttpToolsProtocol):
     """uvicorn's httptools protocol with the timers and the cap of the module docstring."""
 
     limits: ClassVar[ConnectionLimits]
     idle: ClassVar[dict["GuardedProtocol", None]]  # idle connections, longest idle first
+    admission: ClassVar[Admission | None] = None  # the node's write queue; None: no admission control
 
     def __init__(self, *arguments: Any, **options: Any) -> None:
         super().__init__(*arguments, **options)
@@ -93,6 +143,7 @@ class GuardedProtocol(HttpToolsProtocol):
         self._in_head = False
         self._head_bytes = 0
         self._requests_open = 0  # begun and not yet answered (pipelining may put several here)
+        self._refusing = False  # the current request is refused: its body is dropped, then 503
 
     # -------------------------------------------------------------------------------- timers
 
@@ -149,6 +200,9 @@ class GuardedProtocol(HttpToolsProtocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.idle.pop(self, None)
         self._disarm()
+        for _, app in self.pipeline:  # pipelined requests that will never run
+            if isinstance(app, _Admitted):
+                app.release()
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
@@ -172,10 +226,43 @@ class GuardedProtocol(HttpToolsProtocol):
     def on_headers_complete(self) -> None:
         self._in_head = False
         self._arm(self.limits.body_timeout_s, self._body_too_slow)
-        super().on_headers_complete()
+        admission = type(self).admission
+        if admission is None or self.parser.get_method() != b"POST":
+            super().on_headers_complete()
+            return
+        if not admission.try_enter():
+            if self.cycle is None or (self.cycle.response_complete and not self.pipeline):
+                # Nothing else in flight here: answer from the protocol itself, without the
+                # request/response machinery (a third of what an answer costs); see on_message_complete.
+                self._refusing = True
+                return
+            refused_app: Any = _overloaded  # pipelined behind another: answers must keep their order
+        else:
+            refused_app = None
+        # uvicorn runs self.app for the request whose head is complete: swap in this request's own.
+        app = self.app
+        self.app = refused_app or _Admitted(app, admission)
+        try:
+            super().on_headers_complete()
+        finally:
+            self.app = app
+
+    def on_body(self, body: bytes) -> None:
+        if not self._refusing:
+            super().on_body(body)
 
     def on_message_complete(self) -> None:
         self._disarm()
+        if self._refusing:
+            self._refusing = False
+            self._requests_open = max(0, self._requests_open - 1)
+            keep_alive = self.parser.should_keep_alive()
+            self.transport.write(error_response_bytes(503, _overloaded_message, close=not keep_alive))
+            if keep_alive:
+                self._become_idle()
+            else:
+                self._close()
+            return
         super().on_message_complete()
 
     def on_response_complete(self) -> None:
@@ -188,19 +275,28 @@ class GuardedProtocol(HttpToolsProtocol):
         self._answer_and_close(400, msg)
 
 
-def protocol_class(limits: ConnectionLimits) -> type[GuardedProtocol]:
-    """A protocol class for one server: its limits, and its own registry of idle connections."""
-    return type("CofferHttpProtocol", (GuardedProtocol,), {"limits": limits, "idle": {}})
+def protocol_class(limits: ConnectionLimits, admission: Admission | None = None) -> type[GuardedProtocol]:
+    """A protocol class for one server: its limits, its own registry of idle connections, and the
+    admission control of its writes (None: every write goes to the application)."""
+    return type("CofferHttpProtocol", (GuardedProtocol,), {"limits": limits, "idle": {}, "admission": admission})
 
 
-def server_config(app: Any, host: str, port: int, log_level: str, limits: ConnectionLimits, **options: Any) -> uvicorn.Config:
+def server_config(
+    app: Any,
+    host: str,
+    port: int,
+    log_level: str,
+    limits: ConnectionLimits,
+    admission: Admission | None = None,
+    **options: Any,
+) -> uvicorn.Config:
     """The uvicorn configuration both servers run with: uvloop, httptools, the guarded protocol."""
     return uvicorn.Config(
         app,
         host=host,
         port=port,
         loop="uvloop",
-        http=protocol_class(limits),
+        http=protocol_class(limits, admission),
         timeout_keep_alive=int(limits.idle_timeout_s),
         access_log=False,
         log_level=log_level.lower(),

@@ -22,6 +22,7 @@ from coffer import exit_codes
 from coffer.log.base import CommandLog
 from coffer.log.wal import LocalWal, LogInUseError
 from coffer.replica import Replica
+from coffer.server import admission
 from coffer.server.app import create_app
 from coffer.server.auth import ApiKeys, KeyConfigError
 from coffer.server.connections import ConnectionLimits, connections_cap, server_config
@@ -99,6 +100,7 @@ def serve(
     replicas: int = 3,
     compaction_interval_s: float = 30.0,
     limits: ConnectionLimits | None = None,
+    write_requests_waiting_max: int = admission.write_requests_waiting_max,
 ) -> None:
     if not __debug__:
         # Assertions guard states that must be impossible; a ledger does not run without them.
@@ -126,9 +128,12 @@ def serve(
     # Millions of long-lived ledger objects: collect young garbage less often, and never rescan
     # what survived start-up.
     gc.set_threshold(50_000, 20, 100)
+    app.api.admission.requests_max = write_requests_waiting_max
     limits = limits or ConnectionLimits()
     limits = dataclasses.replace(limits, connections_max=connections_cap(limits.connections_max))
-    config = server_config(app, host, port, log_level, limits, timeout_graceful_shutdown=10, backlog=backlog)
+    config = server_config(
+        app, host, port, log_level, limits, app.api.admission, timeout_graceful_shutdown=10, backlog=backlog
+    )
     _Server(config).run(sockets=[listener])
 
 
