@@ -7,6 +7,7 @@ error types into the exit codes listed in ``coffer --help``.
 """
 
 import functools
+import re
 from collections.abc import Callable, Sequence
 from decimal import Decimal
 from pathlib import Path
@@ -15,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from coffer import exit_codes
+from coffer.core.errors import ErrorCode
 
 if TYPE_CHECKING:
     from coffer.client import AccountView, Client, CommandResult
@@ -29,7 +31,47 @@ exit_auth = exit_codes.auth
 exit_other = exit_codes.other
 
 
-@click.group()
+_negative_number = re.compile(r"-(\d+(\.\d*)?|\.\d+)")
+_value_mark = "\x1f"  # prefixed to a negative number while click parses, taken off after
+
+
+class _SignedValuesCommand(click.Command):
+    """A command that reads negative numbers (``-5``, ``-0.50``) as values, never as options.
+
+    click takes every token that starts with "-" for an option, so ``coffer transfer A B -5``
+    said "No such option: -5". Such tokens are marked before parsing (unless they are the value
+    of an option that takes one, which click already reads right) and unmarked after.
+    """
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        takes_value = {
+            name
+            for param in self.params
+            if isinstance(param, click.Option) and not param.is_flag and not param.count
+            for name in (*param.opts, *param.secondary_opts)
+        }
+        marked = []
+        previous = None
+        for token in args:
+            if previous not in takes_value and _negative_number.fullmatch(token):
+                token = _value_mark + token
+            marked.append(token)
+            previous = token
+        rest = super().parse_args(ctx, marked)
+        for name, value in ctx.params.items():
+            if isinstance(value, str):
+                ctx.params[name] = value.removeprefix(_value_mark)
+            elif isinstance(value, tuple):
+                ctx.params[name] = tuple(item.removeprefix(_value_mark) if isinstance(item, str) else item for item in value)
+        return [token.removeprefix(_value_mark) for token in rest]
+
+
+class _Group(click.Group):
+    command_class = _SignedValuesCommand
+    group_class = type  # subgroups are _Group too, and so their commands read negative numbers alike
+
+
+@click.group(cls=_Group)
 @click.version_option(package_name="coffer")
 def main() -> None:
     """Coffer, a strongly consistent wallet ledger.
@@ -268,9 +310,26 @@ class _Output:
         click.echo(msgspec.json.format(msgspec.json.encode(value), indent=2))
 
 
+# One exit code per error code, whatever the command: ACCOUNT_NOT_FOUND is a 404 for a read and a
+# 409 for a command, and is "not found" (3) for both. Codes not listed map by their HTTP status.
+exit_codes_by_error_code: dict[str, int] = {
+    **{code.value: exit_rejected for code in ErrorCode},
+    ErrorCode.ACCOUNT_NOT_FOUND: exit_not_found,
+    ErrorCode.INVALID_AMOUNT: exit_invalid,
+    ErrorCode.INVALID_REQUEST: exit_invalid,
+    ErrorCode.NOT_AVAILABLE: exit_unavailable,
+    ErrorCode.UNAUTHORIZED: exit_auth,
+    ErrorCode.FORBIDDEN: exit_auth,
+    "TRANSPORT_ERROR": exit_unavailable,  # coffer.client.transport_error_code: no answer
+}
+
+
 def _exit_code(error: Exception) -> int:
     from coffer import client
 
+    by_code = exit_codes_by_error_code.get(getattr(error, "code", ""))
+    if by_code is not None:
+        return by_code
     codes: list[tuple[type[Exception], int]] = [
         (client.RejectedError, exit_rejected),
         (client.InvalidRequestError, exit_invalid),
@@ -305,6 +364,13 @@ def _talks_to_node(function: Callable[..., None]) -> Callable[..., None]:
             with Client(urls, api_key=api_key or None) as client:
                 function(client, _Output(as_json), **arguments)
         except CofferError as error:
+            if as_json:  # a script reads the outcome on stdout, success or not
+                detail = {"code": error.code, "message": error.message, "status": error.status}
+                if error.account_id is not None:
+                    detail["account_id"] = error.account_id
+                if error.dedup_id is not None:
+                    detail["dedup_id"] = error.dedup_id
+                _Output(as_json).json({"error": detail})
             click.echo(f"error: {error}", err=True)
             if error.dedup_id and isinstance(error, NotAvailableError | TransportError):
                 click.echo(f"the command may or may not be applied: retry it with --dedup-id {error.dedup_id}", err=True)
