@@ -52,6 +52,7 @@ class _CommandsBody(msgspec.Struct, forbid_unknown_fields=True):
     commands: list[dict[str, Any]]
 
 
+_commands_decoder = msgspec.json.Decoder(_CommandsBody)
 _log_level_decoder = msgspec.json.Decoder(dict[str, str])
 
 
@@ -317,7 +318,8 @@ class Api:
     async def run_commands(self, role: Role, data: bytes) -> tuple[int, dict[str, Any]]:
         """POST /v1/commands: each command answered on its own, in order."""
         try:
-            batch = msgspec.convert(inputs.decode_json(data), _CommandsBody)
+            # The struct's one field holds plain dicts: the duplicate check counts on them as they are.
+            batch = inputs.decode_json(data, _commands_decoder.decode, plain=lambda body: {"commands": body.commands})
         except msgspec.ValidationError as error:
             raise bodies.RequestError(ErrorCode.INVALID_REQUEST, str(error)) from None
         if not 1 <= len(batch.commands) <= commands_per_request_max:
