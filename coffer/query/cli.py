@@ -108,14 +108,14 @@ def query_serve(store_dsn: str, host: str, port: int, keys_file: Path | None, wa
 
     from coffer.query.query_app import create_query_app
     from coffer.server.connections import ConnectionLimits, connections_cap, server_config
-    from coffer.server.serve import ServeError, is_loopback, listen, load_keys
+    from coffer.server.serve import ServeError, bind, is_loopback, load_keys
 
     _logging(log_level)
     try:
         keys = load_keys(keys_file)
         if not is_loopback(host) and not keys:
             raise click.UsageError(f"refusing to bind {host} without API keys: set --keys-file or COFFER_API_KEYS")
-        listener = listen(host, port, backlog=2048)
+        listener = bind(host, port)
     except ServeError as error:
         click.echo(f"error: {error.message}", err=True)
         sys.exit(error.exit_code)

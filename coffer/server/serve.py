@@ -3,8 +3,9 @@
 A node that cannot start says why in one line and exits with a code of :mod:`coffer.exit_codes`:
 ``invalid`` for its configuration (a keys file that cannot be read or parsed, a key too short, a
 data directory that cannot be made), ``in_use`` when another process holds its data directory or
-its port. The listening socket is bound here, before uvicorn starts, so that a taken port is one
-of these answers rather than uvicorn's own exit code.
+its port. The socket is bound here, before uvicorn starts, so that a taken port is one of these
+answers rather than uvicorn's own exit code; it listens only once uvicorn serves, so that during
+recovery a client is refused at once (and tries another node) instead of waiting.
 """
 
 import dataclasses
@@ -50,14 +51,14 @@ def load_keys(keys_file: Path | None) -> ApiKeys:
         raise ServeError(f"cannot read the keys file {keys_file}: {error}") from None
 
 
-def listen(host: str, port: int, backlog: int) -> socket.socket:
-    """The listening socket; ServeError (``in_use``) when another process has the port."""
+def bind(host: str, port: int) -> socket.socket:
+    """The server's socket, bound, not yet listening (uvicorn does that when it starts serving);
+    ServeError (``in_use``) when another process has the port."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         sock.bind((host, port))
-        sock.listen(backlog)
     except OSError as error:
         sock.close()
         code = exit_codes.in_use if error.errno == errno.EADDRINUSE else exit_codes.invalid
@@ -114,7 +115,7 @@ def serve(
     except OSError as error:
         raise ServeError(f"cannot make the data directory {data_dir}: {error.strerror}") from None
     backlog = 4096
-    listener = listen(host, port, backlog)
+    listener = bind(host, port)
     try:
         log = open_log(log_url, data_dir, stream, replicas)
     except LogInUseError:
