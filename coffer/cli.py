@@ -7,6 +7,7 @@ error types into the exit codes listed in ``coffer --help``.
 """
 
 import functools
+import re
 from collections.abc import Callable, Sequence
 from decimal import Decimal
 from pathlib import Path
@@ -14,20 +15,63 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
+from coffer import exit_codes
+from coffer.core.errors import ErrorCode
+
 if TYPE_CHECKING:
     from coffer.client import AccountView, Client, CommandResult
 
 default_url = "http://127.0.0.1:8080"  # coffer.client.default_url, without importing httpx for `coffer serve`
 
-exit_rejected = 1
-exit_invalid = 2  # the same code as click's usage errors: the request itself is wrong
-exit_not_found = 3
-exit_unavailable = 4
-exit_auth = 5
-exit_other = 6
+exit_rejected = exit_codes.rejected
+exit_invalid = exit_codes.invalid  # the same code as click's usage errors: the request itself is wrong
+exit_not_found = exit_codes.not_found
+exit_unavailable = exit_codes.unavailable
+exit_auth = exit_codes.auth
+exit_other = exit_codes.other
 
 
-@click.group()
+_negative_number = re.compile(r"-(\d+(\.\d*)?|\.\d+)")
+_value_mark = "\x1f"  # prefixed to a negative number while click parses, taken off after
+
+
+class _SignedValuesCommand(click.Command):
+    """A command that reads negative numbers (``-5``, ``-0.50``) as values, never as options.
+
+    click takes every token that starts with "-" for an option, so ``coffer transfer A B -5``
+    said "No such option: -5". Such tokens are marked before parsing (unless they are the value
+    of an option that takes one, which click already reads right) and unmarked after.
+    """
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        takes_value = {
+            name
+            for param in self.params
+            if isinstance(param, click.Option) and not param.is_flag and not param.count
+            for name in (*param.opts, *param.secondary_opts)
+        }
+        marked = []
+        previous = None
+        for token in args:
+            if previous not in takes_value and _negative_number.fullmatch(token):
+                token = _value_mark + token
+            marked.append(token)
+            previous = token
+        rest = super().parse_args(ctx, marked)
+        for name, value in ctx.params.items():
+            if isinstance(value, str):
+                ctx.params[name] = value.removeprefix(_value_mark)
+            elif isinstance(value, tuple):
+                ctx.params[name] = tuple(item.removeprefix(_value_mark) if isinstance(item, str) else item for item in value)
+        return [token.removeprefix(_value_mark) for token in rest]
+
+
+class _Group(click.Group):
+    command_class = _SignedValuesCommand
+    group_class = type  # subgroups are _Group too, and so their commands read negative numbers alike
+
+
+@click.group(cls=_Group)
 @click.version_option(package_name="coffer")
 def main() -> None:
     """Coffer, a strongly consistent wallet ledger.
@@ -41,12 +85,16 @@ def main() -> None:
     Exit codes:
       0  done
       1  rejected by a ledger rule (HTTP 409), e.g. LOWER_LIMIT_EXCEEDED; nothing changed
-      2  usage error, or a malformed request (HTTP 422), e.g. INVALID_AMOUNT
-      3  not found (HTTP 404)
+      2  usage error, a malformed request (HTTP 422), e.g. INVALID_AMOUNT, or a
+         configuration a server cannot start with (keys file, key too short)
+      3  not found (HTTP 404), e.g. ACCOUNT_NOT_FOUND
       4  unavailable (HTTP 503) or no answer (network); retrying a command
          with the same --dedup-id is safe and answers its outcome
       5  missing or wrong API key, or a role not allowed (HTTP 401/403)
       6  any other error answered by the server
+      7  a server cannot start: its data directory or port is in use
+
+    Each error code maps to one exit code, whatever the command.
     """
 
 
@@ -73,6 +121,13 @@ def main() -> None:
 @click.option(
     "--router-processes", default=1, show_default=True, type=click.IntRange(1, 64), help="with --shards: processes serving the API in front of the shards"
 )
+@click.option("--idle-timeout-s", default=5.0, show_default=True, help="close a connection without a request after this")
+@click.option("--header-timeout-s", default=10.0, show_default=True, help="a request's head must arrive within this (else 408)")
+@click.option("--body-timeout-s", default=30.0, show_default=True, help="a request's body must arrive within this")
+@click.option("--connections-max", default=4096, show_default=True, help="open connections, at most (also kept below the fd limit)")
+@click.option(
+    "--write-requests-waiting-max", default=1024, show_default=True, help="write requests in the node, at most; past it 503 at once"
+)
 def serve(
     host: str,
     port: int,
@@ -88,8 +143,15 @@ def serve(
     shards: int,
     shard_id: int | None,
     router_processes: int,
+    idle_timeout_s: float,
+    header_timeout_s: float,
+    body_timeout_s: float,
+    connections_max: int,
+    write_requests_waiting_max: int,
 ) -> None:
     """Run a node: on the local write-ahead log (the embedded default), or on a JetStream cluster."""
+    from coffer.server.connections import ConnectionLimits
+    from coffer.server.serve import ServeError
     from coffer.server.serve import serve as run_server
 
     if shards > 1:
@@ -97,24 +159,40 @@ def serve(
             raise click.UsageError("--shards runs shards on local logs; shards over a cluster are not supported yet")
         from coffer.txn.launcher import serve_sharded
 
-        serve_sharded(host, port, data_dir, keys_file, log_level, snapshot_entries, shards, router_processes)
+        try:
+            serve_sharded(host, port, data_dir, keys_file, log_level, snapshot_entries, shards, router_processes)
+        except ServeError as error:
+            click.echo(f"error: {error.message}", err=True)
+            raise SystemExit(error.exit_code) from None
         return
     if shard_id is None and (data_dir / "shardmap.json").exists():
         raise click.UsageError(f"{data_dir} holds a sharded ledger: start it with --shards (the number it was created with)")
-    run_server(
-        host,
-        port,
-        data_dir,
-        keys_file,
-        log_level,
-        snapshot_entries,
-        log_url,
-        node_name,
-        stream,
-        int(replicas),
-        compaction_interval_s,
-        shard_id=shard_id,
+    limits = ConnectionLimits(
+        idle_timeout_s=idle_timeout_s,
+        header_timeout_s=header_timeout_s,
+        body_timeout_s=body_timeout_s,
+        connections_max=connections_max,
     )
+    try:
+        run_server(
+            host,
+            port,
+            data_dir,
+            keys_file,
+            log_level,
+            snapshot_entries,
+            log_url,
+            node_name,
+            stream,
+            int(replicas),
+            compaction_interval_s,
+            limits,
+            write_requests_waiting_max,
+            shard_id=shard_id,
+        )
+    except ServeError as error:
+        click.echo(f"error: {error.message}", err=True)
+        raise SystemExit(error.exit_code) from None
 
 
 @main.group()
@@ -194,6 +272,7 @@ def bench_apply(account_count: int, transfer_count: int, entry_size: int, seed: 
 @click.option("--processes", default=2, show_default=True, help="load generator processes")
 @click.option("--seed", default=1, show_default=True)
 @click.option("--cross-shard", default=0.0, show_default=True, help="sharded node: share of transfers between two shards")
+@click.option("--rate", type=float, help="open loop: requests per second started on a fixed schedule [default: closed loop]")
 def bench_load(
     url: str,
     mode: str,
@@ -205,13 +284,18 @@ def bench_load(
     processes: int,
     seed: int,
     cross_shard: float,
+    rate: float | None,
 ) -> None:
-    """Drive a running node with transfers; last line: mode= tps= p50_ms= p99_ms= p999_ms= errors=
-    (against a sharded node: shards= cross_shard= tps= p50_ms= p99_ms= errors=)."""
+    """Drive a running node with transfers; last line: mode= tps= p50_ms= p99_ms= p999_ms= errors=.
+
+    With --rate also: rate= refused= (503s) accepted_p50_ms= accepted_p99_ms= late= (latency from each
+    request's scheduled start). Against a sharded node a last line: shards= cross_shard= tps= p50_ms=
+    p99_ms= errors=.
+    """
     from coffer.bench.load import BenchError, run
 
     try:
-        run(url, mode, concurrency, batch_size, duration, hot, account_count, processes, seed, click.echo, cross_shard)
+        run(url, mode, concurrency, batch_size, duration, hot, account_count, processes, seed, click.echo, rate, cross_shard)
     except BenchError as error:
         raise click.UsageError(str(error)) from error
 
@@ -257,9 +341,26 @@ class _Output:
         click.echo(msgspec.json.format(msgspec.json.encode(value), indent=2))
 
 
+# One exit code per error code, whatever the command: ACCOUNT_NOT_FOUND is a 404 for a read and a
+# 409 for a command, and is "not found" (3) for both. Codes not listed map by their HTTP status.
+exit_codes_by_error_code: dict[str, int] = {
+    **{code.value: exit_rejected for code in ErrorCode},
+    ErrorCode.ACCOUNT_NOT_FOUND: exit_not_found,
+    ErrorCode.INVALID_AMOUNT: exit_invalid,
+    ErrorCode.INVALID_REQUEST: exit_invalid,
+    ErrorCode.NOT_AVAILABLE: exit_unavailable,
+    ErrorCode.UNAUTHORIZED: exit_auth,
+    ErrorCode.FORBIDDEN: exit_auth,
+    "TRANSPORT_ERROR": exit_unavailable,  # coffer.client.transport_error_code: no answer
+}
+
+
 def _exit_code(error: Exception) -> int:
     from coffer import client
 
+    by_code = exit_codes_by_error_code.get(getattr(error, "code", ""))
+    if by_code is not None:
+        return by_code
     codes: list[tuple[type[Exception], int]] = [
         (client.RejectedError, exit_rejected),
         (client.InvalidRequestError, exit_invalid),
@@ -294,6 +395,13 @@ def _talks_to_node(function: Callable[..., None]) -> Callable[..., None]:
             with Client(urls, api_key=api_key or None) as client:
                 function(client, _Output(as_json), **arguments)
         except CofferError as error:
+            if as_json:  # a script reads the outcome on stdout, success or not
+                detail = {"code": error.code, "message": error.message, "status": error.status}
+                if error.account_id is not None:
+                    detail["account_id"] = error.account_id
+                if error.dedup_id is not None:
+                    detail["dedup_id"] = error.dedup_id
+                _Output(as_json).json({"error": detail})
             click.echo(f"error: {error}", err=True)
             if error.dedup_id and isinstance(error, NotAvailableError | TransportError):
                 click.echo(f"the command may or may not be applied: retry it with --dedup-id {error.dedup_id}", err=True)

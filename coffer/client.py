@@ -496,8 +496,14 @@ def _command(path: str, fields: dict[str, Any], dedup_id: str | None) -> _Call[C
     return _Call("POST", path, decode, body=body, dedup_id=dedup_id)
 
 
+reserved_path_segments = frozenset({"", ".", ".."})  # an id spelled so would name another path
+
+
 def _account_path(account_id: str, action: str = "") -> str:
-    # Ids are [A-Za-z0-9._:-]; quoting keeps a malformed id inside its path segment.
+    # Ids are [A-Za-z0-9._:-]; quoting keeps a malformed id inside its path segment, but
+    # "." and ".." stay as they are and would climb out of it: such an id is refused here.
+    if account_id in reserved_path_segments:
+        raise InvalidRequestError(f"account id {account_id!r} is not valid", code="INVALID_REQUEST")
     path = "/v1/accounts/" + quote(account_id, safe="")
     return f"{path}/{action}" if action else path
 
@@ -697,7 +703,8 @@ def _retry_after_s(headers: httpx.Headers) -> float | None:
 
 class _Base:
     def __init__(self, urls: str | Sequence[str], api_key: str | None, retry: RetryPolicy | None) -> None:
-        urls = [urls] if isinstance(urls, str) else list(urls)
+        # One string may name several nodes, comma-separated, as COFFER_URL and --url do.
+        urls = [part.strip() for part in urls.split(",") if part.strip()] if isinstance(urls, str) else list(urls)
         if not urls:
             raise ValueError("give at least one base URL")
         self.urls = [url.rstrip("/") for url in urls]
@@ -727,7 +734,8 @@ class _Base:
 
 
 class Client(_Base):
-    """Synchronous client. ``urls``: one base URL or several nodes, tried in turn on failure.
+    """Synchronous client. ``urls``: one base URL or several nodes (a sequence, or one string with
+    comma-separated URLs), tried in turn on failure.
 
     Commands return :class:`CommandResult` or raise a :class:`CofferError`. Every command takes
     ``dedup_id``; without one a fresh id is drawn once per call and reused by its retries.

@@ -22,6 +22,17 @@ start together on a signal from the parent; each stops sending at the shared dea
   previous one is written, so two keep it busy (one written, one applied and answered); more only
   make entries, responses and latency bigger (measured: 4 in flight gave ~25% fewer tps than 2).
 
+With ``rate`` (``--rate R``) the load is an open loop instead: each process starts its share of
+``R`` requests per second on a fixed schedule, whatever the answers, as independent clients
+would; a request waits for a free connection of its process (opening more, up to
+``open_loop_connections_max`` per process), and its latency is measured from its scheduled start,
+so time spent queued anywhere, in the generator included, counts (no coordinated omission). Above
+the node's capacity, a node without admission control answers ever later; with it, some requests
+get 503 at once and the admitted ones keep a bounded latency. The last line then also has
+``rate=`` (the schedule), ``refused=`` (answers 503) and ``accepted_p50_ms=`` / ``accepted_p99_ms=``
+(latency of the requests answered 200), and ``late=``: requests started more than 10 ms after
+their scheduled time (the generator itself could not keep up; figures then understate the load).
+
 Transfers go between two different random accounts; a share ``hot`` of them goes through the hot
 account instead (half from it, half to it; it holds far more than the test can move). Every
 request has a unique dedup id (a random run nonce, so re-runs never replay old transfers). A
@@ -72,6 +83,8 @@ setup_timeout_s = 120.0
 ready_wait_s = 120.0  # how long a worker waits for the start signal (the parent may have died)
 drain_s_single = 10.0  # how long a worker waits after the deadline for answers in flight
 drain_s_batch = 30.0
+open_loop_connections_max = 2048  # per process; past it a scheduled request waits for a free connection
+late_s = 0.01  # a request started this much after its schedule is counted as late
 progress_every_s = 1.0
 api_key_variable = "COFFER_API_KEY"  # sent as x-api-key when set
 
@@ -290,6 +303,7 @@ class _Plan:
     duration_s: float
     cross_shard: float = 0.0  # share of transfers between accounts of different shards
     shard_map: dict[str, Any] | None = None  # the node's map (GET /v1/shards); None: one shard
+    rate: float | None = None  # this process's requests per second (open loop), or None (closed loop)
 
 
 class _Load:
@@ -308,6 +322,11 @@ class _Load:
         self.lost = 0  # transfers whose answer never came (connection lost, drain bound)
         self.codes: Counter[str] = Counter()
         self.latencies = array("d")
+        self.accepted_latencies = array("d")  # of the requests answered 200 (open loop)
+        self.refused = 0  # requests answered 503 (open loop)
+        self.late = 0  # requests started more than late_s after their schedule (open loop)
+        self.free: asyncio.Queue[_Connection] | None = None
+        self.opened = 0
         self.last_answer = 0.0
         self.cpu_s = 0.0  # CPU this process spent during the load (the generator's own cost)
         self.deadline = math.inf
@@ -423,6 +442,101 @@ class _Load:
                         self.codes[f"{result.status} {result.error.code if result.error is not None else '?'}"] += 1
         connection.close()
 
+    def _body(self) -> tuple[bytes, int]:
+        """The next request's payload and the transfers it carries."""
+        if self.plan.mode == "single":
+            return _payload(self.target.head("/v1/transfers"), self.transfer("").encode()), 1
+        items = ",".join([self.transfer('"type":"transfer",') for _ in range(self.plan.batch)])
+        return _payload(self.target.head("/v1/commands"), b'{"commands":[' + items.encode() + b"]}"), self.plan.batch
+
+    async def _open_loop(self, connections: list[_Connection]) -> None:
+        """Start requests on this process's schedule until the deadline; wait for their answers."""
+        assert self.plan.rate is not None
+        self.free = asyncio.Queue()
+        for connection in connections:
+            self.free.put_nowait(connection)
+        self.opened = len(connections)
+        interval_s = 1.0 / self.plan.rate
+        begin = self.deadline - self.plan.duration_s
+        tasks: set[asyncio.Task[None]] = set()
+        number = 0
+        while True:
+            now = time.monotonic()
+            scheduled = begin + number * interval_s
+            if scheduled >= self.deadline:
+                break
+            while scheduled <= now and scheduled < self.deadline:  # every request that is due, even if late
+                task = asyncio.create_task(self._scheduled(scheduled))
+                tasks.add(task)
+                task.add_done_callback(tasks.discard)
+                number += 1
+                scheduled = begin + number * interval_s
+            await asyncio.sleep(max(0.0, scheduled - time.monotonic()))
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
+        while not self.free.empty():
+            self.free.get_nowait().close()
+
+    async def _connection(self) -> _Connection:
+        assert self.free is not None
+        while True:
+            if not self.free.empty():
+                connection = self.free.get_nowait()
+            elif self.opened < open_loop_connections_max:
+                self.opened += 1
+                try:
+                    return await self.target.connect()
+                except BaseException:
+                    self.opened -= 1
+                    raise
+            else:
+                connection = await self.free.get()
+            if not connection.closed:
+                return connection
+            self.opened -= 1  # closed by the server meanwhile (idle timeout): open another
+
+    async def _scheduled(self, scheduled: float) -> None:
+        assert self.free is not None
+        payload, transfers = self._body()
+        try:
+            connection = await self._connection()
+        except (OSError, TimeoutError) as error:
+            self.lost += transfers
+            self.codes[f"(nothing sent) connect failed: {error}"] += transfers
+            return
+        if time.monotonic() - scheduled > late_s:
+            self.late += 1
+        try:
+            status, answer = await connection.request(payload)
+        except ConnectionError as error:
+            self.opened -= 1
+            self.lost += transfers
+            self.codes[str(error)] += transfers
+            return
+        except asyncio.CancelledError:
+            self.lost += transfers
+            self.codes["no answer within the drain bound"] += transfers
+            connection.close()
+            raise
+        self.free.put_nowait(connection)
+        latency_ms = (time.monotonic() - scheduled) * 1000.0
+        self.last_answer = time.monotonic()
+        self.latencies.append(latency_ms)
+        self.requests += 1
+        if status == 200:
+            self.accepted_latencies.append(latency_ms)
+            if self.plan.mode == "single":
+                self.ok += 1
+            else:
+                results = _results_decoder.decode(answer).results
+                self.ok += sum(result.status == 200 for result in results)
+                self.errors += sum(result.status != 200 for result in results)
+            return
+        if status == 503:
+            self.refused += 1
+        self.errors += transfers
+        self.codes[_error_code(status, answer)] += transfers
+
     async def run(self, start: Any, go: Any, ready: Any) -> None:
         connections = [await self.target.connect() for _ in range(self.plan.connections)]
         ready.put(("ready", self.slot, None))
@@ -434,7 +548,10 @@ class _Load:
         self.deadline = start.value + self.plan.duration_s
         cpu_started = time.process_time()
         reporter = asyncio.create_task(self._reporter())
-        tasks = [asyncio.create_task(self._connection_loop(connection)) for connection in connections]
+        if self.plan.rate is not None:
+            tasks = [asyncio.create_task(self._open_loop(connections))]
+        else:
+            tasks = [asyncio.create_task(self._connection_loop(connection)) for connection in connections]
         _, pending = await asyncio.wait(tasks, timeout=self.deadline - time.monotonic() + self.plan.drain_s)
         for task in pending:
             task.cancel()
@@ -461,6 +578,9 @@ def _worker(plan: _Plan, slot: int, counters: Any, start: Any, go: Any, results:
             "requests": load.requests,
             "codes": dict(load.codes),
             "latencies": load.latencies.tobytes(),
+            "accepted_latencies": load.accepted_latencies.tobytes(),
+            "refused": load.refused,
+            "late": load.late,
             "last_answer": load.last_answer,
             "cpu_s": load.cpu_s,
         }
@@ -502,9 +622,14 @@ def run(
     processes: int,
     seed: int,
     echo: Callable[[str], None],
+    rate: float | None = None,
     cross_shard: float = 0.0,
 ) -> None:
-    """Set up, load ``url`` for ``duration_s`` seconds and echo progress, then the result line."""
+    """Set up, load ``url`` for ``duration_s`` seconds and echo progress, then the result line.
+
+    ``rate``: requests per second in all, started on a fixed schedule (open loop); None for the
+    closed loop of ``concurrency`` requests in flight.
+    """
     if not 0.0 <= cross_shard <= 1.0:
         raise BenchError("cross-shard is a share between 0 and 1")
     if mode not in ("single", "batch"):
@@ -517,6 +642,8 @@ def run(
         raise BenchError("hot is a share between 0 and 1")
     if accounts < 2:
         raise BenchError("at least 2 accounts are needed")
+    if rate is not None and not rate > 0:
+        raise BenchError("rate is a positive number of requests per second")
     target = _Target.parse(url)
     shard_map = _shard_map(url)
     shards = 1 if shard_map is None else int(shard_map["shards"])
@@ -532,7 +659,7 @@ def run(
         f"({asset}, scale {scale}) funded in {time.perf_counter() - started:.1f}s"
     )
 
-    in_flight = concurrency if mode == "single" else min(concurrency, batch_inflight_max)
+    in_flight = concurrency if mode == "single" or rate is not None else min(concurrency, batch_inflight_max)
     processes = min(processes, in_flight)
     shares = [in_flight // processes + (1 if number < in_flight % processes else 0) for number in range(processes)]
     context = multiprocessing.get_context("spawn")
@@ -559,6 +686,7 @@ def run(
                     duration_s=duration_s,
                     cross_shard=cross_shard,
                     shard_map=shard_map,
+                    rate=None if rate is None else rate / processes,
                 ),
                 slot,
                 counters,
@@ -586,10 +714,8 @@ def run(
                 raise BenchError(f"load worker {slot} failed: {detail}")
             ready += 1
         mode_text = f"{batch} transfers per request, " if mode == "batch" else ""
-        echo(
-            f"load: mode={mode} {mode_text}{in_flight} requests in flight over {processes} processes, "
-            f"hot={hot:g}, {duration_s:g}s"
-        )
+        loop_text = f"open loop at {rate:g} requests/s, " if rate is not None else f"{in_flight} requests in flight "
+        echo(f"load: mode={mode} {mode_text}{loop_text}over {processes} processes, hot={hot:g}, {duration_s:g}s")
         begin = time.monotonic() + 0.1
         start.value = begin
         go.set()
@@ -634,6 +760,10 @@ def run(
         codes.update(summary["codes"])
         latencies.extend(array("d", summary["latencies"]))
     latencies.sort()
+    accepted: list[float] = []
+    for summary in summaries.values():
+        accepted.extend(array("d", summary["accepted_latencies"]))
+    accepted.sort()
     cpu_s = sum(summary["cpu_s"] for summary in summaries.values())
     echo(
         f"done: requests={requests} transfers_ok={ok} errors={errors} window_s={window_s:.2f} "
@@ -641,10 +771,18 @@ def run(
     )
     for code, count in codes.most_common(5):
         echo(f"errors: {count} x {code}")
-    echo(
+    result = (
         f"mode={mode} tps={int(ok / window_s)} p50_ms={_percentile(latencies, 0.5):.2f} "
         f"p99_ms={_percentile(latencies, 0.99):.2f} p999_ms={_percentile(latencies, 0.999):.2f} errors={errors}"
     )
+    if rate is not None:
+        refused = sum(summary["refused"] for summary in summaries.values())
+        late = sum(summary["late"] for summary in summaries.values())
+        result += (
+            f" rate={rate:g} refused={refused} accepted_p50_ms={_percentile(accepted, 0.5):.2f}"
+            f" accepted_p99_ms={_percentile(accepted, 0.99):.2f} late={late}"
+        )
+    echo(result)
     if shard_map is not None:
         echo(
             f"shards={shards} cross_shard={cross_shard:g} tps={int(ok / window_s)} p50_ms={_percentile(latencies, 0.5):.2f} "

@@ -186,6 +186,10 @@ def _write_all(fd: int, data: bytes) -> None:
         view = view[written:]
 
 
+class LogInUseError(LogError):
+    """Another process (or another LocalWal here) holds the directory: two writers would fork history."""
+
+
 class LocalWal(CommandLog):
     """The local write-ahead log (see the module docstring). Opening it verifies it."""
 
@@ -318,7 +322,7 @@ class LocalWal(CommandLog):
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             os.close(fd)
-            raise LogError(f"{self._directory} is already open by another LocalWal") from None
+            raise LogInUseError(f"{self._directory} is already open by another LocalWal") from None
         return fd
 
     def _recover(self) -> None:

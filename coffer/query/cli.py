@@ -107,15 +107,21 @@ def query_serve(store_dsn: str, host: str, port: int, keys_file: Path | None, wa
     import uvicorn
 
     from coffer.query.query_app import create_query_app
-    from coffer.server.auth import ApiKeys
-    from coffer.server.serve import is_loopback
+    from coffer.server.connections import ConnectionLimits, connections_cap, server_config
+    from coffer.server.serve import ServeError, bind, is_loopback, load_keys
 
     _logging(log_level)
-    keys = ApiKeys.load(keys_file)
-    if not is_loopback(host) and not keys:
-        raise click.UsageError(f"refusing to bind {host} without API keys: set --keys-file or COFFER_API_KEYS")
+    try:
+        keys = load_keys(keys_file)
+        if not is_loopback(host) and not keys:
+            raise click.UsageError(f"refusing to bind {host} without API keys: set --keys-file or COFFER_API_KEYS")
+        listener = bind(host, port)
+    except ServeError as error:
+        click.echo(f"error: {error.message}", err=True)
+        sys.exit(error.exit_code)
     app = create_query_app(_open_store(store_dsn), keys, wait_s)
-    uvicorn.run(app, host=host, port=port, log_level=log_level, access_log=False, timeout_graceful_shutdown=5)
+    limits = ConnectionLimits(connections_max=connections_cap())
+    uvicorn.Server(server_config(app, host, port, log_level, limits, timeout_graceful_shutdown=5)).run(sockets=[listener])
 
 
 def _verdict_out(verdict: Any) -> None:

@@ -21,6 +21,7 @@ from coffer.core.errors import ErrorCode
 from coffer.query import hierarchy
 from coffer.query.reads import ReadError
 from coffer.query.sql_store import ChildRow
+from coffer.server import inputs
 
 id_pattern = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 
@@ -45,7 +46,7 @@ _node_decoder = msgspec.json.Decoder(NodeBody)
 
 
 def _checked_id(value: str, name: str) -> str:
-    if not id_pattern.fullmatch(value):
+    if not id_pattern.fullmatch(value) or value in inputs.reserved_ids:
         raise ReadError(422, ErrorCode.INVALID_REQUEST, f"{name} must be 1-128 characters of A-Za-z0-9._:-")
     return value
 
@@ -53,11 +54,12 @@ def _checked_id(value: str, name: str) -> str:
 def decode_node(data: bytes) -> NodeBody:
     """The body of POST /v1/hierarchy/nodes, checked; ReadError 422 otherwise."""
     try:
-        body = _node_decoder.decode(data)
+        # Valid UTF-8, no repeated keys, bounded nesting: one reading of the body, the same everywhere.
+        body = inputs.decode_json(data, _node_decoder.decode)
     except msgspec.ValidationError as error:
         raise ReadError(422, ErrorCode.INVALID_REQUEST, str(error)) from None
-    except msgspec.DecodeError as error:
-        raise ReadError(422, ErrorCode.INVALID_REQUEST, f"body is not valid JSON: {error}") from None
+    except inputs.InputError as error:
+        raise ReadError(422, ErrorCode.INVALID_REQUEST, error.message) from None
     _checked_id(body.node_id, "node_id")
     if body.parent_id is not None:
         _checked_id(body.parent_id, "parent_id")

@@ -20,21 +20,22 @@ are the node's (``--keys-file``, ``COFFER_API_KEYS``); changing the hierarchy ne
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection
 from typing import Any
 
 import msgspec
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import Route
 
 from coffer.core.errors import ErrorCode
 from coffer.query import hierarchy, hierarchy_service, reads
 from coffer.query.sql_store import SqlStore
+from coffer.server import inputs
 from coffer.server.auth import ApiKeys, Role
-from coffer.server.openapi import query_openapi_document
+from coffer.server.openapi import query_openapi_document, query_parameters
 from coffer.server.views import error_body
 
 request_bytes_max = 4 * 1024 * 1024  # a hierarchy node of 10,000 children of 128 characters fits
@@ -78,12 +79,31 @@ class QueryApi:
             raise HttpError(401, ErrorCode.UNAUTHORIZED, "missing or unknown API key")
         return role
 
-    def route(self, path: str, method: str, role: Role | None, handler: Callable[[Request], Awaitable[Response]]) -> Route:
+    def route(
+        self,
+        path: str,
+        method: str,
+        role: Role | None,
+        handler: Callable[[Request], Awaitable[Response]],
+        query: Collection[str] | None = None,
+    ) -> Route:
+        """A route answering ``method`` on ``path``; ``query`` names every query parameter it takes
+        (by default, the ones its operation lists in the query server's OpenAPI document)."""
+        if query is None:
+            query = query_parameters(query_openapi_document(), path, method)
+
         async def endpoint(request: Request) -> Response:
             try:
                 if role is not None and self._role(request) < role:
                     raise HttpError(403, ErrorCode.FORBIDDEN, f"this route needs the {role.name.lower()} role")
+                request.state.parameters = inputs.Parameters(request.query_params.multi_items(), query)
+                for name, value in request.path_params.items():
+                    inputs.refuse_reserved_id(value, name)
                 return await handler(request)
+            except ClientDisconnect:
+                return Response(status_code=499)  # nobody is left to read it; uvicorn drops it
+            except inputs.InputError as error:
+                return json_response(error_body(error.code, error.message), 422)
             except HttpError as error:
                 return json_response(error_body(error.code, error.message, error.subject_id), error.status)
             except reads.ReadError as error:
@@ -206,7 +226,10 @@ def create_query_app(store: SqlStore, keys: ApiKeys, store_wait_s: float = store
         status = getattr(error, "status_code", 500)
         # An unknown route or method is a malformed request in the contract's terms.
         message = f"{request.method} {request.url.path}: {getattr(error, 'detail', 'error')}"
-        return json_response(error_body(ErrorCode.INVALID_REQUEST, message), status)
+        response = json_response(error_body(ErrorCode.INVALID_REQUEST, message), status)
+        if status == 405:
+            response.headers["Allow"] = inputs.allowed_methods(app.routes, request.scope)
+        return response
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:

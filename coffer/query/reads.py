@@ -115,6 +115,8 @@ def int_param(params: Mapping[str, str], name: str, minimum: int = 0) -> int | N
         return None
     if not text.isascii() or not text.isdigit():
         raise _invalid(f"{name} must be a non-negative integer")
+    if len(text) > len(str(query_integer_max)):  # before int(): thousands of digits are refused, not parsed
+        raise _invalid(f"{name} must be at most {query_integer_max}")
     value = int(text)
     if value < minimum:
         raise _invalid(f"{name} must be at least {minimum}")

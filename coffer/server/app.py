@@ -10,14 +10,15 @@ import contextlib
 import contextvars
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Mapping
 from typing import Any, ClassVar
 
 import msgspec
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from starlette.applications import Starlette
+from starlette.datastructures import QueryParams
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import Route
 
@@ -29,12 +30,13 @@ from coffer.core.events import Actor
 from coffer.core.state_machine import protocol_version_max
 from coffer.query import hierarchy, hierarchy_service, reads
 from coffer.replica import Replica
+from coffer.server import inputs, transactions
 from coffer.server import requests as bodies
-from coffer.server import transactions
+from coffer.server.admission import Admission, Overloaded
 from coffer.server.auth import ApiKeys, Role
 from coffer.server.feed import event_stream
 from coffer.server.node_reads import NodeHierarchy, NodeReads
-from coffer.server.openapi import openapi_document
+from coffer.server.openapi import openapi_document, query_parameters
 from coffer.server.pipeline import FollowerPipeline, LogUnavailable, Outcome, Pipeline
 from coffer.server.views import account_view, error_body, rejection_body
 
@@ -45,7 +47,6 @@ commands_per_request_max = 8190
 query_limit_max = 10_000
 store_wait_s_max = 5.0
 submit_wait_s_max = 20.0
-query_integer_max = 2**63 - 1  # seqs and times are stored as signed 64-bit integers
 compaction_interval_s = 30.0  # cluster: how often a node tries to purge the stream below all snapshots  # no request hangs: past this the outcome is unknown (503, retry safely)  # a history read waits this long for the event store to catch up
 
 _json = msgspec.json.Encoder()
@@ -59,6 +60,7 @@ class _CommandsBody(msgspec.Struct, forbid_unknown_fields=True):
 
 
 _commands_decoder = msgspec.json.Decoder(_CommandsBody)
+_log_level_decoder = msgspec.json.Decoder(dict[str, str])
 
 
 class HttpError(Exception):
@@ -116,6 +118,7 @@ class Metrics:
         self.seq = Gauge("coffer_seq", "Last applied event seq", registry=self.registry)
         self.log_index = Gauge("coffer_log_index", "Last applied log index", registry=self.registry)
         self.stored_seq = Gauge("coffer_event_store_seq", "Last event seq in the event store", registry=self.registry)
+        self.refused = Gauge("coffer_writes_refused", "Write requests refused with 503 by admission control", registry=self.registry)
         self._code_counters: dict[str, Any] = {}
 
     def count(self, code: str) -> None:
@@ -125,18 +128,13 @@ class Metrics:
         counter.inc()
 
 
+def _parameters(request: Request) -> inputs.Parameters:
+    parameters: inputs.Parameters = request.state.parameters  # the names its route accepts (Api.route)
+    return parameters
+
+
 def _int_param(request: Request, name: str, minimum: int = 0) -> int | None:
-    text = request.query_params.get(name)
-    if text is None or text == "":
-        return None
-    if not text.isascii() or not text.isdigit():
-        raise HttpError(422, ErrorCode.INVALID_REQUEST, f"{name} must be a non-negative integer")
-    value = int(text)
-    if value < minimum:
-        raise HttpError(422, ErrorCode.INVALID_REQUEST, f"{name} must be at least {minimum}")
-    if value > query_integer_max:
-        raise HttpError(422, ErrorCode.INVALID_REQUEST, f"{name} must be at most {query_integer_max}")
-    return value
+    return _parameters(request).integer(name, minimum)
 
 
 class Api:
@@ -156,6 +154,7 @@ class Api:
         self.hierarchy = NodeHierarchy(
             replica.data_dir, replica.store, lambda ids: {account_id for account_id in ids if account_id in machine.accounts}
         )
+        self.admission = Admission()
 
     # ------------------------------------------------------------------ plumbing
 
@@ -191,22 +190,49 @@ class Api:
             return error.status, error_body(error.code, error.message, error.account_id)
         except bodies.RequestError as error:
             return 422, error_body(error.code, error.message, error.account_id)
+        except inputs.InputError as error:
+            return 422, error_body(error.code, error.message)
         except LogUnavailable as error:
             return 503, error_body(ErrorCode.NOT_AVAILABLE, f"the command log is unavailable: {error}")
+        except Overloaded as error:
+            return 503, error_body(ErrorCode.NOT_AVAILABLE, f"overloaded: {error}")
         except reads.ReadError as error:
             return error.status, error_body(error.code, error.message, error.subject_id)
         except hierarchy.HierarchyError as error:
             return 409, error_body(error.code, error.message, error.subject_id)
 
-    def route(self, path: str, method: str, role: Role, handler: Callable[[Request, Role], Awaitable[Response]]) -> Route:
+    def route(
+        self,
+        path: str,
+        method: str,
+        role: Role,
+        handler: Callable[[Request, Role], Awaitable[Response]],
+        query: Collection[str] | None = None,
+    ) -> Route:
+        """A route answering ``method`` on ``path``; ``query`` names every query parameter it takes
+        (by default, the ones its operation lists in the OpenAPI document: one declaration)."""
+        if query is None:
+            query = query_parameters(openapi_document(), path, method)
+
+        async def work(request: Request, granted: Role) -> Response:
+            request.state.parameters = inputs.Parameters(request.query_params.multi_items(), query)
+            for name, value in request.path_params.items():
+                inputs.refuse_reserved_id(value, name)
+            return await handler(request, granted)
+
         async def endpoint(request: Request) -> Response:
-            answer = await self.guarded(role, request.headers, lambda granted: handler(request, granted))
+            try:
+                answer = await self.guarded(role, request.headers, lambda granted: work(request, granted))
+            except ClientDisconnect:
+                return Response(status_code=499)  # nobody is left to read it; uvicorn drops it
             if isinstance(answer, Response):
                 return answer
             status, body = answer
             return json_response(body, status, _retry_after if status == 503 else None)
 
-        return Route(path, endpoint, methods=[method])
+        route = Route(path, endpoint, methods=[method])
+        route.query_parameters = frozenset(query)  # type: ignore[attr-defined]  # read by the OpenAPI agreement test
+        return route
 
     async def _body(self, request: Request) -> bytes:
         return await read_body(request.headers, request.stream())
@@ -264,7 +290,8 @@ class Api:
             if record is not None and record.command == commands[0]:
                 return [Outcome(record.result, 0, None)]
         try:
-            return await asyncio.wait_for(pipeline.submit(commands, _caller.get()), submit_wait_s_max)
+            with self.admission.commands(len(commands)):
+                return await asyncio.wait_for(pipeline.submit(commands, _caller.get()), submit_wait_s_max)
         except TimeoutError:
             raise LogUnavailable(f"no outcome within {submit_wait_s_max} s; retry with the same dedup_id") from None
 
@@ -281,10 +308,8 @@ class Api:
         """One command of type ``kind`` from its JSON body: decode, translate, submit, answer."""
         body_type = bodies.body_types[kind]
         if path_id is not None:
-            try:
-                fields = msgspec.json.decode(data)
-            except msgspec.DecodeError as error:
-                raise bodies.RequestError(ErrorCode.INVALID_REQUEST, f"body is not valid JSON: {error}") from None
+            inputs.refuse_reserved_id(path_id)
+            fields = inputs.decode_json(data)
             if not isinstance(fields, dict):
                 raise bodies.RequestError(ErrorCode.INVALID_REQUEST, "body must be a JSON object")
             if fields.setdefault("account_id", path_id) != path_id:
@@ -304,11 +329,10 @@ class Api:
     async def run_commands(self, role: Role, data: bytes) -> tuple[int, dict[str, Any]]:
         """POST /v1/commands: each command answered on its own, in order."""
         try:
-            batch = _commands_decoder.decode(data)
+            # The struct's one field holds plain dicts: the duplicate check counts on them as they are.
+            batch = inputs.decode_json(data, _commands_decoder.decode, plain=lambda body: {"commands": body.commands})
         except msgspec.ValidationError as error:
             raise bodies.RequestError(ErrorCode.INVALID_REQUEST, str(error)) from None
-        except msgspec.DecodeError as error:
-            raise bodies.RequestError(ErrorCode.INVALID_REQUEST, f"body is not valid JSON: {error}") from None
         if not 1 <= len(batch.commands) <= commands_per_request_max:
             raise bodies.RequestError(ErrorCode.INVALID_REQUEST, f"commands must hold 1 to {commands_per_request_max} items")
         scales = self._scales()
@@ -336,7 +360,8 @@ class Api:
             to_send.append(command)
         if to_send:
             try:
-                outcomes = await asyncio.wait_for(self._pipeline().submit(to_send), submit_wait_s_max)
+                with self.admission.commands(len(to_send)):
+                    outcomes = await asyncio.wait_for(self._pipeline().submit(to_send), submit_wait_s_max)
             except TimeoutError:
                 raise LogUnavailable(f"no outcome within {submit_wait_s_max} s; retry with the same dedup_ids") from None
             for slot, outcome in zip(slots, outcomes, strict=True):
@@ -355,7 +380,7 @@ class Api:
         if reads.needs_history(request.query_params):
             return json_response(await reads.account_as_of(self.reads, request.path_params["account_id"], request.query_params))
         await self._at_least(request)
-        account_id = request.path_params["account_id"]
+        account_id = inputs.refuse_reserved_id(request.path_params["account_id"])
         account = self.replica.machine.accounts.get(account_id)
         if account is None:
             raise HttpError(404, ErrorCode.ACCOUNT_NOT_FOUND, f"account {account_id} not found", account_id)
@@ -365,7 +390,7 @@ class Api:
         if request.query_params.get("at_time"):
             return json_response(await reads.accounts_as_of(self.reads, request.query_params))
         await self._at_least(request)
-        ids = [part for part in request.query_params.get("ids", "").split(",") if part]
+        ids = [inputs.refuse_reserved_id(part) for part in (_parameters(request).text("ids") or "").split(",") if part]
         if not ids:
             raise HttpError(422, ErrorCode.INVALID_REQUEST, "ids must name at least one account")
         if len(ids) > query_limit_max:
@@ -474,6 +499,7 @@ class Api:
         machine = self.replica.machine
         self.metrics.seq.set(machine.seq)
         self.metrics.log_index.set(machine.log_index)
+        self.metrics.refused.set(self.admission.refused)
         if self.replica.writer is not None:
             self.metrics.stored_seq.set(self.replica.writer.stored_seq)
         return Response(generate_latest(self.metrics.registry), media_type=CONTENT_TYPE_LATEST)
@@ -481,8 +507,8 @@ class Api:
     async def log_level(self, request: Request, role: Role) -> Response:
         data = await self._body(request)
         try:
-            level = msgspec.json.decode(data, type=dict[str, str]).get("level", "")
-        except (msgspec.ValidationError, msgspec.DecodeError) as error:
+            level = inputs.decode_json(data, _log_level_decoder.decode).get("level", "")
+        except msgspec.ValidationError as error:
             raise bodies.RequestError(ErrorCode.INVALID_REQUEST, str(error)) from None
         numeric = logging.getLevelName(level.upper())
         if not isinstance(numeric, int):
@@ -574,16 +600,21 @@ class FastCommandRoutes:
             while True:
                 message = await receive()
                 if message["type"] == "http.disconnect":
-                    return
+                    raise ClientDisconnect  # half a body is no request: never decode it
                 yield message.get("body", b"")
                 if not message.get("more_body", False):
                     return
 
         async def work(role: Role) -> tuple[int, dict[str, Any]]:
+            if scope.get("query_string"):
+                inputs.Parameters(QueryParams(scope["query_string"]).multi_items(), ())
             data = await read_body(headers, chunks())
             return await (self.api.run_commands(role, data) if kind == "" else self.api.run_command(kind, data))
 
-        status, body = await self.api.guarded(Role.OPERATOR, headers, work)
+        try:
+            status, body = await self.api.guarded(Role.OPERATOR, headers, work)
+        except ClientDisconnect:
+            return  # nobody is left to answer
         encoded = _json.encode(body)
         response_headers = [(b"content-type", b"application/json"), (b"content-length", str(len(encoded)).encode())]
         if status == 503:
@@ -632,9 +663,9 @@ def create_app(
     async def http_error(request: Request, error: Exception) -> Response:
         status = getattr(error, "status_code", 500)
         # An unknown route or method is a malformed request in the contract's terms.
-        return error_response(
-            status, ErrorCode.INVALID_REQUEST, f"{request.method} {request.url.path}: {getattr(error, 'detail', 'error')}"
-        )
+        message = f"{request.method} {request.url.path}: {getattr(error, 'detail', 'error')}"
+        headers = {"Allow": inputs.allowed_methods(app.routes, request.scope)} if status == 405 else None
+        return json_response(error_body(ErrorCode.INVALID_REQUEST, message), status, headers)
 
     app = Starlette(routes=[*public, *api.routes()], lifespan=lifespan, exception_handlers={HTTPException: http_error})
     app.state.api = api
@@ -643,6 +674,10 @@ def create_app(
 
 def _unauthenticated(handler: Callable[[Request, Role], Awaitable[Response]]) -> Callable[[Request], Awaitable[Response]]:
     async def endpoint(request: Request) -> Response:
+        try:
+            inputs.Parameters(request.query_params.multi_items(), ())
+        except inputs.InputError as error:
+            return json_response(error_body(error.code, error.message), 422)
         return await handler(request, Role.READER)
 
     return endpoint

@@ -32,6 +32,7 @@ from starlette.routing import Route
 
 from coffer.core.errors import ErrorCode
 from coffer.core.events import EventRecord
+from coffer.server.inputs import InputError, Parameters
 
 if TYPE_CHECKING:
     from coffer.server.app import Api
@@ -95,10 +96,11 @@ class FeedRequestError(ValueError):
 
 
 def _from_seq(request: Request) -> int:
-    text = request.query_params.get("from_seq", "1") or "1"
-    if not text.isascii() or not text.isdigit() or int(text) < 1:
-        raise FeedRequestError("from_seq must be a positive integer")
-    return int(text)
+    try:
+        from_seq = Parameters(request.query_params.multi_items(), ("from_seq",)).integer("from_seq", minimum=1)
+    except InputError as error:
+        raise FeedRequestError(error.message) from None
+    return 1 if from_seq is None else from_seq
 
 
 async def _lines(api: "Api", from_seq: int) -> AsyncIterator[bytes]:

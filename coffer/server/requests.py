@@ -3,7 +3,8 @@
 Method: msgspec decodes a body strictly into one of the structs below (unknown fields and wrong
 types are refused), then :func:`to_command` turns decimal-string amounts into integers of the
 asset's minor unit with :func:`coffer.core.amounts.parse_amount`. Anything malformed raises
-:class:`RequestError` (HTTP 422) and never reaches the log.
+:class:`RequestError` (HTTP 422) and never reaches the log; a body that is not JSON, not UTF-8,
+nested too deep or repeats a key is refused before that by :mod:`coffer.server.inputs`.
 
 Parsing an amount needs its asset's scale, which this node knows from its applied state: the
 asset of a transfer or leg, or the account of a reservation or limit change. A command that names
@@ -20,6 +21,7 @@ import msgspec
 from coffer.core import commands as core
 from coffer.core.amounts import AmountError, amount_sign, parse_amount
 from coffer.core.errors import ErrorCode
+from coffer.server import inputs
 
 dedup_id_length_max = core.id_length_max
 
@@ -61,6 +63,12 @@ class RequestError(Exception):
         self.account_id = account_id
 
 
+def _refuse_reserved_ids(*account_ids: str) -> None:
+    # Raised in __post_init__, a ValueError becomes the decoder's ValidationError (422).
+    for account_id in account_ids:
+        inputs.refuse_reserved_id(account_id)
+
+
 class _Body(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     dedup_id: DedupId
 
@@ -73,17 +81,26 @@ class CreateAccountBody(_Body):
     upper_limit: AmountText | None = None
     metadata: MetadataMap | None = None
 
+    def __post_init__(self) -> None:
+        _refuse_reserved_ids(self.account_id)
+
 
 class UpdateLimitsBody(_Body):
     account_id: Id
     lower_limit: AmountText | None = None
     upper_limit: AmountText | msgspec.UnsetType | None = msgspec.UNSET
 
+    def __post_init__(self) -> None:
+        _refuse_reserved_ids(self.account_id)
+
 
 class AccountBody(_Body):
     """Lock, unlock and delete: the account comes from the path."""
 
     account_id: Id
+
+    def __post_init__(self) -> None:
+        _refuse_reserved_ids(self.account_id)
 
 
 class TransferBody(_Body):
@@ -95,12 +112,18 @@ class TransferBody(_Body):
     expected_from_balance: AmountText | None = None
     expected_to_balance: AmountText | None = None
 
+    def __post_init__(self) -> None:
+        _refuse_reserved_ids(self.from_account_id, self.to_account_id)
+
 
 class LegBody(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     account_id: Id
     amount: AmountText
     asset: AssetName
     metadata: MetadataMap | None = None
+
+    def __post_init__(self) -> None:
+        _refuse_reserved_ids(self.account_id)
 
 
 class PreconditionBody(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -109,6 +132,9 @@ class PreconditionBody(msgspec.Struct, forbid_unknown_fields=True, kw_only=True)
     min_balance: AmountText | None = None
     max_balance: AmountText | None = None
     expected_version: Annotated[int, msgspec.Meta(ge=0, le=2**63 - 1)] | None = None
+
+    def __post_init__(self) -> None:
+        _refuse_reserved_ids(self.account_id)
 
 
 Legs = Annotated[list[LegBody], msgspec.Meta(min_length=1, max_length=core.legs_max)]
@@ -124,11 +150,17 @@ class ReserveBody(_Body):
     reservation_id: Id
     amount: AmountText
 
+    def __post_init__(self) -> None:
+        _refuse_reserved_ids(self.account_id)
+
 
 class ReleaseBody(_Body):
     account_id: Id
     reservation_id: Id
     amount: AmountText | None = None
+
+    def __post_init__(self) -> None:
+        _refuse_reserved_ids(self.account_id)
 
 
 class TccTryBody(_Body):
@@ -190,11 +222,9 @@ def _schema_error(error: msgspec.ValidationError) -> RequestError:
 
 def decode_body(body_type: type[_Body], data: bytes) -> _Body:
     try:
-        return _decoders[body_type].decode(data)
+        return inputs.decode_json(data, _decoders[body_type].decode)
     except msgspec.ValidationError as error:
         raise _schema_error(error) from None
-    except msgspec.DecodeError as error:
-        raise RequestError(ErrorCode.INVALID_REQUEST, f"body is not valid JSON: {error}") from None
 
 
 def convert_body(body_type: type[_Body], data: dict[str, Any]) -> _Body:

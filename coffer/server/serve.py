@@ -1,5 +1,15 @@
-"""``coffer serve``: one node on the local write-ahead log, with the HTTP API on uvicorn."""
+"""``coffer serve``: one node on the local write-ahead log, with the HTTP API on uvicorn.
 
+A node that cannot start says why in one line and exits with a code of :mod:`coffer.exit_codes`:
+``invalid`` for its configuration (a keys file that cannot be read or parsed, a key too short, a
+data directory that cannot be made), ``in_use`` when another process holds its data directory or
+its port. The socket is bound here, before uvicorn starts, so that a taken port is one of these
+answers rather than uvicorn's own exit code; it listens only once uvicorn serves, so that during
+recovery a client is refused at once (and tries another node) instead of waiting.
+"""
+
+import dataclasses
+import errno
 import gc
 import ipaddress
 import logging
@@ -9,19 +19,52 @@ from pathlib import Path
 
 import uvicorn
 
+from coffer import exit_codes
 from coffer.log.base import CommandLog
-from coffer.log.wal import LocalWal
+from coffer.log.wal import LocalWal, LogInUseError
 from coffer.replica import Replica
-from coffer.server import views
+from coffer.server import admission, views
 from coffer.server.app import create_app
-from coffer.server.auth import ApiKeys
+from coffer.server.auth import ApiKeys, KeyConfigError
+from coffer.server.connections import ConnectionLimits, connections_cap, server_config
 from coffer.server.feed import close_streams
 
 logger = logging.getLogger("coffer")
 
 
-class ServeError(SystemExit):
-    pass
+class ServeError(Exception):
+    """The node cannot start: ``message`` for the operator, ``exit_code`` from :mod:`coffer.exit_codes`."""
+
+    def __init__(self, message: str, exit_code: int = exit_codes.invalid) -> None:
+        super().__init__(message)
+        self.message = message
+        self.exit_code = exit_code
+
+
+def load_keys(keys_file: Path | None) -> ApiKeys:
+    """The API keys of the keys file and the environment; ServeError for anything unusable."""
+    try:
+        return ApiKeys.load(keys_file)
+    except KeyConfigError as error:
+        raise ServeError(str(error)) from None
+    except (OSError, UnicodeDecodeError) as error:
+        raise ServeError(f"cannot read the keys file {keys_file}: {error}") from None
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """The server's socket, bound, not yet listening (uvicorn does that when it starts serving);
+    ServeError (``in_use``) when another process has the port."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as error:
+        sock.close()
+        code = exit_codes.in_use if error.errno == errno.EADDRINUSE else exit_codes.invalid
+        raise ServeError(f"cannot listen on {host}:{port}: {error.strerror}", code) from None
+    sock.set_inheritable(True)
+    return sock
 
 
 def is_loopback(host: str) -> bool:
@@ -57,19 +100,30 @@ def serve(
     stream: str = "coffer-shard-0",
     replicas: int = 3,
     compaction_interval_s: float = 30.0,
+    limits: ConnectionLimits | None = None,
+    write_requests_waiting_max: int = admission.write_requests_waiting_max,
     shard_id: int | None = None,
 ) -> None:
     if not __debug__:
         # Assertions guard states that must be impossible; a ledger does not run without them.
         raise ServeError("coffer refuses to run with assertions stripped (python -O)")
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-    keys = ApiKeys.load(keys_file)
+    keys = load_keys(keys_file)
     if not is_loopback(host) and not keys:
         raise ServeError(f"refusing to bind {host} without API keys: set --keys-file or COFFER_API_KEYS")
-    data_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        data_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise ServeError(f"cannot make the data directory {data_dir}: {error.strerror}") from None
+    backlog = 4096
+    listener = bind(host, port)
+    try:
+        log = open_log(log_url, data_dir, stream, replicas)
+    except LogInUseError:
+        listener.close()
+        raise ServeError(f"the data directory {data_dir} is in use by another coffer serve", exit_codes.in_use) from None
     if shard_id is not None:
         views.shard_label = shard_id
-    log = open_log(log_url, data_dir, stream, replicas)
     shared = log_url is not None
     replica = Replica(data_dir, log, snapshot_entries=snapshot_entries, truncate_log=not shared)
     if shared and node_name is None:
@@ -78,18 +132,13 @@ def serve(
     # Millions of long-lived ledger objects: collect young garbage less often, and never rescan
     # what survived start-up.
     gc.set_threshold(50_000, 20, 100)
-    config = uvicorn.Config(
-        app,
-        host=host,
-        port=port,
-        loop="uvloop",
-        http="httptools",
-        access_log=False,
-        log_level=log_level.lower(),
-        timeout_graceful_shutdown=10,
-        backlog=4096,
+    app.api.admission.requests_max = write_requests_waiting_max
+    limits = limits or ConnectionLimits()
+    limits = dataclasses.replace(limits, connections_max=connections_cap(limits.connections_max))
+    config = server_config(
+        app, host, port, log_level, limits, app.api.admission, timeout_graceful_shutdown=10, backlog=backlog
     )
-    _Server(config).run()
+    _Server(config).run(sockets=[listener])
 
 
 class _Server(uvicorn.Server):

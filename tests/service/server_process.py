@@ -1,11 +1,13 @@
 """A real ``coffer serve`` process on a free loopback port, for the tests that need one."""
 
 import os
+import resource
 import signal
 import socket
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import httpx
@@ -24,8 +26,17 @@ def free_port() -> int:
 class CofferServer:
     """One ``coffer serve`` process on ``data_dir``; ``url`` stays the same across restarts."""
 
-    def __init__(self, data_dir: Path, environment: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        data_dir: Path,
+        environment: dict[str, str] | None = None,
+        arguments: Sequence[str] = (),
+        descriptors_max: int | None = None,
+    ) -> None:
+        """``arguments`` go to ``coffer serve``; ``descriptors_max`` lowers its file descriptor limit."""
         self.data_dir = data_dir
+        self.arguments = list(arguments)
+        self.descriptors_max = descriptors_max
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = data_dir.parent / f"{data_dir.name}.log"
@@ -36,10 +47,17 @@ class CofferServer:
     def start(self) -> None:
         assert self.process is None, "already running"
         command = [sys.executable, "-c", "from coffer.cli import main; main()", "serve"]
-        command += ["--data-dir", str(self.data_dir), "--port", str(self.port), "--log-level", "warning"]
+        command += ["--data-dir", str(self.data_dir), "--port", str(self.port), "--log-level", "warning", *self.arguments]
         with self.log_path.open("ab") as log:
-            self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=self._environment)
+            self.process = subprocess.Popen(
+                command, stdout=log, stderr=subprocess.STDOUT, env=self._environment, preexec_fn=self._limit_descriptors
+            )
         self._wait_ready()
+
+    def _limit_descriptors(self) -> None:
+        # Runs in the child between fork and exec: only the server gets the low limit.
+        if self.descriptors_max is not None:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (self.descriptors_max, self.descriptors_max))
 
     def _wait_ready(self) -> None:
         assert self.process is not None

@@ -59,3 +59,16 @@ def test_bad_arguments_are_refused_before_any_request(
 ) -> None:
     with pytest.raises(load.BenchError):
         load.run("http://127.0.0.1:9", mode, concurrency, batch, 1.0, hot, account_count, 1, 1, print)
+
+
+def test_open_loop_at_a_fixed_rate_reports_refusals_and_accepted_latency(server) -> None:
+    lines: list[str] = []
+    load.run(server.url, "single", 4, 50, 1.0, 0.0, accounts, 1, seed, lines.append, rate=200.0)
+    match = re.fullmatch(
+        result_line.pattern + r" rate=200 refused=(\d+) accepted_p50_ms=(\d+\.\d\d) accepted_p99_ms=(\d+\.\d\d) late=(\d+)", lines[-1]
+    )
+    assert match is not None, lines
+    assert match[1] == "single" and match[6] == "0" and match[7] == "0", lines
+    assert any("open loop at 200 requests/s" in line for line in lines)
+    with pytest.raises(load.BenchError):
+        load.run(server.url, "single", 4, 50, 1.0, 0.0, accounts, 1, seed, lines.append, rate=0.0)

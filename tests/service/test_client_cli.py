@@ -864,3 +864,78 @@ def test_cli_as_a_process_exits_with_the_documented_code(server: CofferServer) -
     assert finished.stderr.startswith("error: ACCOUNT_NOT_FOUND: ") and finished.stdout == ""
     assert time.monotonic() - started < 30
     assert "Exit codes:" in CliRunner().invoke(main, ["--help"]).stdout
+
+
+# ------------------------------------------------------------------------------ contract defects
+
+
+def test_cli_json_on_a_rejection_prints_the_error_as_json_on_stdout(cli: Callable[..., object], client: Client) -> None:
+    source, target = open_accounts(client, "1", "0")
+    rejected = cli("transfer", source, target, "5", "--asset", "USD", "--dedup-id", f"json-{source}", "--json")
+    assert rejected.exit_code == 1
+    error = json.loads(rejected.stdout)["error"]
+    assert (error["code"], error["account_id"], error["status"], error["dedup_id"]) == ("LOWER_LIMIT_EXCEEDED", source, 409, f"json-{source}")
+    assert rejected.stderr.startswith("error: LOWER_LIMIT_EXCEEDED: ")
+
+
+def test_account_not_found_is_one_exit_code_for_every_command(cli: Callable[..., object], client: Client) -> None:
+    (existing,) = open_accounts(client, "10")
+    nobody = new_id("nobody")
+    for arguments in [
+        ("account", "show", nobody),
+        ("history", nobody),
+        ("transfer", existing, nobody, "1", "--asset", "USD"),
+        ("transfer", nobody, existing, "1", "--asset", "USD"),
+        ("reserve", nobody, "hold", "1"),
+        ("release", nobody, "hold"),
+        ("account", "lock", nobody),
+        ("account", "limits", nobody, "--lower-limit", "-1"),
+    ]:
+        answer = cli(*arguments)
+        assert answer.exit_code == 3 and answer.stderr.startswith("error: ACCOUNT_NOT_FOUND"), (arguments, answer.exit_code, answer.stderr)
+
+
+def test_every_error_code_has_one_exit_code() -> None:
+    from coffer.cli import exit_codes_by_error_code
+    from coffer.core.errors import ErrorCode
+
+    assert {code.value for code in ErrorCode} <= set(exit_codes_by_error_code)
+
+
+@pytest.mark.parametrize("twin", ["sync", "async"])
+def test_one_string_of_comma_separated_urls_works_like_coffer_url(server: CofferServer, twin: str) -> None:
+    urls = f"{dead_url()}, {server.url}"
+    if twin == "sync":
+        with Client(urls, retry=fast_retry) as api:
+            assert api.urls == [urls.split(",")[0].strip(), server.url]
+            assert api.healthz().status == "ok"
+        return
+
+    async def check() -> None:
+        async with AsyncClient(urls, retry=fast_retry) as api:
+            assert (await api.healthz()).status == "ok"
+
+    asyncio.run(check())
+
+
+def test_negative_amounts_on_the_command_line_are_values_not_options(cli: Callable[..., object], client: Client) -> None:
+    source, target = open_accounts(client, "10", "0")
+    negative = cli("transfer", source, target, "-5", "--asset", "USD")
+    assert negative.exit_code == 2 and negative.stderr.startswith("error: INVALID_AMOUNT"), negative.stderr  # the server's answer
+    limits = cli("account", "limits", source, "--lower-limit", "-2.50", "--json")
+    assert json.loads(limits.stdout)["accounts"][0]["lower_limit"] == "-2.50"
+    created = cli("account", "create", new_id(), "--asset", "USD", "--lower-limit", "-7", "--json")
+    assert json.loads(created.stdout)["accounts"][0]["lower_limit"] == "-7.00"
+
+
+def test_the_ids_dot_and_dot_dot_never_leave_the_client(cli: Callable[..., object]) -> None:
+    with Client(dead_url(), retry=fast_retry) as api:  # a request sent would be a TransportError
+        for account_id in (".", ".."):
+            with pytest.raises(InvalidRequestError):
+                api.get_account(account_id)
+            with pytest.raises(InvalidRequestError):
+                api.lock_account(account_id)
+            with pytest.raises(InvalidRequestError):
+                api.history(account_id)
+    shown = cli("account", "show", "..", url=dead_url())
+    assert shown.exit_code == 2 and "INVALID_REQUEST" in shown.stderr
