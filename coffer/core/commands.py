@@ -17,7 +17,7 @@ Encoding: msgpack arrays tagged with the API's command type name (``["transfer",
 keeps log records small and fast to decode. The tag names are part of the log format.
 """
 
-from typing import Annotated
+from typing import Annotated, Any
 
 import msgspec
 
@@ -172,3 +172,48 @@ Command = (
 )
 
 command_types: tuple[type[_Command], ...] = Command.__args__  # type: ignore[attr-defined]
+
+
+# ---------------------------------------------------------------------------- format 1
+# Commands as the release before protocol versions encoded them, for reading its log entries,
+# events and snapshots. A command's array puts its own fields first and ``dedup_id`` last, so a
+# field added since shifts the positions: each command whose fields changed keeps its old layout
+# here, and :func:`from_format_1` makes the current command of it.
+
+
+class _TccTryFormat1(_Command, tag="tcc_try"):
+    txn_id: str
+    legs: tuple[Leg, ...]
+    timeout_s: int | None = None
+
+
+CommandFormat1 = (
+    CreateAccount
+    | UpdateLimits
+    | LockAccount
+    | UnlockAccount
+    | DeleteAccount
+    | Transfer
+    | BatchBalanceOperation
+    | Reserve
+    | Release
+    | _TccTryFormat1
+    | TccConfirm
+    | TccCancel
+    | Compensate
+)
+
+
+def to_format_1(command: Command) -> Any:
+    """``command`` in its format-1 layout, for the events of a ledger still on protocol 1."""
+    if isinstance(command, TccTry):
+        assert not command.preconditions, "a try with preconditions has no format-1 spelling (protocol 2)"
+        return _TccTryFormat1(dedup_id=command.dedup_id, txn_id=command.txn_id, legs=command.legs, timeout_s=command.timeout_s)
+    return command
+
+
+def from_format_1(command: Any) -> Command:
+    """The current command of a command decoded in format 1 (see above)."""
+    if isinstance(command, _TccTryFormat1):
+        return TccTry(dedup_id=command.dedup_id, txn_id=command.txn_id, legs=command.legs, timeout_s=command.timeout_s)
+    return command  # type: ignore[no-any-return]

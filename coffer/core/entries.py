@@ -18,7 +18,7 @@ message that says so (:class:`EntryFormatError`): a replica must stop rather tha
 
 import msgspec
 
-from coffer.core.commands import Command
+from coffer.core.commands import Command, CommandFormat1, from_format_1
 from coffer.core.encoding import Decoder, encode
 from coffer.core.events import Actor
 from coffer.core.state_machine import protocol_version_max
@@ -38,7 +38,7 @@ class LogEntry(msgspec.Struct, array_like=True, gc=False):
 
 class _EntryFormat1(msgspec.Struct, array_like=True, gc=False):
     origin: str
-    commands: list[Command]
+    commands: list[CommandFormat1]
 
 
 class EntryFormatError(ValueError):
@@ -65,7 +65,7 @@ def encode_entry(
 def decode_entry(payload: bytes) -> LogEntry:
     if len(payload) >= 2 and payload[0] == 0x92 and (0xA0 <= payload[1] <= 0xBF or payload[1] in (0xD9, 0xDA, 0xDB)):
         old = _decoder_format_1.decode(payload)  # format 1: an array of 2 whose first element is a string
-        return LogEntry(1, 1, old.origin, old.commands)
+        return LogEntry(1, 1, old.origin, [from_format_1(command) for command in old.commands])
     if len(payload) < 2 or not 0x90 <= payload[0] <= 0x9F or payload[1] > 0x7F:
         raise EntryFormatError("not a Coffer log entry")
     format_version = payload[1]

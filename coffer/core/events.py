@@ -35,7 +35,7 @@ from hashlib import sha256
 import msgspec
 
 from coffer.core.accounts import Account
-from coffer.core.commands import Command
+from coffer.core.commands import Command, CommandFormat1, from_format_1
 from coffer.core.encoding import Decoder
 
 genesis_hash = bytes(32)
@@ -96,7 +96,7 @@ class _EventFormat1(msgspec.Struct, frozen=True, array_like=True, gc=False):
     time_ms: int
     dedup_id: str | None
     type: str
-    command: Command | None
+    command: CommandFormat1 | None
     accounts: tuple[Account, ...]
 
 
@@ -129,7 +129,8 @@ class _EventDecoder:
         if event_format(body) == 2:
             return self._format_2.decode(body)
         old = self._format_1.decode(body)
-        return Event(1, old.seq, old.log_index, old.time_ms, old.dedup_id, old.type, old.command, old.accounts)
+        command = None if old.command is None else from_format_1(old.command)
+        return Event(1, old.seq, old.log_index, old.time_ms, old.dedup_id, old.type, command, old.accounts)
 
 
 class EventRecord(msgspec.Struct, frozen=True, array_like=True, gc=False):

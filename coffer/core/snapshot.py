@@ -20,7 +20,8 @@ from hashlib import sha256
 
 import msgspec
 
-from coffer.core.accounts import Account, Decision, DedupRecord, Txn
+from coffer.core.accounts import Account, Decision, DedupRecord, Result, Txn
+from coffer.core.commands import CommandFormat1, from_format_1
 from coffer.core.encoding import Decoder, encode
 from coffer.core.state_machine import StateMachine, protocol_version_max
 
@@ -42,6 +43,11 @@ class SnapshotState(msgspec.Struct, array_like=True, gc=False):
     decisions: dict[str, Decision] = {}
 
 
+class _DedupRecordFormat1(msgspec.Struct, frozen=True, array_like=True, gc=False):
+    command: CommandFormat1 | None
+    result: Result
+
+
 class _SnapshotStateFormat1(msgspec.Struct, array_like=True, gc=False):
     format_version: int
     log_index: int
@@ -50,7 +56,7 @@ class _SnapshotStateFormat1(msgspec.Struct, array_like=True, gc=False):
     head: bytes
     accounts: dict[str, Account]
     asset_scales: dict[str, int]
-    dedup: dict[str, DedupRecord]
+    dedup: dict[str, _DedupRecordFormat1]
     txns: dict[str, Txn]
     compensations: dict[str, str]
 
@@ -92,7 +98,13 @@ def restore_snapshot(data: bytes) -> StateMachine:
     try:
         if format_version == 1:
             old = _decoder_format_1.decode(data)
-            state = SnapshotState(2, 1, *msgspec.structs.astuple(old)[1:])
+            dedup = {
+                dedup_id: DedupRecord(None if record.command is None else from_format_1(record.command), record.result)
+                for dedup_id, record in old.dedup.items()
+            }
+            state = SnapshotState(
+                2, 1, old.log_index, old.time_ms, old.seq, old.head, old.accounts, old.asset_scales, dedup, old.txns, old.compensations
+            )
         else:
             state = _decoder.decode(data)
     except (msgspec.MsgspecError, ValueError) as error:  # bad UTF-8 surfaces as a ValueError

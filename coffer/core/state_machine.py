@@ -91,6 +91,7 @@ from coffer.core.commands import (
     metadata_keys_max,
     metadata_value_length_max,
     timeout_s_max,
+    to_format_1,
 )
 from coffer.core.encoding import encode as _encode
 from coffer.core.encoding import encode_plain as _encode_plain
@@ -409,7 +410,10 @@ class StateMachine:
     def _event_body(self, seq: int, dedup_id: str | None, event_type: str, command: Command | None, accounts: Sequence[Account]) -> bytes:
         if self.protocol_version >= 2:
             return _encode((2, seq, self.log_index, self.time_ms, dedup_id, event_type, command, accounts, self._actor))
-        return _encode((seq, self.log_index, self.time_ms, dedup_id, event_type, command, accounts))
+        # Protocol 1: format-1 events, with the command in its format-1 layout (the bytes that
+        # ledger wrote then, which its hash chain covers).
+        old_command = None if command is None else to_format_1(command)
+        return _encode((seq, self.log_index, self.time_ms, dedup_id, event_type, old_command, accounts))
 
     def _beyond_upper(self, account: Account, total: int) -> Result | None:
         """``total`` (available + held, after the change) against the upper limit and the bound."""

@@ -167,3 +167,17 @@ def test_a_snapshot_of_a_newer_format_or_protocol_is_refused() -> None:
     newer = plain.encode([2, protocol_version_max + 1, 0, 0, 0, bytes(32), {}, {}, {}, {}, {}])
     with pytest.raises(SnapshotError, match="upgrade Coffer"):
         restore_snapshot(newer)
+
+
+def test_a_tcc_try_of_format_1_keeps_its_layout_in_entries_and_events() -> None:
+    # Commands grew fields since format 1 (a try's preconditions): the old layout is read as it
+    # was written, and a ledger still on protocol 1 writes events with it, byte for byte.
+    legs = [["a", -5, "USD", None]]
+    old_try = ["tcc_try", "t1", legs, None, "try-1"]  # tag, txn_id, legs, timeout_s, dedup_id
+    entry = decode_entry(msgspec.msgpack.encode(["", [["create_account", "a", "USD", 2, 0, None, None, "open"], old_try]]))
+    machine = StateMachine()
+    deposit = BatchBalanceOperation(dedup_id="in", legs=(Leg(account_id="a", amount=10, asset="USD"),))
+    machine.apply(1, 1000, [*entry.commands[:1], deposit], protocol_version=1)
+    _, events = machine.apply(2, 1001, entry.commands[1:], protocol_version=1)
+    assert msgspec.msgpack.decode(events[0].body)[5] == old_try
+    assert events[0].decode().command == entry.commands[1]

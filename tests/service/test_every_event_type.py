@@ -68,6 +68,8 @@ def history(node: CofferServer) -> History:
         api.lock_account(bob)  # account_locked
         api.unlock_account(bob)  # account_unlocked
         api.delete_account(gone)  # account_deleted
+        # txn_decided: the transaction layer's decision at a commit point (an admin command)
+        api.commands([{"type": "decide", "dedup_id": f"decide-{tag}", "txn_id": f"x-{tag}", "commit": True}])
         api.tcc_try(f"t3-{tag}", legs, timeout_s=1)
         time.sleep(expiry_wait_s)
         last = api.reserve(alice, "r2", "1")  # the next entry's log time fires the expiry first: tcc_expired
