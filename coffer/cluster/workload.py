@@ -65,8 +65,9 @@ class Workload:
         return [f"{self.prefix}-{number}" for number in range(self.accounts)]
 
     @property
-    def deposited(self) -> Decimal:
-        return opening_amount * self.accounts
+    def deposited(self) -> int:
+        """Minor units deposited over all accounts."""
+        return _units(str(opening_amount)) * self.accounts
 
     def setup(self) -> None:
         commands: list[dict[str, Any]] = [
@@ -311,16 +312,14 @@ def check(workload: Workload, urls: list[str], settle_s: float = 60.0) -> Verdic
         (event["seq"], view["account_id"])
         for event in events
         for view in event["accounts"]
-        if Decimal(view["available"]) < Decimal(view["lower_limit"])
-        or (view["upper_limit"] is not None and _total(view) > Decimal(view["upper_limit"]))
+        if _units(view["available"]) < _units(view["lower_limit"])
+        or (view["upper_limit"] is not None and _total(view) > _units(view["upper_limit"]))
     ]
     if outside:
         problems.append(f"accounts outside their limits after events: {outside[:5]}")
     balances = httpx.get(f"{urls[0]}/v1/accounts", params={"ids": ",".join(workload.account_ids)}, timeout=10).json()["accounts"]
     total = sum(
-        Decimal(view["available"])
-        + sum(map(Decimal, view["reservations"].values()))
-        + sum(map(Decimal, view["pending_out"].values()))
+        _units(view["available"]) + sum(map(_units, view["reservations"].values())) + sum(map(_units, view["pending_out"].values()))
         for view in balances.values()
     )
     conservation_ok = total == workload.deposited
@@ -341,9 +340,15 @@ def check(workload: Workload, urls: list[str], settle_s: float = 60.0) -> Verdic
     )
 
 
-def _total(view: dict[str, Any]) -> Decimal:
+def _units(text: str) -> int:
+    """Exact minor units of an amount the API printed at full scale (Decimal's default context
+    keeps 28 digits, fewer than a wide balance has: integers keep them all)."""
+    return int(text.replace(".", ""))
+
+
+def _total(view: dict[str, Any]) -> int:
     sections = (view["reservations"], view["pending_in"], view["pending_out"])
-    return Decimal(view["available"]) + sum(Decimal(amount) for section in sections for amount in section.values())
+    return _units(view["available"]) + sum(_units(amount) for section in sections for amount in section.values())
 
 
 def _converged_heads(urls: list[str], deadline: float) -> list[dict[str, Any]]:
