@@ -1,0 +1,160 @@
+"""The simulated disk of one node: what was synced survives a crash, what was not may not.
+
+Job. The real replica keeps its snapshot files and its event store here instead of on a file
+system, so the simulator can crash a node at any disk operation and then restart it on exactly
+what a real disk would have kept — which is what tests the order of writes, fsyncs and renames
+the replica relies on.
+
+Method.
+- Files (:class:`SimulatedDisk`) are inodes with two sets of bytes: as the process sees them and
+  as the disk holds them. Names have two views as well. :meth:`SimulatedDisk.write_durably` makes
+  an inode's bytes durable; a name created, renamed or removed is durable only once its directory
+  is synced (POSIX promises no more). :meth:`SimulatedDisk.crash` drops the process's view: names
+  and bytes go back to the durable ones.
+- The simulator may arm a countdown (``crash_countdown``): the n-th mutating operation from then
+  raises :class:`SimulatedCrash` before it takes effect — or, for a write, after only a prefix of
+  the bytes reached the disk.
+- The event store is the real :class:`coffer.query.event_store.EventStore` (its SQL, its checks
+  on replayed events) on an in-memory SQLite database that this disk keeps across crashes. A commit
+  is durable when it returns, as with ``synchronous=FULL`` in the service, so a crash loses only
+  what the store writer had not committed yet — that lives in the replica's memory, not here. Each
+  commit is one disk operation: the countdown may crash the node just before it.
+"""
+
+import errno
+import fnmatch
+import random
+import sqlite3
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from coffer.core.events import EventRecord
+from coffer.disk import Disk
+from coffer.query.event_store import EventStore
+
+
+class SimulatedCrash(BaseException):
+    """The simulated process dies here, like ``kill -9``.
+
+    A ``BaseException``, so that it unwinds the real code without being taken for an error that
+    the code handles (``except Exception``).
+    """
+
+
+@dataclass
+class _Inode:
+    data: bytes  # as the process sees it
+    durable: bytes  # as the disk holds it
+
+
+def _missing(path: Path) -> FileNotFoundError:
+    return FileNotFoundError(errno.ENOENT, "No such file or directory", str(path))
+
+
+class SimulatedDisk(Disk):
+    """One node's disk: files, their durability, and a crash countdown (module docstring)."""
+
+    def __init__(self, rng: random.Random) -> None:
+        self._rng = rng  # draws how much of an interrupted write reached the disk
+        self._names: dict[Path, _Inode] = {}
+        self._durable_names: dict[Path, _Inode] = {}
+        self.crash_countdown: int | None = None
+        self.changes = 0  # grows with every change of a name, for observers
+        self.database = sqlite3.connect(":memory:", isolation_level=None)
+
+    # ------------------------------------------------------------------ crashes
+
+    def _operation(self) -> None:
+        """One mutating operation: where an armed countdown crashes the node."""
+        if self.crash_countdown is None:
+            return
+        self.crash_countdown -= 1
+        if self.crash_countdown <= 0:
+            self.crash_countdown = None
+            raise SimulatedCrash("simulated crash at a disk operation")
+
+    def crash(self) -> None:
+        """The process died: only what the disk made durable is left."""
+        self.crash_countdown = None
+        self._names = dict(self._durable_names)
+        for inode in self._names.values():
+            inode.data = inode.durable
+        self.changes += 1
+
+    # ------------------------------------------------------------------ Disk
+
+    def make_directory(self, directory: Path) -> None:
+        """Directories are implied by the paths of their files."""
+
+    def list(self, directory: Path, pattern: str) -> list[Path]:
+        return sorted(path for path in self._names if path.parent == directory and fnmatch.fnmatchcase(path.name, pattern))
+
+    def read(self, path: Path) -> bytes:
+        inode = self._names.get(path)
+        if inode is None:
+            raise _missing(path)
+        return inode.data
+
+    def exists(self, path: Path) -> bool:
+        return path in self._names
+
+    def write_durably(self, path: Path, *chunks: bytes) -> None:
+        data = b"".join(chunks)
+        inode = self._names.get(path)
+        if inode is None:
+            inode = self._names[path] = _Inode(b"", b"")
+            self.changes += 1
+        inode.data = b""  # opening for writing truncates
+        try:
+            self._operation()
+        except SimulatedCrash:
+            inode.durable = data[: self._rng.randrange(len(data) + 1)]  # a torn write
+            raise
+        inode.data = inode.durable = data
+
+    def replace(self, source: Path, target: Path) -> None:
+        if source not in self._names:
+            raise _missing(source)
+        self._operation()
+        self._names[target] = self._names.pop(source)
+        self.changes += 1
+
+    def remove(self, path: Path) -> None:
+        if path not in self._names:
+            raise _missing(path)
+        self._operation()
+        del self._names[path]
+        self.changes += 1
+
+    def sync_directory(self, directory: Path) -> None:
+        self._operation()
+        for path in [path for path in self._durable_names if path.parent == directory and path not in self._names]:
+            del self._durable_names[path]
+        for path, inode in self._names.items():
+            if path.parent == directory:
+                self._durable_names[path] = inode
+
+    # ------------------------------------------------------------------ the event store's database
+
+    def commit(self) -> None:
+        """An event store commit is about to happen (a crash point)."""
+        self._operation()
+
+
+class SimulatedEventStore(EventStore):
+    """The real event store on the database a :class:`SimulatedDisk` keeps across crashes."""
+
+    def __init__(self, disk: SimulatedDisk, path: Path) -> None:
+        self._disk = disk
+        super().__init__(path)
+
+    def _connection(self) -> sqlite3.Connection:
+        return self._disk.database
+
+    def append(self, records: Iterable[EventRecord]) -> None:
+        self._disk.commit()
+        super().append(records)
+
+    def close(self) -> None:
+        """The database belongs to the disk, which outlives the process."""
