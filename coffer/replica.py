@@ -270,7 +270,8 @@ class Replica:
     def recover(self) -> dict[str, float]:
         """Load the newest snapshot and replay the log after it; return what it took."""
         started = self._clock_s()
-        for stale in self.disk.list(self.snapshot_dir, "*.tmp"):
+        # A dead process's unfinished snapshots: recovery never uses them, nothing else removes them.
+        for stale in self.disk.list(self.snapshot_dir, "*.tmp") + self.disk.list(self.snapshot_dir, "*.pending"):
             self.disk.remove(stale)
         if self.shares_snapshots:
             self._adopt_shared_snapshot()

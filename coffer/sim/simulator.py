@@ -50,7 +50,7 @@ Method. A run boots every node, then runs ``steps`` steps; each picks one action
 Log time advances by a random amount each step, so TCC timeouts fire and the replica's
 snapshot-by-time rule runs on the simulated clock. After every step the auditor checks every
 live replica's position, every event its store committed and every snapshot file that became
-active. After the steps, the run settles (every node restarts and catches up, every answer
+active; after every recovery, the recovered state and that no unfinished snapshot file is left. After the steps, the run settles (every node restarts and catches up, every answer
 arrives), the final states and the acknowledged outcomes are compared, and every node is shut
 down cleanly and recovered once more.
 """
@@ -696,6 +696,12 @@ class Simulation:
             raise InvariantViolation("recovery", f"{node.name}: {_describe(error)}") from error
         node.process = _Process(replica, snapshots)
         self.auditor.check_recovered(node.name, replica.machine)
+        snapshot_dir = node.data_dir / "snapshots"
+        leftovers = node.disk.list(snapshot_dir, "*.tmp") + node.disk.list(snapshot_dir, "*.pending")
+        if leftovers:
+            # Files of snapshots a dead process never finished: recovery never uses them, so
+            # unless it removes them they stay for good (a full snapshot each).
+            raise InvariantViolation("disk-leftovers", f"{node.name} recovered with {', '.join(path.name for path in leftovers)}")
         self._note(f"{node.name}: recovered to index {replica.machine.log_index} from snapshot {replica.snapshot_index}")
 
     def _crash_one(self) -> None:

@@ -140,6 +140,20 @@ def test_event_store_from_another_history_is_refused(tmp_path: Path) -> None:
         _open(other)
 
 
+def test_recovery_removes_snapshots_a_dead_process_did_not_finish(tmp_path: Path) -> None:
+    data_dir = tmp_path / "node"
+    replica = _open(data_dir)
+    _feed(replica, _entries(5))
+    replica.close()
+    snapshot_dir = data_dir / "snapshots"
+    # Killed while the child wrote one, and after another was written but before it was active.
+    (snapshot_dir / f"snapshot-{3:020d}.bin.tmp").write_bytes(b"torn")
+    (snapshot_dir / f"snapshot-{5:020d}.bin.pending").write_bytes(b"never activated")
+    recovered = _open(data_dir)
+    assert list(snapshot_dir.iterdir()) == []
+    recovered.close()
+
+
 class _WrittenAtOnce(SnapshotJob):
     def poll(self) -> bool | None:
         return True
