@@ -436,12 +436,10 @@ class Replica:
         snapshots = sorted(self.disk.list(self.snapshot_dir, "snapshot-*.bin"), key=_snapshot_index)
         for old in snapshots[:-snapshots_kept]:
             self.disk.remove(old)
-        oldest_kept = (
-            _snapshot_index(snapshots[-snapshots_kept]) if len(snapshots) >= snapshots_kept else _snapshot_index(snapshots[0])
-        )
-        # Keep the log from the oldest kept snapshot on, so a damaged newest one has a fallback.
-        if self.truncate_log:
-            self.log.truncate_before(oldest_kept + 1)
+        # Keep the log from the oldest kept snapshot on, so a damaged newest one has a fallback;
+        # while there is only one, the fallback is the whole log.
+        if self.truncate_log and len(snapshots) >= snapshots_kept:
+            self.log.truncate_before(_snapshot_index(snapshots[-snapshots_kept]) + 1)
         if self.shares_snapshots:
             self._share_snapshot(pending.with_suffix(""), index)
 

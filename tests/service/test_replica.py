@@ -118,6 +118,22 @@ def test_a_damaged_newest_snapshot_falls_back_to_the_older_one(tmp_path: Path) -
     recovered.close()
 
 
+def test_a_damaged_only_snapshot_falls_back_to_the_whole_log(tmp_path: Path) -> None:
+    data_dir = tmp_path / "node"
+    replica = _open(data_dir, snapshot_entries=30)
+    _feed(replica, _entries(40))
+    replica.wait_for_snapshot()
+    expected = take_snapshot(replica.machine)
+    replica.close()
+    (only,) = sorted((data_dir / "snapshots").glob("snapshot-*.bin"))
+    damaged = bytearray(only.read_bytes())
+    damaged[len(damaged) // 2] ^= 0xFF
+    only.write_bytes(bytes(damaged))
+    recovered = _open(data_dir)
+    assert take_snapshot(recovered.machine) == expected
+    recovered.close()
+
+
 def test_event_store_from_another_history_is_refused(tmp_path: Path) -> None:
     data_dir = tmp_path / "node"
     replica = _open(data_dir)
