@@ -46,6 +46,7 @@ class SimulatedCrash(BaseException):
 class _Inode:
     data: bytes  # as the process sees it
     durable: bytes  # as the disk holds it
+    damaged: bool = False  # the disk returns other bytes than were written
 
 
 def _missing(path: Path) -> FileNotFoundError:
@@ -82,6 +83,17 @@ class SimulatedDisk(Disk):
             inode.data = inode.durable
         self.changes += 1
 
+    def damage(self, path: Path) -> None:
+        """The disk returns other bytes for the file than were written (a bad sector, bit rot)."""
+        inode = self._names[path]
+        middle = len(inode.data) // 2
+        inode.data = inode.durable = inode.data[:middle] + bytes([inode.data[middle] ^ 0xFF]) + inode.data[middle + 1 :]
+        inode.damaged = True
+
+    def is_damaged(self, path: Path) -> bool:
+        """Whether :meth:`damage` hit the file (until it is written again)."""
+        return self._names[path].damaged
+
     # ------------------------------------------------------------------ Disk
 
     def make_directory(self, directory: Path) -> None:
@@ -105,11 +117,12 @@ class SimulatedDisk(Disk):
         if inode is None:
             inode = self._names[path] = _Inode(b"", b"")
             self.changes += 1
-        inode.data = b""  # opening for writing truncates
+        inode.damaged = False
         try:
             self._operation()
         except SimulatedCrash:
-            inode.durable = data[: self._rng.randrange(len(data) + 1)]  # a torn write
+            # Opening truncated the file, and only part of the bytes got written: a torn file.
+            inode.data = inode.durable = data[: self._rng.randrange(len(data) + 1)]
             raise
         inode.data = inode.durable = data
 

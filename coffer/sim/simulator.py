@@ -43,6 +43,7 @@ Method. A run boots every node, then runs ``steps`` steps; each picks one action
   log that reached it (the log may deliver more first);
 - a node restarts cleanly from a snapshot of its own state, taken on the spot;
 - a node is paused (the log reaches it only some steps later);
+- a node's newest snapshot file goes bad on its disk (recovery must fall back);
 - the log loses its newest append in flight (a torn tail: nobody was answered; clients retry),
   or hands out a time that steps back (a new log leader with a slower clock);
 - a node appends a time-only entry because a TCC deadline passed on a quiet ledger.
@@ -128,6 +129,7 @@ action_weights: dict[str, int] = {
     "torn_tail": 2,
     "restore_in_place": 1,
     "pause": 2,
+    "damage": 1,
     "tick": 2,
 }
 fault_names = (
@@ -145,6 +147,7 @@ fault_names = (
     "reply_delayed",
     "clock_step_back",
     "replica_paused",
+    "snapshot_damaged",
 )
 
 
@@ -312,6 +315,7 @@ class Simulation:
             "torn_tail": self._tear_tail,
             "restore_in_place": self._restore_in_place,
             "pause": self._pause_one,
+            "damage": self._damage_snapshot,
             "tick": self._tick,
         }
 
@@ -333,7 +337,7 @@ class Simulation:
             self._settle()
         except InvariantViolation as error:
             violation = Violation(self.step, error.invariant, error.detail, self.trace[-trace_lines_kept:])
-        except Exception as error:  # an assertion or crash inside the product is a finding too
+        except (Exception, SimulatedCrash) as error:  # an assertion or crash inside the product is a finding too
             violation = Violation(self.step, "exception", _describe(error), self.trace[-trace_lines_kept:])
         finally:
             replica_logger.removeHandler(handler)
@@ -379,6 +383,8 @@ class Simulation:
             return any(node.process is None for node in self.nodes)
         if action == "tick":
             return any(self._deadline_due(node) for node in self.nodes)
+        if action == "damage":
+            return any(self._damageable(node) for node in self.nodes)
         assert action in ("crash", "restore_in_place", "pause")
         return any(node.process is not None for node in self.nodes)
 
@@ -764,6 +770,22 @@ class Simulation:
                 "snapshot-restore", f"{node.name}: restarted at index {node.process.replica.machine.log_index}, not {index}"
             )
 
+    def _damageable(self, node: _Node) -> list[Path]:
+        """The node's active snapshots, when the newest may be damaged: while none is (recovery
+        has one fallback — the older snapshot, or the whole log — not two)."""
+        paths = node.disk.list(node.data_dir / "snapshots", "snapshot-*.bin")
+        if any(node.disk.is_damaged(path) for path in paths):
+            return []
+        return paths
+
+    def _damage_snapshot(self) -> None:
+        """The newest snapshot file of a node goes bad on its disk; recovery must fall back."""
+        node = self.rng.choice([node for node in self.nodes if self._damageable(node)])
+        path = self._damageable(node)[-1]
+        node.disk.damage(path)
+        self._fault("snapshot_damaged")
+        self._note(f"{node.name}: {path.name} damaged on disk")
+
     def _pause_one(self) -> None:
         node = self._random_alive()
         node.paused_until_step = self.step + self.rng.randint(1, pause_steps_max)
@@ -786,7 +808,7 @@ class Simulation:
         node.disk_changes_checked = node.disk.changes
         for path in node.disk.list(node.data_dir / "snapshots", "snapshot-*.bin"):
             key = (path, crc32c.crc32c(node.disk.read(path)))
-            if key in node.snapshot_files_checked:
+            if key in node.snapshot_files_checked or node.disk.is_damaged(path):
                 continue
             try:
                 machine = restore_snapshot(read_snapshot_file(path, node.disk))
