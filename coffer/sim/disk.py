@@ -58,11 +58,21 @@ class SimulatedDisk(Disk):
 
     def __init__(self, rng: random.Random) -> None:
         self._rng = rng  # draws how much of an interrupted write reached the disk
-        self._names: dict[Path, _Inode] = {}
-        self._durable_names: dict[Path, _Inode] = {}
+        # directory -> name -> inode: the names as the process sees them, and as the disk holds them
+        self._directories: dict[Path, dict[str, _Inode]] = {}
+        self._durable_directories: dict[Path, dict[str, _Inode]] = {}
         self.crash_countdown: int | None = None
         self.changes = 0  # grows with every change of a name, for observers
         self.database = sqlite3.connect(":memory:", isolation_level=None)
+
+    def _names(self, directory: Path) -> dict[str, _Inode]:
+        return self._directories.setdefault(directory, {})
+
+    def _inode(self, path: Path) -> _Inode:
+        inode = self._directories.get(path.parent, {}).get(path.name)
+        if inode is None:
+            raise _missing(path)
+        return inode
 
     # ------------------------------------------------------------------ crashes
 
@@ -78,21 +88,22 @@ class SimulatedDisk(Disk):
     def crash(self) -> None:
         """The process died: only what the disk made durable is left."""
         self.crash_countdown = None
-        self._names = dict(self._durable_names)
-        for inode in self._names.values():
-            inode.data = inode.durable
+        self._directories = {directory: dict(names) for directory, names in self._durable_directories.items()}
+        for names in self._directories.values():
+            for inode in names.values():
+                inode.data = inode.durable
         self.changes += 1
 
     def damage(self, path: Path) -> None:
         """The disk returns other bytes for the file than were written (a bad sector, bit rot)."""
-        inode = self._names[path]
+        inode = self._inode(path)
         middle = len(inode.data) // 2
         inode.data = inode.durable = inode.data[:middle] + bytes([inode.data[middle] ^ 0xFF]) + inode.data[middle + 1 :]
         inode.damaged = True
 
     def is_damaged(self, path: Path) -> bool:
         """Whether :meth:`damage` hit the file (until it is written again)."""
-        return self._names[path].damaged
+        return self._inode(path).damaged
 
     # ------------------------------------------------------------------ Disk
 
@@ -100,22 +111,21 @@ class SimulatedDisk(Disk):
         """Directories are implied by the paths of their files."""
 
     def list(self, directory: Path, pattern: str) -> list[Path]:
-        return sorted(path for path in self._names if path.parent == directory and fnmatch.fnmatchcase(path.name, pattern))
+        names = self._directories.get(directory, {})
+        return [directory / name for name in sorted(names) if fnmatch.fnmatchcase(name, pattern)]
 
     def read(self, path: Path) -> bytes:
-        inode = self._names.get(path)
-        if inode is None:
-            raise _missing(path)
-        return inode.data
+        return self._inode(path).data
 
     def exists(self, path: Path) -> bool:
-        return path in self._names
+        return path.name in self._directories.get(path.parent, {})
 
     def write_durably(self, path: Path, *chunks: bytes) -> None:
         data = b"".join(chunks)
-        inode = self._names.get(path)
+        names = self._names(path.parent)
+        inode = names.get(path.name)
         if inode is None:
-            inode = self._names[path] = _Inode(b"", b"")
+            inode = names[path.name] = _Inode(b"", b"")
             self.changes += 1
         inode.damaged = False
         try:
@@ -127,26 +137,21 @@ class SimulatedDisk(Disk):
         inode.data = inode.durable = data
 
     def replace(self, source: Path, target: Path) -> None:
-        if source not in self._names:
-            raise _missing(source)
+        inode = self._inode(source)
         self._operation()
-        self._names[target] = self._names.pop(source)
+        del self._names(source.parent)[source.name]
+        self._names(target.parent)[target.name] = inode
         self.changes += 1
 
     def remove(self, path: Path) -> None:
-        if path not in self._names:
-            raise _missing(path)
+        self._inode(path)
         self._operation()
-        del self._names[path]
+        del self._names(path.parent)[path.name]
         self.changes += 1
 
     def sync_directory(self, directory: Path) -> None:
         self._operation()
-        for path in [path for path in self._durable_names if path.parent == directory and path not in self._names]:
-            del self._durable_names[path]
-        for path, inode in self._names.items():
-            if path.parent == directory:
-                self._durable_names[path] = inode
+        self._durable_directories[directory] = dict(self._names(directory))
 
     # ------------------------------------------------------------------ the event store's database
 

@@ -217,10 +217,12 @@ class _Node:
     store_changes_checked: int = 0
     disk_changes_checked: int = -1
     snapshot_files_checked: set[tuple[Path, int]] = field(default_factory=set)  # (path, CRC32C), membership only
+    data_dir: Path = field(init=False)
+    snapshot_dir: Path = field(init=False)
 
-    @property
-    def data_dir(self) -> Path:
-        return data_root / self.name
+    def __post_init__(self) -> None:
+        self.data_dir = data_root / self.name
+        self.snapshot_dir = self.data_dir / "snapshots"
 
 
 @dataclass
@@ -702,7 +704,7 @@ class Simulation:
             raise InvariantViolation("recovery", f"{node.name}: {_describe(error)}") from error
         node.process = _Process(replica, snapshots)
         self.auditor.check_recovered(node.name, replica.machine)
-        snapshot_dir = node.data_dir / "snapshots"
+        snapshot_dir = node.snapshot_dir
         leftovers = node.disk.list(snapshot_dir, "*.tmp") + node.disk.list(snapshot_dir, "*.pending")
         if leftovers:
             # Files of snapshots a dead process never finished: recovery never uses them, so
@@ -773,7 +775,7 @@ class Simulation:
     def _damageable(self, node: _Node) -> list[Path]:
         """The node's active snapshots, when the newest may be damaged: while none is (recovery
         has one fallback — the older snapshot, or the whole log — not two)."""
-        paths = node.disk.list(node.data_dir / "snapshots", "snapshot-*.bin")
+        paths = node.disk.list(node.snapshot_dir, "snapshot-*.bin")
         if any(node.disk.is_damaged(path) for path in paths):
             return []
         return paths
@@ -806,7 +808,7 @@ class Simulation:
         if node.disk.changes == node.disk_changes_checked:
             return
         node.disk_changes_checked = node.disk.changes
-        for path in node.disk.list(node.data_dir / "snapshots", "snapshot-*.bin"):
+        for path in node.disk.list(node.snapshot_dir, "snapshot-*.bin"):
             key = (path, crc32c.crc32c(node.disk.read(path)))
             if key in node.snapshot_files_checked or node.disk.is_damaged(path):
                 continue
