@@ -12,7 +12,9 @@ Method.
   so the parent's apply loop only pays for ``fork()``. A finished snapshot becomes the one
   recovery uses (its name loses ``.pending``) only once the event store holds every event it
   covers: the events of entries under a snapshot can never be replayed again. Log segments below
-  the newest active snapshot are then dropped.
+  the older of the two snapshots kept are then dropped (none while there is only one), so a
+  damaged newest snapshot always has a fallback. Recovery removes what a dead process left of
+  unfinished snapshots.
 
 Seams for the deterministic simulator, which runs this very class: the clock (``clock_s``), the
 disk the snapshot files live on (:mod:`coffer.disk`), how a snapshot is written (a
