@@ -15,8 +15,8 @@
   than once it is active, a snapshot activated without syncing its directory) and in the group
   commit (answers or credentials shifted between the requests of one entry).
 
-Budget: ``seed_count`` x ``steps_per_seed`` below takes about 15 s on the 2-core CI machine
-(about 0.15 ms per step); the whole file stays well under a minute and a half.
+Budget: ``seed_count`` x ``steps_per_seed`` below takes about 25 s of CPU on the 2-core CI machine
+(about 0.2 ms per step); the whole file about 40 s.
 """
 
 import collections
