@@ -12,9 +12,17 @@ Method.
   so the parent's apply loop only pays for ``fork()``. A finished snapshot becomes the one
   recovery uses (its name loses ``.pending``) only once the event store holds every event it
   covers: the events of entries under a snapshot can never be replayed again. Log segments below
-  the newest active snapshot are then dropped.
+  the older of the two snapshots kept are then dropped (none while there is only one), so a
+  damaged newest snapshot always has a fallback. Recovery removes what a dead process left of
+  unfinished snapshots.
+
+Seams for the deterministic simulator, which runs this very class: the clock (``clock_s``), the
+disk the snapshot files live on (:mod:`coffer.disk`), how a snapshot is written (a
+:class:`SnapshotWriter`; the service forks), the event store, and whether the store writer runs
+on its own thread or is stepped by its owner. The defaults are what the service runs.
 """
 
+import abc
 import logging
 import os
 import queue
@@ -31,6 +39,7 @@ from coffer.core.entries import decode_entry
 from coffer.core.events import Actor, EventRecord
 from coffer.core.snapshot import restore_snapshot, take_snapshot
 from coffer.core.state_machine import StateMachine, protocol_version_max
+from coffer.disk import Disk, local_disk
 from coffer.log.base import CommandLog, LogRecord
 from coffer.query.event_store import EventStore
 
@@ -54,20 +63,15 @@ class SnapshotCorrupt(RuntimeError):
     pass
 
 
-def write_snapshot_file(path: Path, data: bytes) -> None:
+def write_snapshot_file(path: Path, data: bytes, disk: Disk = local_disk) -> None:
     temporary = path.with_name(path.name + ".tmp")
-    with open(temporary, "wb") as file:
-        file.write(snapshot_magic)
-        file.write(crc32c.crc32c(data).to_bytes(4, "big"))
-        file.write(data)
-        file.flush()
-        os.fsync(file.fileno())
-    os.replace(temporary, path)
-    _fsync_directory(path.parent)
+    disk.write_durably(temporary, snapshot_magic, crc32c.crc32c(data).to_bytes(4, "big"), data)
+    disk.replace(temporary, path)
+    disk.sync_directory(path.parent)
 
 
-def read_snapshot_file(path: Path) -> bytes:
-    raw = path.read_bytes()
+def read_snapshot_file(path: Path, disk: Disk = local_disk) -> bytes:
+    raw = disk.read(path)
     if raw[: len(snapshot_magic)] != snapshot_magic:
         raise SnapshotCorrupt(f"{path}: not a Coffer snapshot")
     checksum = int.from_bytes(raw[len(snapshot_magic) : len(snapshot_magic) + 4], "big")
@@ -77,30 +81,77 @@ def read_snapshot_file(path: Path) -> bytes:
     return data
 
 
-def _fsync_directory(directory: Path) -> None:
-    descriptor = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(descriptor)
-    finally:
-        os.close(descriptor)
-
-
 def _snapshot_index(path: Path) -> int:
     return int(path.name.split("-")[1].split(".")[0])
 
 
-class StoreWriter:
-    """A thread that appends event batches to the event store, in order, and reports progress."""
+class SnapshotJob(abc.ABC):
+    """A snapshot being written."""
 
-    def __init__(self, store: EventStore) -> None:
+    @abc.abstractmethod
+    def poll(self) -> bool | None:
+        """``None`` while it is being written; then ``True`` if it was written, ``False`` if not."""
+
+
+class SnapshotWriter(abc.ABC):
+    """How a snapshot is written without stalling the apply loop."""
+
+    @abc.abstractmethod
+    def start(self, machine: StateMachine, write: Callable[[bytes], None]) -> SnapshotJob:
+        """Begin writing ``machine`` as it is now: its snapshot bytes go to ``write``.
+
+        The state goes on changing after this returns; the job must capture it first.
+        """
+
+
+class ForkedSnapshotWriter(SnapshotWriter):
+    """A forked child writes the snapshot: it sees a frozen copy-on-write image of the state."""
+
+    def start(self, machine: StateMachine, write: Callable[[bytes], None]) -> SnapshotJob:
+        pid = os.fork()
+        if pid == 0:  # the child: a frozen image of the state; write it and leave at once
+            code = 0
+            try:
+                write(take_snapshot(machine))
+            except BaseException:
+                code = 1
+            os._exit(code)
+        return _ForkedSnapshotJob(pid)
+
+
+class _ForkedSnapshotJob(SnapshotJob):
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+
+    def poll(self) -> bool | None:
+        finished, status = os.waitpid(self.pid, os.WNOHANG)
+        if finished == 0:
+            return None
+        if os.waitstatus_to_exitcode(status) != 0:
+            logger.error("the snapshot child %d failed (exit status %d)", self.pid, status)
+            return False
+        return True
+
+
+class StoreWriter:
+    """Appends event batches to the event store, in order, and reports progress.
+
+    A thread does it by default. With ``thread=False`` nothing runs by itself: the owner calls
+    :meth:`step` to commit what is queued (the simulator does, so that it decides when the store
+    catches up).
+    """
+
+    def __init__(self, store: EventStore, *, thread: bool = True) -> None:
         self.store = store
         self._queue: queue.Queue[list[EventRecord] | None] = queue.Queue(maxsize=store_queue_batches_max)
         self.stored_seq = store.last_seq
         self.queued_seq = store.last_seq
         self.error: BaseException | None = None
         self.listeners: list[Callable[[int], None]] = []
-        self._thread = threading.Thread(target=self._run, name="coffer-event-store", daemon=True)
-        self._thread.start()
+        self._thread: threading.Thread | None = None
+        if thread:
+            self._thread = threading.Thread(target=self._run, name="coffer-event-store", daemon=True)
+            self._thread.start()
 
     @property
     def backlog_events(self) -> int:
@@ -110,8 +161,28 @@ class StoreWriter:
     def put(self, events: list[EventRecord]) -> None:
         if self.error is not None:
             raise RuntimeError("the event store writer failed") from self.error
+        if self._thread is None and self._queue.full():
+            self.step()  # nobody else empties the queue: a blocking put would wait forever
         self._queue.put(events)
         self.queued_seq = events[-1].seq
+
+    def step(self) -> None:
+        """Commit what is queued now as one transaction (a writer without a thread only)."""
+        assert self._thread is None, "a writer with a thread commits by itself"
+        if self.error is not None:
+            raise RuntimeError("the event store writer failed") from self.error
+        batches = []
+        events = 0
+        while events < store_commit_events_max:
+            try:
+                batch = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            assert batch is not None
+            batches.append(batch)
+            events += len(batch)
+        if batches:
+            self._commit(batches)
 
     def _run(self) -> None:
         while True:
@@ -135,36 +206,63 @@ class StoreWriter:
                 batches.append(more)
                 events += len(more)
             try:
-                self.store.append(record for events in batches for record in events)
-            except BaseException as error:
-                logger.critical("event store write failed: %s", error)
-                self.error = error
+                self._commit(batches)
+            except BaseException:
                 return
-            self.stored_seq = self.store.last_seq
-            for listener in self.listeners:
-                listener(self.stored_seq)
+
+    def _commit(self, batches: list[list[EventRecord]]) -> None:
+        """Append the batches in one transaction; a failure ends the writer and is raised."""
+        try:
+            self.store.append(record for events in batches for record in events)
+        except BaseException as error:
+            logger.critical("event store write failed: %s", error)
+            self.error = error
+            raise
+        self.stored_seq = self.store.last_seq
+        for listener in self.listeners:
+            listener(self.stored_seq)
 
     def close(self) -> None:
-        if self._thread.is_alive():
+        if self._thread is None:
+            while self.error is None and not self._queue.empty():
+                self.step()
+        elif self._thread.is_alive():
             self._queue.put(None)
             self._thread.join()
 
 
+forked_snapshots = ForkedSnapshotWriter()
+
+
 class Replica:
     def __init__(
-        self, data_dir: Path, log: CommandLog, *, snapshot_entries: int = snapshot_every_entries, truncate_log: bool = True
+        self,
+        data_dir: Path,
+        log: CommandLog,
+        *,
+        snapshot_entries: int = snapshot_every_entries,
+        truncate_log: bool = True,
+        clock_s: Callable[[], float] = time.monotonic,
+        disk: Disk = local_disk,
+        snapshot_writer: SnapshotWriter = forked_snapshots,
+        store: EventStore | None = None,
+        store_writer_thread: bool = True,
     ) -> None:
         self.data_dir = data_dir
         self.log = log
+        self.disk = disk
         self.snapshot_dir = data_dir / "snapshots"
-        self.snapshot_dir.mkdir(parents=True, exist_ok=True)
+        self.disk.make_directory(self.snapshot_dir)
         self.machine = StateMachine()
-        self.store = EventStore(data_dir / "events.sqlite3")
+        self.store = store if store is not None else EventStore(data_dir / "events.sqlite3")
         self.snapshot_entries = snapshot_entries
-        self._snapshot_child: tuple[int, int, int] | None = None  # (pid, index, seq)
+        self._clock_s = clock_s  # monotonic seconds
+        self._snapshot_writer = snapshot_writer
+        self._store_writer_thread = store_writer_thread
+        self._snapshot_job: tuple[SnapshotJob, int, int] | None = None  # (job, index, seq)
         self._last_snapshot_index = 0
         self._last_snapshot_seq = 0
-        self._last_snapshot_time = time.monotonic()
+        self._last_snapshot_time = self._clock_s()
         self.writer: StoreWriter | None = None
         # A shared log (a cluster) is compacted only below what every replica has: not here.
         self.truncate_log = truncate_log
@@ -173,17 +271,18 @@ class Replica:
 
     def recover(self) -> dict[str, float]:
         """Load the newest snapshot and replay the log after it; return what it took."""
-        started = time.monotonic()
-        for stale in self.snapshot_dir.glob("*.tmp"):
-            stale.unlink()
+        started = self._clock_s()
+        # A dead process's unfinished snapshots: recovery never uses them, nothing else removes them.
+        for stale in self.disk.list(self.snapshot_dir, "*.tmp") + self.disk.list(self.snapshot_dir, "*.pending"):
+            self.disk.remove(stale)
         if self.shares_snapshots:
             self._adopt_shared_snapshot()
         snapshot_path = self._newest_snapshot()
         if snapshot_path is not None:
-            self.machine = restore_snapshot(read_snapshot_file(snapshot_path))
+            self.machine = restore_snapshot(read_snapshot_file(snapshot_path, self.disk))
             self._last_snapshot_index = self.machine.log_index
             self._last_snapshot_seq = self.machine.seq
-        loaded = time.monotonic()
+        loaded = self._clock_s()
         replayed = 0
         batch: list[EventRecord] = []
         for record in self._records_after(self.machine.log_index):
@@ -200,8 +299,8 @@ class Replica:
                 f"the event store holds seq {self.store.last_seq} but the log only reaches {self.machine.seq}: "
                 "the data directory mixes histories"
             )
-        self.writer = StoreWriter(self.store)
-        finished = time.monotonic()
+        self.writer = StoreWriter(self.store, thread=self._store_writer_thread)
+        finished = self._clock_s()
         report = {
             "snapshot_index": float(self._last_snapshot_index),
             "snapshot_load_s": loaded - started,
@@ -244,7 +343,7 @@ class Replica:
         except Exception as error:
             logger.error("the shared snapshot at index %d does not restore (%s); ignoring it", index, error)
             return
-        write_snapshot_file(self.snapshot_dir / f"snapshot-{index:020d}.bin", data)
+        write_snapshot_file(self.snapshot_dir / f"snapshot-{index:020d}.bin", data, self.disk)
         logger.info("adopted the shared snapshot at log index %d (own newest was %d)", index, local_index)
 
     @property
@@ -255,7 +354,7 @@ class Replica:
     def _share_snapshot(self, path: Path, index: int) -> None:
         def upload() -> None:
             try:
-                self.log.put_snapshot(index, read_snapshot_file(path))  # type: ignore[attr-defined]
+                self.log.put_snapshot(index, read_snapshot_file(path, self.disk))  # type: ignore[attr-defined]
             except Exception as error:  # the next snapshot tries again
                 logger.warning("could not share the snapshot at index %d: %s", index, error)
 
@@ -263,10 +362,10 @@ class Replica:
         threading.Thread(target=upload, name="coffer-snapshot-upload", daemon=True).start()
 
     def _newest_snapshot(self) -> Path | None:
-        candidates = sorted(self.snapshot_dir.glob("snapshot-*.bin"), key=_snapshot_index, reverse=True)
+        candidates = sorted(self.disk.list(self.snapshot_dir, "snapshot-*.bin"), key=_snapshot_index, reverse=True)
         for path in candidates:
             try:
-                read_snapshot_file(path)
+                read_snapshot_file(path, self.disk)
             except SnapshotCorrupt as error:
                 logger.error("skipping a bad snapshot: %s", error)
                 continue
@@ -298,12 +397,12 @@ class Replica:
     def maybe_snapshot(self) -> None:
         """Start a snapshot if one is due; activate a finished one. Call between entries."""
         self._reap_snapshot()
-        if self._snapshot_child is not None:
+        if self._snapshot_job is not None:
             return
         due_by_entries = self.machine.log_index - self._last_snapshot_index >= self.snapshot_entries
         due_by_events = self.machine.seq - self._last_snapshot_seq >= snapshot_every_events
         due_by_time = (
-            time.monotonic() - self._last_snapshot_time >= snapshot_every_seconds
+            self._clock_s() - self._last_snapshot_time >= snapshot_every_seconds
             and self.machine.log_index > self._last_snapshot_index
         )
         if due_by_entries or due_by_events or due_by_time:
@@ -312,52 +411,50 @@ class Replica:
     def start_snapshot(self) -> None:
         index, seq = self.machine.log_index, self.machine.seq
         path = self.snapshot_dir / f"snapshot-{index:020d}.bin.pending"
-        pid = os.fork()
-        if pid == 0:  # the child: a frozen image of the state; write it and leave at once
-            code = 0
-            try:
-                write_snapshot_file(path, take_snapshot(self.machine))
-            except BaseException:
-                code = 1
-            os._exit(code)
-        self._snapshot_child = (pid, index, seq)
-        self._last_snapshot_time = time.monotonic()
+        disk = self.disk
+        job = self._snapshot_writer.start(self.machine, lambda data: write_snapshot_file(path, data, disk))
+        self._snapshot_job = (job, index, seq)
+        self._last_snapshot_time = self._clock_s()
 
     def _reap_snapshot(self) -> None:
-        if self._snapshot_child is None:
+        if self._snapshot_job is None:
             return
-        pid, index, seq = self._snapshot_child
+        job, index, seq = self._snapshot_job
         if self.writer is not None and self.writer.stored_seq < seq:
             return  # the store does not yet hold every event the snapshot covers
-        finished, status = os.waitpid(pid, os.WNOHANG)
-        if finished == 0:
+        written = job.poll()
+        if written is None:
             return
-        self._snapshot_child = None
+        self._snapshot_job = None
         pending = self.snapshot_dir / f"snapshot-{index:020d}.bin.pending"
-        if os.waitstatus_to_exitcode(status) != 0 or not pending.exists():
-            logger.error("snapshot at index %d failed (exit status %d)", index, status)
+        if not written or not self.disk.exists(pending):
+            logger.error("snapshot at index %d failed", index)
             return
-        os.replace(pending, pending.with_suffix(""))
-        _fsync_directory(self.snapshot_dir)
+        self.disk.replace(pending, pending.with_suffix(""))
+        self.disk.sync_directory(self.snapshot_dir)
         self._last_snapshot_index = index
         self._last_snapshot_seq = seq
         logger.info("snapshot at log index %d, seq %d", index, seq)
-        snapshots = sorted(self.snapshot_dir.glob("snapshot-*.bin"), key=_snapshot_index)
+        snapshots = sorted(self.disk.list(self.snapshot_dir, "snapshot-*.bin"), key=_snapshot_index)
         for old in snapshots[:-snapshots_kept]:
-            old.unlink()
-        oldest_kept = (
-            _snapshot_index(snapshots[-snapshots_kept]) if len(snapshots) >= snapshots_kept else _snapshot_index(snapshots[0])
-        )
-        # Keep the log from the oldest kept snapshot on, so a damaged newest one has a fallback.
-        if self.truncate_log:
-            self.log.truncate_before(oldest_kept + 1)
+            self.disk.remove(old)
+        # Keep the log from the oldest kept snapshot on, so a damaged newest one has a fallback;
+        # while there is only one, the fallback is the whole log.
+        if self.truncate_log and len(snapshots) >= snapshots_kept:
+            self.log.truncate_before(_snapshot_index(snapshots[-snapshots_kept]) + 1)
         if self.shares_snapshots:
             self._share_snapshot(pending.with_suffix(""), index)
 
     def wait_for_snapshot(self, timeout_s: float = 60.0) -> None:
-        """Block until a running snapshot is active (tests and orderly shutdown)."""
+        """Block until a running snapshot is active (tests and orderly shutdown).
+
+        It waits in real time, for a forked child and the store thread to make progress; the
+        owner of a stepped snapshot job or store writer finishes them before calling this.
+        """
+        if self._snapshot_job is None:
+            return
         deadline = time.monotonic() + timeout_s
-        while self._snapshot_child is not None and time.monotonic() < deadline:
+        while self._snapshot_job is not None and time.monotonic() < deadline:
             self._reap_snapshot()
             time.sleep(0.01)
 

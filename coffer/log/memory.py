@@ -1,8 +1,9 @@
-"""MemoryLog: the command log in a Python list, for tests and the deterministic simulator.
+"""MemoryLog: the command log in a Python list, for tests.
 
 Method. Records live in a list; ``_base_index`` is the index of the list's first element, so
 ``truncate_before`` can drop a prefix. "Durable" means "in the list": nothing survives the
-process. Pass ``clock_ms`` to make time deterministic (the simulator drives it).
+process. Pass ``clock_ms`` to make time deterministic. (The deterministic simulator needs more
+control over durability and time than this log gives: it has its own, :mod:`coffer.sim.log`.)
 """
 
 import threading

@@ -15,6 +15,10 @@ Two ways to learn that an entry is durable and where it landed:
   every entry as it reads the log back, in the log's order. An entry carries an ``origin`` that
   its appender made up, and the appender finds its waiting requests by it when the entry comes
   back — the index of the publish acknowledgement is not needed to match them.
+
+The batching itself — which waiting requests make up the next entry, and which results of an
+applied entry belong to which request — is two pure functions, :func:`gather` and
+:func:`outcomes_by_request`, which the deterministic simulator runs too.
 """
 
 import asyncio
@@ -23,9 +27,10 @@ import logging
 import os
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import Protocol, TypeVar
 
 import msgspec
 
@@ -76,6 +81,63 @@ class _Inflight:
 
 
 EntryHook = Callable[[int, float, int], None]  # (commands, seconds from hand-off to applied, events)
+
+
+class Request(Protocol):
+    """What :func:`gather` needs of a waiting request."""
+
+    @property
+    def commands(self) -> list[Command]: ...
+
+    @property
+    def actor(self) -> Actor | None: ...
+
+
+RequestT = TypeVar("RequestT", bound=Request)
+
+
+def gather(pending: deque[RequestT]) -> tuple[list[RequestT], list[Command], list[Actor | None] | None]:
+    """Take requests off the front of ``pending`` while they fit in one entry (group commit).
+
+    Returns the requests, their commands in order, and one actor per command — or ``None`` when
+    no request has an actor, so that an entry without credentials carries none.
+    """
+    requests: list[RequestT] = []
+    commands: list[Command] = []
+    with_actor = False
+    while pending and len(commands) + len(pending[0].commands) <= entry_commands_max:
+        request = pending.popleft()
+        requests.append(request)
+        commands.extend(request.commands)
+        with_actor = with_actor or request.actor is not None
+    actors: list[Actor | None] | None = None
+    if with_actor:
+        actors = []
+        for request in requests:
+            actors.extend([request.actor] * len(request.commands))
+    return requests, commands, actors
+
+
+def outcomes_by_request(
+    request_sizes: Sequence[int], log_index: int, results: list[Result], events: list[EventRecord]
+) -> list[list[Outcome]]:
+    """Split an applied entry's results among its requests, in the order :func:`gather` took them.
+
+    Each accepted command's outcome carries the event this very entry emitted for it (found by
+    its seq); a command answered from the dedup store gets none.
+    """
+    first_seq = events[0].seq if events else 0
+    last_seq = events[-1].seq if events else -1
+    by_request = []
+    position = 0
+    for size in request_sizes:
+        outcomes = []
+        for result in results[position : position + size]:
+            event = events[result.seq - first_seq] if result.code == OK and first_seq <= result.seq <= last_seq else None
+            outcomes.append(Outcome(result, log_index, event))
+        position += size
+        by_request.append(outcomes)
+    return by_request
 
 
 class Pipeline:
@@ -144,19 +206,7 @@ class Pipeline:
         return outcomes
 
     def _gather(self) -> _Inflight:
-        waiters: list[_Waiter] = []
-        commands: list[Command] = []
-        with_actor = False
-        while self._pending and len(commands) + len(self._pending[0].commands) <= entry_commands_max:
-            waiter = self._pending.popleft()
-            waiters.append(waiter)
-            commands.extend(waiter.commands)
-            with_actor = with_actor or waiter.actor is not None
-        actors: list[Actor | None] | None = None
-        if with_actor:
-            actors = []
-            for waiter in waiters:
-                actors.extend([waiter.actor] * len(waiter.commands))
+        waiters, commands, actors = gather(self._pending)
         return _Inflight(waiters, commands, actors)
 
     async def _wait_for_pending(self) -> None:
@@ -276,15 +326,8 @@ class Pipeline:
 
 def _resolve(inflight: _Inflight, log_index: int, results: list[Result], events: list[EventRecord]) -> None:
     """Hand each waiting request the results at its positions in the entry."""
-    first_seq = events[0].seq if events else 0
-    last_seq = events[-1].seq if events else -1
-    position = 0
-    for waiter in inflight.waiters:
-        outcomes = []
-        for result in results[position : position + len(waiter.commands)]:
-            event = events[result.seq - first_seq] if result.code == OK and first_seq <= result.seq <= last_seq else None
-            outcomes.append(Outcome(result, log_index, event))
-        position += len(waiter.commands)
+    sizes = [len(waiter.commands) for waiter in inflight.waiters]
+    for waiter, outcomes in zip(inflight.waiters, outcomes_by_request(sizes, log_index, results, events), strict=True):
         if not waiter.future.done():
             waiter.future.set_result(outcomes)
 

@@ -8,10 +8,10 @@ entry is audited in depth, from the events alone, by rules written here from the
 (not from the state machine's code):
 
 - the events continue a gapless, hash-chained sequence (invariant 4);
-- each accepted command emits exactly one event, carrying its ``dedup_id``, and no ``dedup_id``
-  appears in two events; a retry with the same payload answers the first outcome, another payload
-  gets ``DEDUP_ID_REUSED``, an original after its null compensation ``ALREADY_COMPENSATED``
-  (invariant 3);
+- each accepted command emits exactly one event, carrying its ``dedup_id`` and the credential
+  that sent it, and no ``dedup_id`` appears in two events; a retry with the same payload answers
+  the first outcome, another payload gets ``DEDUP_ID_REUSED``, an original after its null
+  compensation ``ALREADY_COMPENSATED`` (invariant 3);
 - every event moves money exactly as its command says, on exactly the accounts it names, and
   bumps each changed account's version by one; TCC tries whose deadline the ledger clock reached
   are cancelled first, in (deadline, txn_id) order;
@@ -21,8 +21,11 @@ entry is audited in depth, from the events alone, by rules written here from the
   (invariant 1).
 
 Since every other replica must match the audited state hash at the same index, every state any
-replica reaches is covered. A failed check raises :class:`InvariantViolation`, naming the
-invariant; the simulator reports the first one and stops the seed.
+replica reaches is covered. What the replicas keep on their disks is held against the same
+history: a replica's recovered state, every snapshot file that recovery may use, and every event
+its event store holds (gapless, byte for byte the history's). A failed check raises
+:class:`InvariantViolation`, naming the invariant; the simulator reports the first one and stops
+the seed.
 """
 
 from dataclasses import dataclass, field
@@ -46,7 +49,7 @@ from coffer.core.commands import (
     UpdateLimits,
 )
 from coffer.core.errors import ErrorCode
-from coffer.core.events import ChainError, Event, EventRecord, EventType, genesis_hash, verify_chain
+from coffer.core.events import Actor, ChainError, Event, EventRecord, EventType, genesis_hash, verify_chain
 from coffer.core.snapshot import state_hash
 from coffer.core.state_machine import StateMachine
 
@@ -144,12 +147,16 @@ class Auditor:
         index: int,
         time_ms: int,
         commands: list[Command],
+        actors: list[Actor | None] | None,
         results: list[Result],
         events: list[EventRecord],
         machine: StateMachine,
         previous: tuple[int, bytes],
     ) -> bool:
-        """Check one entry a replica just applied; return True if it was the first to apply it."""
+        """Check one entry a replica just applied; return True if it was the first to apply it.
+
+        ``actors`` are the entry's, one per command or ``None`` for an entry without credentials.
+        """
         where = f"{replica} at log index {index}"
         try:
             head = verify_chain(events, *previous)
@@ -171,7 +178,7 @@ class Auditor:
                 raise _violation("replica-divergence", f"{where}: results differ from the first replica's")
             return False
         assert index == self.last_index + 1, f"the auditor saw index {self.last_index}, not {index - 1}"
-        self._audit_entry(where, time_ms, commands, results, events, machine)
+        self._audit_entry(where, time_ms, commands, actors, results, events, machine)
         self.hash_at_index.append(digest)
         self.results_at_index.append(list(results))
         self.head_at_index.append(head)
@@ -191,13 +198,43 @@ class Auditor:
         if index > self.last_index or state_hash(machine) != self.hash_at_index[index]:
             raise _violation("snapshot-restore", f"{replica}: the state restored at log index {index} is not the one snapshotted")
 
-    def check_answer(self, client: str, index: int, position: int, command: Command, result: Result) -> None:
-        """What a node answered a client for the command at ``position`` of entry ``index``."""
+    def check_recovered(self, replica: str, machine: StateMachine) -> None:
+        """A replica that recovered (snapshot plus replay) must hold the history's state at its index."""
+        index = machine.log_index
+        if index > self.last_index:
+            raise _violation("replica-divergence", f"{replica} recovered to log index {index}, beyond any audited entry")
+        if state_hash(machine) != self.hash_at_index[index]:
+            raise _violation("replica-divergence", f"{replica} recovered to another state than the history's at log index {index}")
+        self.check_position(replica, machine)
+
+    def check_stored_events(self, replica: str, after_seq: int, rows: list[tuple[int, bytes]]) -> None:
+        """Rows ``(seq, hash)`` a replica's event store holds beyond ``after_seq``, which was checked."""
+        expected_seq = after_seq + 1
+        for seq, hash_ in rows:
+            if seq != expected_seq:
+                raise _violation("event-store", f"{replica}: its event store holds seq {seq} after {expected_seq - 1}")
+            if seq > len(self.event_hashes) or self.event_hashes[seq - 1] != hash_:
+                raise _violation("event-store", f"{replica}: its stored event seq {seq} is not the history's")
+            expected_seq += 1
+
+    def check_answer(
+        self, client: str, index: int, position: int, command: Command, result: Result, event: EventRecord | None
+    ) -> None:
+        """What a node answered a client for the command at ``position`` of entry ``index``.
+
+        ``event`` is the event the answer carries: the one this entry emitted for the command, or
+        ``None`` when the entry emitted none for it (a rejection, or an outcome from the dedup store).
+        """
         where = f"{client}, {command.dedup_id!r} at log index {index}"
         if index > self.last_index or position >= len(self.results_at_index[index]):
             raise _violation("acknowledged-outcome", f"{where}: answered from an entry no replica applied")
         if result != self.results_at_index[index][position]:
             raise _violation("acknowledged-outcome", f"{where}: answer {result} is not the logged result")
+        emitted_here = result.ok and self.head_at_index[index - 1][0] < result.seq <= self.head_at_index[index][0]
+        if emitted_here != (event is not None):
+            raise _violation("acknowledged-outcome", f"{where}: the answer carries {'no event' if event is None else 'an event'}")
+        if event is not None and (event.seq != result.seq or event.hash != self.event_hashes[event.seq - 1]):
+            raise _violation("acknowledged-outcome", f"{where}: the answer carries event seq {event.seq}, not its own")
         outcome = self.outcomes.get(command.dedup_id)
         if outcome is None or outcome.result is None:
             raise _violation("acknowledged-outcome", f"{where}: the history has no outcome for it")
@@ -213,6 +250,7 @@ class Auditor:
         where: str,
         time_ms: int,
         commands: list[Command],
+        actors: list[Actor | None] | None,
         results: list[Result],
         events: list[EventRecord],
         machine: StateMachine,
@@ -228,8 +266,9 @@ class Auditor:
         self.clock_ms = max(self.clock_ms, time_ms)
         position = self._audit_expiries(where, decoded)
         touched_txns: list[str] = []
-        for command, result in zip(commands, results, strict=True):
-            position = self._audit_command(where, command, result, decoded, position, machine, touched_txns)
+        for number, (command, result) in enumerate(zip(commands, results, strict=True)):
+            actor = actors[number] if actors is not None else None
+            position = self._audit_command(where, command, actor, result, decoded, position, machine, touched_txns)
         if position != len(decoded):
             raise _violation("event-per-command", f"{where}: event seq {decoded[position].seq} belongs to no accepted command")
         for event in decoded:
@@ -249,7 +288,7 @@ class Auditor:
         )
         for position, (deadline_ms, txn_id) in enumerate(due):
             event = decoded[position] if position < len(decoded) else None
-            if event is None or event.type != EventType.TCC_EXPIRED or event.dedup_id is not None:
+            if event is None or event.type != EventType.TCC_EXPIRED or event.dedup_id is not None or event.actor is not None:
                 raise _violation(
                     "tcc-expiry",
                     f"{where}: try {txn_id} (deadline {deadline_ms} ms, clock {self.clock_ms} ms) was not expired first",
@@ -263,6 +302,7 @@ class Auditor:
         self,
         where: str,
         command: Command,
+        actor: Actor | None,
         result: Result,
         decoded: list[Event],
         position: int,
@@ -303,6 +343,8 @@ class Auditor:
             raise _violation("event-per-command", f"{where}: accepted with seq {result.seq} but its event is not next")
         if event.command != command:
             raise _violation("event-per-command", f"{where}: event seq {event.seq} carries another command")
+        if event.actor != actor:
+            raise _violation("actor", f"{where}: event seq {event.seq} names {event.actor} as its sender, not {actor}")
         if dedup_id in self.applied_dedup_ids:
             raise _violation("exactly-once", f"{where}: a second event (seq {event.seq}) for the same dedup_id")
         self.applied_dedup_ids.add(dedup_id)

@@ -22,6 +22,7 @@ from coffer.log import (
     payload_bytes_max,
 )
 from coffer.log.base import ClockMs, wall_clock_ms
+from coffer.sim.log import NodeLog, NodeLogState, SimulatedLog
 
 
 def payload_of(number: int) -> bytes:
@@ -68,6 +69,23 @@ class LocalWalBackend(Backend):
 
     def open(self, clock_ms: ClockMs = wall_clock_ms) -> CommandLog:
         return LocalWal(self.directory, segment_bytes_max=self.segment_bytes_max, clock_ms=clock_ms)
+
+    def reopen(self, log: CommandLog, clock_ms: ClockMs = wall_clock_ms) -> CommandLog:
+        log.close()
+        return self.open(clock_ms)
+
+
+class SimulatedNodeLogBackend(Backend):
+    """A node's view of the simulator's shared log: the replica the simulator runs reads it."""
+
+    durable = True  # what the node keeps of the log outlives the view: reopening is a restart
+
+    def __init__(self) -> None:
+        self.log = SimulatedLog()
+        self.state = NodeLogState()
+
+    def open(self, clock_ms: ClockMs = wall_clock_ms) -> CommandLog:
+        return NodeLog(self.log, self.state, clock_ms)
 
     def reopen(self, log: CommandLog, clock_ms: ClockMs = wall_clock_ms) -> CommandLog:
         log.close()
@@ -304,3 +322,9 @@ class TestLocalWalSmallSegments(CommandLogContract):
     @pytest.fixture
     def backend(self, tmp_path: Path) -> Backend:
         return LocalWalBackend(tmp_path / "wal", segment_bytes_max=200)
+
+
+class TestSimulatedNodeLog(CommandLogContract):
+    @pytest.fixture
+    def backend(self) -> Backend:
+        return SimulatedNodeLogBackend()

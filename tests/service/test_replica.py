@@ -1,8 +1,11 @@
 """The replica on real files: snapshots in a forked child, log segments dropped under them, and
-recovery from snapshot + log giving back exactly the state that was there."""
+recovery from snapshot + log giving back exactly the state that was there; and the replica with
+the parts the simulator swaps in (a stepped store writer, a snapshot written in the caller)."""
 
 import os
 import random
+import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -11,9 +14,10 @@ from coffer.core.commands import BatchBalanceOperation, Command, CreateAccount, 
 from coffer.core.entries import encode_entry
 from coffer.core.events import verify_chain
 from coffer.core.snapshot import take_snapshot
+from coffer.core.state_machine import StateMachine
 from coffer.log.wal import LocalWal
 from coffer.query.event_store import EventStore
-from coffer.replica import Replica, SnapshotCorrupt, read_snapshot_file
+from coffer.replica import Replica, SnapshotCorrupt, SnapshotJob, SnapshotWriter, read_snapshot_file
 
 account_count = 20
 
@@ -114,6 +118,22 @@ def test_a_damaged_newest_snapshot_falls_back_to_the_older_one(tmp_path: Path) -
     recovered.close()
 
 
+def test_a_damaged_only_snapshot_falls_back_to_the_whole_log(tmp_path: Path) -> None:
+    data_dir = tmp_path / "node"
+    replica = _open(data_dir, snapshot_entries=30)
+    _feed(replica, _entries(40))
+    replica.wait_for_snapshot()
+    expected = take_snapshot(replica.machine)
+    replica.close()
+    (only,) = sorted((data_dir / "snapshots").glob("snapshot-*.bin"))
+    damaged = bytearray(only.read_bytes())
+    damaged[len(damaged) // 2] ^= 0xFF
+    only.write_bytes(bytes(damaged))
+    recovered = _open(data_dir)
+    assert take_snapshot(recovered.machine) == expected
+    recovered.close()
+
+
 def test_event_store_from_another_history_is_refused(tmp_path: Path) -> None:
     data_dir = tmp_path / "node"
     replica = _open(data_dir)
@@ -134,3 +154,60 @@ def test_event_store_from_another_history_is_refused(tmp_path: Path) -> None:
             os.rename(tmp_path / name, other / name)
     with pytest.raises(Exception, match=r"differs|mixes"):
         _open(other)
+
+
+def test_recovery_removes_snapshots_a_dead_process_did_not_finish(tmp_path: Path) -> None:
+    data_dir = tmp_path / "node"
+    replica = _open(data_dir)
+    _feed(replica, _entries(5))
+    replica.close()
+    snapshot_dir = data_dir / "snapshots"
+    # Killed while the child wrote one, and after another was written but before it was active.
+    (snapshot_dir / f"snapshot-{3:020d}.bin.tmp").write_bytes(b"torn")
+    (snapshot_dir / f"snapshot-{5:020d}.bin.pending").write_bytes(b"never activated")
+    recovered = _open(data_dir)
+    assert list(snapshot_dir.iterdir()) == []
+    recovered.close()
+
+
+class _WrittenAtOnce(SnapshotJob):
+    def poll(self) -> bool | None:
+        return True
+
+
+class _InlineSnapshots(SnapshotWriter):
+    """Writes the snapshot in the caller, before ``start`` returns."""
+
+    def start(self, machine: StateMachine, write: Callable[[bytes], None]) -> SnapshotJob:
+        write(take_snapshot(machine))
+        return _WrittenAtOnce()
+
+
+def test_a_stepped_store_writer_holds_back_the_snapshot_until_it_commits(tmp_path: Path) -> None:
+    data_dir = tmp_path / "node"
+    threads_before = threading.active_count()
+    replica = Replica(
+        data_dir,
+        LocalWal(data_dir / "log"),
+        snapshot_entries=5,
+        clock_s=lambda: 0.0,
+        snapshot_writer=_InlineSnapshots(),
+        store_writer_thread=False,
+    )
+    replica.recover()
+    assert threading.active_count() == threads_before
+    _feed(replica, _entries(4))  # 6 entries: a snapshot starts after the fifth
+    snapshot_dir = data_dir / "snapshots"
+    assert [path.name for path in snapshot_dir.iterdir()] == [f"snapshot-{5:020d}.bin.pending"]
+    assert replica.store.last_seq == 0  # nothing is committed until the owner steps the writer
+    assert replica.writer is not None
+    replica.writer.step()
+    assert replica.store.last_seq == replica.machine.seq
+    replica.maybe_snapshot()
+    assert [path.name for path in snapshot_dir.iterdir()] == [f"snapshot-{5:020d}.bin"]
+    assert replica.snapshot_index == 5
+    expected = take_snapshot(replica.machine)
+    replica.close()
+    recovered = _open(data_dir)
+    assert take_snapshot(recovered.machine) == expected
+    recovered.close()

@@ -3,14 +3,20 @@
 - Many seeds, each a few hundred steps of clients, replicas and faults, break no invariant, and
   together they meet every kind of fault and every kind of command, accepted and rejected; so do
   runs full of amounts at the edge of 64 bits, and runs with 1 or 5 replicas.
+- The simulated path is the real one with its time, threads and processes taken away: it runs
+  with the clock, ``Thread.start`` and ``fork`` made to fail.
 - The same seed gives the same digest, also in other processes with other string-hash seeds
   (so no set or hash order can leak into a run); other seeds give other digests.
-- A bug planted in the state machine (in the test only: double apply, a skipped version bump,
-  a retry applied again, no TCC expiry, no limit check, a restore that forgets the TCC deadlines)
-  is reported as a violation of the invariant it breaks, with the command that replays it.
+- A bug planted in the code the service runs (in the test only) is reported as a violation of the
+  invariant it breaks, with the command that replays it: in the state machine (double apply, a
+  skipped version bump, a retry applied again, no TCC expiry, no limit check), in the replica (a
+  recovery that forgets the TCC deadlines, a store writer that reports events stored before they
+  are, or that loses part of what it coalesces, the log dropped when a snapshot starts rather
+  than once it is active, a snapshot activated without syncing its directory) and in the group
+  commit (answers or credentials shifted between the requests of one entry).
 
-Budget: ``seed_count`` x ``steps_per_seed`` below takes about 10 s on the 2-core CI machine
-(about 0.1 ms per step); the whole file stays well under a minute.
+Budget: ``seed_count`` x ``steps_per_seed`` below takes about 25 s of CPU on the 2-core CI machine
+(about 0.2 ms per step); the whole file about 40 s.
 """
 
 import collections
@@ -18,16 +24,26 @@ import os
 import re
 import subprocess
 import sys
+import threading
+from collections import deque
 from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, NoReturn
 
 import pytest
 from click.testing import CliRunner
 
-import coffer.sim.simulator as simulator
+import coffer.log.base
+import coffer.replica
+import coffer.server.pipeline
 from coffer.core.accounts import Account, DedupRecord, Result
 from coffer.core.commands import Command
+from coffer.core.events import EventRecord
 from coffer.core.snapshot import restore_snapshot
 from coffer.core.state_machine import StateMachine
+from coffer.disk import Disk
+from coffer.replica import Replica, StoreWriter
+from coffer.server.pipeline import Outcome, RequestT, gather, outcomes_by_request
 from coffer.sim.cli import sim
 from coffer.sim.simulator import SeedReport, Simulation, fault_names, run_seed
 
@@ -44,6 +60,15 @@ def first_violation(seeds: range = bug_seeds, steps: int = bug_steps) -> SeedRep
         if report.violation is not None:
             return report
     return None
+
+
+def violated_invariants(seeds: range = bug_seeds, steps: int = bug_steps) -> set[str]:
+    invariants = set()
+    for seed in seeds:
+        violation = run_seed(seed, steps).violation
+        if violation is not None:
+            invariants.add(violation.invariant)
+    return invariants
 
 
 # ------------------------------------------------------------------ invariants hold
@@ -87,6 +112,28 @@ def test_fewer_and_more_replicas_and_clients_break_no_invariant() -> None:
         for seed in range(1, 21):
             report = run_seed(seed, 200, replicas=replicas, clients=clients)
             assert report.violation is None, (replicas, clients, seed, report.violation)
+
+
+class _NoClock:
+    """Stands in for the ``time`` module of the code the simulator runs: any use fails."""
+
+    def __getattr__(self, name: str) -> NoReturn:
+        raise AssertionError(f"time.{name} read in the simulated path")
+
+
+def test_the_simulated_path_reads_no_clock_starts_no_thread_and_forks_nothing() -> None:
+    def refuse(*arguments: Any, **keywords: Any) -> NoReturn:
+        raise AssertionError("a thread or a process started in the simulated path")
+
+    with pytest.MonkeyPatch.context() as patch:
+        for module in (coffer.replica, coffer.log.base, coffer.server.pipeline):
+            patch.setattr(module, "time", _NoClock())
+        patch.setattr(threading.Thread, "start", refuse)
+        patch.setattr(os, "fork", refuse)
+        for seed in range(1, 11):
+            report = run_seed(seed, 300)
+            assert report.violation is None, (seed, report.violation)
+            assert report.faults["crash_mid_snapshot"] + report.faults["restore_in_place"] > 0, seed
 
 
 # ------------------------------------------------------------------ determinism
@@ -212,21 +259,128 @@ def test_a_missing_limit_check_is_caught(planted: pytest.MonkeyPatch) -> None:
 
 def test_a_restore_that_forgets_tcc_deadlines_is_caught_as_divergence(planted: pytest.MonkeyPatch) -> None:
     # The state hash cannot see the restore itself (the deadline heap is derived state): only a
-    # later expiry that one replica does and another does not shows it, at the same log index.
+    # later expiry that one replica does and another does not shows it, at the same log index —
+    # or the state a recovery replays to.
     def restore_without_deadlines(data: bytes) -> StateMachine:
         machine = restore_snapshot(data)
         machine.expiries = []
         return machine
 
-    planted.setattr(simulator, "restore_snapshot", restore_without_deadlines)
-    invariants = set()
-    for seed in bug_seeds:
-        violation = run_seed(seed, bug_steps).violation
-        if violation is not None:
-            invariants.add(violation.invariant)
-    # When the restored replica is the first at an index, the audit of its events catches it.
+    planted.setattr(coffer.replica, "restore_snapshot", restore_without_deadlines)
+    invariants = violated_invariants()
+    # When the restored replica is the first at an index, the audit of its events catches it;
+    # when its event store holds the expiries its replay missed, the replica itself refuses to
+    # start (the store is ahead of the log: "recovery").
     assert "replica-divergence" in invariants
-    assert invariants <= {"replica-divergence", "tcc-expiry"}
+    assert invariants <= {"replica-divergence", "tcc-expiry", "recovery"}
+
+
+def test_a_store_writer_that_reports_events_stored_too_early_is_caught(planted: pytest.MonkeyPatch) -> None:
+    # Then a snapshot becomes active while its events are only queued: a crash now would leave a
+    # hole in the event store that no replay can fill.
+    put = StoreWriter.put
+
+    def put_and_report_stored(self: StoreWriter, events: list[EventRecord]) -> None:
+        put(self, events)
+        self.stored_seq = self.queued_seq
+
+    planted.setattr(StoreWriter, "put", put_and_report_stored)
+    invariants = violated_invariants()
+    assert "snapshot-covers-store" in invariants
+    assert invariants <= {"snapshot-covers-store", "event-store"}
+
+
+def test_a_store_writer_that_loses_part_of_a_coalesced_commit_is_caught(planted: pytest.MonkeyPatch) -> None:
+    commit = StoreWriter._commit
+
+    def commit_first_batch_only(self: StoreWriter, batches: list[list[EventRecord]]) -> None:
+        commit(self, batches[:1])
+        self.stored_seq = batches[-1][-1].seq
+
+    planted.setattr(StoreWriter, "_commit", commit_first_batch_only)
+    report = first_violation()
+    assert report is not None and report.violation is not None
+    assert report.violation.invariant == "event-store"
+
+
+def test_a_log_dropped_when_a_snapshot_starts_is_caught(planted: pytest.MonkeyPatch) -> None:
+    # The snapshot may never become active (a crash inside its write, a failed write): recovery
+    # then needs the log from an older snapshot, and the log no longer holds it.
+    start_snapshot = Replica.start_snapshot
+
+    def start_and_truncate(self: Replica) -> None:
+        start_snapshot(self)
+        if self.truncate_log:
+            self.log.truncate_before(self.machine.log_index + 1)
+
+    planted.setattr(Replica, "start_snapshot", start_and_truncate)
+    report = first_violation()
+    assert report is not None and report.violation is not None
+    assert report.violation.invariant == "recovery"
+    assert "LogTruncatedError" in report.violation.detail
+
+
+class _DiskWithoutDirectorySync:
+    """The replica's disk, with directory syncs left out."""
+
+    def __init__(self, disk: Disk) -> None:
+        self._disk = disk
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._disk, name)
+
+    def sync_directory(self, directory: Path) -> None:
+        pass
+
+
+def test_a_snapshot_activated_without_a_directory_sync_is_caught(planted: pytest.MonkeyPatch) -> None:
+    # Its rename is not durable: after a power loss the snapshot is pending again, while the log
+    # below an older one was already dropped.
+    reap_snapshot = Replica._reap_snapshot
+
+    def reap_without_directory_sync(self: Replica) -> None:
+        disk = self.disk
+        self.disk = _DiskWithoutDirectorySync(disk)  # type: ignore[assignment]
+        try:
+            reap_snapshot(self)
+        finally:
+            self.disk = disk
+
+    planted.setattr(Replica, "_reap_snapshot", reap_without_directory_sync)
+    report = first_violation()
+    assert report is not None and report.violation is not None
+    assert report.violation.invariant == "recovery"
+    assert "LogTruncatedError" in report.violation.detail
+
+
+def test_answers_shifted_between_the_requests_of_an_entry_are_caught(planted: pytest.MonkeyPatch) -> None:
+    def shifted(sizes: list[int], log_index: int, results: list[Result], events: list[EventRecord]) -> list[list[Outcome]]:
+        by_request = outcomes_by_request(sizes, log_index, results, events)
+        flat = [outcome for outcomes in by_request for outcome in outcomes]
+        flat = flat[1:] + flat[:1]
+        shifted_by_request = []
+        for outcomes in by_request:
+            shifted_by_request.append(flat[: len(outcomes)])
+            del flat[: len(outcomes)]
+        return shifted_by_request
+
+    planted.setattr(coffer.server.pipeline, "outcomes_by_request", shifted)
+    report = first_violation()
+    assert report is not None and report.violation is not None
+    assert report.violation.invariant == "acknowledged-outcome"
+
+
+def test_credentials_mixed_up_in_an_entry_are_caught(planted: pytest.MonkeyPatch) -> None:
+    def first_actor_for_all(pending: deque[RequestT]) -> tuple[list[RequestT], list[Command], list[Any] | None]:
+        requests, commands, actors = gather(pending)
+        if actors is not None:
+            actors = [requests[0].actor] * len(actors)
+        return requests, commands, actors
+
+    planted.setattr(coffer.server.pipeline, "gather", first_actor_for_all)
+    report = first_violation()
+    assert report is not None and report.violation is not None
+    assert report.violation.invariant == "actor"
 
 
 def test_a_failing_seed_prints_the_invariant_and_how_to_replay_it(planted: pytest.MonkeyPatch) -> None:
