@@ -21,6 +21,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from coffer import console
 from coffer.cluster.checkpoints import CheckpointMonitor, checkpoint_interval_s
 from coffer.core.accounts import Account
 from coffer.core.commands import Command
@@ -35,6 +36,7 @@ from coffer.server.auth import ApiKeys, Role
 from coffer.server.feed import event_stream
 from coffer.server.node_reads import NodeHierarchy, NodeReads
 from coffer.server.openapi import openapi_document
+from coffer.server.operator_api import HttpMetrics, NodeTools
 from coffer.server.pipeline import FollowerPipeline, LogUnavailable, Outcome, Pipeline
 from coffer.server.views import account_view, error_body, rejection_body
 
@@ -156,6 +158,7 @@ class Api:
         self.hierarchy = NodeHierarchy(
             replica.data_dir, replica.store, lambda ids: {account_id for account_id in ids if account_id in machine.accounts}
         )
+        self.tools = NodeTools(self)
 
     # ------------------------------------------------------------------ plumbing
 
@@ -364,6 +367,8 @@ class Api:
     async def get_accounts(self, request: Request, role: Role) -> Response:
         if request.query_params.get("at_time"):
             return json_response(await reads.accounts_as_of(self.reads, request.query_params))
+        if "prefix" in request.query_params:
+            return await self.tools.search(request)
         await self._at_least(request)
         ids = [part for part in request.query_params.get("ids", "").split(",") if part]
         if not ids:
@@ -476,6 +481,7 @@ class Api:
         self.metrics.log_index.set(machine.log_index)
         if self.replica.writer is not None:
             self.metrics.stored_seq.set(self.replica.writer.stored_seq)
+        await self.tools.refresh_metrics()
         return Response(generate_latest(self.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     async def log_level(self, request: Request, role: Role) -> Response:
@@ -530,6 +536,7 @@ class Api:
             self.route("/v1/hierarchy/nodes/{node_id}/balance", "GET", reader, self.node_balance),
             self.route("/admin/log-level", "PUT", admin, self.log_level),
             self.route("/metrics", "GET", reader, self.metrics_endpoint),
+            *self.tools.routes(),
         ]
 
 
@@ -627,6 +634,7 @@ def create_app(
         Route("/healthz", _unauthenticated(api.healthz), methods=["GET"]),
         Route("/readyz", _unauthenticated(api.readyz), methods=["GET"]),
         Route("/openapi.json", _unauthenticated(api.openapi), methods=["GET"]),
+        *console.routes(),
     ]
 
     async def http_error(request: Request, error: Exception) -> Response:
@@ -638,7 +646,7 @@ def create_app(
 
     app = Starlette(routes=[*public, *api.routes()], lifespan=lifespan, exception_handlers={HTTPException: http_error})
     app.state.api = api
-    return FastCommandRoutes(api, app)
+    return HttpMetrics(FastCommandRoutes(api, app), api.tools.metrics)  # type: ignore[return-value]
 
 
 def _unauthenticated(handler: Callable[[Request, Role], Awaitable[Response]]) -> Callable[[Request], Awaitable[Response]]:
