@@ -367,8 +367,6 @@ class Api:
     async def get_accounts(self, request: Request, role: Role) -> Response:
         if request.query_params.get("at_time"):
             return json_response(await reads.accounts_as_of(self.reads, request.query_params))
-        if "prefix" in request.query_params:
-            return await self.tools.search(request)
         await self._at_least(request)
         ids = [part for part in request.query_params.get("ids", "").split(",") if part]
         if not ids:
@@ -634,6 +632,7 @@ def create_app(
         Route("/healthz", _unauthenticated(api.healthz), methods=["GET"]),
         Route("/readyz", _unauthenticated(api.readyz), methods=["GET"]),
         Route("/openapi.json", _unauthenticated(api.openapi), methods=["GET"]),
+        *api.tools.public_routes(),
         *console.routes(),
     ]
 

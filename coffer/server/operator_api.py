@@ -3,10 +3,11 @@
 Job: answer the questions an operator asks of one node, and measure what a monitoring system
 watches, without touching how commands are logged and applied:
 
-- ``GET /v1/accounts?prefix=P&limit=N&after=ID``: account ids that start with ``P``, in id order,
-  a page at a time (:mod:`coffer.server.account_search`);
-- ``GET /v1/whoami``: the role and key id of the key presented, so a console shows only the
-  actions that key may take (the node refuses the others anyway);
+- ``GET /v1/search/accounts?prefix=P&limit=N&after=ID``: the accounts whose id starts with ``P``,
+  in id order, a page at a time (:mod:`coffer.server.account_search`);
+- ``GET /v1/whoami``: the role and key id of the key presented (no role for a missing or unknown
+  key, rather than a 401), so a console shows only the actions that key may take (the node refuses
+  the others anyway);
 - ``GET /v1/audit/verify``: the node re-verifies its own stored chain (:mod:`coffer.server.chain_audit`);
 - ``GET /v1/shards``: a one-shard view, the same shape as a sharded node's, so tools need not care;
 - metrics: every HTTP answer by method and status, request latency, the event store's and the
@@ -38,6 +39,7 @@ from coffer.server.views import account_view
 if TYPE_CHECKING:
     from coffer.server.app import Api
 
+search_path = "/v1/search/accounts"
 log_index_timeout_s = 2.0  # a scrape never waits longer for the log's last index (a cluster's log is remote)
 # Paths whose time is not a request's latency: the feed streams for as long as a client follows it,
 # and static files of the console and the API docs say nothing about the ledger.
@@ -68,10 +70,15 @@ def presented_key(headers: Mapping[str, str]) -> str | None:
     return presented
 
 
-def whoami(keys: ApiKeys, headers: Mapping[str, str], granted: Role) -> dict[str, Any]:
-    """The caller's role and key id (no key id on a node without keys: anyone on loopback is admin)."""
-    identity = keys.identify(presented_key(headers)) if keys else None
-    return {"role": granted.name.lower(), "key_id": None if identity is None else identity[1]}
+def whoami(keys: ApiKeys, headers: Mapping[str, str]) -> dict[str, Any]:
+    """The caller's role and key id: admin without a key id on a node without keys (loopback),
+    no role for a missing or unknown key."""
+    if not keys:
+        return {"role": Role.ADMIN.name.lower(), "key_id": None, "keys_required": False}
+    identity = keys.identify(presented_key(headers))
+    if identity is None:
+        return {"role": None, "key_id": None, "keys_required": True}
+    return {"role": identity[0].name.lower(), "key_id": identity[1], "keys_required": True}
 
 
 def search_params(params: Mapping[str, str]) -> tuple[str, int, str | None]:
@@ -81,8 +88,6 @@ def search_params(params: Mapping[str, str]) -> tuple[str, int, str | None]:
     for name, value in (("prefix", prefix), ("after", after or "")):
         if not account_id_pattern.fullmatch(value):
             raise SearchError(f"{name} must be at most 128 characters of A-Za-z0-9._:-")
-    if "ids" in params:
-        raise SearchError("give ids or prefix, not both")
     text = params.get("limit") or str(search_limit_default)
     if not text.isascii() or not text.isdigit() or not 1 <= int(text) <= search_limit_max:
         raise SearchError(f"limit must be an integer from 1 to {search_limit_max}")
@@ -173,16 +178,21 @@ class NodeTools:
     def routes(self) -> list[Route]:
         api, reader = self.api, Role.READER
         return [
-            api.route("/v1/whoami", "GET", reader, self.whoami),
+            api.route(search_path, "GET", reader, self.search),
             api.route("/v1/audit/verify", "GET", reader, self.verify),
             api.route("/v1/shards", "GET", reader, self.shards),
         ]
 
-    async def whoami(self, request: Request, role: Role) -> Response:
-        return json_response(whoami(self.api.keys, request.headers, role))
+    def public_routes(self) -> list[Route]:
+        """Routes that need no key: who the caller is, asked before signing in."""
 
-    async def search(self, request: Request) -> Response:
-        """``GET /v1/accounts?prefix=``: a page of the accounts whose id starts with the prefix."""
+        async def who(request: Request) -> Response:
+            return json_response(whoami(self.api.keys, request.headers))
+
+        return [Route("/v1/whoami", who, methods=["GET"])]
+
+    async def search(self, request: Request, role: Role) -> Response:
+        """A page of the accounts whose id starts with the prefix, in id order."""
         prefix, limit, after = search_params(request.query_params)
         await self.api._at_least(request)
         machine = self.api.replica.machine

@@ -203,6 +203,7 @@ function quantile(q, before, after) {
 async function signIn(key) {
   session.key = key;
   const who = await api("/v1/whoami");
+  if (who.role === null) throw new ApiError(401, "UNAUTHORIZED", key ? "This key is not one of this node's keys." : "");
   session.role = who.role;
   session.keyId = who.key_id;
   if (key) sessionStorage.setItem("coffer.key", key);
@@ -362,7 +363,7 @@ async function accounts(container, params) {
   h("label", {}, "account id or prefix", h("input", { name: "prefix", id: "search-prefix", value: prefix, placeholder: "e.g. alice or cust-" })),
   h("button", { type: "submit", class: "primary" }, "Search"));
   container.appendChild(form);
-  const found = await api("/v1/accounts", { params: { prefix, limit: searchLimit, after } });
+  const found = await api("/v1/search/accounts", { params: { prefix, limit: searchLimit, after } });
   const exact = found.accounts.find((view) => view.account_id === prefix);
   if (exact) container.appendChild(h("p", {}, "Exact match: ", accountLink(prefix)));
   const rows = found.accounts.map((view) => [
@@ -672,7 +673,7 @@ async function start() {
       await render();
     } catch (error) {
       session.key = "";
-      showSignIn(error instanceof ApiError && error.status === 401 ? "This key is not one of this node's keys." : error.message);
+      showSignIn(error.message.replace(/^UNAUTHORIZED: /, ""));
     }
   });
   document.getElementById("sign-out").addEventListener("click", () => {
