@@ -52,7 +52,7 @@ def main() -> None:
 
 @main.command()
 @click.option("--host", default="127.0.0.1", show_default=True, help="address to bind; other than loopback needs API keys")
-@click.option("--port", default=8080, show_default=True)
+@click.option("--port", default=8080, show_default=True, help="TCP port of the HTTP API, the console (/console) and the API docs (/docs)")
 @click.option("--data-dir", default="./data", show_default=True, type=click.Path(file_okay=False, path_type=Path))
 @click.option("--keys-file", type=click.Path(dir_okay=False, exists=True, path_type=Path), help="lines of 'ROLE KEY'")
 @click.option("--log-level", default="info", show_default=True, type=click.Choice(["debug", "info", "warning", "error"]))
@@ -137,7 +137,7 @@ def cluster_up(nodes: str, data_dir: Path) -> None:
 @cluster.command("down")
 @click.option("--data-dir", required=True, type=click.Path(file_okay=False, exists=True, path_type=Path))
 def cluster_down(data_dir: Path) -> None:
-    """Stop what ``cluster up`` started in that directory (by the PIDs it recorded)."""
+    """Stop what 'coffer cluster up' started in that directory (by the PIDs it recorded)."""
     from coffer.cluster.local import stop_recorded_cluster
 
     stopped = stop_recorded_cluster(data_dir)
@@ -627,6 +627,7 @@ def release(
 
 @main.command("events")
 @_range_options
+@click.option("--last", type=click.IntRange(1, 10_000), help="the last N events, up to the chain head")
 @_talks_to_node
 def events(
     client: "Client",
@@ -638,8 +639,13 @@ def events(
     limit: int | None,
     cursor: str | None,
     all_pages: bool,
+    last: int | None,
 ) -> None:
     """The event history, oldest first (ranges: from inclusive, to exclusive), a page at a time or --all."""
+    if last is not None:
+        if from_seq is not None or to_seq is not None or from_time or to_time or cursor or limit:
+            raise click.UsageError("--last takes no range, --limit or --cursor")
+        from_seq, limit = max(1, client.audit_head().seq - last + 1), last
 
     def fetch(cursor: str | None) -> tuple[Sequence[Any], str | None]:
         page = client.events_page(
@@ -805,11 +811,13 @@ def audit_head(client: "Client", output: _Output) -> None:
 
 def _register_query_commands() -> None:
     # The query side's and the simulator's commands live with them; they join the groups here.
+    from coffer import cli_operations
     from coffer.query.cli import register
     from coffer.sim.cli import sim
 
     register(main, audit, bench)
     main.add_command(sim)
+    cli_operations.register(main, account, audit)
 
 
 _register_query_commands()
