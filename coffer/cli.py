@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
+from coffer.bench.figures import Recorder, json_option
+
 if TYPE_CHECKING:
     from coffer.client import AccountView, Client, CommandResult
 
@@ -172,11 +174,12 @@ def bench() -> None:
 @click.option("--entry-size", default=1_000, show_default=True, help="commands per log entry")
 @click.option("--seed", default=1, show_default=True)
 @click.option("--repeat", default=3, show_default=True, help="rounds per side; medians are reported")
-def bench_apply(account_count: int, transfer_count: int, entry_size: int, seed: int, repeat: int) -> None:
+@json_option("bench apply")
+def bench_apply(account_count: int, transfer_count: int, entry_size: int, seed: int, repeat: int, recorder: Recorder) -> None:
     """Apply random transfers to the core state machine, next to a bare loop doing the irreducible work."""
     from coffer.bench.apply import run
 
-    run(account_count, transfer_count, entry_size, seed, repeat, echo=click.echo)
+    run(account_count, transfer_count, entry_size, seed, repeat, echo=recorder.echo)
 
 
 @bench.command("load")
@@ -190,6 +193,8 @@ def bench_apply(account_count: int, transfer_count: int, entry_size: int, seed: 
 @click.option("--processes", default=2, show_default=True, help="load generator processes")
 @click.option("--seed", default=1, show_default=True)
 @click.option("--cross-shard", default=0.0, show_default=True, help="sharded node: share of transfers between two shards")
+@click.option("--plot", "plot_path", type=click.Path(dir_okay=False, path_type=Path), help="draw latency percentiles and throughput over time (PNG)")
+@json_option("bench load")
 def bench_load(
     url: str,
     mode: str,
@@ -201,15 +206,22 @@ def bench_load(
     processes: int,
     seed: int,
     cross_shard: float,
-) -> None:
+    plot_path: Path | None,
+    recorder: Recorder,
+) -> list[dict[str, Any]]:
     """Drive a running node with transfers; last line: mode= tps= p50_ms= p99_ms= p999_ms= errors=
     (against a sharded node: shards= cross_shard= tps= p50_ms= p99_ms= errors=)."""
+    from coffer.bench.figures import plot_load
     from coffer.bench.load import BenchError, run
 
     try:
-        run(url, mode, concurrency, batch_size, duration, hot, account_count, processes, seed, click.echo, cross_shard)
+        samples = run(url, mode, concurrency, batch_size, duration, hot, account_count, processes, seed, recorder.echo, cross_shard)
     except BenchError as error:
         raise click.UsageError(str(error)) from error
+    if plot_path is not None:
+        plot_load(plot_path, recorder.figure(samples))
+        click.echo(f"plot: {plot_path}")
+    return samples
 
 
 @bench.command("failover")
@@ -217,11 +229,12 @@ def bench_load(
 @click.option("--nodes", default="3", show_default=True, type=click.Choice(["3", "5"]))
 @click.option("--threads", default=6, show_default=True, help="client threads sending transfers")
 @click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), help="keep the cluster's files here")
-def bench_failover(runs: int, nodes: str, threads: int, data_dir: Path | None) -> None:
+@json_option("bench failover")
+def bench_failover(runs: int, nodes: str, threads: int, data_dir: Path | None, recorder: Recorder) -> None:
     """Kill -9 the stream leader under load; last line: rto_ms=<worst run> lost= duplicated=."""
     from coffer.bench.failover import run
 
-    run(runs, int(nodes), threads, data_dir, click.echo)
+    run(runs, int(nodes), threads, data_dir, recorder.echo)
 
 
 @bench.command("restart")
@@ -231,11 +244,12 @@ def bench_failover(runs: int, nodes: str, threads: int, data_dir: Path | None) -
 @click.option(
     "--data-dir", type=click.Path(file_okay=False, path_type=Path), required=True, help="built if empty, reused otherwise"
 )
-def bench_restart(account_count: int, transfer_count: int, entry_size: int, data_dir: Path) -> None:
+@json_option("bench restart")
+def bench_restart(account_count: int, transfer_count: int, entry_size: int, data_dir: Path, recorder: Recorder) -> None:
     """Time a node's restart (snapshot + log replay) after a long history; last line: restart_s=."""
     from coffer.bench.restart import run
 
-    run(account_count, transfer_count, entry_size, data_dir, click.echo)
+    run(account_count, transfer_count, entry_size, data_dir, recorder.echo)
 
 
 # ------------------------------------------------------------------------------ talking to a node

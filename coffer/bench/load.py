@@ -57,6 +57,7 @@ from urllib.parse import urlsplit
 
 import msgspec
 
+from coffer.bench import figures
 from coffer.txn.shard_map import ShardMap
 
 asset = "BENCH"
@@ -308,6 +309,8 @@ class _Load:
         self.lost = 0  # transfers whose answer never came (connection lost, drain bound)
         self.codes: Counter[str] = Counter()
         self.latencies = array("d")
+        self.answered_at = array("d")  # per answered request, beside its latency: when (monotonic) ...
+        self.ok_before = array("q")  # ... and this worker's transfers answered 200 before it (per-second figures)
         self.last_answer = 0.0
         self.cpu_s = 0.0  # CPU this process spent during the load (the generator's own cost)
         self.deadline = math.inf
@@ -402,6 +405,8 @@ class _Load:
                 raise
             self.last_answer = monotonic()
             latencies.append((clock() - started) * 1000.0)
+            self.answered_at.append(self.last_answer)
+            self.ok_before.append(self.ok)
             self.requests += 1
             if status != 200:
                 self.errors += per_request
@@ -461,6 +466,8 @@ def _worker(plan: _Plan, slot: int, counters: Any, start: Any, go: Any, results:
             "requests": load.requests,
             "codes": dict(load.codes),
             "latencies": load.latencies.tobytes(),
+            "answered_at": load.answered_at.tobytes(),
+            "ok_before": load.ok_before.tobytes(),
             "last_answer": load.last_answer,
             "cpu_s": load.cpu_s,
         }
@@ -503,8 +510,10 @@ def run(
     seed: int,
     echo: Callable[[str], None],
     cross_shard: float = 0.0,
-) -> None:
-    """Set up, load ``url`` for ``duration_s`` seconds and echo progress, then the result line."""
+) -> list[dict[str, Any]]:
+    """Set up, load ``url`` for ``duration_s`` seconds and echo progress, then the result line.
+
+    Returns one sample per second of the load (:func:`coffer.bench.figures.per_second`)."""
     if not 0.0 <= cross_shard <= 1.0:
         raise BenchError("cross-shard is a share between 0 and 1")
     if mode not in ("single", "batch"):
@@ -650,6 +659,9 @@ def run(
             f"shards={shards} cross_shard={cross_shard:g} tps={int(ok / window_s)} p50_ms={_percentile(latencies, 0.5):.2f} "
             f"p99_ms={_percentile(latencies, 0.99):.2f} errors={errors}"
         )
+    return figures.per_second(
+        begin, [(array("d", s["answered_at"]), array("q", s["ok_before"]), array("d", s["latencies"]), s["ok"]) for s in summaries.values()]
+    )
 
 
 def _shard_map(url: str) -> dict[str, Any] | None:
