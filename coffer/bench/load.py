@@ -58,6 +58,7 @@ from urllib.parse import urlsplit
 import msgspec
 
 from coffer.bench import figures
+from coffer.progress import progress_over
 from coffer.txn.shard_map import ShardMap
 
 asset = "BENCH"
@@ -240,7 +241,7 @@ async def _setup(target: _Target, accounts: int, seed: int) -> None:
     ids = _account_ids(accounts)
     chunks: list[list[str]] = [[hot_account]] + [ids[start : start + setup_chunk] for start in range(0, accounts, setup_chunk)]
     try:
-        for number, chunk in enumerate(chunks):
+        for number, chunk in enumerate(progress_over(chunks, "setting up accounts", unit="requests")):
             balance = hot_opening_balance if number == 0 else opening_balance
             commands: list[dict[str, Any]] = [
                 {"type": "create_account", "dedup_id": f"bench-s{seed}-create-{account_id}", "account_id": account_id}
