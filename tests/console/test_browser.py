@@ -193,6 +193,7 @@ def test_a_reader_sees_no_action_and_the_node_refuses_one(signed_in: Any, ledger
     assert answer["status"] == 403 and answer["body"]["error"]["code"] == "FORBIDDEN"
     assert _api(ledger, "/v1/transactions/con-txn-reader")["state"] == "TRIED"
     assert [error for error in session.errors if "403" not in error] == []  # the refusal is the only error
+    assert "error" not in (page.locator("#notice").get_attribute("class") or "")
 
 
 def test_an_admin_locks_and_unlocks_an_account(signed_in: Any, ledger: CofferServer) -> None:

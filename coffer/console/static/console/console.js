@@ -22,6 +22,7 @@ const session = {
   shard: Number(sessionStorage.getItem("coffer.shard") || 0),
 };
 let stopView = () => {}; // the current view's cleanup (live polling)
+let generation = 0; // grows with every render: a view still loading when another began stops quietly
 
 class ApiError extends Error {
   constructor(status, code, message) {
@@ -252,6 +253,7 @@ const views = {
 async function render() {
   stopView();
   stopView = () => {};
+  const mine = ++generation;
   if (session.role === null) return;
   notice("");
   const { path, params } = routeQuery();
@@ -265,6 +267,7 @@ async function render() {
   try {
     await view(container, params, rest.map(decodeURIComponent).join("/"));
   } catch (error) {
+    if (mine !== generation) return; // the page moved on while this view loaded
     if (error instanceof ApiError && error.status === 401) {
       showSignIn("The key was refused (401): sign in again.");
       return;
@@ -276,6 +279,7 @@ async function render() {
 // --- overview: status cards, live throughput and latency
 
 async function overview(container) {
+  const mine = generation;
   container.appendChild(h("h1", {}, "Overview"));
   const cards = h("div", { class: "cards", id: "overview-cards" });
   container.appendChild(cards);
@@ -306,6 +310,7 @@ async function overview(container) {
   const throughput = { commands: [], requests: [] };
   const latency = { "POST p50": [], "POST p99": [], "GET p99": [], "append p99": [] };
   const draw = () => {
+    if (mine !== generation) return;
     const toSeries = (map) => Object.entries(map).map(([name, points]) => ({ name, points }));
     CofferCharts.line(document.getElementById("chart-throughput"), { series: toSeries(throughput), time: true, unit: "/s", title: "throughput", empty: "collecting samples…" });
     CofferCharts.line(document.getElementById("chart-latency"), { series: toSeries(latency), time: true, unit: "ms", title: "latency", empty: "collecting samples…" });
@@ -345,6 +350,7 @@ async function overview(container) {
   };
   draw();
   await poll();
+  if (mine !== generation) return; // another view began meanwhile: no polling for this one
   const timer = setInterval(poll, livePollMs);
   stopView = () => clearInterval(timer);
 }
