@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from coffer import exit_codes
+from coffer.bench.figures import Recorder, json_option
 from coffer.core.errors import ErrorCode
 
 if TYPE_CHECKING:
@@ -100,7 +101,7 @@ def main() -> None:
 
 @main.command()
 @click.option("--host", default="127.0.0.1", show_default=True, help="address to bind; other than loopback needs API keys")
-@click.option("--port", default=8080, show_default=True)
+@click.option("--port", default=8080, show_default=True, help="TCP port of the HTTP API, the console (/console) and the API docs (/docs)")
 @click.option("--data-dir", default="./data", show_default=True, type=click.Path(file_okay=False, path_type=Path))
 @click.option("--keys-file", type=click.Path(dir_okay=False, exists=True, path_type=Path), help="lines of 'ROLE KEY'")
 @click.option("--log-level", default="info", show_default=True, type=click.Choice(["debug", "info", "warning", "error"]))
@@ -219,7 +220,7 @@ def cluster_up(nodes: str, data_dir: Path) -> None:
 @cluster.command("down")
 @click.option("--data-dir", required=True, type=click.Path(file_okay=False, exists=True, path_type=Path))
 def cluster_down(data_dir: Path) -> None:
-    """Stop what ``cluster up`` started in that directory (by the PIDs it recorded)."""
+    """Stop what 'coffer cluster up' started in that directory (by the PIDs it recorded)."""
     from coffer.cluster.local import stop_recorded_cluster
 
     stopped = stop_recorded_cluster(data_dir)
@@ -254,11 +255,12 @@ def bench() -> None:
 @click.option("--entry-size", default=1_000, show_default=True, help="commands per log entry")
 @click.option("--seed", default=1, show_default=True)
 @click.option("--repeat", default=3, show_default=True, help="rounds per side; medians are reported")
-def bench_apply(account_count: int, transfer_count: int, entry_size: int, seed: int, repeat: int) -> None:
+@json_option("bench apply")
+def bench_apply(account_count: int, transfer_count: int, entry_size: int, seed: int, repeat: int, recorder: Recorder) -> None:
     """Apply random transfers to the core state machine, next to a bare loop doing the irreducible work."""
     from coffer.bench.apply import run
 
-    run(account_count, transfer_count, entry_size, seed, repeat, echo=click.echo)
+    run(account_count, transfer_count, entry_size, seed, repeat, echo=recorder.echo)
 
 
 @bench.command("load")
@@ -273,6 +275,8 @@ def bench_apply(account_count: int, transfer_count: int, entry_size: int, seed: 
 @click.option("--seed", default=1, show_default=True)
 @click.option("--cross-shard", default=0.0, show_default=True, help="sharded node: share of transfers between two shards")
 @click.option("--rate", type=float, help="open loop: requests per second started on a fixed schedule [default: closed loop]")
+@click.option("--plot", "plot_path", type=click.Path(dir_okay=False, path_type=Path), help="draw latency percentiles and throughput over time (PNG)")
+@json_option("bench load")
 def bench_load(
     url: str,
     mode: str,
@@ -285,19 +289,28 @@ def bench_load(
     seed: int,
     cross_shard: float,
     rate: float | None,
-) -> None:
+    plot_path: Path | None,
+    recorder: Recorder,
+) -> list[dict[str, Any]]:
     """Drive a running node with transfers; last line: mode= tps= p50_ms= p99_ms= p999_ms= errors=.
 
     With --rate also: rate= refused= (503s) accepted_p50_ms= accepted_p99_ms= late= (latency from each
     request's scheduled start). Against a sharded node a last line: shards= cross_shard= tps= p50_ms=
     p99_ms= errors=.
     """
+    from coffer.bench.figures import plot_load
     from coffer.bench.load import BenchError, run
 
     try:
-        run(url, mode, concurrency, batch_size, duration, hot, account_count, processes, seed, click.echo, rate, cross_shard)
+        samples = run(
+            url, mode, concurrency, batch_size, duration, hot, account_count, processes, seed, recorder.echo, rate, cross_shard
+        )
     except BenchError as error:
         raise click.UsageError(str(error)) from error
+    if plot_path is not None:
+        plot_load(plot_path, recorder.figure(samples))
+        click.echo(f"plot: {plot_path}")
+    return samples
 
 
 @bench.command("failover")
@@ -305,11 +318,12 @@ def bench_load(
 @click.option("--nodes", default="3", show_default=True, type=click.Choice(["3", "5"]))
 @click.option("--threads", default=6, show_default=True, help="client threads sending transfers")
 @click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), help="keep the cluster's files here")
-def bench_failover(runs: int, nodes: str, threads: int, data_dir: Path | None) -> None:
+@json_option("bench failover")
+def bench_failover(runs: int, nodes: str, threads: int, data_dir: Path | None, recorder: Recorder) -> None:
     """Kill -9 the stream leader under load; last line: rto_ms=<worst run> lost= duplicated=."""
     from coffer.bench.failover import run
 
-    run(runs, int(nodes), threads, data_dir, click.echo)
+    run(runs, int(nodes), threads, data_dir, recorder.echo)
 
 
 @bench.command("restart")
@@ -319,11 +333,12 @@ def bench_failover(runs: int, nodes: str, threads: int, data_dir: Path | None) -
 @click.option(
     "--data-dir", type=click.Path(file_okay=False, path_type=Path), required=True, help="built if empty, reused otherwise"
 )
-def bench_restart(account_count: int, transfer_count: int, entry_size: int, data_dir: Path) -> None:
+@json_option("bench restart")
+def bench_restart(account_count: int, transfer_count: int, entry_size: int, data_dir: Path, recorder: Recorder) -> None:
     """Time a node's restart (snapshot + log replay) after a long history; last line: restart_s=."""
     from coffer.bench.restart import run
 
-    run(account_count, transfer_count, entry_size, data_dir, click.echo)
+    run(account_count, transfer_count, entry_size, data_dir, recorder.echo)
 
 
 # ------------------------------------------------------------------------------ talking to a node
@@ -739,6 +754,7 @@ def release(
 
 @main.command("events")
 @_range_options
+@click.option("--last", type=click.IntRange(1, 10_000), help="the last N events, up to the chain head")
 @_talks_to_node
 def events(
     client: "Client",
@@ -750,8 +766,13 @@ def events(
     limit: int | None,
     cursor: str | None,
     all_pages: bool,
+    last: int | None,
 ) -> None:
     """The event history, oldest first (ranges: from inclusive, to exclusive), a page at a time or --all."""
+    if last is not None:
+        if from_seq is not None or to_seq is not None or from_time or to_time or cursor or limit:
+            raise click.UsageError("--last takes no range, --limit or --cursor")
+        from_seq, limit = max(1, client.audit_head().seq - last + 1), last
 
     def fetch(cursor: str | None) -> tuple[Sequence[Any], str | None]:
         page = client.events_page(
@@ -917,11 +938,13 @@ def audit_head(client: "Client", output: _Output) -> None:
 
 def _register_query_commands() -> None:
     # The query side's and the simulator's commands live with them; they join the groups here.
+    from coffer import cli_operations
     from coffer.query.cli import register
     from coffer.sim.cli import sim
 
     register(main, audit, bench)
     main.add_command(sim)
+    cli_operations.register(main, account, audit)
 
 
 _register_query_commands()

@@ -41,6 +41,7 @@ from coffer.core.snapshot import restore_snapshot, take_snapshot
 from coffer.core.state_machine import StateMachine, protocol_version_max
 from coffer.disk import Disk, local_disk
 from coffer.log.base import CommandLog, LogRecord
+from coffer.progress import progress, shows_progress
 from coffer.query.event_store import EventStore
 
 logger = logging.getLogger(__name__)
@@ -285,14 +286,17 @@ class Replica:
         loaded = self._clock_s()
         replayed = 0
         batch: list[EventRecord] = []
-        for record in self._records_after(self.machine.log_index):
-            entry = decode_entry(record.payload)
-            _, events = self.machine.apply(record.index, record.time_ms, entry.commands, entry.actors, entry.protocol_version)
-            batch.extend(events)
-            replayed += 1
-            if len(batch) >= 50_000:
-                self.store.append(batch)
-                batch = []
+        to_replay = max(0, self.log.last_index - self.machine.log_index) if shows_progress() else None
+        with progress("replaying the log", to_replay, unit="entries") as shown:
+            for record in self._records_after(self.machine.log_index):
+                entry = decode_entry(record.payload)
+                _, events = self.machine.apply(record.index, record.time_ms, entry.commands, entry.actors, entry.protocol_version)
+                batch.extend(events)
+                replayed += 1
+                shown.advance()
+                if len(batch) >= 50_000:
+                    self.store.append(batch)
+                    batch = []
         self.store.append(batch)
         if self.store.last_seq > self.machine.seq:
             raise RuntimeError(

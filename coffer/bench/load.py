@@ -68,6 +68,8 @@ from urllib.parse import urlsplit
 
 import msgspec
 
+from coffer.bench import figures
+from coffer.progress import progress_over
 from coffer.txn.shard_map import ShardMap
 
 asset = "BENCH"
@@ -252,7 +254,7 @@ async def _setup(target: _Target, accounts: int, seed: int) -> None:
     ids = _account_ids(accounts)
     chunks: list[list[str]] = [[hot_account]] + [ids[start : start + setup_chunk] for start in range(0, accounts, setup_chunk)]
     try:
-        for number, chunk in enumerate(chunks):
+        for number, chunk in enumerate(progress_over(chunks, "setting up accounts", unit="requests")):
             balance = hot_opening_balance if number == 0 else opening_balance
             commands: list[dict[str, Any]] = [
                 {"type": "create_account", "dedup_id": f"bench-s{seed}-create-{account_id}", "account_id": account_id}
@@ -327,6 +329,8 @@ class _Load:
         self.late = 0  # requests started more than late_s after their schedule (open loop)
         self.free: asyncio.Queue[_Connection] | None = None
         self.opened = 0
+        self.answered_at = array("d")  # per answered request, beside its latency: when (monotonic) ...
+        self.ok_before = array("q")  # ... and this worker's transfers answered 200 before it (per-second figures)
         self.last_answer = 0.0
         self.cpu_s = 0.0  # CPU this process spent during the load (the generator's own cost)
         self.deadline = math.inf
@@ -421,6 +425,8 @@ class _Load:
                 raise
             self.last_answer = monotonic()
             latencies.append((clock() - started) * 1000.0)
+            self.answered_at.append(self.last_answer)
+            self.ok_before.append(self.ok)
             self.requests += 1
             if status != 200:
                 self.errors += per_request
@@ -581,6 +587,8 @@ def _worker(plan: _Plan, slot: int, counters: Any, start: Any, go: Any, results:
             "accepted_latencies": load.accepted_latencies.tobytes(),
             "refused": load.refused,
             "late": load.late,
+            "answered_at": load.answered_at.tobytes(),
+            "ok_before": load.ok_before.tobytes(),
             "last_answer": load.last_answer,
             "cpu_s": load.cpu_s,
         }
@@ -624,12 +632,12 @@ def run(
     echo: Callable[[str], None],
     rate: float | None = None,
     cross_shard: float = 0.0,
-) -> None:
+) -> list[dict[str, Any]]:
     """Set up, load ``url`` for ``duration_s`` seconds and echo progress, then the result line.
 
     ``rate``: requests per second in all, started on a fixed schedule (open loop); None for the
-    closed loop of ``concurrency`` requests in flight.
-    """
+    closed loop of ``concurrency`` requests in flight. Returns one sample per second of the load
+    (:func:`coffer.bench.figures.per_second`)."""
     if not 0.0 <= cross_shard <= 1.0:
         raise BenchError("cross-shard is a share between 0 and 1")
     if mode not in ("single", "batch"):
@@ -788,6 +796,9 @@ def run(
             f"shards={shards} cross_shard={cross_shard:g} tps={int(ok / window_s)} p50_ms={_percentile(latencies, 0.5):.2f} "
             f"p99_ms={_percentile(latencies, 0.99):.2f} errors={errors}"
         )
+    return figures.per_second(
+        begin, [(array("d", s["answered_at"]), array("q", s["ok_before"]), array("d", s["latencies"]), s["ok"]) for s in summaries.values()]
+    )
 
 
 def _shard_map(url: str) -> dict[str, Any] | None:

@@ -25,6 +25,7 @@ from pathlib import Path
 from coffer.cluster.local import LocalCluster
 from coffer.cluster.workload import Workload, check
 from coffer.log.jetstream import JetStreamLog
+from coffer.progress import progress_until
 
 fault_pause_s = (1.0, 4.0)  # calm between faults, and how long a fault lasts
 fault_kinds = ("kill-server", "kill-leader", "pause-server", "planned-restart", "kill-node", "wipe-node")
@@ -81,7 +82,7 @@ def run(minutes: float, nodes: int, threads: int, seed: int, directory: Path | N
             workload.start()
             deadline = time.monotonic() + minutes * 60
             faults: Counter[str] = Counter()
-            while time.monotonic() < deadline:
+            for _ in progress_until(deadline, "faults under load"):
                 time.sleep(rng.uniform(*fault_pause_s))
                 kind = rng.choice(fault_kinds)
                 heal = _inject(cluster, kind, rng)

@@ -122,6 +122,11 @@ class CheckpointMonitor:
                 self.protocol_version_max,
             )
 
+    def peer_agreement(self) -> dict[str, bool]:
+        """Each peer heard from recently: whether its last compared checkpoint equals this replica's."""
+        now = time.monotonic()
+        return {peer: agrees for peer, (agrees, seen, _) in self._verdicts.items() if now - seen <= peer_checkpoint_age_s_max}
+
     def mixed_protocols(self) -> dict[str, int]:
         """Peers whose release runs another protocol than this node's (empty when all agree)."""
         return {node: version for node, version in self.peer_protocols.items() if version != self.protocol_version_max}

@@ -37,6 +37,7 @@ import msgspec
 from coffer.core.accounts import Account
 from coffer.core.commands import BatchBalanceOperation
 from coffer.core.events import Event, EventRecord, event_decoder, genesis_hash
+from coffer.progress import progress
 from coffer.query.sql_store import EventRow, SqlStore, VersionRow, rows_of
 from coffer.server.feed import line_decoder, stream_path
 from coffer.server.views import account_view
@@ -269,14 +270,18 @@ def verify(
     try:
         if store is not None:
             notes.append(f"history: the {store.kind} store")
-            for record, row, versions in store_events(store):
-                replay.add(record, row, versions)
+            with progress("verifying", store.last_seq(), unit="events") as shown:
+                for record, row, versions in store_events(store):
+                    replay.add(record, row, versions)
+                    shown.advance()
         else:
             assert node is not None
             node_seq, _ = node.head()
             notes.append(f"history: the event feed of {node.url}, seq 1..{node_seq}")
-            for record in node.events(node_seq):
-                replay.add(record)
+            with progress("verifying", node_seq, unit="events") as shown:
+                for record in node.events(node_seq):
+                    replay.add(record)
+                    shown.advance()
         if checkpoint is not None:
             _compare_checkpoint(replay, checkpoint, notes)
         if node is not None:

@@ -22,6 +22,8 @@ from typing import Any
 
 import click
 
+from coffer.bench.figures import Recorder, json_option
+
 exit_history_bad = 1  # the chain or the balances do not verify: a finding, not a failure to run
 exit_unavailable = 4
 
@@ -230,12 +232,13 @@ def audit_keygen(key_path: Path) -> None:
 )
 @click.option("--commands", "command_count", default=100_000, show_default=True, help="commands to apply on the node first")
 @click.option("--accounts", "account_count", default=1_000, show_default=True)
-def bench_project(store_kind: str, dsn: str | None, command_count: int, account_count: int) -> None:
+@json_option("bench project")
+def bench_project(store_kind: str, dsn: str | None, command_count: int, account_count: int, recorder: Recorder) -> None:
     """Project a node's history into SQL; last line: project_events_per_s=<int> store=<sqlite|postgresql>."""
     from coffer.bench.project import BenchError, run
 
     try:
-        run(store_kind, dsn, command_count, account_count, click.echo)
+        run(store_kind, dsn, command_count, account_count, recorder.echo)
     except BenchError as error:
         raise click.UsageError(str(error)) from error
 

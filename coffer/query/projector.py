@@ -41,6 +41,7 @@ import httpx
 import msgspec
 
 from coffer.core.events import EventRecord, index_event
+from coffer.progress import Progress, progress
 from coffer.query.sql_store import EventRow, SqlStore, VersionRow
 from coffer.server.feed import heartbeat_interval_s, line_decoder, stream_path
 
@@ -326,9 +327,14 @@ class Projector:
             await publisher.close()
 
     async def _report(self, follower: ChainFollower) -> None:
+        with progress("projecting", None, unit="events") as shown:
+            await self._report_every_interval(follower, shown)
+
+    async def _report_every_interval(self, follower: ChainFollower, shown: Progress) -> None:
         last_seq, last_time = self.stored_seq, time.monotonic()
         while True:
             await asyncio.sleep(progress_interval_s)
+            shown.update(self.stored_seq, max(follower.node_stored_seq, self.stored_seq) or None)
             now = time.monotonic()
             rate = (self.stored_seq - last_seq) / (now - last_time)
             message = f"stored seq {self.stored_seq} ({rate:.0f} events/s), node stored seq {follower.node_stored_seq}"

@@ -22,6 +22,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from coffer import console
 from coffer.cluster.checkpoints import CheckpointMonitor, checkpoint_interval_s
 from coffer.core.accounts import Account
 from coffer.core.commands import Command
@@ -37,6 +38,7 @@ from coffer.server.auth import ApiKeys, Role
 from coffer.server.feed import event_stream
 from coffer.server.node_reads import NodeHierarchy, NodeReads
 from coffer.server.openapi import openapi_document, query_parameters
+from coffer.server.operator_api import HttpMetrics, NodeTools
 from coffer.server.pipeline import FollowerPipeline, LogUnavailable, Outcome, Pipeline
 from coffer.server.views import account_view, error_body, rejection_body
 
@@ -155,6 +157,7 @@ class Api:
             replica.data_dir, replica.store, lambda ids: {account_id for account_id in ids if account_id in machine.accounts}
         )
         self.admission = Admission()
+        self.tools = NodeTools(self)
 
     # ------------------------------------------------------------------ plumbing
 
@@ -502,6 +505,7 @@ class Api:
         self.metrics.refused.set(self.admission.refused)
         if self.replica.writer is not None:
             self.metrics.stored_seq.set(self.replica.writer.stored_seq)
+        await self.tools.refresh_metrics()
         return Response(generate_latest(self.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     async def log_level(self, request: Request, role: Role) -> Response:
@@ -556,6 +560,7 @@ class Api:
             self.route("/v1/hierarchy/nodes/{node_id}/balance", "GET", reader, self.node_balance),
             self.route("/admin/log-level", "PUT", admin, self.log_level),
             self.route("/metrics", "GET", reader, self.metrics_endpoint),
+            *self.tools.routes(),
         ]
 
 
@@ -658,6 +663,8 @@ def create_app(
         Route("/healthz", _unauthenticated(api.healthz), methods=["GET"]),
         Route("/readyz", _unauthenticated(api.readyz), methods=["GET"]),
         Route("/openapi.json", _unauthenticated(api.openapi), methods=["GET"]),
+        *api.tools.public_routes(),
+        *console.routes(),
     ]
 
     async def http_error(request: Request, error: Exception) -> Response:
@@ -669,7 +676,7 @@ def create_app(
 
     app = Starlette(routes=[*public, *api.routes()], lifespan=lifespan, exception_handlers={HTTPException: http_error})
     app.state.api = api
-    return FastCommandRoutes(api, app)
+    return HttpMetrics(FastCommandRoutes(api, app), api.tools.metrics)  # type: ignore[return-value]
 
 
 def _unauthenticated(handler: Callable[[Request, Role], Awaitable[Response]]) -> Callable[[Request], Awaitable[Response]]:

@@ -310,10 +310,69 @@ _hierarchy_body = {
         },
     },
 }
+_ref_audit_head = {"$ref": "#/components/schemas/AuditHead"}
 _audit_head = {
     "type": "object",
     "required": ["seq", "hash"],
     "properties": {"seq": {"type": "integer"}, "hash": {"type": "string"}, "log_index": {"type": "integer"}},
+}
+
+_account_search = {
+    "type": "object",
+    "required": ["seq", "accounts", "next"],
+    "properties": {
+        "seq": {"type": "integer", "description": "every account is as of this seq (on a sharded node: its shard's)"},
+        "accounts": {"type": "array", "items": _account_ref, "description": "in account id order"},
+        "next": {"type": ["string", "null"], "description": "pass as after= for the next page; null at the end"},
+    },
+}
+_whoami = {
+    "type": "object",
+    "required": ["role", "key_id", "keys_required"],
+    "properties": {
+        "role": {"type": ["string", "null"], "enum": ["reader", "operator", "admin", None], "description": "null: no key, or not one of this node's"},
+        "key_id": {"type": ["string", "null"], "description": "the key's public id, as events record it; null without a known key"},
+        "keys_required": {"type": "boolean", "description": "false on a node without keys (loopback): every caller is admin"},
+    },
+}
+_audit_verdict = {
+    "type": "object",
+    "required": ["ok", "from_seq", "seq", "hash", "head_seq", "events", "accounts", "accounts_compared", "first_bad_seq", "problem", "notes"],
+    "properties": {
+        "ok": {"type": "boolean"},
+        "from_seq": {"type": "integer", "description": "the first stored event (above 1 on a node that started from a shared snapshot)"},
+        "seq": {"type": "integer", "description": "the last event verified"},
+        "hash": {"type": "string", "description": "its hash"},
+        "head_seq": {"type": "integer", "description": "the chain head when the verification began"},
+        "events": {"type": "integer"},
+        "accounts": {"type": "integer", "description": "accounts folded from the events"},
+        "accounts_compared": {"type": "integer", "description": "of those, compared with the live state (the others changed since)"},
+        "first_bad_seq": {"type": ["integer", "null"]},
+        "problem": {"type": ["string", "null"]},
+        "notes": {"type": "array", "items": {"type": "string"}},
+        "elapsed_ms": {"type": "integer"},
+    },
+}
+_shards = {
+    "type": "object",
+    "required": ["map", "shards"],
+    "properties": {
+        "map": {"type": ["object", "null"], "description": "the versioned shard map; null on a node of one shard"},
+        "shards": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "required": ["shard", "ready"],
+                "properties": {
+                    "shard": {"type": "integer"},
+                    "url": {"type": ["string", "null"], "description": "the shard process's loopback URL; null: this process"},
+                    "head": _ref_audit_head,
+                    "ready": {"type": "boolean"},
+                    "error": {"type": "string"},
+                },
+            },
+        },
+    },
 }
 
 _described_errors = {
@@ -442,6 +501,10 @@ def openapi_document() -> dict[str, Any]:
             "AuditHead": _audit_head,
             "Transaction": _transaction,
             "OpenTransactions": _open_transactions,
+            "AccountSearch": _account_search,
+            "Whoami": _whoami,
+            "AuditVerdict": _audit_verdict,
+            "Shards": _shards,
         }
     )
 
@@ -584,6 +647,39 @@ def openapi_document() -> dict[str, Any]:
             }
         },
         "/v1/audit/head": _read("reader", "The chain head", [], _ref("AuditHead"), 401, 403),
+        "/v1/search/accounts": _read(
+            "reader",
+            "Find accounts by id prefix: a page of the accounts whose id starts with it, in id order",
+            [
+                _query("prefix", {"type": "string", "pattern": "^[A-Za-z0-9._:-]{0,128}$"}, "the start of the ids; empty: every account"),
+                _query("limit", {"type": "integer", "minimum": 1, "maximum": 1000, "default": 50}, "at most this many"),
+                _query("after", {"type": "string", "pattern": "^[A-Za-z0-9._:-]{0,128}$"}, "the next of the previous page"),
+                _min_seq,
+            ],
+            _ref("AccountSearch"),
+            401,
+            403,
+            422,
+            503,
+        ),
+        "/v1/whoami": _read("none", "The role and key id of the API key sent (no role for a missing or unknown key)", [], _ref("Whoami")),
+        "/v1/audit/verify": _read(
+            "reader",
+            "Re-verify this node's stored chain: every hash, seq and link up to the head, and the accounts the events fold to against the live ones",
+            [],
+            _ref("AuditVerdict"),
+            401,
+            403,
+            503,
+        ),
+        "/v1/shards": _read(
+            "reader",
+            "The shard map and each shard's chain head and readiness (one shard on a node that is not sharded)",
+            [],
+            _ref("Shards"),
+            401,
+            403,
+        ),
         "/v1/transactions": _read(
             "reader",
             "Two-phase tries still open on this shard, oldest first (where a recovery task looks for transactions in doubt)",

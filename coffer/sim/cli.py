@@ -27,6 +27,7 @@ import click
 )
 def sim(seed: int | None, seed_count: int | None, steps: int, replicas: int, clients: int, show_trace: bool, shards: int) -> None:
     """Simulate replicas, clients and faults in one process from a seed; check the invariants after every step."""
+    from coffer.progress import progress_over
     from coffer.sim.simulator import Simulation
 
     if seed is not None and seed_count is not None:
@@ -39,7 +40,7 @@ def sim(seed: int | None, seed_count: int | None, steps: int, replicas: int, cli
         raise click.UsageError("--trace needs a single --seed")
     steps_total = faults_total = violations = 0
     digest = ""
-    for number in seeds:
+    for number in progress_over(seeds, "simulating", unit="seeds", shown=len(seeds) > 1):
         simulation = Simulation(number, steps, replicas, clients, keep_full_trace=show_trace)
         report = simulation.run()
         if simulation.full_trace is not None:

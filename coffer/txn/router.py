@@ -32,7 +32,7 @@ from coffer.server.app import error_response, json_response, read_body
 from coffer.server.auth import ApiKeys, Role
 from coffer.server.openapi import openapi_document
 from coffer.server.requests import admin_command_types
-from coffer.txn import coordinator
+from coffer.txn import coordinator, router_tools
 from coffer.txn.coordinator import Coordinator, PlanError, txn_prefix
 from coffer.txn.shard_map import ShardMap
 from coffer.txn.shards import ShardClients, ShardUnavailable
@@ -471,6 +471,7 @@ def create_router_app(router: Router) -> Starlette:
         Route("/healthz", lambda request: json_response({"status": "ok"}), methods=["GET"]),
         Route("/readyz", router.readyz, methods=["GET"]),
         Route("/openapi.json", lambda request: json_response(openapi_document()), methods=["GET"]),
+        *router_tools.routes(router),
     ]
 
     async def lifespan(app: Starlette) -> Any:
