@@ -145,6 +145,11 @@ class HttpMetrics:
         self.app = app
         self.metrics = metrics
 
+    @property
+    def api(self) -> Any:
+        """The node's :class:`coffer.server.app.Api`, as the app this wraps gives it (serve configures it)."""
+        return self.app.api  # type: ignore[attr-defined]
+
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)

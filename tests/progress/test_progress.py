@@ -4,6 +4,7 @@ import io
 import os
 import subprocess
 import sys
+import threading
 
 import pytest
 
@@ -52,20 +53,27 @@ def _run(arguments: list[str], terminal: bool) -> str:
     if not terminal:
         return subprocess.run(command, capture_output=True, text=True, env=environment, timeout=120).stderr
     leader, follower = os.openpty()
-    try:
-        done = subprocess.run(command, stdout=subprocess.DEVNULL, stderr=follower, env={**environment, "COLUMNS": "120"}, timeout=120)
-        assert done.returncode == 0
-        os.close(follower)
-        written = b""
+    chunks: list[bytes] = []
+
+    def drain() -> None:
+        # Read while the command runs: a pseudo-terminal holds a few KiB, and a writer blocks past it.
         while True:
             try:
                 chunk = os.read(leader, 65536)
             except OSError:
-                break
+                return
             if not chunk:
-                break
-            written += chunk
-        return written.decode(errors="replace")
+                return
+            chunks.append(chunk)
+
+    reader = threading.Thread(target=drain, daemon=True)
+    reader.start()
+    try:
+        done = subprocess.run(command, stdout=subprocess.DEVNULL, stderr=follower, env={**environment, "COLUMNS": "120"}, timeout=120)
+        assert done.returncode == 0
+        os.close(follower)
+        reader.join(10)
+        return b"".join(chunks).decode(errors="replace")
     finally:
         os.close(leader)
 
