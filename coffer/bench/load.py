@@ -528,6 +528,8 @@ class _Load:
         latency_ms = (time.monotonic() - scheduled) * 1000.0
         self.last_answer = time.monotonic()
         self.latencies.append(latency_ms)
+        self.answered_at.append(self.last_answer)
+        self.ok_before.append(self.ok)
         self.requests += 1
         if status == 200:
             self.accepted_latencies.append(latency_ms)

@@ -324,7 +324,12 @@ def test_each_node_route_takes_exactly_the_query_parameters_its_openapi_operatio
     from coffer.server.openapi import openapi_document
 
     paths = openapi_document()["paths"]
-    for route in Api.__new__(Api).routes():  # routes() reads no state: no node is needed
+    from coffer.server.operator_api import NodeTools
+
+    api = Api.__new__(Api)  # routes() reads no state: no node is needed
+    api.tools = NodeTools.__new__(NodeTools)
+    api.tools.api = api
+    for route in api.routes():
         for method in route.methods - {"HEAD"}:
             operation = paths[route.path][method.lower()]
             documented = {parameter["name"] for parameter in operation.get("parameters", []) if parameter["in"] == "query"}
