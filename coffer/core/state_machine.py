@@ -1109,7 +1109,15 @@ class StateMachine:
             return _state_error(account)
         limits = VelocityLimits(command.amount_per_hour, command.amount_per_day, command.debits_per_hour, command.debits_per_day)
         if not limits.any():
-            self.velocity.pop(account_id, None)
+            if self.velocity.pop(account_id, None) is not None:
+                # Its usage is gone: a later cancel of a hold counted then has nothing to give back.
+                for txn_id, held in list(self.velocity_holds.items()):
+                    kept = tuple(hold for hold in held if hold.account_id != account_id)
+                    if len(kept) != len(held):
+                        if kept:
+                            self.velocity_holds[txn_id] = kept
+                        else:
+                            del self.velocity_holds[txn_id]
         elif account_id in self.velocity:
             self.velocity[account_id].limits = limits  # usage in the current windows stays
         else:
