@@ -47,6 +47,8 @@ amount_fields = frozenset(
         "expected_balance",
         "min_balance",
         "max_balance",
+        "amount_per_hour",
+        "amount_per_day",
     }
 )
 
@@ -157,6 +159,16 @@ class DecideBody(_Body):
     reason_account_id: Id | None = None
 
 
+class VelocityLimitsBody(_Body):
+    """Replace an account's velocity caps (absent or null: no cap); the account comes from the path."""
+
+    account_id: Id
+    amount_per_hour: AmountText | None = None
+    amount_per_day: AmountText | None = None
+    debits_per_hour: Annotated[int, msgspec.Meta(ge=1, le=2**63 - 1)] | None = None
+    debits_per_day: Annotated[int, msgspec.Meta(ge=1, le=2**63 - 1)] | None = None
+
+
 # The command types of POST /v1/commands, each with the body of its own endpoint.
 body_types: dict[str, type[_Body]] = {
     "create_account": CreateAccountBody,
@@ -173,8 +185,11 @@ body_types: dict[str, type[_Body]] = {
     "tcc_cancel": TxnBody,
     "compensate": CompensateBody,
     "decide": DecideBody,
+    "set_velocity_limits": VelocityLimitsBody,
 }
-admin_command_types = frozenset({"create_account", "update_limits", "lock_account", "unlock_account", "delete_account", "decide"})
+admin_command_types = frozenset(
+    {"create_account", "update_limits", "lock_account", "unlock_account", "delete_account", "decide", "set_velocity_limits"}
+)
 
 _decoders = {body_type: msgspec.json.Decoder(body_type) for body_type in set(body_types.values())}
 
@@ -362,6 +377,16 @@ def to_command(kind: str, body: _Body, scales: Scales) -> core.Command:
             reason_code=body.reason_code,
             reason_message=body.reason_message,
             reason_account_id=body.reason_account_id,
+        )
+    if isinstance(body, VelocityLimitsBody):
+        scale = scales.account(body.account_id)
+        return core.SetVelocityLimits(
+            dedup_id=body.dedup_id,
+            account_id=body.account_id,
+            amount_per_hour=_amount(body.amount_per_hour, scale, positive=True),
+            amount_per_day=_amount(body.amount_per_day, scale, positive=True),
+            debits_per_hour=body.debits_per_hour,
+            debits_per_day=body.debits_per_day,
         )
     if isinstance(body, TxnBody):
         txn_command = core.TccConfirm if kind == "tcc_confirm" else core.TccCancel
