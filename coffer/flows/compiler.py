@@ -232,6 +232,7 @@ class _Builder:
         self.values = values
         self.scale_of = scale_of
         self.flow = prepared.flow
+        self.kinds = prepared.flow.amount_kinds
 
     def text(self, template: str) -> str:
         return render(template, self.prepared.texts)
@@ -239,8 +240,9 @@ class _Builder:
     def amount(self, text: str, where: str) -> tuple[int, str, int]:
         """(minor units, asset, scale) of an amount expression."""
         node = self.flow.expressions[text]
-        kinds = dict(self.flow.param_kinds) | self.flow.computed_kinds
-        kind = expressions.check(node, kinds)
+        kind = self.kinds.get(text)
+        if kind is None:
+            kind = self.kinds[text] = expressions.check(node, self.flow.param_kinds | self.flow.computed_kinds)
         assert kind.name == "amount" and kind.asset is not None, kind
         try:
             value = expressions.evaluate(node, self.values)

@@ -31,7 +31,7 @@ the core stores and what ``GET /v1/flows/{name}`` answers.
 """
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal
 
 import msgspec
@@ -204,6 +204,7 @@ class Flow:
     param_kinds: dict[str, Kind]
     expressions: dict[str, expressions.Node]  # expression text -> its tree
     computed_kinds: dict[str, Kind]
+    amount_kinds: dict[str, Kind] = field(default_factory=dict)  # expression text -> its kind, filled as runs compile
 
 
 _decoder = msgspec.json.Decoder(FlowSpec)

@@ -121,9 +121,20 @@ def _summary(status: int, answer: dict[str, Any]) -> dict[str, Any]:
 
 
 class FlowRunner:
-    def __init__(self, ledger: Ledger) -> None:
+    """Runs flows through a :class:`Ledger`.
+
+    ``finish_in_background``: an atomic run answers as soon as its command's outcome is known and
+    writes its finish record in the background (it joins the next log entry with other requests),
+    so a run costs one wait for the log, not two. Until that record lands the run reads as
+    RUNNING elsewhere; here, :meth:`view` waits for it. If the node dies first, a retry or the
+    recovery task finishes the run from the log (the command replays its outcome).
+    """
+
+    def __init__(self, ledger: Ledger, finish_in_background: bool = False) -> None:
         self.ledger = ledger
+        self.finish_in_background = finish_in_background
         self._flows: OrderedDict[tuple[str, int], Flow] = OrderedDict()
+        self._finishing: dict[str, asyncio.Task[None]] = {}
 
     # ------------------------------------------------------------------ definitions
 
@@ -253,14 +264,21 @@ class FlowRunner:
             for entry in steps + compensations:
                 entry["command"] = {"dedup_id": entry["command"]["dedup_id"]}
             outcome = _json.encode(view)
+        if self.finish_in_background and first is not None and run_id not in self._finishing:
+            task = asyncio.get_running_loop().create_task(self._finish(run_id, outcome, state))
+            self._finishing[run_id] = task
+            task.add_done_callback(lambda _: self._finishing.pop(run_id, None))
+            return _answer(view)
+        await self._finish(run_id, outcome, state)
+        recorded = await self.ledger.run_record(run_id)
+        if recorded is not None and recorded.outcome is not None and recorded.outcome != outcome:
+            view = msgspec.json.decode(recorded.outcome)  # another runner finished first: its outcome stands
+        return _answer(view)
+
+    async def _finish(self, run_id: str, outcome: bytes, state: str) -> None:
         status, answer = await self.ledger.finish(run_id, outcome)
         if status >= 500:
-            logger.warning("run %s ended %s but its record was not written (recovery will): %s", run_id, state, answer)
-        elif status == 200:
-            recorded = await self.ledger.run_record(run_id)
-            if recorded is not None and recorded.outcome is not None and recorded.outcome != outcome:
-                view = msgspec.json.decode(recorded.outcome)  # another runner finished first: its outcome stands
-        return _answer(view)
+            logger.warning("run %s ended %s but its record was not written (a retry or recovery will): %s", run_id, state, answer)
 
     @staticmethod
     def _view(
@@ -291,6 +309,9 @@ class FlowRunner:
 
     async def view(self, run_id: str) -> Answer:
         """GET /v1/flows/runs/{run_id}: the recorded outcome, or the record of a run still open."""
+        finishing = self._finishing.get(run_id)
+        if finishing is not None:
+            await asyncio.shield(finishing)
         record = await self.ledger.run_record(run_id)
         if record is None:
             return 404, {"error": {"code": ErrorCode.FLOW_RUN_NOT_FOUND.value, "message": f"no flow run {run_id!r}"}}

@@ -27,7 +27,7 @@ from coffer.core.commands import Command
 from coffer.core.errors import ErrorCode
 from coffer.core.events import Actor
 from coffer.core.state_machine import protocol_version_max
-from coffer.flows.http import FlowRoutes
+from coffer.flows.http import FlowRoutes, FlowRunFastPath
 from coffer.query import hierarchy, hierarchy_service, reads
 from coffer.replica import Replica
 from coffer.server import requests as bodies
@@ -602,7 +602,7 @@ class FastCommandRoutes:
 
 def create_app(
     replica: Replica, keys: ApiKeys, node_name: str | None = None, compaction_interval: float = compaction_interval_s
-) -> FastCommandRoutes:
+) -> FlowRunFastPath:
     """The ASGI app; it recovers the replica and starts the pipeline when the server starts.
 
     With ``node_name`` the node is one of several on a shared log (a cluster): it applies the
@@ -647,7 +647,7 @@ def create_app(
 
     app = Starlette(routes=[*public, *api.routes()], lifespan=lifespan, exception_handlers={HTTPException: http_error})
     app.state.api = api
-    return FastCommandRoutes(api, app)
+    return FlowRunFastPath(api, FastCommandRoutes(api, app))
 
 
 def _unauthenticated(handler: Callable[[Request, Role], Awaitable[Response]]) -> Callable[[Request], Awaitable[Response]]:
