@@ -229,7 +229,11 @@ class FlowRoutes:
 
     async def open_runs(self, request: Request, role: Role) -> Answer:
         records = await self.runner.ledger.open_runs(open_runs_limit_max)
-        return 200, {"runs": [{"run_id": r.run_id, "flow": r.flow, "version": r.version, "status": "RUNNING"} for r in records]}
+        runs = [
+            {"run_id": r.run_id, "flow": r.flow, "version": r.version, "status": "RUNNING", "params": msgspec.json.decode(r.params), "started_ms": r.time_ms}
+            for r in records
+        ]
+        return 200, {"runs": runs}
 
     def routes(self) -> list[Route]:
         api = self.api

@@ -64,6 +64,7 @@ _run = {
         "steps": {"type": "array", "items": _step},
         "compensations": {"type": "array", "items": _step, "description": "saga: the undos run after a rejected step, newest step first"},
         "error": {"type": "object", "description": "the rejection that ended the run"},
+        "started_ms": {"type": "integer", "description": "RUNNING only: the log time of its start record, Unix ms"},
     },
 }
 _registered = {

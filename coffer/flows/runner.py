@@ -323,6 +323,7 @@ class FlowRunner:
             "version": record.version,
             "status": RUNNING,
             "params": msgspec.json.decode(record.params),
+            "started_ms": record.time_ms,
         }
 
     # ------------------------------------------------------------------ recovery

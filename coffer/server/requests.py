@@ -169,6 +169,19 @@ class VelocityLimitsBody(_Body):
     debits_per_day: Annotated[int, msgspec.Meta(ge=1, le=2**63 - 1)] | None = None
 
 
+class StartFlowRunBody(_Body):
+    """A flow run's start record (the flows' runner on a sharded node's router sends it to shard 0)."""
+
+    flow: Annotated[str, msgspec.Meta(min_length=1, max_length=core.flow_name_length_max)]
+    version: Annotated[int, msgspec.Meta(ge=1, le=2**31 - 1)]
+    params: Annotated[str, msgspec.Meta(max_length=core.flow_params_bytes_max)]  # JSON text
+
+
+class FinishFlowRunBody(_Body):
+    run_id: Id
+    outcome: Annotated[str, msgspec.Meta(max_length=core.flow_outcome_bytes_max)]  # JSON text
+
+
 # The command types of POST /v1/commands, each with the body of its own endpoint.
 body_types: dict[str, type[_Body]] = {
     "create_account": CreateAccountBody,
@@ -186,10 +199,14 @@ body_types: dict[str, type[_Body]] = {
     "compensate": CompensateBody,
     "decide": DecideBody,
     "set_velocity_limits": VelocityLimitsBody,
+    "start_flow_run": StartFlowRunBody,
+    "finish_flow_run": FinishFlowRunBody,
 }
+# The layers above a shard (transactions, flows) record their own steps with these.
+internal_command_types = frozenset({"decide", "start_flow_run", "finish_flow_run"})
 admin_command_types = frozenset(
-    {"create_account", "update_limits", "lock_account", "unlock_account", "delete_account", "decide", "set_velocity_limits"}
-)
+    {"create_account", "update_limits", "lock_account", "unlock_account", "delete_account", "set_velocity_limits"}
+) | internal_command_types
 
 _decoders = {body_type: msgspec.json.Decoder(body_type) for body_type in set(body_types.values())}
 
@@ -388,6 +405,10 @@ def to_command(kind: str, body: _Body, scales: Scales) -> core.Command:
             debits_per_hour=body.debits_per_hour,
             debits_per_day=body.debits_per_day,
         )
+    if isinstance(body, StartFlowRunBody):
+        return core.StartFlowRun(dedup_id=body.dedup_id, flow=body.flow, version=body.version, params=body.params.encode())
+    if isinstance(body, FinishFlowRunBody):
+        return core.FinishFlowRun(dedup_id=body.dedup_id, run_id=body.run_id, outcome=body.outcome.encode())
     if isinstance(body, TxnBody):
         txn_command = core.TccConfirm if kind == "tcc_confirm" else core.TccCancel
         return txn_command(dedup_id=body.dedup_id, txn_id=body.txn_id)

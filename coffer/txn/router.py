@@ -26,10 +26,11 @@ from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
 from coffer.core.errors import ErrorCode
+from coffer.flows.sharded import RouterFlows
 from coffer.server.app import error_response, json_response, read_body
 from coffer.server.auth import ApiKeys, Role
 from coffer.server.openapi import openapi_document
-from coffer.server.requests import admin_command_types
+from coffer.server.requests import admin_command_types, internal_command_types
 from coffer.txn import coordinator
 from coffer.txn.coordinator import Coordinator, PlanError, txn_prefix
 from coffer.txn.shard_map import ShardMap
@@ -274,7 +275,7 @@ class Router:
                 results[position] = {"status": 403, "error": {"code": ErrorCode.FORBIDDEN.value, "message": f"{kind} needs the admin role"}}
                 continue
             shards = self._shards_of(kind, item)
-            if kind in _broadcast_kinds or kind == "compensate" or len(shards) > 1 or kind == "decide":
+            if kind in _broadcast_kinds or kind == "compensate" or len(shards) > 1 or kind in internal_command_types:
                 singles.append(position)
             else:
                 per_shard.setdefault(shards[0] if shards else 0, []).append(position)
@@ -291,8 +292,8 @@ class Router:
         async def alone(position: int) -> None:
             item = dict(items[position])
             kind = item.pop("type")
-            if kind == "decide":
-                results[position] = {"status": 422, "error": {"code": ErrorCode.INVALID_REQUEST.value, "message": "unknown command type 'decide'"}}
+            if kind in internal_command_types:
+                results[position] = {"status": 422, "error": {"code": ErrorCode.INVALID_REQUEST.value, "message": f"unknown command type {kind!r}"}}
                 return
             try:
                 status, answer = await self.command(kind, item, None, _path_of_kind.get(kind, "/v1/commands"))
@@ -440,13 +441,17 @@ def create_router_app(router: Router) -> Starlette:
         Route("/readyz", router.readyz, methods=["GET"]),
         Route("/openapi.json", lambda request: json_response(openapi_document()), methods=["GET"]),
     ]
+    flows = RouterFlows(router)
+    routes += flows.routes()
 
     async def lifespan(app: Starlette) -> Any:
         task = asyncio.get_running_loop().create_task(router.coordinator.run_recovery(), name="coffer-txn-recovery")
+        flow_task = asyncio.get_running_loop().create_task(flows.runner.recover(), name="coffer-flow-recovery")
         try:
             yield
         finally:
             task.cancel()
+            flow_task.cancel()
             await router.shards.close()
 
     return Starlette(routes=routes, lifespan=lifespan)

@@ -94,21 +94,42 @@ def test_withdrawal_reserve_then_settle_or_release(book: Book) -> None:
     book.create("bank", lower="-1000000")
     for name in ("withdrawal_reserve", "withdrawal_settle", "withdrawal_release"):
         book.register(name)
-    status, held = run(book, "withdrawal_reserve", "w1", wallet="alice", settlement="bank", asset="USD", amount="40", withdrawal_id="42")
+    before = book.money("USD")
+    status, held = run(book, "withdrawal_reserve", "w1", wallet="alice", asset="USD", amount="40", withdrawal_id="42")
     assert status == 200, held
     alice = book.ledger.machine.accounts["alice"]
-    assert alice.available == 6_000 and alice.pending_out == {"wd:42": 4_000}
-    assert held["steps"][0]["command"]["timeout_s"] == 604800
-    status, settled = run(book, "withdrawal_settle", "w1-settle", withdrawal_id="42")
-    assert status == 200, settled
-    assert book.available("bank") == 4_000 and not book.ledger.machine.accounts["alice"].pending_out
-    # A second withdrawal is released instead: the money comes back.
-    run(book, "withdrawal_reserve", "w2", wallet="alice", settlement="bank", asset="USD", amount="10", withdrawal_id="43")
-    status, _released = run(book, "withdrawal_release", "w2-release", withdrawal_id="43")
-    assert status == 200 and book.available("alice") == 6_000
-    # Settling a released withdrawal is the ledger's rejection.
-    status, late = run(book, "withdrawal_settle", "w2-settle", withdrawal_id="43")
-    assert status == 409 and late["error"]["code"] == "TXN_ALREADY_CANCELLED"
+    assert alice.available == 6_000 and alice.reservations == {"wd:42": 4_000}
+    settle = {"wallet": "alice", "settlement": "bank", "asset": "USD", "withdrawal_id": "42"}
+    # Part of it is paid out first; the rest stays reserved.
+    status, part = run(book, "withdrawal_settle", "w1-settle-a", amount="15", **settle)
+    assert status == 200 and [step["name"] for step in part["steps"]] == ["unfreeze", "pay_out"], part
+    assert book.ledger.machine.accounts["alice"].reservations == {"wd:42": 2_500} and book.available("bank") == 1_500
+    status, _ = run(book, "withdrawal_settle", "w1-settle-b", amount="25", **settle)
+    assert status == 200 and not book.ledger.machine.accounts["alice"].reservations
+    assert (book.available("alice"), book.available("bank")) == (6_000, 4_000)
+    # Settling again (a new run) finds no reservation: it fails and moves nothing - never paid twice.
+    status, again = run(book, "withdrawal_settle", "w1-settle-c", amount="25", **settle)
+    assert status == 409 and again["status"] == "FAILED" and again["error"]["code"] == "RESERVATION_NOT_FOUND"
+    assert book.available("bank") == 4_000
+    # A second withdrawal is released instead: the money is free again.
+    run(book, "withdrawal_reserve", "w2", wallet="alice", asset="USD", amount="10", withdrawal_id="43")
+    status, _ = run(book, "withdrawal_release", "w2-release", wallet="alice", withdrawal_id="43")
+    assert status == 200 and book.available("alice") == 6_000 and not book.ledger.machine.accounts["alice"].reservations
+    assert book.money("USD") == before
+
+
+def test_withdrawal_settle_refused_puts_the_reservation_back(book: Book) -> None:
+    book.create("alice", balance="100")
+    book.create("bank")  # no negative lower limit, and an upper limit below the payout
+    ((status, _),) = book.ledger.apply(book.ledger.command("update_limits", {"dedup_id": "cap-bank", "account_id": "bank", "upper_limit": "5"}))
+    assert status == 200
+    for name in ("withdrawal_reserve", "withdrawal_settle"):
+        book.register(name)
+    run(book, "withdrawal_reserve", "w1", wallet="alice", asset="USD", amount="40", withdrawal_id="9")
+    status, answer = run(book, "withdrawal_settle", "w1-settle", wallet="alice", settlement="bank", asset="USD", amount="40", withdrawal_id="9")
+    assert status == 409 and answer["status"] == "COMPENSATED" and answer["error"]["code"] == "UPPER_LIMIT_EXCEEDED"
+    assert [(c["name"], c["type"], c["status"]) for c in answer["compensations"]] == [("unfreeze", "reserve", 200)]
+    assert book.ledger.machine.accounts["alice"].reservations == {"wd:9": 4_000} and book.available("alice") == 6_000
 
 
 def test_escrow_release_refund_and_expiry(book: Book) -> None:
@@ -118,25 +139,28 @@ def test_escrow_release_refund_and_expiry(book: Book) -> None:
     for name in ("escrow_open", "escrow_release", "escrow_refund"):
         book.register(name)
     before = book.money("USD")
-    status, opened = run(book, "escrow_open", "e1", buyer="buyer", asset="USD", amount="50", escrow_id="e1", expiry_s=3600)
-    assert status == 200, opened
-    status, released = run(book, "escrow_release", "e1-release", seller="seller", fee_account="platform", asset="USD", amount="50", escrow_id="e1")
+    deal = {"buyer": "buyer", "seller": "seller", "fee_account": "platform", "asset": "USD", "expiry_s": 3600}
+    status, opened = run(book, "escrow_open", "e1", amount="50", escrow_id="e1", **deal)
+    assert status == 200 and opened["computed"] == {"fee": "0.50", "proceeds": "49.50"}, opened
+    assert book.ledger.machine.accounts["buyer"].pending_out == {"escrow:e1": 5_000}
+    assert book.ledger.machine.accounts["seller"].pending_in == {"escrow:e1": 4_950}
+    status, released = run(book, "escrow_release", "e1-release", escrow_id="e1")
     assert status == 200 and released["status"] == "SUCCEEDED", released
-    assert [step["name"] for step in released["steps"]] == ["pay_seller", "take_hold"]
     assert (book.available("buyer"), book.available("seller"), book.available("platform")) == (5_000, 4_950, 50)
+    # Releasing again changes nothing: the money moved once.
+    status, _ = run(book, "escrow_release", "e1-release-again", escrow_id="e1")
+    assert status == 200 and (book.available("seller"), book.available("platform")) == (4_950, 50)
     assert book.money("USD") == before
-    # An escrow that expires gives the money back by itself (log time), and a late release is undone.
-    run(book, "escrow_open", "e2", buyer="buyer", asset="USD", amount="20", escrow_id="e2", expiry_s=60)
+    # An escrow that expires gives the money back by itself (log time); a late release is refused.
+    run(book, "escrow_open", "e2", amount="20", escrow_id="e2", **{**deal, "expiry_s": 60})
     book.ledger.time_ms += 61_000
-    status, late = run(book, "escrow_release", "e2-release", seller="seller", fee_account="platform", asset="USD", amount="20", escrow_id="e2")
-    assert status == 409 and late["status"] == "COMPENSATED", late
-    assert late["error"]["code"] == "TXN_ALREADY_CANCELLED"
-    assert [(c["name"], c["type"], c["status"]) for c in late["compensations"]] == [("pay_seller", "compensate", 200)]
-    assert (book.available("buyer"), book.available("seller"), book.available("platform")) == (5_000, 4_950, 50)
+    status, late = run(book, "escrow_release", "e2-release", escrow_id="e2")
+    assert status == 409 and late["error"]["code"] == "TXN_ALREADY_CANCELLED"
+    assert (book.available("buyer"), book.available("seller")) == (5_000, 4_950)
     # A refund before the release.
-    run(book, "escrow_open", "e3", buyer="buyer", asset="USD", amount="10", escrow_id="e3", expiry_s=3600)
-    status, _refunded = run(book, "escrow_refund", "e3-refund", escrow_id="e3")
-    assert status == 200 and book.available("buyer") == 5_000
+    run(book, "escrow_open", "e3", amount="10", escrow_id="e3", **deal)
+    status, _ = run(book, "escrow_refund", "e3-refund", escrow_id="e3")
+    assert status == 200 and book.available("buyer") == 5_000 and not book.ledger.machine.accounts["seller"].pending_in
 
 
 def test_dry_run_shows_the_commands_and_applies_nothing(book: Book) -> None:

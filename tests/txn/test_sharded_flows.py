@@ -1,0 +1,68 @@
+"""Flows on a sharded node: the registry and run records on shard 0, a flow's batch across shards
+becomes a cross-shard transaction by itself, a saga across shards, and exactly-once retries."""
+
+from collections.abc import Iterator
+
+import pytest
+
+from coffer import Client
+from coffer.client import CofferError, Leg
+from coffer.flows.files import library
+from tests.txn.sharded_process import ShardedServer
+
+
+@pytest.fixture(scope="module")
+def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ShardedServer]:
+    server = ShardedServer(tmp_path_factory.mktemp("sharded-flows") / "data", 2)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def test_a_payment_across_shards_runs_as_one_transaction(node: ShardedServer) -> None:
+    (payer,) = node.ids_on(0, 1, "fpayer")
+    merchant, fees = node.ids_on(1, 2, "fshop")
+    with Client(node.url) as api:
+        for account_id in (payer, merchant, fees):
+            api.create_account(account_id, "USD")
+        api.batch_operation([Leg(account_id=payer, amount="100", asset="USD")])
+        registered = api.put_flow("payment_with_fee", library()["payment_with_fee"])
+        assert api.get_flow("payment_with_fee")["version"] == registered.version
+        params = {"payer": payer, "merchant": merchant, "fee_account": fees, "asset": "USD", "amount": "50"}
+        run = api.run_flow("payment_with_fee", params, dedup_id="sharded-pay-1")
+        assert run.status == "SUCCEEDED", run
+        assert run.steps[0].get("txn_id", "").startswith("cx:")  # the router made it a cross-shard transaction
+        assert [api.get_account(account_id).available for account_id in (payer, merchant, fees)] == ["50.00", "48.55", "1.45"]
+        assert api.run_flow("payment_with_fee", params, dedup_id="sharded-pay-1") == run
+        assert api.get_flow_run("sharded-pay-1") == run
+        with pytest.raises(CofferError) as reused:
+            api.run_flow("payment_with_fee", {**params, "amount": "1"}, dedup_id="sharded-pay-1")
+        assert reused.value.code == "DEDUP_ID_REUSED"
+        failed = api.run_flow("payment_with_fee", {**params, "amount": "500"}, dedup_id="sharded-pay-2")
+        assert failed.status == "FAILED" and failed.error is not None and failed.error.code == "LOWER_LIMIT_EXCEEDED"
+        assert api.get_account(payer).available == "50.00"
+        assert any(flow.name == "payment_with_fee" for flow in api.list_flows())
+
+
+def test_a_withdrawal_saga_across_shards(node: ShardedServer) -> None:
+    (wallet,) = node.ids_on(0, 1, "fwallet")
+    (bank,) = node.ids_on(1, 1, "fbank")
+    with Client(node.url) as api:
+        api.create_account(wallet, "USD")
+        api.create_account(bank, "USD", lower_limit="-1000")
+        api.batch_operation([Leg(account_id=wallet, amount="100", asset="USD")])
+        for name in ("withdrawal_reserve", "withdrawal_settle"):
+            api.put_flow(name, library()[name])
+        held = api.run_flow("withdrawal_reserve", {"wallet": wallet, "asset": "USD", "amount": "40", "withdrawal_id": "sh-w1"})
+        assert held.status == "SUCCEEDED", held
+        settle = {"wallet": wallet, "settlement": bank, "asset": "USD", "amount": "40", "withdrawal_id": "sh-w1"}
+        settled = api.run_flow("withdrawal_settle", settle)
+        assert settled.status == "SUCCEEDED", settled
+        assert settled.steps[1].get("txn_id", "").startswith("cx:")
+        assert [api.get_account(account_id).available for account_id in (wallet, bank)] == ["60.00", "40.00"]
+        assert api.get_account(wallet).reservations == {}
+        again = api.run_flow("withdrawal_settle", settle)  # a new run: the reservation is gone
+        assert again.status == "FAILED" and again.error is not None and again.error.code == "RESERVATION_NOT_FOUND"
+        assert api.get_account(bank).available == "40.00"
