@@ -45,6 +45,8 @@ class ErrorCode(StrEnum):
     FLOW_INVALID = "FLOW_INVALID"
     # A run's params fail one of the flow's own checks (422, never reaches the log).
     FLOW_CHECK_FAILED = "FLOW_CHECK_FAILED"
+    # No webhook subscription by that id on this node (404).
+    WEBHOOK_NOT_FOUND = "WEBHOOK_NOT_FOUND"
     INVALID_AMOUNT = "INVALID_AMOUNT"
     # A balance would leave the range every amount lives in (|x| < 2^127 minor units), with no
     # limit of the account's own in the way: not a limit the user set, so not *_LIMIT_EXCEEDED.

@@ -99,6 +99,12 @@ def flow_components() -> dict[str, Any]:
         "A flow definition (see docs/flows.md). PUT also takes an optional dedup_id (a retry then registers nothing new);"
         " name and version are answered by GET and may be sent back."
     )
+    # Amount fields of a definition are expressions of the flow's language, not decimal amounts.
+    for name in ("TransferSpec", "ReserveSpec", "ReleaseSpec", "LegSpec", "PreconditionSpec", "TccTrySpec", "ComputedSpec", "CheckSpec"):
+        for field, prop in components.get(name, {}).get("properties", {}).items():
+            if field in ("amount", "debit", "credit", "expected_balance", "min_balance", "max_balance", "timeout_s", "expr"):
+                prop["x-coffer-expression"] = True
+                prop["description"] = "an expression of the flow language (see docs/flows.md)"
     components.update({"FlowRun": _run, "FlowRegistered": _registered, "Flows": _flows, "OpenFlowRuns": _open_runs})
     return components
 

@@ -14,6 +14,7 @@ from coffer.core import commands
 from coffer.core.amounts import amount_max, scale_max
 from coffer.core.errors import ErrorCode
 from coffer.flows import definition, expressions
+from coffer.notify import notifier
 from coffer.query import reads
 from coffer.server import app, openapi
 
@@ -49,6 +50,7 @@ error_meanings: dict[ErrorCode, tuple[int, str]] = {
     ErrorCode.FLOW_RUN_NOT_FOUND: (404, "no flow run by that id"),
     ErrorCode.FLOW_INVALID: (422, "a flow definition that does not validate; the message says where and why"),
     ErrorCode.FLOW_CHECK_FAILED: (422, "a run's params fail one of the flow's own checks; nothing was recorded"),
+    ErrorCode.WEBHOOK_NOT_FOUND: (404, "no webhook subscription by that id on this node"),
     ErrorCode.TXN_ABORTED: (409, "a cross-shard transaction was aborted by recovery: a participant stayed in doubt too long"),
     ErrorCode.TXN_ALREADY_DECIDED: (409, "a cross-shard transaction's commit point already holds the other decision"),
     ErrorCode.INVALID_AMOUNT: (422, "an amount outside the grammar, the scale or the bounds below"),
@@ -182,6 +184,21 @@ back if the try is cancelled or expires within the same window); reservations, c
 and compensations are not debits. A debit past a cap is `409 VELOCITY_LIMIT_EXCEEDED`, checked with
 the movement after the balance limits; usage counts from when caps were set, and `GET
 /v1/accounts/{{account_id}}` shows the caps and the current usage under `velocity`.
+
+## Webhooks
+
+`POST /v1/webhooks` subscribes a URL to the events of this node's history: those touching given
+accounts, of given types, or crossing a balance threshold of one account (`below`: available
+goes from at least the amount to less; `above`: the other way). Each wanted event is posted as
+`{{"subscription_id", "delivery_id", "event"}}` (the event as `GET /v1/events` shows it), in seq
+order, at least once: a failed or timed-out post is retried with exponential backoff
+({notifier.backoff_s} s doubling up to {notifier.backoff_s_max:.0f} s) before the next event, and the subscription's
+cursor moves on disk only after a 2xx, so a restart delivers again rather than skips. Bodies are
+signed: `X-Coffer-Signature: t=<unix ms>,v1=<hex HMAC-SHA256(secret, "<t>." + body)>`, with
+the secret answered once at creation; `X-Coffer-Delivery` (`<subscription>:<seq>`) is the same on
+every attempt. Delivery follows the event store, never the write path. Every attempt is in `GET
+/v1/webhooks/{{id}}/deliveries`; `POST /v1/webhooks/{{id}}/replay` delivers again from a seq.
+Subscriptions belong to the node they were made on.
 """
 
 

@@ -28,6 +28,7 @@ from coffer.core.errors import ErrorCode
 from coffer.core.events import Actor
 from coffer.core.state_machine import protocol_version_max
 from coffer.flows.http import FlowRoutes, FlowRunFastPath
+from coffer.notify.http import WebhookRoutes
 from coffer.query import hierarchy, hierarchy_service, reads
 from coffer.replica import Replica
 from coffer.server import requests as bodies
@@ -155,6 +156,7 @@ class Api:
             replica.store, lambda: replica.machine.seq, lambda seq: self._pipeline().wait_for_seq(seq), self._store_reached
         )
         self.flows = FlowRoutes(self)
+        self.webhooks = WebhookRoutes(self)
         self.hierarchy = NodeHierarchy(
             replica.data_dir, replica.store, lambda ids: {account_id for account_id in ids if account_id in machine.accounts}
         )
@@ -538,6 +540,7 @@ class Api:
             self.route("/admin/log-level", "PUT", admin, self.log_level),
             self.route("/metrics", "GET", reader, self.metrics_endpoint),
             *self.flows.routes(),
+            *self.webhooks.routes(),
         ]
 
 
@@ -621,11 +624,13 @@ def create_app(
             background.append(asyncio.get_running_loop().create_task(_watch_checkpoints(api, node_name, compaction_interval)))
         api.pipeline.start()
         background.append(asyncio.get_running_loop().create_task(api.flows.runner.recover(), name="coffer-flow-recovery"))
+        await api.webhooks.start()
         api.ready = True
         try:
             yield
         finally:
             api.ready = False
+            await api.webhooks.close()
             for task in background:
                 task.cancel()
             await api.pipeline.close()

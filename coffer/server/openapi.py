@@ -18,6 +18,7 @@ from coffer import __version__
 from coffer.core.amounts import amount_digits_max, amount_max, scale_max
 from coffer.core.errors import ErrorCode
 from coffer.flows.openapi import flow_components, flow_paths
+from coffer.notify.openapi import webhook_components, webhook_paths
 from coffer.server import requests as bodies
 
 unsigned_amount_pattern = rf"^(0|[1-9][0-9]*)(\.[0-9]{{1,{scale_max}}})?$"
@@ -686,6 +687,8 @@ def openapi_document() -> dict[str, Any]:
     }
     paths.update(flow_paths())
     components.update(flow_components())
+    paths.update(webhook_paths())
+    components.update(webhook_components())
     return {
         "openapi": "3.1.0",
         "info": {"title": "Coffer", "version": __version__, "description": "A strongly consistent wallet ledger."},

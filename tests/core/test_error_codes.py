@@ -36,6 +36,8 @@ txn_layer_codes = {ErrorCode.TXN_ABORTED}
 # The access layer judges flow definitions and a run's params against its flow before anything
 # reaches the log (422); the core keeps definitions and params as opaque bytes and never reads them.
 access_layer_codes = {ErrorCode.FLOW_INVALID, ErrorCode.FLOW_CHECK_FAILED}
+# Webhook subscriptions are a node's own configuration, outside the replicated ledger.
+notification_codes = {ErrorCode.WEBHOOK_NOT_FOUND}
 
 
 def _deleted_carol(machine):
@@ -138,7 +140,7 @@ scenarios = {
 
 
 def test_every_core_code_has_a_scenario() -> None:
-    assert set(scenarios) == set(ErrorCode) - edge_only_codes - txn_layer_codes - access_layer_codes
+    assert set(scenarios) == set(ErrorCode) - edge_only_codes - txn_layer_codes - access_layer_codes - notification_codes
 
 
 @pytest.mark.parametrize("code", list(scenarios), ids=str)
