@@ -766,6 +766,36 @@ def _set_velocity_limits(
     return _command(_account_path(account_id, "velocity-limits"), fields, dedup_id)
 
 
+def _create_webhook(
+    url: str,
+    account_ids: Sequence[str] | None,
+    event_types: Sequence[str] | None,
+    threshold: Mapping[str, str] | None,
+    timeout_ms: int | None,
+    secret: str | None,
+    from_seq: int | None,
+) -> _Call[dict[str, Any]]:
+    fields = _without_none(
+        {
+            "url": url,
+            "account_ids": None if account_ids is None else list(account_ids),
+            "event_types": None if event_types is None else list(event_types),
+            "threshold": None if threshold is None else dict(threshold),
+            "timeout_ms": timeout_ms,
+            "secret": secret,
+            "from_seq": from_seq,
+        }
+    )
+    return _Call("POST", "/v1/webhooks", msgspec.json.decode, body=_encode(fields), retry=False)
+
+
+_list_webhooks: "_Call[list[dict[str, Any]]]" = _Call("GET", "/v1/webhooks", lambda content: msgspec.json.decode(content)["webhooks"])
+
+
+def _webhook_path(subscription_id: str, action: str = "") -> str:
+    return f"/v1/webhooks/{quote(subscription_id, safe='')}{action}"
+
+
 def _set_log_level(level: str) -> _Call[str]:
     return _Call("PUT", "/admin/log-level", lambda content: _decode_log_level(content).level, body=_encode({"level": level}))
 
@@ -1191,6 +1221,39 @@ class Client(_Base):
             _set_velocity_limits(account_id, amount_per_hour, amount_per_day, debits_per_hour, debits_per_day, dedup_id)
         )
 
+    # -------------------------------------------------------------------------------- webhooks
+
+    def create_webhook(
+        self,
+        url: str,
+        *,
+        account_ids: Sequence[str] | None = None,
+        event_types: Sequence[str] | None = None,
+        threshold: Mapping[str, str] | None = None,
+        timeout_ms: int | None = None,
+        secret: str | None = None,
+        from_seq: int | None = None,
+    ) -> dict[str, Any]:
+        """Subscribe ``url`` to this node's events (admin); the answer holds the signing ``secret``.
+        ``threshold``: ``{"account_id", "amount", "direction": "below" | "above"}``."""
+        return self._run(_create_webhook(url, account_ids, event_types, threshold, timeout_ms, secret, from_seq))
+
+    def list_webhooks(self) -> list[dict[str, Any]]:
+        """This node's webhook subscriptions, with their cursors."""
+        return self._run(_list_webhooks)
+
+    def webhook_deliveries(self, subscription_id: str, *, limit: int = 100) -> list[dict[str, Any]]:
+        """The delivery log of a subscription, newest attempt first."""
+        return self._run(_raw("GET", _webhook_path(subscription_id, "/deliveries"), {"limit": limit}, None, None))["deliveries"]
+
+    def replay_webhook(self, subscription_id: str, from_seq: int) -> dict[str, Any]:
+        """Deliver a subscription's events again from ``from_seq`` on (admin)."""
+        return self._run(_raw("POST", _webhook_path(subscription_id, "/replay"), None, {"from_seq": from_seq}, True))
+
+    def delete_webhook(self, subscription_id: str) -> None:
+        """Unsubscribe (admin)."""
+        self._run(_raw("DELETE", _webhook_path(subscription_id), None, None, True))
+
 
 class AsyncClient(_Base):
     """The asyncio twin of :class:`Client`: the same methods, awaited."""
@@ -1537,3 +1600,36 @@ class AsyncClient(_Base):
         return await self._run(
             _set_velocity_limits(account_id, amount_per_hour, amount_per_day, debits_per_hour, debits_per_day, dedup_id)
         )
+
+    # -------------------------------------------------------------------------------- webhooks
+
+    async def create_webhook(
+        self,
+        url: str,
+        *,
+        account_ids: Sequence[str] | None = None,
+        event_types: Sequence[str] | None = None,
+        threshold: Mapping[str, str] | None = None,
+        timeout_ms: int | None = None,
+        secret: str | None = None,
+        from_seq: int | None = None,
+    ) -> dict[str, Any]:
+        """Subscribe ``url`` to this node's events (admin); the answer holds the signing ``secret``.
+        ``threshold``: ``{"account_id", "amount", "direction": "below" | "above"}``."""
+        return await self._run(_create_webhook(url, account_ids, event_types, threshold, timeout_ms, secret, from_seq))
+
+    async def list_webhooks(self) -> list[dict[str, Any]]:
+        """This node's webhook subscriptions, with their cursors."""
+        return await self._run(_list_webhooks)
+
+    async def webhook_deliveries(self, subscription_id: str, *, limit: int = 100) -> list[dict[str, Any]]:
+        """The delivery log of a subscription, newest attempt first."""
+        return (await self._run(_raw("GET", _webhook_path(subscription_id, "/deliveries"), {"limit": limit}, None, None)))["deliveries"]
+
+    async def replay_webhook(self, subscription_id: str, from_seq: int) -> dict[str, Any]:
+        """Deliver a subscription's events again from ``from_seq`` on (admin)."""
+        return await self._run(_raw("POST", _webhook_path(subscription_id, "/replay"), None, {"from_seq": from_seq}, True))
+
+    async def delete_webhook(self, subscription_id: str) -> None:
+        """Unsubscribe (admin)."""
+        await self._run(_raw("DELETE", _webhook_path(subscription_id), None, None, True))

@@ -63,3 +63,17 @@ def test_bench_flows_prints_its_last_line(server: CofferServer) -> None:
     lines = out.strip().splitlines()
     assert lines[-1].startswith("flow=payment_with_fee runs_per_s=") and " p99_ms=" in lines[-1]
     assert any(line.startswith("cost_ratio=") for line in lines)
+
+
+def test_the_new_client_methods_are_twins() -> None:
+    import inspect
+
+    from coffer.client import AsyncClient
+
+    names = ("put_flow", "list_flows", "get_flow", "run_flow", "get_flow_run", "set_velocity_limits")
+    names += ("create_webhook", "list_webhooks", "webhook_deliveries", "replay_webhook", "delete_webhook")
+    for name in names:
+        sync, async_ = getattr(Client, name), getattr(AsyncClient, name)
+        assert sync.__doc__ and sync.__doc__ == async_.__doc__, name
+        assert inspect.signature(sync) == inspect.signature(async_), name
+        assert inspect.iscoroutinefunction(async_), name

@@ -165,3 +165,35 @@ def test_threshold_crossing_and_event_type_filters(server: CofferServer, receive
         with pytest.raises(CofferError) as bad:
             api.request("POST", "/v1/webhooks", json={"url": "ftp://x", "account_ids": [alice]})
         assert bad.value.status == 422
+
+
+def test_webhooks_through_the_client_and_the_cli(server: CofferServer, receiver: Receiver) -> None:
+    from click.testing import CliRunner
+
+    from coffer.cli import main
+
+    alice = fresh("alice")
+    with Client(server.url) as api:
+        api.create_account(alice, "USD")
+        api.batch_operation([Leg(account_id=alice, amount="10", asset="USD")])
+    runner = CliRunner()
+    added = runner.invoke(main, ["webhooks", "add", "--url", server.url, receiver.url, "--below", alice, "5", "--json"])
+    assert added.exit_code == 0, added.output
+    created = json.loads(added.stdout)
+    receiver.secret = created["secret"]
+    with Client(server.url) as api:
+        crossing = api.batch_operation([Leg(account_id=alice, amount="-6", asset="USD")]).seq
+        receiver.wait_for(1)
+        assert receiver.seqs() == [crossing]
+        assert [item["id"] for item in api.list_webhooks()].count(created["id"]) == 1
+        assert api.webhook_deliveries(created["id"])[0]["outcome"] == "delivered"
+        api.replay_webhook(created["id"], crossing)
+        receiver.wait_for(1)
+    listed = runner.invoke(main, ["webhooks", "list", "--url", server.url])
+    assert listed.exit_code == 0 and created["id"] in listed.stdout
+    log = runner.invoke(main, ["webhooks", "deliveries", "--url", server.url, created["id"]])
+    assert log.exit_code == 0 and "delivered" in log.stdout
+    removed = runner.invoke(main, ["webhooks", "remove", "--url", server.url, created["id"]])
+    assert removed.exit_code == 0
+    missing = runner.invoke(main, ["webhooks", "deliveries", "--url", server.url, "wh-0000000000000000"])
+    assert missing.exit_code == 0 and "seq" in missing.stdout  # an unknown id has an empty log
