@@ -47,6 +47,7 @@ command_routes: list[tuple[str, str, bool]] = [
     ("/v1/accounts/{account_id}/lock", "lock_account", True),
     ("/v1/accounts/{account_id}/unlock", "unlock_account", True),
     ("/v1/accounts/{account_id}/delete", "delete_account", True),
+    ("/v1/accounts/{account_id}/velocity-limits", "set_velocity_limits", True),
     ("/v1/transfers", "transfer", False),
     ("/v1/batch-operations", "batch_operation", False),
     ("/v1/reservations", "reserve", False),

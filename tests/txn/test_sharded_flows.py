@@ -66,3 +66,19 @@ def test_a_withdrawal_saga_across_shards(node: ShardedServer) -> None:
         again = api.run_flow("withdrawal_settle", settle)  # a new run: the reservation is gone
         assert again.status == "FAILED" and again.error is not None and again.error.code == "RESERVATION_NOT_FOUND"
         assert api.get_account(bank).available == "40.00"
+
+
+def test_velocity_limits_on_a_sharded_node(node: ShardedServer) -> None:
+    (alice,) = node.ids_on(1, 1, "fvalice")
+    (bob,) = node.ids_on(0, 1, "fvbob")
+    with Client(node.url) as api:
+        api.create_account(alice, "USD")
+        api.create_account(bob, "USD")
+        api.batch_operation([Leg(account_id=alice, amount="100", asset="USD")])
+        api.set_velocity_limits(alice, amount_per_day="30")
+        assert api.get_account(alice).velocity is not None
+        api.transfer(alice, bob, "30", "USD")  # across shards: the hold counts as the debit
+        with pytest.raises(CofferError) as capped:
+            api.transfer(alice, bob, "1", "USD")
+        assert capped.value.code == "VELOCITY_LIMIT_EXCEEDED"
+        assert api.get_account(bob).available == "30.00"
