@@ -141,7 +141,8 @@ _text_checks: dict[type, Callable[[Any], bool]] = {
     Transfer: lambda c: c.amount.__class__ is str or _is_text(c.expected_from_balance) or _is_text(c.expected_to_balance),
     BatchBalanceOperation: lambda c: any(leg.amount.__class__ is str for leg in c.legs)
     or any(_is_text(p.expected_balance) or _is_text(p.min_balance) or _is_text(p.max_balance) for p in c.preconditions),
-    TccTry: lambda c: any(leg.amount.__class__ is str for leg in c.legs),
+    TccTry: lambda c: any(leg.amount.__class__ is str for leg in c.legs)
+    or any(_is_text(p.expected_balance) or _is_text(p.min_balance) or _is_text(p.max_balance) for p in c.preconditions),
     Reserve: lambda c: c.amount.__class__ is str,
     Release: lambda c: _is_text(c.amount),
     UpdateLimits: lambda c: _is_text(c.lower_limit) or _is_text(c.upper_limit),
@@ -348,21 +349,19 @@ class StateMachine:
             legs = tuple(
                 replace(leg, amount=amount(leg.amount, self._scale_of_asset(leg.asset), leg.account_id)) for leg in command.legs
             )
-            if isinstance(command, TccTry):
-                resolved = replace(command, legs=legs)
-            else:
-                conditions = []
-                for condition in command.preconditions:
-                    scale = self._scale_of_account(condition.account_id)
-                    conditions.append(
-                        replace(
-                            condition,
-                            expected_balance=amount(condition.expected_balance, scale, condition.account_id),
-                            min_balance=amount(condition.min_balance, scale, condition.account_id),
-                            max_balance=amount(condition.max_balance, scale, condition.account_id),
-                        )
+            # A try's preconditions are a batch operation's (a cross-shard batch carries them on its tries).
+            conditions = []
+            for condition in command.preconditions:
+                scale = self._scale_of_account(condition.account_id)
+                conditions.append(
+                    replace(
+                        condition,
+                        expected_balance=amount(condition.expected_balance, scale, condition.account_id),
+                        min_balance=amount(condition.min_balance, scale, condition.account_id),
+                        max_balance=amount(condition.max_balance, scale, condition.account_id),
                     )
-                resolved = replace(command, legs=legs, preconditions=tuple(conditions))
+                )
+            resolved = replace(command, legs=legs, preconditions=tuple(conditions))
         elif isinstance(command, Reserve | Release):
             resolved = replace(command, amount=amount(command.amount, self._scale_of_account(command.account_id), command.account_id))
         elif isinstance(command, SetVelocityLimits):
@@ -413,8 +412,6 @@ class StateMachine:
             )
         if isinstance(command, BatchBalanceOperation | TccTry):
             legs = tuple(replace(leg, amount=amount(leg.amount, self._scale_of_asset(leg.asset))) for leg in command.legs)
-            if isinstance(command, TccTry):
-                return replace(command, legs=legs)
             conditions = tuple(
                 replace(
                     condition,
