@@ -9,8 +9,10 @@ were made on (its data directory), as its event store does.
 """
 
 import asyncio
+import os
 import secrets
 from typing import TYPE_CHECKING, Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 import msgspec
 from starlette.requests import Request
@@ -29,6 +31,9 @@ if TYPE_CHECKING:
     from coffer.server.app import Api
 
 store_file = "webhooks.sqlite3"
+# Which hosts a webhook may post to: comma-separated names, or "*" for any (the default). A node
+# whose callers should not reach its own network through it (SSRF) names the receivers' hosts.
+hosts_variable = "COFFER_WEBHOOK_HOSTS"
 url_length_max = 2048
 account_ids_max = 1000
 timeout_ms_min, timeout_ms_max = 100, 30_000
@@ -44,7 +49,7 @@ class ThresholdBody(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
 
 
 class SubscriptionBody(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
-    url: Annotated[str, msgspec.Meta(max_length=url_length_max, pattern=r"^https?://[^\s]+$")]
+    url: Annotated[str, msgspec.Meta(max_length=url_length_max, pattern=r"^https?://[!-~]+$")]
     secret: Annotated[str, msgspec.Meta(min_length=16, max_length=256)] | None = None
     account_ids: Annotated[list[bodies.Id], msgspec.Meta(max_length=account_ids_max)] = []
     event_types: list[EventTypeName] = []
@@ -127,6 +132,15 @@ class WebhookRoutes:
     async def create(self, request: Request, role: Role) -> Answer:
         _, notifier = self._ready()
         body: SubscriptionBody = _decode(SubscriptionBody, await self.api._body(request))
+        try:
+            host = urlsplit(body.url).hostname
+        except ValueError as error:
+            return 422, error_body(ErrorCode.INVALID_REQUEST, f"url: {error}")
+        if not host:
+            return 422, error_body(ErrorCode.INVALID_REQUEST, "url names no host")
+        allowed = [name.strip() for name in os.environ.get(hosts_variable, "*").split(",") if name.strip()]
+        if "*" not in allowed and host not in allowed:
+            return 422, error_body(ErrorCode.INVALID_REQUEST, f"webhooks may post to {', '.join(allowed) or 'no host'} only ({hosts_variable})")
         machine = self.api.replica.machine
         definition: dict[str, Any] = {
             "url": body.url,
@@ -192,6 +206,8 @@ class WebhookRoutes:
         limit_text, before_text = params.get("limit", "100"), params.get("before_id")
         if not limit_text.isdigit() or not 1 <= int(limit_text) <= deliveries_limit_max or (before_text is not None and not before_text.isdigit()):
             return 422, error_body(ErrorCode.INVALID_REQUEST, f"limit is 1..{deliveries_limit_max}; before_id a delivery id")
+        if before_text is not None and int(before_text) > 2**63 - 1:
+            return 422, error_body(ErrorCode.INVALID_REQUEST, "before_id is a delivery id")
         rows = await asyncio.to_thread(store.deliveries, subscription_id, int(limit_text), None if before_text is None else int(before_text))
         return 200, {"deliveries": rows}
 

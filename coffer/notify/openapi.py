@@ -99,7 +99,7 @@ def webhook_paths() -> dict[str, Any]:
                 "parameters": [
                     _id_path,
                     {"name": "limit", "in": "query", "required": False, "schema": {"type": "integer", "minimum": 1, "maximum": 1000}},
-                    {"name": "before_id", "in": "query", "required": False, "schema": {"type": "integer", "minimum": 0}},
+                    {"name": "before_id", "in": "query", "required": False, "schema": {"type": "integer", "minimum": 0, "maximum": 2**63 - 1}},
                 ],
                 "responses": {
                     "200": _json({"type": "object", "properties": {"deliveries": {"type": "array", "items": {"$ref": "#/components/schemas/WebhookDelivery"}}}}),
