@@ -198,7 +198,8 @@ signed: `X-Coffer-Signature: t=<unix ms>,v1=<hex HMAC-SHA256(secret, "<t>." + bo
 the secret answered once at creation; `X-Coffer-Delivery` (`<subscription>:<seq>`) is the same on
 every attempt. Delivery follows the event store, never the write path. Every attempt is in `GET
 /v1/webhooks/{{id}}/deliveries`; `POST /v1/webhooks/{{id}}/replay` delivers again from a seq.
-Subscriptions belong to the node they were made on.
+Subscriptions belong to the node they were made on. `COFFER_WEBHOOK_HOSTS` (comma-separated
+host names; `*`, the default, for any) limits where a node may post.
 """
 
 
