@@ -11,17 +11,20 @@ were made on (its data directory), as its event store does.
 import asyncio
 import os
 import secrets
-from typing import TYPE_CHECKING, Annotated, Any, Literal
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any, Literal, Protocol
 from urllib.parse import urlsplit
 
 import msgspec
 from starlette.requests import Request
+from starlette.responses import Response
 from starlette.routing import Route
 
 from coffer.core.amounts import AmountError, format_amount, parse_amount
 from coffer.core.errors import ErrorCode
-from coffer.core.events import EventRecord, EventType
-from coffer.notify.notifier import Notifier
+from coffer.core.events import EventType
+from coffer.notify.matcher import Item
+from coffer.notify.notifier import EventSource, Notifier, item_of
 from coffer.notify.store import Cursor, NotifyStore
 from coffer.server import requests as bodies
 from coffer.server.auth import Role
@@ -60,6 +63,7 @@ class SubscriptionBody(msgspec.Struct, forbid_unknown_fields=True, kw_only=True)
 
 class ReplayBody(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     from_seq: Annotated[int, msgspec.Meta(ge=1, le=2**63 - 1)]
+    shard: Annotated[int, msgspec.Meta(ge=0, le=2**31 - 1)] = 0
 
 
 def _decode(body_type: type[Any], data: bytes) -> Any:
@@ -72,31 +76,63 @@ def _decode(body_type: type[Any], data: bytes) -> Any:
 
 
 class StoreSource:
-    """The node's event store, read in a worker thread, up to what its writer has stored."""
+    """The node's event store (one shard), read in a worker thread, up to what its writer has stored."""
 
     def __init__(self, api: "Api") -> None:
         self.replica = api.replica
+        self.shards = [0]
 
-    async def read(self, from_seq: int, limit: int) -> list[EventRecord]:
+    async def read(self, shard: int, from_seq: int, limit: int) -> list[Item]:
         writer = self.replica.writer
         if writer is not None and from_seq > writer.stored_seq:
             return []
-        return await asyncio.to_thread(self.replica.store.events, from_seq, None, None, None, limit)
+        store = self.replica.store
+        return await asyncio.to_thread(lambda: [item_of(record) for record in store.events(from_seq, None, None, None, limit)])
 
-    async def available_at(self, account_id: str, seq: int) -> int | None:
+    async def available_at(self, shard: int, account_id: str, seq: int) -> int | None:
         found = await asyncio.to_thread(self.replica.store.accounts_at, [account_id], seq)
         return found[account_id].available if account_id in found else None
 
 
-class WebhookRoutes:
+class Host(Protocol):
+    """What the routes need from the process they run in: a single node, or a sharded node's router."""
+
+    data_dir: Path
+    source: EventSource
+
+    async def heads(self) -> dict[int, int]:
+        """The last seq of every shard."""
+        ...
+
+    async def account(self, account_id: str) -> tuple[int, int, int] | None:
+        """(shard, scale, available) of an account, or None."""
+        ...
+
+
+class NodeHost:
     def __init__(self, api: "Api") -> None:
         self.api = api
+        self.data_dir = api.replica.data_dir
+        self.source: EventSource = StoreSource(api)
+
+    async def heads(self) -> dict[int, int]:
+        return {0: self.api.replica.machine.seq}
+
+    async def account(self, account_id: str) -> tuple[int, int, int] | None:
+        account = self.api.replica.machine.accounts.get(account_id)
+        return None if account is None else (0, account.scale, account.available)
+
+
+class WebhookRoutes:
+    def __init__(self, host: Host, route: Any) -> None:
+        self.host = host
+        self._route = route  # Api.route or Router.route: (path, method, role, handler) -> Route
         self.store: NotifyStore | None = None
         self.notifier: Notifier | None = None
 
     async def start(self) -> None:
-        self.store = NotifyStore(self.api.replica.data_dir / store_file)
-        self.notifier = Notifier(self.store, StoreSource(self.api))
+        self.store = NotifyStore(self.host.data_dir / store_file)
+        self.notifier = Notifier(self.store, self.host.source)
         await self.notifier.start()
 
     async def close(self) -> None:
@@ -118,20 +154,21 @@ class WebhookRoutes:
         return None
 
     @staticmethod
-    def _view(subscription_id: str, definition: dict[str, Any], cursor: Cursor | None, with_secret: bool = False) -> dict[str, Any]:
+    def _view(subscription_id: str, definition: dict[str, Any], cursors: dict[int, Cursor], with_secret: bool = False) -> dict[str, Any]:
         view = {key: value for key, value in definition.items() if key not in ("secret", "threshold")}
         view["id"] = subscription_id
         if definition.get("threshold") is not None:
             threshold = definition["threshold"]
             view["threshold"] = {key: threshold[key] for key in ("account_id", "amount", "direction")}
-        view["cursor_seq"] = None if cursor is None else cursor.seq
+        view["cursor_seq"] = cursors[0].seq if list(cursors) == [0] else None
+        view["cursors"] = {str(shard): cursor.seq for shard, cursor in sorted(cursors.items())}
         if with_secret:
             view["secret"] = definition["secret"]
         return view
 
     async def create(self, request: Request, role: Role) -> Answer:
         _, notifier = self._ready()
-        body: SubscriptionBody = _decode(SubscriptionBody, await self.api._body(request))
+        body: SubscriptionBody = _decode(SubscriptionBody, await read_body(request.headers, request.stream()))
         try:
             host = urlsplit(body.url).hostname
         except ValueError as error:
@@ -141,7 +178,7 @@ class WebhookRoutes:
         allowed = [name.strip() for name in os.environ.get(hosts_variable, "*").split(",") if name.strip()]
         if "*" not in allowed and host not in allowed:
             return 422, error_body(ErrorCode.INVALID_REQUEST, f"webhooks may post to {', '.join(allowed) or 'no host'} only ({hosts_variable})")
-        machine = self.api.replica.machine
+        heads = await self.host.heads()
         definition: dict[str, Any] = {
             "url": body.url,
             "secret": body.secret or secrets.token_hex(32),
@@ -150,38 +187,38 @@ class WebhookRoutes:
             "timeout_ms": body.timeout_ms,
             "threshold": None,
         }
-        state = None
-        start_seq = machine.seq + 1 if body.from_seq is None else body.from_seq
+        # Every shard starts after its head (or at from_seq, on a node with one shard).
+        cursors = {shard: Cursor(head if body.from_seq is None else body.from_seq - 1, None) for shard, head in heads.items()}
         if body.threshold is not None:
-            account = machine.accounts.get(body.threshold.account_id)
-            if account is None:
+            found = await self.host.account(body.threshold.account_id)
+            if found is None:
                 return 422, error_body(ErrorCode.ACCOUNT_NOT_FOUND, "the threshold's account is not on this node", body.threshold.account_id)
+            shard, scale, available = found
             try:
-                amount = parse_amount(body.threshold.amount, account.scale, signed=True)
+                amount = parse_amount(body.threshold.amount, scale, signed=True)
             except AmountError as error:
                 return 422, error_body(ErrorCode.INVALID_AMOUNT, str(error))
             definition["threshold"] = {
-                "account_id": account.account_id,
-                "amount": format_amount(amount, account.scale),
+                "account_id": body.threshold.account_id,
+                "amount": format_amount(amount, scale),
                 "amount_minor": str(amount),
                 "direction": body.threshold.direction,
             }
-            if body.from_seq is None:
-                state = account.available
-            elif start_seq > 1:
-                state = await notifier.source.available_at(account.account_id, start_seq - 1)
+            state = available
+            if body.from_seq is not None:
+                state = None if body.from_seq <= 1 else await notifier.source.available_at(shard, body.threshold.account_id, body.from_seq - 1)
+            cursors[shard] = Cursor(cursors[shard].seq, state)
         subscription_id = f"wh-{secrets.token_hex(8)}"
-        cursor = Cursor(start_seq - 1, state)
-        await notifier.add(subscription_id, definition, cursor)
-        return 200, self._view(subscription_id, definition, cursor, with_secret=True)
+        await notifier.add(subscription_id, definition, cursors)
+        return 200, self._view(subscription_id, definition, cursors, with_secret=True)
 
     async def list_all(self, request: Request, role: Role) -> Answer:
         store, _ = self._ready()
         found = await asyncio.to_thread(store.subscriptions)
         views = []
         for subscription_id, definition, created_ms in found:
-            cursor = await asyncio.to_thread(store.cursor, subscription_id)
-            views.append(self._view(subscription_id, {**definition, "created_ms": created_ms}, cursor))
+            cursors = await asyncio.to_thread(store.cursors, subscription_id)
+            views.append(self._view(subscription_id, {**definition, "created_ms": created_ms}, cursors))
         return 200, {"webhooks": views}
 
     async def get(self, request: Request, role: Role) -> Answer:
@@ -190,7 +227,7 @@ class WebhookRoutes:
         definition = await asyncio.to_thread(self._find, subscription_id)
         if definition is None:
             return 404, error_body(ErrorCode.WEBHOOK_NOT_FOUND, f"no webhook {subscription_id}")
-        return 200, self._view(subscription_id, definition, await asyncio.to_thread(store.cursor, subscription_id))
+        return 200, self._view(subscription_id, definition, await asyncio.to_thread(store.cursors, subscription_id))
 
     async def delete(self, request: Request, role: Role) -> Answer:
         _, notifier = self._ready()
@@ -214,22 +251,46 @@ class WebhookRoutes:
     async def replay(self, request: Request, role: Role) -> Answer:
         _, notifier = self._ready()
         subscription_id = request.path_params["subscription_id"]
-        body: ReplayBody = _decode(ReplayBody, await self.api._body(request))
+        body: ReplayBody = _decode(ReplayBody, await read_body(request.headers, request.stream()))
         definition = await asyncio.to_thread(self._find, subscription_id)
         if definition is None:
             return 404, error_body(ErrorCode.WEBHOOK_NOT_FOUND, f"no webhook {subscription_id}")
-        cursor = await notifier.replay(subscription_id, definition, body.from_seq)
-        return 200, self._view(subscription_id, definition, cursor)
+        if body.shard not in notifier.source.shards:
+            return 422, error_body(ErrorCode.INVALID_REQUEST, f"shard is one of {notifier.source.shards}")
+        await notifier.replay(subscription_id, definition, body.shard, body.from_seq)
+        return 200, self._view(subscription_id, definition, await asyncio.to_thread(self.store_ready().cursors, subscription_id))
+
+    def store_ready(self) -> NotifyStore:
+        return self._ready()[0]
 
     def routes(self) -> list[Route]:
-        api = self.api
         reader, admin = Role.READER, Role.ADMIN
-        # Handlers answer (status, body), which Api.route encodes like a Response.
+
+        def respond(handler: Any) -> Any:
+            async def endpoint(request: Request, role: Role) -> Response:
+                try:
+                    status, answer = await handler(request, role)
+                except bodies.RequestError as error:
+                    status, answer = (503 if error.code == ErrorCode.NOT_AVAILABLE else 422), error_body(error.code, error.message)
+                headers = {"Retry-After": "1"} if status == 503 else None
+                return Response(_encode(answer), status_code=status, media_type="application/json", headers=headers)
+
+            return endpoint
+
         return [
-            api.route("/v1/webhooks", "POST", admin, self.create),  # type: ignore[arg-type]
-            api.route("/v1/webhooks", "GET", reader, self.list_all),  # type: ignore[arg-type]
-            api.route("/v1/webhooks/{subscription_id}", "GET", reader, self.get),  # type: ignore[arg-type]
-            api.route("/v1/webhooks/{subscription_id}", "DELETE", admin, self.delete),  # type: ignore[arg-type]
-            api.route("/v1/webhooks/{subscription_id}/deliveries", "GET", reader, self.deliveries),  # type: ignore[arg-type]
-            api.route("/v1/webhooks/{subscription_id}/replay", "POST", admin, self.replay),  # type: ignore[arg-type]
+            self._route("/v1/webhooks", "POST", admin, respond(self.create)),
+            self._route("/v1/webhooks", "GET", reader, respond(self.list_all)),
+            self._route("/v1/webhooks/{subscription_id}", "GET", reader, respond(self.get)),
+            self._route("/v1/webhooks/{subscription_id}", "DELETE", admin, respond(self.delete)),
+            self._route("/v1/webhooks/{subscription_id}/deliveries", "GET", reader, respond(self.deliveries)),
+            self._route("/v1/webhooks/{subscription_id}/replay", "POST", admin, respond(self.replay)),
         ]
+
+
+_encode = msgspec.json.Encoder().encode
+
+
+async def read_body(headers: Any, chunks: Any) -> bytes:
+    from coffer.server.app import read_body as bounded  # the node's one body reader (its size bound)
+
+    return await bounded(headers, chunks)

@@ -8,8 +8,6 @@ Given filters all apply (an event must pass each one).
 
 from dataclasses import dataclass
 
-from coffer.core.events import Event
-
 
 @dataclass(frozen=True)
 class Threshold:
@@ -28,16 +26,26 @@ class Filter:
     threshold: Threshold | None = None
 
 
-def matches(event: Event, wanted: Filter, previous: int | None) -> tuple[bool, int | None]:
+@dataclass(frozen=True)
+class Item:
+    """An event as the matcher needs it: its type and the available balance of each account it changed."""
+
+    seq: int
+    type: str
+    available: dict[str, int]  # account_id -> available after the event, in minor units
+    view: dict[str, object]  # the event as the API shows it (what is posted)
+
+
+def matches(event: Item, wanted: Filter, previous: int | None) -> tuple[bool, int | None]:
     """(whether to deliver ``event``, the watched account's available after it)."""
-    touched = {account.account_id: account for account in event.accounts}
+    touched = event.available
     current = previous
     crossed = True
     threshold = wanted.threshold
     if threshold is not None:
         account = touched.get(threshold.account_id)
         if account is not None:
-            current = account.available
+            current = account
         crossed = False
         if account is not None and previous is not None:
             if threshold.direction == "below":

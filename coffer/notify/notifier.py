@@ -5,16 +5,16 @@ path must never wait on them. The notifier reads events once they are stored (th
 thread, behind the apply loop), on the node's event loop but with every disk read and write in a
 worker thread.
 
-Per subscription, one task: read the events after its cursor, judge each with its filter
+Per subscription and shard, one task: read the shard's events after the subscription's cursor there, judge each with its filter
 (:mod:`coffer.notify.matcher`), and post each wanted one — retrying with exponential backoff
-until the receiver answers 2xx — before the next, so a receiver sees one shard's events in seq
-order. The cursor moves (durably) only after the receiver acknowledged: at least once, never
+until the receiver answers 2xx — before the next, so a receiver sees each shard's events in seq
+order (a sharded node's router follows every shard's history; shards are independent). The cursor moves (durably) only after the receiver acknowledged: at least once, never
 lost, also across restarts. Every attempt is logged with its outcome. A replay moves the cursor
 back to a seq.
 
 Each post is signed: ``X-Coffer-Signature: t=<unix ms>,v1=<hex HMAC-SHA256(secret, "<t>." + body)>``
-(:func:`signature`, :func:`verify`); ``X-Coffer-Delivery`` is ``<subscription>:<seq>``, the same on
-every attempt, so a receiver can drop duplicates.
+(:func:`signature`, :func:`verify`); ``X-Coffer-Delivery`` is ``<subscription>:<shard>:<seq>``, the
+same on every attempt, so a receiver can drop duplicates.
 """
 
 import asyncio
@@ -30,9 +30,15 @@ import httpx
 import msgspec
 
 from coffer.core.events import EventRecord
-from coffer.notify.matcher import Filter, Threshold, matches
+from coffer.notify.matcher import Filter, Item, Threshold, matches
 from coffer.notify.store import Cursor, NotifyStore
 from coffer.server.views import event_view
+
+
+def item_of(record: EventRecord) -> Item:
+    """An event of a node's own store, as the matcher and the receiver see it."""
+    event = record.decode()
+    return Item(record.seq, event.type, {account.account_id: account.available for account in event.accounts}, event_view(record, event))
 
 logger = logging.getLogger(__name__)
 
@@ -63,9 +69,13 @@ def verify(secret: str, header: str, body: bytes, now_ms: int | None = None) -> 
 
 
 class EventSource(Protocol):
-    async def read(self, from_seq: int, limit: int) -> list[EventRecord]: ...
+    """Where the events come from: a node's own store (one shard), or every shard of a sharded node."""
 
-    async def available_at(self, account_id: str, seq: int) -> int | None: ...
+    shards: list[int]
+
+    async def read(self, shard: int, from_seq: int, limit: int) -> list[Item]: ...
+
+    async def available_at(self, shard: int, account_id: str, seq: int) -> int | None: ...
 
 
 @dataclass(frozen=True)
@@ -97,7 +107,7 @@ class Notifier:
         self.store = store
         self.source = source
         self.first_backoff_s = first_backoff_s
-        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._tasks: dict[tuple[str, int], asyncio.Task[None]] = {}
         self._http: httpx.AsyncClient | None = None
 
     async def start(self) -> None:
@@ -116,16 +126,17 @@ class Notifier:
             await self._http.aclose()
 
     def _spawn(self, subscription: Subscription) -> None:
-        task = asyncio.get_running_loop().create_task(self._follow(subscription), name=f"coffer-webhook-{subscription.subscription_id}")
-        self._tasks[subscription.subscription_id] = task
+        for shard in self.source.shards:
+            name = f"coffer-webhook-{subscription.subscription_id}-{shard}"
+            self._tasks[(subscription.subscription_id, shard)] = asyncio.get_running_loop().create_task(self._follow(subscription, shard), name=name)
 
-    async def add(self, subscription_id: str, definition: dict[str, Any], cursor: Cursor) -> None:
-        await asyncio.to_thread(self.store.add, subscription_id, definition, int(time.time() * 1000), cursor)
+    async def add(self, subscription_id: str, definition: dict[str, Any], cursors: dict[int, Cursor]) -> None:
+        await asyncio.to_thread(self.store.add, subscription_id, definition, int(time.time() * 1000), cursors)
         self._spawn(Subscription.from_definition(subscription_id, definition))
 
     async def _stop(self, subscription_id: str) -> None:
-        task = self._tasks.pop(subscription_id, None)
-        if task is not None:
+        for key in [key for key in self._tasks if key[0] == subscription_id]:
+            task = self._tasks.pop(key)
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
@@ -134,24 +145,23 @@ class Notifier:
         await self._stop(subscription_id)
         return await asyncio.to_thread(self.store.remove, subscription_id)
 
-    async def replay(self, subscription_id: str, definition: dict[str, Any], from_seq: int) -> Cursor:
-        """Deliver again from ``from_seq`` on (the threshold filter restarts from the balance before it)."""
+    async def replay(self, subscription_id: str, definition: dict[str, Any], shard: int, from_seq: int) -> Cursor:
+        """Deliver a shard's events again from ``from_seq`` on (a threshold restarts from the balance before it)."""
         await self._stop(subscription_id)
         subscription = Subscription.from_definition(subscription_id, definition)
         state = None
         if subscription.filter.threshold is not None and from_seq > 1:
-            state = await self.source.available_at(subscription.filter.threshold.account_id, from_seq - 1)
+            state = await self.source.available_at(shard, subscription.filter.threshold.account_id, from_seq - 1)
         cursor = Cursor(from_seq - 1, state)
-        await asyncio.to_thread(self.store.save_cursor, subscription_id, cursor)
+        await asyncio.to_thread(self.store.save_cursor, subscription_id, shard, cursor)
         self._spawn(subscription)
         return cursor
 
-    async def _follow(self, subscription: Subscription) -> None:
-        cursor = await asyncio.to_thread(self.store.cursor, subscription.subscription_id)
-        assert cursor is not None, "a subscription always has a cursor"
+    async def _follow(self, subscription: Subscription, shard: int) -> None:
+        cursor = (await asyncio.to_thread(self.store.cursors, subscription.subscription_id)).get(shard, Cursor(0, None))
         while True:
             try:
-                records = await self.source.read(cursor.seq + 1, read_batch_max)
+                records = await self.source.read(shard, cursor.seq + 1, read_batch_max)
             except Exception as error:  # the store is busy or closing: try again
                 logger.warning("webhook %s: reading events failed: %s", subscription.subscription_id, error)
                 await asyncio.sleep(backoff_s_max / 10)
@@ -159,19 +169,18 @@ class Notifier:
             if not records:
                 await asyncio.sleep(poll_s)
                 continue
-            for record in records:
-                event = record.decode()
-                wanted, state = matches(event, subscription.filter, cursor.state)
-                cursor = Cursor(record.seq, state)
+            for item in records:
+                wanted, state = matches(item, subscription.filter, cursor.state)
+                cursor = Cursor(item.seq, state)
                 if wanted:
-                    await self._deliver(subscription, record, event)
-                    await asyncio.to_thread(self.store.save_cursor, subscription.subscription_id, cursor)
-            await asyncio.to_thread(self.store.save_cursor, subscription.subscription_id, cursor)
+                    await self._deliver(subscription, shard, item)
+                    await asyncio.to_thread(self.store.save_cursor, subscription.subscription_id, shard, cursor)
+            await asyncio.to_thread(self.store.save_cursor, subscription.subscription_id, shard, cursor)
 
-    async def _deliver(self, subscription: Subscription, record: EventRecord, event: Any) -> None:
+    async def _deliver(self, subscription: Subscription, shard: int, item: Item) -> None:
         assert self._http is not None
-        delivery_id = f"{subscription.subscription_id}:{record.seq}"
-        body = _encode({"subscription_id": subscription.subscription_id, "delivery_id": delivery_id, "event": event_view(record, event)})
+        delivery_id = f"{subscription.subscription_id}:{shard}:{item.seq}"
+        body = _encode({"subscription_id": subscription.subscription_id, "delivery_id": delivery_id, "shard": shard, "event": item.view})
         wait_s = self.first_backoff_s
         attempt = 0
         while True:
@@ -189,13 +198,13 @@ class Notifier:
                 response = await self._http.post(subscription.url, content=body, headers=headers, timeout=subscription.timeout_ms / 1000)
                 status = response.status_code
                 if 200 <= status < 300:
-                    await asyncio.to_thread(self.store.log, subscription.subscription_id, record.seq, attempt, "delivered", status, None, now_ms)
+                    await asyncio.to_thread(self.store.log, subscription.subscription_id, shard, item.seq, attempt, "delivered", status, None, now_ms)
                     return
                 error = f"HTTP {status}"
             except httpx.TimeoutException:
                 error = f"no answer within {subscription.timeout_ms} ms"
             except httpx.HTTPError as failure:
                 error = f"{type(failure).__name__}: {failure}"
-            await asyncio.to_thread(self.store.log, subscription.subscription_id, record.seq, attempt, "failed", status, error, now_ms)
+            await asyncio.to_thread(self.store.log, subscription.subscription_id, shard, item.seq, attempt, "failed", status, error, now_ms)
             await asyncio.sleep(wait_s)
             wait_s = min(wait_s * 2, backoff_s_max)

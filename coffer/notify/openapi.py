@@ -25,13 +25,15 @@ _webhook = {
         "threshold": {"type": ["object", "null"]},
         "timeout_ms": {"type": "integer"},
         "created_ms": {"type": "integer"},
-        "cursor_seq": {"type": ["integer", "null"], "description": "the last seq settled (delivered or not wanted)"},
+        "cursor_seq": {"type": ["integer", "null"], "description": "one shard: the last seq settled (delivered or not wanted)"},
+        "cursors": {"type": "object", "additionalProperties": {"type": "integer"}, "description": "per shard: the last seq settled"},
     },
 }
 _delivery = {
     "type": "object",
     "properties": {
         "id": {"type": "integer"},
+        "shard": {"type": "integer"},
         "seq": {"type": "integer"},
         "attempt": {"type": "integer"},
         "outcome": {"type": "string", "enum": ["delivered", "failed"]},

@@ -190,15 +190,16 @@ the movement after the balance limits; usage counts from when caps were set, and
 `POST /v1/webhooks` subscribes a URL to the events of this node's history: those touching given
 accounts, of given types, or crossing a balance threshold of one account (`below`: available
 goes from at least the amount to less; `above`: the other way). Each wanted event is posted as
-`{{"subscription_id", "delivery_id", "event"}}` (the event as `GET /v1/events` shows it), in seq
-order, at least once: a failed or timed-out post is retried with exponential backoff
+`{{"subscription_id", "delivery_id", "shard", "event"}}` (the event as `GET /v1/events` shows it),
+in seq order per shard, at least once: a failed or timed-out post is retried with exponential backoff
 ({notifier.backoff_s} s doubling up to {notifier.backoff_s_max:.0f} s) before the next event, and the subscription's
 cursor moves on disk only after a 2xx, so a restart delivers again rather than skips. Bodies are
 signed: `X-Coffer-Signature: t=<unix ms>,v1=<hex HMAC-SHA256(secret, "<t>." + body)>`, with
-the secret answered once at creation; `X-Coffer-Delivery` (`<subscription>:<seq>`) is the same on
-every attempt. Delivery follows the event store, never the write path. Every attempt is in `GET
+the secret answered once at creation; `X-Coffer-Delivery` (`<subscription>:<shard>:<seq>`) is the
+same on every attempt. Delivery follows the event store, never the write path. Every attempt is in `GET
 /v1/webhooks/{{id}}/deliveries`; `POST /v1/webhooks/{{id}}/replay` delivers again from a seq.
-Subscriptions belong to the node they were made on. `COFFER_WEBHOOK_HOSTS` (comma-separated
+Subscriptions belong to the node they were made on; a sharded node's router follows every shard,
+with a cursor per shard (`cursors`; a replay names its `shard`). `COFFER_WEBHOOK_HOSTS` (comma-separated
 host names; `*`, the default, for any) limits where a node may post.
 """
 

@@ -28,7 +28,7 @@ from coffer.core.errors import ErrorCode
 from coffer.core.events import Actor
 from coffer.core.state_machine import protocol_version_max
 from coffer.flows.http import FlowRoutes, FlowRunFastPath
-from coffer.notify.http import WebhookRoutes
+from coffer.notify.http import NodeHost, WebhookRoutes
 from coffer.query import hierarchy, hierarchy_service, reads
 from coffer.replica import Replica
 from coffer.server import requests as bodies
@@ -156,7 +156,7 @@ class Api:
             replica.store, lambda: replica.machine.seq, lambda seq: self._pipeline().wait_for_seq(seq), self._store_reached
         )
         self.flows = FlowRoutes(self)
-        self.webhooks = WebhookRoutes(self)
+        self.webhooks = WebhookRoutes(NodeHost(self), self.route)
         self.hierarchy = NodeHierarchy(
             replica.data_dir, replica.store, lambda ids: {account_id for account_id in ids if account_id in machine.accounts}
         )

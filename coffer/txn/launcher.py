@@ -120,6 +120,7 @@ def serve_sharded(
         supervisor = threading.Thread(target=_supervise, args=(shards, stopping), name="coffer-shard-supervisor", daemon=True)
         supervisor.start()
         router = Router(shard_map, ShardClients([shard.url for shard in shards]), keys)
+        router.data_dir = data_dir
         logger.info("serving %d shards: %s", shard_count, ", ".join(shard.url for shard in shards))
         config = uvicorn.Config(
             create_router_app(router),

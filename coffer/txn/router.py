@@ -17,6 +17,7 @@ and the recovery task finishes what no client comes back for.
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -27,6 +28,8 @@ from starlette.routing import Route
 
 from coffer.core.errors import ErrorCode
 from coffer.flows.sharded import RouterFlows
+from coffer.notify.http import WebhookRoutes
+from coffer.notify.sharded import RouterHost
 from coffer.server.app import error_response, json_response, read_body
 from coffer.server.auth import ApiKeys, Role
 from coffer.server.openapi import openapi_document
@@ -75,6 +78,7 @@ class Router:
         self.shards = shards
         self.keys = keys
         self.coordinator = Coordinator(shards, shard_map)
+        self.data_dir: Path | None = None  # where the router keeps its own files (webhooks); set by the launcher
 
     # ------------------------------------------------------------------ plumbing
 
@@ -444,15 +448,23 @@ def create_router_app(router: Router) -> Starlette:
     ]
     flows = RouterFlows(router)
     routes += flows.routes()
+    webhooks = None
+    if router.data_dir is not None:
+        webhooks = WebhookRoutes(RouterHost(router, router.data_dir), router.route)
+        routes += webhooks.routes()
 
     async def lifespan(app: Starlette) -> Any:
         task = asyncio.get_running_loop().create_task(router.coordinator.run_recovery(), name="coffer-txn-recovery")
         flow_task = asyncio.get_running_loop().create_task(flows.runner.recover(), name="coffer-flow-recovery")
+        if webhooks is not None:
+            await webhooks.start()
         try:
             yield
         finally:
             task.cancel()
             flow_task.cancel()
+            if webhooks is not None:
+                await webhooks.close()
             await router.shards.close()
 
     return Starlette(routes=routes, lifespan=lifespan)

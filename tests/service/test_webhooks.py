@@ -115,7 +115,7 @@ def test_delivery_survives_failures_timeouts_and_a_kill_9(server: CofferServer, 
         first_seen = list(dict.fromkeys(seqs))
         assert first_seen == expected
         assert all(item["signed"] for item in receiver.received)
-        assert all(item["delivery"] == f"{created['id']}:{item['body']['event']['seq']}" for item in receiver.received)
+        assert all(item["delivery"] == f"{created['id']}:0:{item['body']['event']['seq']}" for item in receiver.received)
         assert all(alice in [account["account_id"] for account in item["body"]["event"]["accounts"]] for item in receiver.received)
         log = api.request("GET", f"/v1/webhooks/{created['id']}/deliveries", params={"limit": 1000})["deliveries"]
         failed = [row for row in log if row["outcome"] == "failed"]

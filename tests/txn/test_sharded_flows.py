@@ -84,3 +84,59 @@ def test_velocity_limits_on_a_sharded_node(node: ShardedServer) -> None:
             api.request("POST", "/v1/transfers", json={**body, "dedup_id": "fv-2", "amount": "1"}, retry=True)
         assert capped.value.code == "VELOCITY_LIMIT_EXCEEDED"
         assert api.get_account(bob).available == "30.00"
+
+
+def test_webhooks_follow_every_shard(node: ShardedServer) -> None:
+    import json
+    import threading
+    import time
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from coffer.notify.notifier import verify
+
+    received: list[dict] = []
+    failures = ["fail", "fail"]
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            body = self.rfile.read(int(self.headers["content-length"]))
+            if failures:
+                failures.pop()
+                self.send_response(503)
+                self.end_headers()
+                return
+            received.append({"body": json.loads(body), "signature": self.headers["x-coffer-signature"], "raw": body})
+            self.send_response(200)
+            self.send_header("content-length", "0")
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        (left,) = node.ids_on(0, 1, "whleft")
+        (right,) = node.ids_on(1, 1, "whright")
+        with Client(node.url) as api:
+            for account_id in (left, right):
+                api.create_account(account_id, "USD")
+            created = api.create_webhook(f"http://127.0.0.1:{server.server_address[1]}/hook", account_ids=[left, right])
+            assert set(created["cursors"]) == {"0", "1"}
+            api.batch_operation([Leg(account_id=left, amount="10", asset="USD")])  # shard 0
+            api.batch_operation([Leg(account_id=right, amount="10", asset="USD")])  # shard 1
+            api.batch_operation([Leg(account_id=left, amount="5", asset="USD")])  # shard 0
+            deadline = time.monotonic() + 30
+            while len({item["body"]["delivery_id"] for item in received}) < 3 and time.monotonic() < deadline:
+                time.sleep(0.05)
+            by_shard: dict[int, list[int]] = {}
+            for item in received:
+                assert verify(created["secret"], item["signature"], item["raw"])
+                by_shard.setdefault(item["body"]["shard"], []).append(item["body"]["event"]["seq"])
+            assert sorted(by_shard) == [0, 1] and len(by_shard[0]) == 2 and by_shard[0] == sorted(by_shard[0])
+            log = api.webhook_deliveries(created["id"])
+            assert {row["shard"] for row in log} == {0, 1} and any(row["outcome"] == "failed" for row in log)
+            api.delete_webhook(created["id"])
+    finally:
+        server.shutdown()
+        server.server_close()
