@@ -939,10 +939,14 @@ def audit_head(client: "Client", output: _Output) -> None:
 def _register_query_commands() -> None:
     # The query side's and the simulator's commands live with them; they join the groups here.
     from coffer import cli_operations
+    from coffer.flows.cli import register as register_flows
+    from coffer.notify.cli import register as register_webhooks
     from coffer.query.cli import register
     from coffer.sim.cli import sim
 
     register(main, audit, bench)
+    register_flows(main, account, bench)
+    register_webhooks(main)
     main.add_command(sim)
     cli_operations.register(main, account, audit)
 

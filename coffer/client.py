@@ -42,6 +42,9 @@ __all__ = [
     "ErrorDetail",
     "EventView",
     "EventsPage",
+    "FlowRegistered",
+    "FlowRunView",
+    "FlowSummary",
     "Health",
     "HistoryPage",
     "InvalidRequestError",
@@ -151,6 +154,7 @@ class AccountView(msgspec.Struct, frozen=True, kw_only=True):
     seq: int
     metadata: dict[str, str] = {}
     time: str | None = None  # only on the versions of an account's history
+    velocity: dict[str, Any] | None = None  # caps and current usage; only with caps, only on the latest view
 
 
 class CommandResult(msgspec.Struct, frozen=True, kw_only=True):
@@ -167,6 +171,46 @@ class ErrorDetail(msgspec.Struct, frozen=True, kw_only=True):
     code: str
     message: str = ""
     account_id: str | None = None
+
+
+class FlowRegistered(msgspec.Struct, frozen=True, kw_only=True):
+    """A flow version registered by PUT /v1/flows/{name}."""
+
+    name: str
+    version: int
+    seq: int
+
+
+class FlowSummary(msgspec.Struct, frozen=True, kw_only=True):
+    name: str
+    version: int  # the latest
+    mode: str | None = None
+    description: str = ""
+
+
+class _FlowList(msgspec.Struct, frozen=True):
+    flows: list[FlowSummary]
+
+
+class FlowRunView(msgspec.Struct, frozen=True, kw_only=True):
+    """A flow run: the commands it produced (``steps``, ``compensations``: each with its ``command``
+    body and, once sent, its ``status`` and ``seq`` or ``error``) and how it ended (``status``:
+    SUCCEEDED, FAILED, COMPENSATED, COMPENSATION_FAILED, RUNNING or DRY_RUN)."""
+
+    run_id: str
+    flow: str
+    version: int
+    status: str
+    dry_run: bool = False
+    params: dict[str, Any] = {}
+    computed: dict[str, str] = {}
+    steps: list[dict[str, Any]] = []
+    compensations: list[dict[str, Any]] = []
+    error: ErrorDetail | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.status in ("SUCCEEDED", "DRY_RUN")
 
 
 class CommandOutcome(msgspec.Struct, frozen=True, kw_only=True):
@@ -442,9 +486,10 @@ class _Call(Generic[T]):
     body: bytes | None = None
     dedup_id: str | None = None
     retry: bool = True
+    decodes_409: Callable[[bytes], bool] | None = None  # a 409 whose body is a result, not only an error
 
     def answer(self, status: int, content: bytes, reason: str) -> T:
-        if not 200 <= status < 300:
+        if not 200 <= status < 300 and not (status == 409 and self.decodes_409 is not None and self.decodes_409(content)):
             raise _error(status, content, reason, self.dedup_id)
         try:
             return self.decode(content)
@@ -664,6 +709,97 @@ def _statement(
 ) -> _Call[Statement]:
     params = _range(from_seq, to_seq, from_time, to_time, limit, cursor)
     return _Call("GET", _account_path(account_id, "statement"), _decode_statement, params=params)
+
+
+_decode_flow_run = _decoder(FlowRunView)
+
+
+def _is_run(content: bytes) -> bool:
+    try:
+        return "run_id" in msgspec.json.decode(content)
+    except msgspec.DecodeError:
+        return False
+
+
+def _flow_path(name: str, action: str = "") -> str:
+    return f"/v1/flows/{quote(name, safe='')}{action}"
+
+
+def _put_flow(name: str, definition: Mapping[str, Any], dedup_id: str | None) -> _Call[FlowRegistered]:
+    dedup_id = dedup_id or new_dedup_id()
+    body = _encode({**_plain(definition), "dedup_id": dedup_id})
+    return _Call("PUT", _flow_path(name), _decoder(FlowRegistered), body=body, dedup_id=dedup_id)
+
+
+def _get_flow(name: str, version: int | None) -> _Call[dict[str, Any]]:
+    params = None if version is None else {"version": str(version)}
+    return _Call("GET", _flow_path(name), msgspec.json.decode, params=params)
+
+
+_list_flows: "_Call[list[FlowSummary]]" = _Call("GET", "/v1/flows", lambda content: msgspec.json.decode(content, type=_FlowList).flows)
+
+
+def _run_flow(
+    name: str, params: Mapping[str, Any], dedup_id: str | None, version: int | None, dry_run: bool
+) -> _Call[FlowRunView]:
+    dedup_id = dedup_id or new_dedup_id()
+    fields = _without_none({"dedup_id": dedup_id, "params": _plain(params), "version": version})
+    if dry_run:
+        fields["dry_run"] = True
+    return _Call("POST", _flow_path(name, "/runs"), _decode_flow_run, body=_encode(fields), dedup_id=dedup_id, decodes_409=_is_run)
+
+
+def _get_flow_run(run_id: str) -> _Call[FlowRunView]:
+    return _Call("GET", f"/v1/flows/runs/{quote(run_id, safe='')}", _decode_flow_run)
+
+
+def _set_velocity_limits(
+    account_id: str,
+    amount_per_hour: Amount | None,
+    amount_per_day: Amount | None,
+    debits_per_hour: int | None,
+    debits_per_day: int | None,
+    dedup_id: str | None,
+) -> _Call[CommandResult]:
+    fields = _without_none(
+        {
+            "amount_per_hour": _optional_amount(amount_per_hour),
+            "amount_per_day": _optional_amount(amount_per_day),
+            "debits_per_hour": debits_per_hour,
+            "debits_per_day": debits_per_day,
+        }
+    )
+    return _command(_account_path(account_id, "velocity-limits"), fields, dedup_id)
+
+
+def _create_webhook(
+    url: str,
+    account_ids: Sequence[str] | None,
+    event_types: Sequence[str] | None,
+    threshold: Mapping[str, str] | None,
+    timeout_ms: int | None,
+    secret: str | None,
+    from_seq: int | None,
+) -> _Call[dict[str, Any]]:
+    fields = _without_none(
+        {
+            "url": url,
+            "account_ids": None if account_ids is None else list(account_ids),
+            "event_types": None if event_types is None else list(event_types),
+            "threshold": None if threshold is None else dict(threshold),
+            "timeout_ms": timeout_ms,
+            "secret": secret,
+            "from_seq": from_seq,
+        }
+    )
+    return _Call("POST", "/v1/webhooks", msgspec.json.decode, body=_encode(fields), retry=False)
+
+
+_list_webhooks: "_Call[list[dict[str, Any]]]" = _Call("GET", "/v1/webhooks", lambda content: msgspec.json.decode(content)["webhooks"])
+
+
+def _webhook_path(subscription_id: str, action: str = "") -> str:
+    return f"/v1/webhooks/{quote(subscription_id, safe='')}{action}"
 
 
 def _set_log_level(level: str) -> _Call[str]:
@@ -1047,6 +1183,85 @@ class Client(_Base):
         """Any route, raw JSON in and out, with the same errors. Retried only for GET unless ``retry``."""
         return self._run(_raw(method, path, params, json, retry))
 
+    # -------------------------------------------------------------------------------- flows and velocity
+
+    def put_flow(self, name: str, definition: Mapping[str, Any], *, dedup_id: str | None = None) -> FlowRegistered:
+        """Register the next version of a flow (admin); a retry with the same dedup_id registers nothing new."""
+        return self._run(_put_flow(name, definition, dedup_id))
+
+    def list_flows(self) -> list[FlowSummary]:
+        """The registered flows, each with its latest version."""
+        return self._run(_list_flows)
+
+    def get_flow(self, name: str, version: int | None = None) -> dict[str, Any]:
+        """A flow's definition (the latest, or ``version``), in the form ``put_flow`` takes, with its version."""
+        return self._run(_get_flow(name, version))
+
+    def run_flow(
+        self,
+        name: str,
+        params: Mapping[str, Any],
+        *,
+        dedup_id: str | None = None,
+        version: int | None = None,
+        dry_run: bool = False,
+    ) -> FlowRunView:
+        """Run a flow, exactly once by ``dedup_id``. A run the ledger rejected (FAILED, COMPENSATED,
+        COMPENSATION_FAILED) is returned too, with its ``error``; other errors raise."""
+        return self._run(_run_flow(name, params, dedup_id, version, dry_run))
+
+    def get_flow_run(self, run_id: str) -> FlowRunView:
+        """A run's outcome, or its record while it is RUNNING."""
+        return self._run(_get_flow_run(run_id))
+
+    def set_velocity_limits(
+        self,
+        account_id: str,
+        *,
+        amount_per_hour: Amount | None = None,
+        amount_per_day: Amount | None = None,
+        debits_per_hour: int | None = None,
+        debits_per_day: int | None = None,
+        dedup_id: str | None = None,
+    ) -> CommandResult:
+        """Replace an account's velocity caps (admin); none given removes them."""
+        return self._run(
+            _set_velocity_limits(account_id, amount_per_hour, amount_per_day, debits_per_hour, debits_per_day, dedup_id)
+        )
+
+    # -------------------------------------------------------------------------------- webhooks
+
+    def create_webhook(
+        self,
+        url: str,
+        *,
+        account_ids: Sequence[str] | None = None,
+        event_types: Sequence[str] | None = None,
+        threshold: Mapping[str, str] | None = None,
+        timeout_ms: int | None = None,
+        secret: str | None = None,
+        from_seq: int | None = None,
+    ) -> dict[str, Any]:
+        """Subscribe ``url`` to this node's events (admin); the answer holds the signing ``secret``.
+        ``threshold``: ``{"account_id", "amount", "direction": "below" | "above"}``."""
+        return self._run(_create_webhook(url, account_ids, event_types, threshold, timeout_ms, secret, from_seq))
+
+    def list_webhooks(self) -> list[dict[str, Any]]:
+        """This node's webhook subscriptions, with their cursors."""
+        return self._run(_list_webhooks)
+
+    def webhook_deliveries(self, subscription_id: str, *, limit: int = 100) -> list[dict[str, Any]]:
+        """The delivery log of a subscription, newest attempt first."""
+        return self._run(_raw("GET", _webhook_path(subscription_id, "/deliveries"), {"limit": limit}, None, None))["deliveries"]
+
+    def replay_webhook(self, subscription_id: str, from_seq: int) -> dict[str, Any]:
+        """Deliver a subscription's events again from ``from_seq`` on (admin)."""
+        return self._run(_raw("POST", _webhook_path(subscription_id, "/replay"), None, {"from_seq": from_seq}, True))
+
+    def delete_webhook(self, subscription_id: str) -> None:
+        """Unsubscribe (admin)."""
+        self._run(_raw("DELETE", _webhook_path(subscription_id), None, None, True))
+
 
 class AsyncClient(_Base):
     """The asyncio twin of :class:`Client`: the same methods, awaited."""
@@ -1347,3 +1562,82 @@ class AsyncClient(_Base):
         retry: bool | None = None,
     ) -> Any:
         return await self._run(_raw(method, path, params, json, retry))
+
+    # -------------------------------------------------------------------------------- flows and velocity
+
+    async def put_flow(self, name: str, definition: Mapping[str, Any], *, dedup_id: str | None = None) -> FlowRegistered:
+        """Register the next version of a flow (admin); a retry with the same dedup_id registers nothing new."""
+        return await self._run(_put_flow(name, definition, dedup_id))
+
+    async def list_flows(self) -> list[FlowSummary]:
+        """The registered flows, each with its latest version."""
+        return await self._run(_list_flows)
+
+    async def get_flow(self, name: str, version: int | None = None) -> dict[str, Any]:
+        """A flow's definition (the latest, or ``version``), in the form ``put_flow`` takes, with its version."""
+        return await self._run(_get_flow(name, version))
+
+    async def run_flow(
+        self,
+        name: str,
+        params: Mapping[str, Any],
+        *,
+        dedup_id: str | None = None,
+        version: int | None = None,
+        dry_run: bool = False,
+    ) -> FlowRunView:
+        """Run a flow, exactly once by ``dedup_id``. A run the ledger rejected (FAILED, COMPENSATED,
+        COMPENSATION_FAILED) is returned too, with its ``error``; other errors raise."""
+        return await self._run(_run_flow(name, params, dedup_id, version, dry_run))
+
+    async def get_flow_run(self, run_id: str) -> FlowRunView:
+        """A run's outcome, or its record while it is RUNNING."""
+        return await self._run(_get_flow_run(run_id))
+
+    async def set_velocity_limits(
+        self,
+        account_id: str,
+        *,
+        amount_per_hour: Amount | None = None,
+        amount_per_day: Amount | None = None,
+        debits_per_hour: int | None = None,
+        debits_per_day: int | None = None,
+        dedup_id: str | None = None,
+    ) -> CommandResult:
+        """Replace an account's velocity caps (admin); none given removes them."""
+        return await self._run(
+            _set_velocity_limits(account_id, amount_per_hour, amount_per_day, debits_per_hour, debits_per_day, dedup_id)
+        )
+
+    # -------------------------------------------------------------------------------- webhooks
+
+    async def create_webhook(
+        self,
+        url: str,
+        *,
+        account_ids: Sequence[str] | None = None,
+        event_types: Sequence[str] | None = None,
+        threshold: Mapping[str, str] | None = None,
+        timeout_ms: int | None = None,
+        secret: str | None = None,
+        from_seq: int | None = None,
+    ) -> dict[str, Any]:
+        """Subscribe ``url`` to this node's events (admin); the answer holds the signing ``secret``.
+        ``threshold``: ``{"account_id", "amount", "direction": "below" | "above"}``."""
+        return await self._run(_create_webhook(url, account_ids, event_types, threshold, timeout_ms, secret, from_seq))
+
+    async def list_webhooks(self) -> list[dict[str, Any]]:
+        """This node's webhook subscriptions, with their cursors."""
+        return await self._run(_list_webhooks)
+
+    async def webhook_deliveries(self, subscription_id: str, *, limit: int = 100) -> list[dict[str, Any]]:
+        """The delivery log of a subscription, newest attempt first."""
+        return (await self._run(_raw("GET", _webhook_path(subscription_id, "/deliveries"), {"limit": limit}, None, None)))["deliveries"]
+
+    async def replay_webhook(self, subscription_id: str, from_seq: int) -> dict[str, Any]:
+        """Deliver a subscription's events again from ``from_seq`` on (admin)."""
+        return await self._run(_raw("POST", _webhook_path(subscription_id, "/replay"), None, {"from_seq": from_seq}, True))
+
+    async def delete_webhook(self, subscription_id: str) -> None:
+        """Unsubscribe (admin)."""
+        await self._run(_raw("DELETE", _webhook_path(subscription_id), None, None, True))

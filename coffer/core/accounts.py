@@ -120,3 +120,25 @@ class Decision(msgspec.Struct, frozen=True, array_like=True, gc=False):
     reason_account_id: str | None
     time_ms: int
     seq: int
+
+
+class FlowVersion(msgspec.Struct, frozen=True, array_like=True, gc=False):
+    """One registered version of a flow: its opaque definition and where the log put it."""
+
+    version: int
+    definition: bytes
+    seq: int
+    time_ms: int
+
+
+class FlowRun(msgspec.Struct, array_like=True, gc=False):
+    """A run of a flow as the ledger records it: what runs, and (once finished) how it ended."""
+
+    run_id: str
+    flow: str
+    version: int
+    params: bytes
+    seq: int
+    time_ms: int
+    outcome: bytes | None = None
+    finished_seq: int = 0

@@ -34,6 +34,12 @@ id_length_max = 128
 asset_length_max = 32
 legs_max = 1024  # one command may touch many accounts, but its event must stay a sane size.
 timeout_s_max = 30 * 24 * 3600  # a two-phase hold longer than 30 days is a business error.
+flow_name_length_max = 64
+# A flow definition and a run's params or outcome are data for the access layer, not documents:
+# these bound what one log entry and the replicated state can be made to carry.
+flow_definition_bytes_max = 64 * 1024
+flow_params_bytes_max = 16 * 1024
+flow_outcome_bytes_max = 64 * 1024
 
 AccountId = Annotated[str, msgspec.Meta(min_length=1, max_length=id_length_max, pattern=r"^[A-Za-z0-9._:-]+$")]
 Asset = Annotated[str, msgspec.Meta(min_length=1, max_length=asset_length_max, pattern=r"^[A-Za-z0-9._:-]+$")]
@@ -154,6 +160,47 @@ class Decide(_Command, tag="decide"):
     reason_account_id: str | None = None
 
 
+class SetVelocityLimits(_Command, tag="set_velocity_limits"):
+    """Replace an account's velocity caps (see ``velocity.py``); every cap ``None`` removes them."""
+
+    account_id: str
+    amount_per_hour: Amount | None = None
+    amount_per_day: Amount | None = None
+    debits_per_hour: int | None = None
+    debits_per_day: int | None = None
+
+
+class PutFlow(_Command, tag="put_flow"):
+    """Register the next version of a flow of the access layer.
+
+    The core keeps ``definition`` as opaque bytes (the access layer's canonical JSON) and never
+    reads it: replicas, snapshots and the event history agree on every flow without the core
+    knowing what a flow is.
+    """
+
+    name: str
+    definition: bytes
+
+
+class StartFlowRun(_Command, tag="start_flow_run"):
+    """Record that a run of a flow begins; the run's id is this command's ``dedup_id``.
+
+    ``version`` ``None`` takes the flow's latest version at this point of the log, so a retry of
+    the same request runs the version the first attempt ran. ``params`` are opaque bytes.
+    """
+
+    flow: str
+    version: int | None = None
+    params: bytes = b""
+
+
+class FinishFlowRun(_Command, tag="finish_flow_run"):
+    """Record how a flow run ended (opaque bytes); the first outcome recorded stays."""
+
+    run_id: str
+    outcome: bytes
+
+
 Command = (
     CreateAccount
     | UpdateLimits
@@ -169,6 +216,10 @@ Command = (
     | TccCancel
     | Compensate
     | Decide
+    | SetVelocityLimits
+    | PutFlow
+    | StartFlowRun
+    | FinishFlowRun
 )
 
 command_types: tuple[type[_Command], ...] = Command.__args__  # type: ignore[attr-defined]

@@ -36,6 +36,17 @@ class ErrorCode(StrEnum):
     # its coordinator (a crash, or shards that did not answer) longer than the bound.
     TXN_ABORTED = "TXN_ABORTED"
     DEDUP_ID_REUSED = "DEDUP_ID_REUSED"
+    # A debit would pass one of the account's velocity caps (money or debits per hour or day).
+    VELOCITY_LIMIT_EXCEEDED = "VELOCITY_LIMIT_EXCEEDED"
+    # The access layer: no flow (or version) by that name; no run by that id.
+    FLOW_NOT_FOUND = "FLOW_NOT_FOUND"
+    FLOW_RUN_NOT_FOUND = "FLOW_RUN_NOT_FOUND"
+    # A flow definition that fails validation (422, never reaches the log).
+    FLOW_INVALID = "FLOW_INVALID"
+    # A run's params fail one of the flow's own checks (422, never reaches the log).
+    FLOW_CHECK_FAILED = "FLOW_CHECK_FAILED"
+    # No webhook subscription by that id on this node (404).
+    WEBHOOK_NOT_FOUND = "WEBHOOK_NOT_FOUND"
     INVALID_AMOUNT = "INVALID_AMOUNT"
     # A balance would leave the range every amount lives in (|x| < 2^127 minor units), with no
     # limit of the account's own in the way: not a limit the user set, so not *_LIMIT_EXCEEDED.

@@ -64,6 +64,10 @@ class EventType(StrEnum):
     COMPENSATED = "compensated"
     NULL_COMPENSATED = "null_compensated"
     TXN_DECIDED = "txn_decided"
+    VELOCITY_LIMITS_SET = "velocity_limits_set"
+    FLOW_REGISTERED = "flow_registered"
+    FLOW_RUN_STARTED = "flow_run_started"
+    FLOW_RUN_FINISHED = "flow_run_finished"
 
 
 class Actor(msgspec.Struct, frozen=True, array_like=True, gc=False):

@@ -11,7 +11,9 @@ Formats (the first element of the array says which):
 - 1: ``[1, log_index, time_ms, seq, head, accounts, asset_scales, dedup, txns, compensations]``,
   written before protocol versions existed; it restores as protocol 1.
 - 2: ``[2, protocol_version, log_index, time_ms, seq, head, accounts, asset_scales, dedup, txns,
-  compensations, decisions]``, integers beyond 64 bits as in :mod:`coffer.core.encoding`.
+  compensations, decisions, [velocity, velocity_holds], [flows, flow_runs]]``, integers beyond
+  64 bits as in :mod:`coffer.core.encoding`. (The last two were added before protocol 2 was
+  released; a snapshot without them restores them empty.)
 A snapshot of a newer format is refused with a message that says so.
 """
 
@@ -20,12 +22,23 @@ from hashlib import sha256
 
 import msgspec
 
-from coffer.core.accounts import Account, Decision, DedupRecord, Result, Txn
+from coffer.core.accounts import Account, Decision, DedupRecord, FlowRun, FlowVersion, Result, Txn
 from coffer.core.commands import CommandFormat1, from_format_1
 from coffer.core.encoding import Decoder, encode
 from coffer.core.state_machine import StateMachine, protocol_version_max
+from coffer.core.velocity import Velocity, VelocityHold
 
 snapshot_format_version = 2
+
+
+class VelocityState(msgspec.Struct, array_like=True, gc=False):
+    accounts: dict[str, Velocity] = {}
+    holds: dict[str, tuple[VelocityHold, ...]] = {}
+
+
+class FlowState(msgspec.Struct, array_like=True, gc=False):
+    flows: dict[str, list[FlowVersion]] = {}
+    runs: dict[str, FlowRun] = {}
 
 
 class SnapshotState(msgspec.Struct, array_like=True, gc=False):
@@ -41,6 +54,8 @@ class SnapshotState(msgspec.Struct, array_like=True, gc=False):
     txns: dict[str, Txn]
     compensations: dict[str, str]
     decisions: dict[str, Decision] = {}
+    velocity: VelocityState = msgspec.field(default_factory=VelocityState)
+    flows: FlowState = msgspec.field(default_factory=FlowState)
 
 
 class _DedupRecordFormat1(msgspec.Struct, frozen=True, array_like=True, gc=False):
@@ -84,6 +99,8 @@ def take_snapshot(machine: StateMachine) -> bytes:
         machine.txns,
         machine.compensations,
         machine.decisions,
+        VelocityState(machine.velocity, machine.velocity_holds),
+        FlowState(machine.flows, machine.flow_runs),
     )
     return encode(state)
 
@@ -127,6 +144,12 @@ def restore_snapshot(data: bytes) -> StateMachine:
     machine.txns = state.txns
     machine.compensations = state.compensations
     machine.decisions = state.decisions
+    machine.velocity = state.velocity.accounts
+    machine.velocity_holds = state.velocity.holds
+    machine.flows = state.flows.flows
+    machine.flow_runs = state.flows.runs
+    unfinished = sorted((run.seq, run.run_id) for run in state.flows.runs.values() if run.outcome is None)
+    machine.open_flow_runs = dict.fromkeys(run_id for _, run_id in unfinished)
     # The expiry heap is derived: the live tries with a deadline, in (deadline, txn_id) order.
     machine.expiries = sorted(
         (txn.deadline_ms, txn.txn_id) for txn in state.txns.values() if txn.state == "TRIED" and txn.deadline_ms is not None

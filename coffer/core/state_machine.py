@@ -16,7 +16,13 @@ order (the first failing check decides the code):
 3. per account, in the order the command names them: exists, state (``ACCOUNT_DELETED``,
    ``ACCOUNT_LOCKED``), asset;
 4. conditions (``PRECONDITION_FAILED``), reservation and transaction lookups;
-5. limits, per account in the order the command names them: lower first, then upper.
+5. limits, per account in the order the command names them: lower first, then upper;
+6. velocity caps (``velocity.py``) of the accounts a transfer, batch operation or TCC try debits,
+   in the order the command names them (``VELOCITY_LIMIT_EXCEEDED``); only then are they counted.
+
+Flows of the access layer (``PutFlow``, ``StartFlowRun``, ``FinishFlowRun``) are kept here as
+opaque bytes, so that every replica, snapshot and the event history agree on them; the core checks
+their names, sizes and versions, and never reads a definition.
 
 Before the commands of an entry run, every TCC try whose deadline is at or before the entry's
 time is cancelled (event ``tcc_expired``), in (deadline, txn_id) order. An entry may hold no
@@ -59,6 +65,8 @@ from coffer.core.accounts import (
     Compensation,
     Decision,
     DedupRecord,
+    FlowRun,
+    FlowVersion,
     Result,
     Txn,
     TxnLeg,
@@ -73,11 +81,15 @@ from coffer.core.commands import (
     CreateAccount,
     Decide,
     DeleteAccount,
+    FinishFlowRun,
     Leg,
     LockAccount,
     Precondition,
+    PutFlow,
     Release,
     Reserve,
+    SetVelocityLimits,
+    StartFlowRun,
     TccCancel,
     TccConfirm,
     TccTry,
@@ -85,6 +97,10 @@ from coffer.core.commands import (
     UnlockAccount,
     UpdateLimits,
     asset_length_max,
+    flow_definition_bytes_max,
+    flow_name_length_max,
+    flow_outcome_bytes_max,
+    flow_params_bytes_max,
     id_length_max,
     legs_max,
     metadata_key_length_max,
@@ -97,6 +113,7 @@ from coffer.core.encoding import encode as _encode
 from coffer.core.encoding import encode_plain as _encode_plain
 from coffer.core.errors import ErrorCode
 from coffer.core.events import Actor, EventRecord, EventType, genesis_hash
+from coffer.core.velocity import Velocity, VelocityHold, VelocityLimits, debits_max, exceeded, give_back, record
 
 _id_pattern = re.compile(r"[A-Za-z0-9._:-]+")
 
@@ -130,6 +147,7 @@ _text_checks: dict[type, Callable[[Any], bool]] = {
     Reserve: lambda c: c.amount.__class__ is str,
     Release: lambda c: _is_text(c.amount),
     UpdateLimits: lambda c: _is_text(c.lower_limit) or _is_text(c.upper_limit),
+    SetVelocityLimits: lambda c: _is_text(c.amount_per_hour) or _is_text(c.amount_per_day),
 }
 
 # Transfers check inside their handler, the hot path, without the extra call.
@@ -200,9 +218,14 @@ class StateMachine:
         # original dedup_id -> dedup_id of the compensation that undid it (or pre-empted it)
         self.compensations: dict[str, str] = {}
         self.decisions: dict[str, Decision] = {}  # txn_id -> the decision of a cross-shard transaction
+        self.velocity: dict[str, Velocity] = {}  # account_id -> caps and usage (accounts with caps only)
+        self.velocity_holds: dict[str, tuple[VelocityHold, ...]] = {}  # txn_id -> debits its try counted
+        self.flows: dict[str, list[FlowVersion]] = {}  # flow name -> its versions, 1, 2, ...
+        self.flow_runs: dict[str, FlowRun] = {}  # run id (its StartFlowRun's dedup_id) -> the run
         # Derived (not part of the replicated state, rebuilt on restore): the tries still open, in
         # the order they were tried, so the transaction layer finds transactions in doubt cheaply.
         self.open_txns: dict[str, None] = {}
+        self.open_flow_runs: dict[str, None] = {}  # runs started and not finished, oldest first
         self.expiries: list[tuple[int, str]] = []  # heap of (deadline_ms, txn_id) of TCC tries
         self.log_index = 0
         self.time_ms = 0
@@ -228,6 +251,10 @@ class StateMachine:
             TccCancel: self._tcc_cancel,
             Compensate: self._compensate,
             Decide: self._decide,
+            SetVelocityLimits: self._set_velocity_limits,
+            PutFlow: self._put_flow,
+            StartFlowRun: self._start_flow_run,
+            FinishFlowRun: self._finish_flow_run,
         }
 
     # ------------------------------------------------------------------ entry point
@@ -323,6 +350,7 @@ class StateMachine:
             legs = tuple(
                 replace(leg, amount=amount(leg.amount, self._scale_of_asset(leg.asset), leg.account_id)) for leg in command.legs
             )
+            # A try's preconditions are a batch operation's (a cross-shard batch carries them on its tries).
             conditions = []
             for condition in command.preconditions:
                 scale = self._scale_of_account(condition.account_id)
@@ -337,6 +365,13 @@ class StateMachine:
             resolved = replace(command, legs=legs, preconditions=tuple(conditions))
         elif isinstance(command, Reserve | Release):
             resolved = replace(command, amount=amount(command.amount, self._scale_of_account(command.account_id), command.account_id))
+        elif isinstance(command, SetVelocityLimits):
+            scale = self._scale_of_account(command.account_id)
+            resolved = replace(
+                command,
+                amount_per_hour=amount(command.amount_per_hour, scale, command.account_id),
+                amount_per_day=amount(command.amount_per_day, scale, command.account_id),
+            )
         else:
             assert isinstance(command, UpdateLimits), type(command)
             scale = self._scale_of_account(command.account_id)
@@ -390,6 +425,11 @@ class StateMachine:
             return replace(command, legs=legs, preconditions=conditions)
         if isinstance(command, Reserve | Release):
             return replace(command, amount=amount(command.amount, self._scale_of_account(command.account_id)))
+        if isinstance(command, SetVelocityLimits):
+            scale = self._scale_of_account(command.account_id)
+            return replace(
+                command, amount_per_hour=amount(command.amount_per_hour, scale), amount_per_day=amount(command.amount_per_day, scale)
+            )
         assert isinstance(command, UpdateLimits), type(command)
         scale = self._scale_of_account(command.account_id)
         return replace(command, lower_limit=amount(command.lower_limit, scale), upper_limit=amount(command.upper_limit, scale))
@@ -605,6 +645,13 @@ class StateMachine:
             failed = self._beyond_upper(target, target_available + target.held())
             assert failed is not None
             return failed
+        if self.velocity:
+            tracked = self.velocity.get(source_id)
+            if tracked is not None:
+                cap = exceeded(tracked, amount, self.time_ms)
+                if cap is not None:
+                    return _reject(ErrorCode.VELOCITY_LIMIT_EXCEEDED, f"account {source_id} would exceed {cap}", source_id)
+                record(tracked, amount, self.time_ms)
         source.available = source_available
         source.version += 1
         target.available = target_available
@@ -678,8 +725,27 @@ class StateMachine:
         failed = self._check_limits(net)
         if failed is not None:
             return failed
+        if self.velocity:
+            failed = self._count_debits({account_id: -delta for account_id, delta in net.items() if delta < 0})
+            if failed is not None:
+                return failed
         changed = self._commit_net(net)
         return Result(OK, self._emit(command.dedup_id, EventType.BALANCES_CHANGED, command, changed))
+
+    def _count_debits(self, debits: dict[str, int]) -> Result | None:
+        """Step 6: the velocity caps of every debited account (in the command's order), then count.
+
+        Counts only when every account passes, so it must be the command's last check.
+        """
+        velocity = self.velocity
+        tracked = [(account_id, velocity[account_id], amount) for account_id, amount in debits.items() if account_id in velocity]
+        for account_id, state, amount in tracked:
+            cap = exceeded(state, amount, self.time_ms)
+            if cap is not None:
+                return _reject(ErrorCode.VELOCITY_LIMIT_EXCEEDED, f"account {account_id} would exceed {cap}", account_id)
+        for _, state, amount in tracked:
+            record(state, amount, self.time_ms)
+        return None
 
     def _check_condition_shapes(self, preconditions: tuple[Precondition, ...]) -> Result | None:
         """Step 2 for preconditions: their number and the range of their values."""
@@ -819,6 +885,16 @@ class StateMachine:
             failed = self._beyond_upper(account, account.available + account.held() + amount_in)
             if failed is not None:
                 return failed
+        if self.velocity:
+            debits = {account_id: amount_out for account_id, (amount_out, _) in holds.items() if amount_out}
+            failed = self._count_debits(debits)
+            if failed is not None:
+                return failed
+            counted = tuple(
+                VelocityHold(account_id, amount, self.time_ms) for account_id, amount in debits.items() if account_id in self.velocity
+            )
+            if counted:
+                self.velocity_holds[txn_id] = counted
         changed = []
         legs = []
         for account_id, (amount_out, amount_in) in holds.items():
@@ -858,6 +934,7 @@ class StateMachine:
                 changed.append(account)
             txn.state = _CONFIRMED
             del self.open_txns[txn.txn_id]
+            self.velocity_holds.pop(txn.txn_id, None)
         return Result(OK, self._emit(command.dedup_id, EventType.TCC_CONFIRMED, command, changed))
 
     def _tcc_cancel(self, command: TccCancel) -> Result:
@@ -882,6 +959,12 @@ class StateMachine:
             changed.append(account)
         txn.state = _CANCELLED
         del self.open_txns[txn.txn_id]
+        held = self.velocity_holds.pop(txn.txn_id, None)
+        if held is not None:
+            for hold in held:  # the debit did not happen: give it back to its windows
+                tracked = self.velocity.get(hold.account_id)
+                if tracked is not None:
+                    give_back(tracked, hold.amount, hold.time_ms)
         return changed
 
     def next_deadline_ms(self) -> int | None:
@@ -1007,3 +1090,81 @@ class StateMachine:
             return failed
         account.version += 1
         return [account]
+
+    # ------------------------------------------------------------------ velocity limits
+
+    def _set_velocity_limits(self, command: SetVelocityLimits) -> Result:
+        account_id = command.account_id
+        for cap in (command.amount_per_hour, command.amount_per_day):
+            if cap is not None and cap <= 0:
+                return _reject(ErrorCode.INVALID_AMOUNT, "a velocity amount cap must be positive", account_id)
+        if _out_of_range(self.amount_max, command.amount_per_hour, command.amount_per_day):
+            return _too_large(self.amount_max, account_id)
+        for count in (command.debits_per_hour, command.debits_per_day):
+            if count is not None and not 0 < count <= debits_max:
+                return _reject(ErrorCode.INVALID_REQUEST, f"a debit count cap must be 1..{debits_max}", account_id)
+        account = self._existing(account_id)
+        if isinstance(account, Result):
+            return account
+        if account.state == _DELETED:
+            return _state_error(account)
+        limits = VelocityLimits(command.amount_per_hour, command.amount_per_day, command.debits_per_hour, command.debits_per_day)
+        if not limits.any():
+            if self.velocity.pop(account_id, None) is not None:
+                # Its usage is gone: a later cancel of a hold counted then has nothing to give back.
+                for txn_id, held in list(self.velocity_holds.items()):
+                    kept = tuple(hold for hold in held if hold.account_id != account_id)
+                    if len(kept) != len(held):
+                        if kept:
+                            self.velocity_holds[txn_id] = kept
+                        else:
+                            del self.velocity_holds[txn_id]
+        elif account_id in self.velocity:
+            self.velocity[account_id].limits = limits  # usage in the current windows stays
+        else:
+            self.velocity[account_id] = Velocity(limits)
+        account.version += 1
+        return Result(OK, self._emit(command.dedup_id, EventType.VELOCITY_LIMITS_SET, command, (account,)))
+
+    # ------------------------------------------------------------------ flows (opaque to the core)
+
+    def _put_flow(self, command: PutFlow) -> Result:
+        if not _valid_id(command.name, flow_name_length_max):
+            return _reject(ErrorCode.INVALID_REQUEST, f"a flow name is 1 to {flow_name_length_max} characters of A-Za-z0-9._:-")
+        if not 0 < len(command.definition) <= flow_definition_bytes_max:
+            return _reject(ErrorCode.INVALID_REQUEST, f"a flow definition is 1 to {flow_definition_bytes_max} bytes")
+        versions = self.flows.setdefault(command.name, [])
+        seq = self._emit(command.dedup_id, EventType.FLOW_REGISTERED, command, ())
+        versions.append(FlowVersion(len(versions) + 1, command.definition, seq, self.time_ms))
+        return Result(OK, seq)
+
+    def _start_flow_run(self, command: StartFlowRun) -> Result:
+        run_id = command.dedup_id
+        if not _valid_id(run_id):
+            return _reject(ErrorCode.INVALID_REQUEST, "a flow run's dedup_id is 1 to 128 characters of A-Za-z0-9._:-")
+        if len(command.params) > flow_params_bytes_max:
+            return _reject(ErrorCode.INVALID_REQUEST, f"a flow run's params are at most {flow_params_bytes_max} bytes")
+        versions = self.flows.get(command.flow)
+        if not versions:
+            return _reject(ErrorCode.FLOW_NOT_FOUND, f"no flow {command.flow!r}")
+        version = len(versions) if command.version is None else command.version
+        if not 1 <= version <= len(versions):
+            return _reject(ErrorCode.FLOW_NOT_FOUND, f"flow {command.flow!r} has no version {version}")
+        seq = self._emit(run_id, EventType.FLOW_RUN_STARTED, command, ())
+        self.flow_runs[run_id] = FlowRun(run_id, command.flow, version, command.params, seq, self.time_ms)
+        self.open_flow_runs[run_id] = None
+        return Result(OK, seq)
+
+    def _finish_flow_run(self, command: FinishFlowRun) -> Result:
+        if len(command.outcome) > flow_outcome_bytes_max:
+            return _reject(ErrorCode.INVALID_REQUEST, f"a flow run's outcome is at most {flow_outcome_bytes_max} bytes")
+        run = self.flow_runs.get(command.run_id)
+        if run is None:
+            return _reject(ErrorCode.FLOW_RUN_NOT_FOUND, f"no flow run {command.run_id!r}")
+        if run.outcome is not None:
+            return Result(OK, run.finished_seq)  # the first outcome recorded stays
+        seq = self._emit(command.dedup_id, EventType.FLOW_RUN_FINISHED, command, ())
+        run.outcome = command.outcome
+        run.finished_seq = seq
+        del self.open_flow_runs[run.run_id]
+        return Result(OK, seq)

@@ -10,8 +10,11 @@ result; a test fails when docs/api.md is not exactly that.
 
 from typing import Any
 
+from coffer.core import commands
 from coffer.core.amounts import amount_max, scale_max
 from coffer.core.errors import ErrorCode
+from coffer.flows import definition, expressions
+from coffer.notify import notifier
 from coffer.query import reads
 from coffer.server import app, openapi
 
@@ -39,6 +42,15 @@ error_meanings: dict[ErrorCode, tuple[int, str]] = {
     ErrorCode.ORIGINAL_NOT_COMPENSABLE: (409, "the original command is of a type that cannot be compensated"),
     ErrorCode.ALREADY_COMPENSATED: (409, "an original arriving after its compensation, or a second compensation"),
     ErrorCode.DEDUP_ID_REUSED: (409, "the dedup_id was used with another payload"),
+    ErrorCode.VELOCITY_LIMIT_EXCEEDED: (
+        409,
+        "a debit would pass one of the account's velocity caps (money or debits per UTC hour or day, by log time)",
+    ),
+    ErrorCode.FLOW_NOT_FOUND: (404, "no flow (or no such version of it) by that name; 409 when the log finds it missing"),
+    ErrorCode.FLOW_RUN_NOT_FOUND: (404, "no flow run by that id"),
+    ErrorCode.FLOW_INVALID: (422, "a flow definition that does not validate; the message says where and why"),
+    ErrorCode.FLOW_CHECK_FAILED: (422, "a run's params fail one of the flow's own checks; nothing was recorded"),
+    ErrorCode.WEBHOOK_NOT_FOUND: (404, "no webhook subscription by that id on this node"),
     ErrorCode.TXN_ABORTED: (409, "a cross-shard transaction was aborted by recovery: a participant stayed in doubt too long"),
     ErrorCode.TXN_ALREADY_DECIDED: (409, "a cross-shard transaction's commit point already holds the other decision"),
     ErrorCode.INVALID_AMOUNT: (422, "an amount outside the grammar, the scale or the bounds below"),
@@ -149,6 +161,46 @@ refused. `/healthz`, `/readyz` and `/openapi.json` need no key.
 | accounts in one `GET /v1/accounts?ids=` | {reads.query_limit_max} |
 | items per page (`limit`) | {reads.query_limit_max} |
 | ids (accounts, reservations, transactions, hierarchy nodes) | 1 to 128 characters of `A-Za-z0-9._:-` |
+| a flow definition | {commands.flow_definition_bytes_max // 1024} KiB canonical; {definition.steps_max} steps, {definition.params_max} params, {definition.computed_max} computed values, {definition.checks_max} checks, {definition.flow_legs_max} legs a command, expressions of {expressions.expression_length_max} characters |
+| a run's params | {commands.flow_params_bytes_max // 1024} KiB |
+
+## Flows
+
+A flow is a named, versioned definition (data, not code: typed params, computed values in an exact
+expression language with named rounding, checks, and the commands it produces, atomic or as a
+saga); `docs/flows.md` describes the format and the shipped library. `PUT /v1/flows/{{name}}`
+registers the next version through the log, so every replica holds the same registry; a run
+(`POST /v1/flows/{{name}}/runs`) is exactly-once by its `dedup_id` (the run's id): its start and
+its outcome are recorded in the ledger, and every command it sends has a `dedup_id` derived from
+the run's (`fl:<run_id>:<step>`, or `fh:<hash>:<step>` for a long id), so a retry or a resumed
+run replays instead of applying again. dedup_ids starting with `fl:` or `fh:` belong to flows.
+
+## Velocity limits
+
+`POST /v1/accounts/{{account_id}}/velocity-limits` sets (replaces) an account's caps on the money
+and the number of debits leaving it per UTC hour and per UTC day, by log time. A debit is a
+transfer out, the net decrease a batch operation makes on the account, or a TCC hold out (given
+back if the try is cancelled or expires within the same window); reservations, confirms, cancels
+and compensations are not debits. A debit past a cap is `409 VELOCITY_LIMIT_EXCEEDED`, checked with
+the movement after the balance limits; usage counts from when caps were set, and `GET
+/v1/accounts/{{account_id}}` shows the caps and the current usage under `velocity`.
+
+## Webhooks
+
+`POST /v1/webhooks` subscribes a URL to the events of this node's history: those touching given
+accounts, of given types, or crossing a balance threshold of one account (`below`: available
+goes from at least the amount to less; `above`: the other way). Each wanted event is posted as
+`{{"subscription_id", "delivery_id", "shard", "event"}}` (the event as `GET /v1/events` shows it),
+in seq order per shard, at least once: a failed or timed-out post is retried with exponential backoff
+({notifier.backoff_s} s doubling up to {notifier.backoff_s_max:.0f} s) before the next event, and the subscription's
+cursor moves on disk only after a 2xx, so a restart delivers again rather than skips. Bodies are
+signed: `X-Coffer-Signature: t=<unix ms>,v1=<hex HMAC-SHA256(secret, "<t>." + body)>`, with
+the secret answered once at creation; `X-Coffer-Delivery` (`<subscription>:<shard>:<seq>`) is the
+same on every attempt. Delivery follows the event store, never the write path. Every attempt is in `GET
+/v1/webhooks/{{id}}/deliveries`; `POST /v1/webhooks/{{id}}/replay` delivers again from a seq.
+Subscriptions belong to the node they were made on; a sharded node's router follows every shard,
+with a cursor per shard (`cursors`; a replay names its `shard`). `COFFER_WEBHOOK_HOSTS` (comma-separated
+host names; `*`, the default, for any) limits where a node may post.
 """
 
 

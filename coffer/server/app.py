@@ -29,6 +29,8 @@ from coffer.core.commands import Command
 from coffer.core.errors import ErrorCode
 from coffer.core.events import Actor
 from coffer.core.state_machine import protocol_version_max
+from coffer.flows.http import FlowRoutes, FlowRunFastPath
+from coffer.notify.http import NodeHost, WebhookRoutes
 from coffer.query import hierarchy, hierarchy_service, reads
 from coffer.replica import Replica
 from coffer.server import inputs, transactions
@@ -40,7 +42,7 @@ from coffer.server.node_reads import NodeHierarchy, NodeReads
 from coffer.server.openapi import openapi_document, query_parameters
 from coffer.server.operator_api import HttpMetrics, NodeTools
 from coffer.server.pipeline import FollowerPipeline, LogUnavailable, Outcome, Pipeline
-from coffer.server.views import account_view, error_body, rejection_body
+from coffer.server.views import account_view, error_body, rejection_body, velocity_view
 
 logger = logging.getLogger(__name__)
 
@@ -153,6 +155,8 @@ class Api:
         self.reads = NodeReads(
             replica.store, lambda: replica.machine.seq, lambda seq: self._pipeline().wait_for_seq(seq), self._store_reached
         )
+        self.flows = FlowRoutes(self)
+        self.webhooks = WebhookRoutes(NodeHost(self), self.route)
         self.hierarchy = NodeHierarchy(
             replica.data_dir, replica.store, lambda ids: {account_id for account_id in ids if account_id in machine.accounts}
         )
@@ -384,10 +388,14 @@ class Api:
             return json_response(await reads.account_as_of(self.reads, request.path_params["account_id"], request.query_params))
         await self._at_least(request)
         account_id = inputs.refuse_reserved_id(request.path_params["account_id"])
-        account = self.replica.machine.accounts.get(account_id)
+        machine = self.replica.machine
+        account = machine.accounts.get(account_id)
         if account is None:
             raise HttpError(404, ErrorCode.ACCOUNT_NOT_FOUND, f"account {account_id} not found", account_id)
-        return json_response(account_view(account, self.replica.machine.seq))
+        view = account_view(account, machine.seq)
+        if account_id in machine.velocity:
+            view["velocity"] = velocity_view(machine.velocity[account_id], account.scale, machine.time_ms)
+        return json_response(view)
 
     async def get_accounts(self, request: Request, role: Role) -> Response:
         if request.query_params.get("at_time"):
@@ -541,6 +549,7 @@ class Api:
             self.route("/v1/accounts/{account_id}/lock", "POST", admin, command("lock_account", path_account=True)),
             self.route("/v1/accounts/{account_id}/unlock", "POST", admin, command("unlock_account", path_account=True)),
             self.route("/v1/accounts/{account_id}/delete", "POST", admin, command("delete_account", path_account=True)),
+            self.route("/v1/accounts/{account_id}/velocity-limits", "POST", admin, command("set_velocity_limits", path_account=True)),
             self.route("/v1/transfers", "POST", operator, command("transfer")),
             self.route("/v1/batch-operations", "POST", operator, command("batch_operation")),
             self.route("/v1/reservations", "POST", operator, command("reserve")),
@@ -561,6 +570,8 @@ class Api:
             self.route("/admin/log-level", "PUT", admin, self.log_level),
             self.route("/metrics", "GET", reader, self.metrics_endpoint),
             *self.tools.routes(),
+            *self.flows.routes(),
+            *self.webhooks.routes(),
         ]
 
 
@@ -630,7 +641,7 @@ class FastCommandRoutes:
 
 def create_app(
     replica: Replica, keys: ApiKeys, node_name: str | None = None, compaction_interval: float = compaction_interval_s
-) -> FastCommandRoutes:
+) -> FlowRunFastPath:
     """The ASGI app; it recovers the replica and starts the pipeline when the server starts.
 
     With ``node_name`` the node is one of several on a shared log (a cluster): it applies the
@@ -648,11 +659,14 @@ def create_app(
             api.pipeline = FollowerPipeline(replica, node_name, on_entry=api.on_entry)
             background.append(asyncio.get_running_loop().create_task(_watch_checkpoints(api, node_name, compaction_interval)))
         api.pipeline.start()
+        background.append(asyncio.get_running_loop().create_task(api.flows.runner.recover(), name="coffer-flow-recovery"))
+        await api.webhooks.start()
         api.ready = True
         try:
             yield
         finally:
             api.ready = False
+            await api.webhooks.close()
             for task in background:
                 task.cancel()
             await api.pipeline.close()
@@ -676,7 +690,7 @@ def create_app(
 
     app = Starlette(routes=[*public, *api.routes()], lifespan=lifespan, exception_handlers={HTTPException: http_error})
     app.state.api = api
-    return HttpMetrics(FastCommandRoutes(api, app), api.tools.metrics)  # type: ignore[return-value]
+    return HttpMetrics(FlowRunFastPath(api, FastCommandRoutes(api, app)), api.tools.metrics)  # type: ignore[return-value]
 
 
 def _unauthenticated(handler: Callable[[Request, Role], Awaitable[Response]]) -> Callable[[Request], Awaitable[Response]]:

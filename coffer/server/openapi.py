@@ -17,6 +17,8 @@ import msgspec
 from coffer import __version__
 from coffer.core.amounts import amount_digits_max, amount_max, scale_max
 from coffer.core.errors import ErrorCode
+from coffer.flows.openapi import flow_components, flow_paths
+from coffer.notify.openapi import webhook_components, webhook_paths
 from coffer.server import requests as bodies
 
 unsigned_amount_pattern = rf"^(0|[1-9][0-9]*)(\.[0-9]{{1,{scale_max}}})?$"
@@ -56,7 +58,13 @@ _nonzero_ref = {"$ref": "#/components/schemas/SignedNonZeroAmount"}
 _signed_ref = {"$ref": "#/components/schemas/SignedAmount"}
 _amount_schema = _signed_ref
 # (struct, field) pairs whose amount must be positive or non-zero; every other amount field is signed.
-_positive_fields = {("TransferBody", "amount"), ("ReserveBody", "amount"), ("ReleaseBody", "amount")}
+_positive_fields = {
+    ("TransferBody", "amount"),
+    ("ReserveBody", "amount"),
+    ("ReleaseBody", "amount"),
+    ("VelocityLimitsBody", "amount_per_hour"),
+    ("VelocityLimitsBody", "amount_per_day"),
+}
 _nonzero_fields = {("LegBody", "amount")}
 
 
@@ -78,6 +86,10 @@ _field_notes = {
     ("TccTryBody", "timeout_s"): "cancel the try by itself this many seconds of log time after it (event tcc_expired)",
     ("TccTryBody", "legs"): "negative legs move available to pending_out; positive legs book pending_in",
     ("CompensateBody", "original_dedup_id"): "the transfer, batch operation or reservation to undo; unseen: a null compensation",
+    ("VelocityLimitsBody", "amount_per_hour"): "most money that may leave the account in one UTC hour of log time; absent: no cap",
+    ("VelocityLimitsBody", "amount_per_day"): "most money that may leave the account in one UTC day of log time; absent: no cap",
+    ("VelocityLimitsBody", "debits_per_hour"): "most debits (commands taking money out) in one UTC hour; absent: no cap",
+    ("VelocityLimitsBody", "debits_per_day"): "most debits in one UTC day; absent: no cap",
 }
 
 
@@ -113,6 +125,11 @@ _account = {
         "version": {"type": "integer"},
         "seq": {"type": "integer", "description": "the last event seq this view reflects"},
         "metadata": {"type": "object", "additionalProperties": {"type": "string"}},
+        "velocity": {
+            "type": "object",
+            "description": "only with velocity caps, only on the latest view: the caps and what was used in the UTC hour and day"
+            " that hold the ledger's time",
+        },
         "time": {**_time_out, "description": "history only: the time of the event that made this version"},
     },
 }
@@ -575,6 +592,12 @@ def openapi_document() -> dict[str, Any]:
         "/v1/accounts/{account_id}/lock": command("AccountBody", "Lock an account", role="admin", path_account=True),
         "/v1/accounts/{account_id}/unlock": command("AccountBody", "Unlock an account", role="admin", path_account=True),
         "/v1/accounts/{account_id}/delete": command("AccountBody", "Delete an empty account", role="admin", path_account=True),
+        "/v1/accounts/{account_id}/velocity-limits": command(
+            "VelocityLimitsBody",
+            "Set (replace) an account's velocity caps: money and debits leaving it per UTC hour and day",
+            role="admin",
+            path_account=True,
+        ),
         "/v1/transfers": command("TransferBody", "Move money between two accounts"),
         "/v1/batch-operations": command("BatchOperationBody", "Signed legs on many accounts, all or nothing"),
         "/v1/reservations": command("ReserveBody", "Freeze money"),
@@ -764,6 +787,10 @@ def openapi_document() -> dict[str, Any]:
             }
         },
     }
+    paths.update(flow_paths())
+    components.update(flow_components())
+    paths.update(webhook_paths())
+    components.update(webhook_components())
     return {
         "openapi": "3.1.0",
         "info": {"title": "Coffer", "version": __version__, "description": "A strongly consistent wallet ledger."},

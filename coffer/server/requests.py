@@ -49,6 +49,8 @@ amount_fields = frozenset(
         "expected_balance",
         "min_balance",
         "max_balance",
+        "amount_per_hour",
+        "amount_per_day",
     }
 )
 
@@ -189,6 +191,29 @@ class DecideBody(_Body):
     reason_account_id: Id | None = None
 
 
+class VelocityLimitsBody(_Body):
+    """Replace an account's velocity caps (absent or null: no cap); the account comes from the path."""
+
+    account_id: Id
+    amount_per_hour: AmountText | None = None
+    amount_per_day: AmountText | None = None
+    debits_per_hour: Annotated[int, msgspec.Meta(ge=1, le=2**63 - 1)] | None = None
+    debits_per_day: Annotated[int, msgspec.Meta(ge=1, le=2**63 - 1)] | None = None
+
+
+class StartFlowRunBody(_Body):
+    """A flow run's start record (the flows' runner on a sharded node's router sends it to shard 0)."""
+
+    flow: Annotated[str, msgspec.Meta(min_length=1, max_length=core.flow_name_length_max)]
+    version: Annotated[int, msgspec.Meta(ge=1, le=2**31 - 1)]
+    params: Annotated[str, msgspec.Meta(max_length=core.flow_params_bytes_max)]  # JSON text
+
+
+class FinishFlowRunBody(_Body):
+    run_id: Id
+    outcome: Annotated[str, msgspec.Meta(max_length=core.flow_outcome_bytes_max)]  # JSON text
+
+
 # The command types of POST /v1/commands, each with the body of its own endpoint.
 body_types: dict[str, type[_Body]] = {
     "create_account": CreateAccountBody,
@@ -205,8 +230,15 @@ body_types: dict[str, type[_Body]] = {
     "tcc_cancel": TxnBody,
     "compensate": CompensateBody,
     "decide": DecideBody,
+    "set_velocity_limits": VelocityLimitsBody,
+    "start_flow_run": StartFlowRunBody,
+    "finish_flow_run": FinishFlowRunBody,
 }
-admin_command_types = frozenset({"create_account", "update_limits", "lock_account", "unlock_account", "delete_account", "decide"})
+# The layers above a shard (transactions, flows) record their own steps with these.
+internal_command_types = frozenset({"decide", "start_flow_run", "finish_flow_run"})
+admin_command_types = frozenset(
+    {"create_account", "update_limits", "lock_account", "unlock_account", "delete_account", "set_velocity_limits"}
+) | internal_command_types
 
 _decoders = {body_type: msgspec.json.Decoder(body_type) for body_type in set(body_types.values())}
 
@@ -393,6 +425,20 @@ def to_command(kind: str, body: _Body, scales: Scales) -> core.Command:
             reason_message=body.reason_message,
             reason_account_id=body.reason_account_id,
         )
+    if isinstance(body, VelocityLimitsBody):
+        scale = scales.account(body.account_id)
+        return core.SetVelocityLimits(
+            dedup_id=body.dedup_id,
+            account_id=body.account_id,
+            amount_per_hour=_amount(body.amount_per_hour, scale, positive=True),
+            amount_per_day=_amount(body.amount_per_day, scale, positive=True),
+            debits_per_hour=body.debits_per_hour,
+            debits_per_day=body.debits_per_day,
+        )
+    if isinstance(body, StartFlowRunBody):
+        return core.StartFlowRun(dedup_id=body.dedup_id, flow=body.flow, version=body.version, params=body.params.encode())
+    if isinstance(body, FinishFlowRunBody):
+        return core.FinishFlowRun(dedup_id=body.dedup_id, run_id=body.run_id, outcome=body.outcome.encode())
     if isinstance(body, TxnBody):
         txn_command = core.TccConfirm if kind == "tcc_confirm" else core.TccCancel
         return txn_command(dedup_id=body.dedup_id, txn_id=body.txn_id)

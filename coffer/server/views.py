@@ -6,6 +6,7 @@ from typing import Any
 from coffer.core.accounts import Account, Result
 from coffer.core.amounts import format_amount
 from coffer.core.events import Event, EventRecord
+from coffer.core.velocity import Velocity, usage
 
 # The shard this process serves, when it is one shard of a sharded node: account views say it.
 shard_label: int | None = None
@@ -31,6 +32,26 @@ def account_view(account: Account, seq: int) -> dict[str, Any]:
     if shard_label is not None:
         view["shard"] = shard_label
     return view
+
+
+def velocity_view(velocity: Velocity, scale: int, time_ms: int) -> dict[str, Any]:
+    """An account's velocity caps and its usage in the windows that hold the ledger's time."""
+    limits = velocity.limits
+    hour_amount, hour_debits, day_amount, day_debits = usage(velocity, time_ms)
+    return {
+        "amount_per_hour": None if limits.amount_per_hour is None else format_amount(limits.amount_per_hour, scale),
+        "amount_per_day": None if limits.amount_per_day is None else format_amount(limits.amount_per_day, scale),
+        "debits_per_hour": limits.debits_per_hour,
+        "debits_per_day": limits.debits_per_day,
+        "used": {
+            "hour_start": time_text(time_ms - time_ms % 3_600_000),
+            "hour_amount": format_amount(hour_amount, scale),
+            "hour_debits": hour_debits,
+            "day_start": time_text(time_ms - time_ms % 86_400_000),
+            "day_amount": format_amount(day_amount, scale),
+            "day_debits": day_debits,
+        },
+    }
 
 
 def time_text(time_ms: int) -> str:

@@ -41,6 +41,7 @@ from coffer.core.commands import (
     LockAccount,
     Release,
     Reserve,
+    SetVelocityLimits,
     TccCancel,
     TccConfirm,
     TccTry,
@@ -69,6 +70,7 @@ _event_type_of: dict[type, str] = {
     TccTry: EventType.TCC_TRIED,
     TccConfirm: EventType.TCC_CONFIRMED,
     TccCancel: EventType.TCC_CANCELLED,
+    SetVelocityLimits: EventType.VELOCITY_LIMITS_SET,
 }
 
 
@@ -391,7 +393,7 @@ class Auditor:
         """account_id -> its money after the event (None: money unchanged, other fields change)."""
         if isinstance(command, CreateAccount):
             return {command.account_id: _Money(0, {}, {}, {})}
-        if isinstance(command, UpdateLimits | LockAccount | UnlockAccount | DeleteAccount):
+        if isinstance(command, UpdateLimits | LockAccount | UnlockAccount | DeleteAccount | SetVelocityLimits):
             return {command.account_id: None}
         if isinstance(command, Transfer):
             return self._net_changes(where, {command.from_account_id: -command.amount, command.to_account_id: command.amount})

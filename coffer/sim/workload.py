@@ -28,6 +28,7 @@ from coffer.core.commands import (
     Precondition,
     Release,
     Reserve,
+    SetVelocityLimits,
     TccCancel,
     TccConfirm,
     TccTry,
@@ -69,6 +70,7 @@ command_weights: dict[str, int] = {
     "compensate": 6,
     "late_original": 2,
     "reused_dedup_id": 2,
+    "set_velocity_limits": 2,
 }
 # While accounts are still missing, most commands create them or fund them.
 bootstrap_weights: dict[str, int] = {"create_account": 10, "batch_operation": 3, "transfer": 1}
@@ -121,6 +123,7 @@ class Workload:
             "compensate": self._compensate,
             "late_original": self._late_original,
             "reused_dedup_id": self._reused_dedup_id,
+            "set_velocity_limits": self._set_velocity_limits,
         }
 
     def next_request(self, client: int) -> tuple[Command, ...]:
@@ -209,6 +212,20 @@ class Workload:
             lower_limit=self.rng.choice((None, 0, -credit_line_minor_units, 1_000)),
             upper_limit=None if keep_upper_limit else self.rng.choice((None, upper_limit_minor_units, 10_000)),
             keep_upper_limit=keep_upper_limit,
+        )
+
+    def _set_velocity_limits(self, client: int) -> Command:
+        """Caps near the amounts moved, so that they bite; now and then none (removed), or malformed."""
+        def cap(maximum: int) -> int | None:
+            return self.rng.choice((None, None, self.rng.randint(1, maximum), 0))
+
+        return SetVelocityLimits(
+            dedup_id=self._dedup_id(client),
+            account_id=self._account().account_id,
+            amount_per_hour=cap(3 * transfer_minor_units_max),
+            amount_per_day=cap(10 * transfer_minor_units_max),
+            debits_per_hour=cap(4),
+            debits_per_day=cap(8),
         )
 
     def _lock_account(self, client: int) -> Command:

@@ -59,6 +59,7 @@ _step_of_code = {
     ErrorCode.LOWER_LIMIT_EXCEEDED: 5,
     ErrorCode.UPPER_LIMIT_EXCEEDED: 5,
     ErrorCode.BALANCE_OUT_OF_RANGE: 5,
+    ErrorCode.VELOCITY_LIMIT_EXCEEDED: 6,  # checked last, with the movement
 }
 _malformed = {ErrorCode.INVALID_AMOUNT, ErrorCode.INVALID_REQUEST}
 

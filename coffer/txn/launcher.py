@@ -147,6 +147,7 @@ def serve_sharded(
             uvicorn.run("coffer.txn.router:app_from_environment", factory=True, workers=router_processes, **settings)  # type: ignore[arg-type]
         else:
             router = Router(shard_map, ShardClients([shard.url for shard in shards]), keys)
+            router.data_dir = data_dir  # the router's own files (webhook subscriptions and cursors)
             uvicorn.Server(uvicorn.Config(create_router_app(router), **settings)).run()  # type: ignore[arg-type]
     finally:
         stopping.set()

@@ -19,6 +19,7 @@ and the recovery task finishes what no client comes back for.
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -28,10 +29,13 @@ from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
 from coffer.core.errors import ErrorCode
+from coffer.flows.sharded import RouterFlows
+from coffer.notify.http import WebhookRoutes
+from coffer.notify.sharded import RouterHost
 from coffer.server.app import error_response, json_response, read_body
 from coffer.server.auth import ApiKeys, Role
 from coffer.server.openapi import openapi_document
-from coffer.server.requests import admin_command_types
+from coffer.server.requests import admin_command_types, internal_command_types
 from coffer.txn import coordinator, router_tools
 from coffer.txn.coordinator import Coordinator, PlanError, txn_prefix
 from coffer.txn.shard_map import ShardMap
@@ -48,6 +52,7 @@ command_routes: list[tuple[str, str, bool]] = [
     ("/v1/accounts/{account_id}/lock", "lock_account", True),
     ("/v1/accounts/{account_id}/unlock", "unlock_account", True),
     ("/v1/accounts/{account_id}/delete", "delete_account", True),
+    ("/v1/accounts/{account_id}/velocity-limits", "set_velocity_limits", True),
     ("/v1/transfers", "transfer", False),
     ("/v1/batch-operations", "batch_operation", False),
     ("/v1/reservations", "reserve", False),
@@ -75,6 +80,7 @@ class Router:
         self.shards = shards
         self.keys = keys
         self.coordinator = Coordinator(shards, shard_map)
+        self.data_dir: Path | None = None  # where the router keeps its own files (webhooks); set by the launcher
 
     # ------------------------------------------------------------------ plumbing
 
@@ -276,7 +282,7 @@ class Router:
                 results[position] = {"status": 403, "error": {"code": ErrorCode.FORBIDDEN.value, "message": f"{kind} needs the admin role"}}
                 continue
             shards = self._shards_of(kind, item)
-            if kind in _broadcast_kinds or kind == "compensate" or len(shards) > 1 or kind == "decide":
+            if kind in _broadcast_kinds or kind == "compensate" or len(shards) > 1 or kind in internal_command_types:
                 singles.append(position)
             else:
                 per_shard.setdefault(shards[0] if shards else 0, []).append(position)
@@ -293,8 +299,8 @@ class Router:
         async def alone(position: int) -> None:
             item = dict(items[position])
             kind = item.pop("type")
-            if kind == "decide":
-                results[position] = {"status": 422, "error": {"code": ErrorCode.INVALID_REQUEST.value, "message": "unknown command type 'decide'"}}
+            if kind in internal_command_types:
+                results[position] = {"status": 422, "error": {"code": ErrorCode.INVALID_REQUEST.value, "message": f"unknown command type {kind!r}"}}
                 return
             try:
                 status, answer = await self.command(kind, item, None, _path_of_kind.get(kind, "/v1/commands"))
@@ -473,13 +479,25 @@ def create_router_app(router: Router) -> Starlette:
         Route("/openapi.json", lambda request: json_response(openapi_document()), methods=["GET"]),
         *router_tools.routes(router),
     ]
+    flows = RouterFlows(router)
+    routes += flows.routes()
+    webhooks = None
+    if router.data_dir is not None:
+        webhooks = WebhookRoutes(RouterHost(router, router.data_dir), router.route)
+        routes += webhooks.routes()
 
     async def lifespan(app: Starlette) -> Any:
         task = asyncio.get_running_loop().create_task(router.coordinator.run_recovery(), name="coffer-txn-recovery")
+        flow_task = asyncio.get_running_loop().create_task(flows.runner.recover(), name="coffer-flow-recovery")
+        if webhooks is not None:
+            await webhooks.start()
         try:
             yield
         finally:
             task.cancel()
+            flow_task.cancel()
+            if webhooks is not None:
+                await webhooks.close()
             await router.shards.close()
 
     return Starlette(routes=routes, lifespan=lifespan)

@@ -65,7 +65,18 @@ def apply_one(machine: StateMachine, command: Command, time_ms: int | None = Non
 def ledger_state(machine: StateMachine) -> bytes:
     """Everything a command may change except the dedup store (where a rejection is kept)."""
     return msgspec.msgpack.encode(
-        [machine.accounts, machine.asset_scales, machine.txns, machine.compensations, machine.seq, machine.head],
+        [
+            machine.accounts,
+            machine.asset_scales,
+            machine.txns,
+            machine.compensations,
+            machine.seq,
+            machine.head,
+            machine.velocity,
+            machine.velocity_holds,
+            machine.flows,
+            machine.flow_runs,
+        ],
         order="deterministic",
     )
 

@@ -7,7 +7,7 @@ the edge (replica lag, credentials) and never come out of the state machine.
 
 import pytest
 
-from coffer.core.commands import Decide
+from coffer.core.commands import Decide, FinishFlowRun, PutFlow, SetVelocityLimits, StartFlowRun
 from coffer.core.errors import ErrorCode
 
 from .conftest import (
@@ -33,6 +33,11 @@ from .conftest import (
 edge_only_codes = {ErrorCode.NOT_AVAILABLE, ErrorCode.UNAUTHORIZED, ErrorCode.FORBIDDEN}
 # Decided by the transaction layer (a recovery task's reason for an abort), never by one shard's rules.
 txn_layer_codes = {ErrorCode.TXN_ABORTED}
+# The access layer judges flow definitions and a run's params against its flow before anything
+# reaches the log (422); the core keeps definitions and params as opaque bytes and never reads them.
+access_layer_codes = {ErrorCode.FLOW_INVALID, ErrorCode.FLOW_CHECK_FAILED}
+# Webhook subscriptions are a node's own configuration, outside the replicated ledger.
+notification_codes = {ErrorCode.WEBHOOK_NOT_FOUND}
 
 
 def _deleted_carol(machine):
@@ -88,6 +93,17 @@ def _decided(machine):
     return Decide(dedup_id="decide-second", txn_id="x-1", commit=False), None
 
 
+def _velocity_capped(machine):
+    assert_ok(machine, SetVelocityLimits(dedup_id="caps", account_id="alice", debits_per_day=1))
+    assert_ok(machine, transfer("alice", "bob", 1))
+    return transfer("alice", "bob", 1), "alice"
+
+
+def _flow_version_missing(machine):
+    assert_ok(machine, PutFlow(dedup_id="put-pay", name="pay", definition=b"{}"))
+    return StartFlowRun(dedup_id="run-1", flow="pay", version=2), None
+
+
 scenarios = {
     ErrorCode.ACCOUNT_NOT_FOUND: lambda machine: (transfer("alice", "nobody", 1), "nobody"),
     ErrorCode.ACCOUNT_EXISTS: lambda machine: (create("alice"), "alice"),
@@ -117,11 +133,14 @@ scenarios = {
     # alice holds money and has no upper limit: one more maximal deposit passes the ledger's bound.
     ErrorCode.BALANCE_OUT_OF_RANGE: lambda machine: (batch(leg("alice", 2**127 - 1)), "alice"),
     ErrorCode.INVALID_REQUEST: lambda machine: (batch(), None),
+    ErrorCode.VELOCITY_LIMIT_EXCEEDED: _velocity_capped,
+    ErrorCode.FLOW_NOT_FOUND: _flow_version_missing,
+    ErrorCode.FLOW_RUN_NOT_FOUND: lambda machine: (FinishFlowRun(dedup_id="finish", run_id="never-started", outcome=b"{}"), None),
 }
 
 
 def test_every_core_code_has_a_scenario() -> None:
-    assert set(scenarios) == set(ErrorCode) - edge_only_codes - txn_layer_codes
+    assert set(scenarios) == set(ErrorCode) - edge_only_codes - txn_layer_codes - access_layer_codes - notification_codes
 
 
 @pytest.mark.parametrize("code", list(scenarios), ids=str)

@@ -87,3 +87,33 @@ def test_a_text_command_on_an_unknown_asset_never_moves_money(machine: StateMach
     # "alice" exists but holds USD: a transfer of an unknown asset is ASSET_MISMATCH, as always.
     assert_rejected(machine, transfer("alice", "bob", "5", "NOPE"), "ASSET_MISMATCH", "alice")
     assert_rejected(machine, tcc_try("t-nope", leg("alice", "-5", "NOPE")), "ASSET_MISMATCH", "alice")
+
+
+def test_a_try_with_text_amounts_in_its_preconditions_is_resolved_not_a_crash(machine) -> None:
+    """A node that has not seen a precondition's account sends its amounts as text; the ledger
+    reads them with the scale it knows (here: none, so ACCOUNT_NOT_FOUND), as for a batch."""
+    from coffer.core.commands import Precondition, TccTry
+
+    from .conftest import apply_one, leg
+
+    missing = TccTry(
+        dedup_id="try-text-condition",
+        txn_id="t-text",
+        legs=(leg("alice", -1),),
+        preconditions=(Precondition(account_id="nobody", expected_balance="-0.08"),),
+    )
+    assert apply_one(machine, missing).code == "ACCOUNT_NOT_FOUND"
+    known = TccTry(
+        dedup_id="try-text-condition-2",
+        txn_id="t-text-2",
+        legs=(leg("alice", -1),),
+        preconditions=(Precondition(account_id="bob", min_balance="50.00"),),
+    )
+    assert apply_one(machine, known).ok
+    too_fine = TccTry(
+        dedup_id="try-text-condition-3",
+        txn_id="t-text-3",
+        legs=(leg("alice", -1),),
+        preconditions=(Precondition(account_id="bob", min_balance="0.001"),),
+    )
+    assert apply_one(machine, too_fine).code == "INVALID_AMOUNT"

@@ -36,7 +36,8 @@ class FuzzNode:
         return self.server.url
 
     def _start(self) -> CofferServer:
-        server = CofferServer(self._base_directory / f"node-{next(self._generation)}" / "data")
+        # Webhooks the fuzzer subscribes may only point at this machine: no traffic leaves loopback.
+        server = CofferServer(self._base_directory / f"node-{next(self._generation)}" / "data", {"COFFER_WEBHOOK_HOSTS": "127.0.0.1"})
         server.data_dir.parent.mkdir(parents=True)
         server.start()
         return server

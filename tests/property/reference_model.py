@@ -32,6 +32,12 @@ that came with these tests, so a reviewer can overrule it):
 - money is an exact integer bounded by 2^127 - 1 minor units in magnitude: an amount beyond is
   INVALID_AMOUNT, and a total beyond it on an account without an upper limit BALANCE_OUT_OF_RANGE.
 
+Velocity limits (step 6, after the limits): the model keeps every debit it counted as a list of
+(time, amount) per account and sums the ones in the calendar hour and day (UTC, by the ledger's
+clock) of the command; a debit is what a transfer takes from its source, the net decrease of a
+batch operation per account, and a TCC hold out. A cancelled or expired hold's debit is struck
+off the list. Debits count only while the account has caps; removing every cap forgets them.
+
 Limits are checked the same way for every operation: the state after it must have
 ``available >= lower`` and ``available + reserved + pending_in + pending_out <= upper``.
 """
@@ -48,6 +54,7 @@ from coffer.core.commands import (
     LockAccount,
     Release,
     Reserve,
+    SetVelocityLimits,
     TccCancel,
     TccConfirm,
     TccTry,
@@ -64,6 +71,9 @@ SCALE_MAX = 18
 LEGS_MAX = 1024
 AMOUNT_MAX = 2**127 - 1  # every amount and balance is below 2^127 minor units in magnitude
 TIMEOUT_S_MAX = 30 * 24 * 3600
+HOUR_MS = 3600 * 1000
+DAY_MS = 24 * HOUR_MS
+DEBITS_MAX = 2**63 - 1
 METADATA_KEYS_MAX = 32
 METADATA_KEY_LENGTH_MAX = 64
 METADATA_VALUE_LENGTH_MAX = 1024
@@ -197,6 +207,10 @@ class ReferenceModel:
         self.dedup: dict[str, tuple[Command | None, Outcome]] = {}
         self.txns: dict[str, ModelTxn] = {}
         self.compensated: set[str] = set()  # original dedup_ids that were (null-)compensated
+        # account_id -> its caps (amount_per_hour, amount_per_day, debits_per_hour, debits_per_day)
+        self.caps: dict[str, tuple[int | None, int | None, int | None, int | None]] = {}
+        # account_id -> the debits counted against its caps: [time_ms, amount, txn_id or None]
+        self.debits: dict[str, list[tuple[int, int, str | None]]] = {}
         self.clock_ms = 0
         self.seq = 0
         self.events: list[ModelEvent] = []  # the events of the entry being applied
@@ -274,6 +288,8 @@ class ReferenceModel:
             return self._tcc_cancel(command)
         if isinstance(command, Compensate):
             return self._compensate(command)
+        if isinstance(command, SetVelocityLimits):
+            return self._set_velocity_limits(command)
         raise AssertionError(f"the model does not know {type(command).__name__}")
 
     # ------------------------------------------------------------------ helpers
@@ -325,6 +341,49 @@ class ReferenceModel:
         for account_id, delta in net.items():
             account = self.accounts[account_id]
             self._check_limits(account, account.available + delta, account.total() + delta)
+
+    def _velocity_used(self, account_id: str) -> tuple[int, int, int, int]:
+        """(money, debits) counted in the current UTC hour, then in the current UTC day."""
+        hour = [amount for time_ms, amount, _ in self.debits.get(account_id, []) if time_ms // HOUR_MS == self.clock_ms // HOUR_MS]
+        day = [amount for time_ms, amount, _ in self.debits.get(account_id, []) if time_ms // DAY_MS == self.clock_ms // DAY_MS]
+        return sum(hour), len(hour), sum(day), len(day)
+
+    def _check_and_count_debits(self, debits: dict[str, int], txn_id: str | None = None) -> None:
+        """Step 6: every debited account with caps must stay within them; then count them all."""
+        for account_id, amount in debits.items():
+            if account_id not in self.caps:
+                continue
+            per_hour, per_day, count_hour, count_day = self.caps[account_id]
+            hour_amount, hour_count, day_amount, day_count = self._velocity_used(account_id)
+            if per_hour is not None and hour_amount + amount > per_hour:
+                raise Rejected("VELOCITY_LIMIT_EXCEEDED")
+            if per_day is not None and day_amount + amount > per_day:
+                raise Rejected("VELOCITY_LIMIT_EXCEEDED")
+            if count_hour is not None and hour_count + 1 > count_hour:
+                raise Rejected("VELOCITY_LIMIT_EXCEEDED")
+            if count_day is not None and day_count + 1 > count_day:
+                raise Rejected("VELOCITY_LIMIT_EXCEEDED")
+        for account_id, amount in debits.items():
+            if account_id in self.caps:
+                self.debits.setdefault(account_id, []).append((self.clock_ms, amount, txn_id))
+
+    def _set_velocity_limits(self, command: SetVelocityLimits) -> Outcome:
+        for cap in (command.amount_per_hour, command.amount_per_day):
+            if cap is not None and (cap <= 0 or cap > AMOUNT_MAX):
+                raise Rejected("INVALID_AMOUNT")
+        for count in (command.debits_per_hour, command.debits_per_day):
+            if count is not None and not 1 <= count <= DEBITS_MAX:
+                raise Rejected("INVALID_REQUEST")
+        account = self._must_exist(command.account_id)
+        self._must_not_be_deleted(account)
+        caps = (command.amount_per_hour, command.amount_per_day, command.debits_per_hour, command.debits_per_day)
+        if caps == (None, None, None, None):
+            self.caps.pop(command.account_id, None)
+            self.debits.pop(command.account_id, None)
+        else:
+            self.caps[command.account_id] = caps
+        account.version += 1
+        return self._ok(command.dedup_id, "velocity_limits_set", [command.account_id])
 
     def _commit_net(self, net: dict[str, int]) -> list[str]:
         for account_id, delta in net.items():
@@ -427,6 +486,7 @@ class ReferenceModel:
             raise Rejected("PRECONDITION_FAILED")
         net = {command.from_account_id: -command.amount, command.to_account_id: command.amount}
         self._check_net_limits(net)
+        self._check_and_count_debits({command.from_account_id: command.amount})
         changed = self._commit_net(net)
         return self._ok(command.dedup_id, "transferred", changed)
 
@@ -458,6 +518,7 @@ class ReferenceModel:
         # All or nothing, judged on the net change per account, not leg by leg.
         net = _first_seen_order([(leg.account_id, leg.amount) for leg in command.legs])
         self._check_net_limits(net)
+        self._check_and_count_debits({account_id: -delta for account_id, delta in net.items() if delta < 0})
         changed = self._commit_net(net)
         return self._ok(command.dedup_id, "balances_changed", changed)
 
@@ -524,6 +585,7 @@ class ReferenceModel:
             account = self.accounts[account_id]
             # available -> pending_out keeps the total; pending_in adds to it.
             self._check_limits(account, account.available - amount_out, account.total() + amount_in)
+        self._check_and_count_debits({account_id: out for account_id, (out, _) in holds.items() if out}, command.txn_id)
         for account_id, (amount_out, amount_in) in holds.items():
             account = self.accounts[account_id]
             if amount_out:
@@ -569,6 +631,8 @@ class ReferenceModel:
 
     def _cancel_holds(self, txn_id: str) -> list[str]:
         txn = self.txns[txn_id]
+        for account_id in self.debits:  # the hold never left: strike its debit off
+            self.debits[account_id] = [debit for debit in self.debits[account_id] if debit[2] != txn_id]
         for account_id, (amount_out, amount_in) in txn.holds.items():
             account = self.accounts[account_id]
             if amount_out:

@@ -54,6 +54,7 @@ from coffer.core.commands import (
     Precondition,
     Release,
     Reserve,
+    SetVelocityLimits,
     TccCancel,
     TccConfirm,
     TccTry,
@@ -65,6 +66,7 @@ from coffer.core.entries import decode_entry, encode_entry
 from coffer.core.events import EventRecord, genesis_hash, verify_chain
 from coffer.core.snapshot import restore_snapshot, take_snapshot
 from coffer.core.state_machine import StateMachine
+from coffer.core.velocity import usage
 
 from .reference_model import Outcome, ReferenceModel, Report
 
@@ -152,8 +154,13 @@ def aimed_at(kind: str) -> st.SearchStrategy[str]:
 # Mostly no time passes (several entries in the same millisecond); often whole seconds, so that
 # an entry lands exactly on a deadline (timeouts are whole seconds: "at or before" matters);
 # sometimes any step, up to jumps past every drawn timeout. Shrinks to no time passing.
+# Now and then a jump to the next UTC hour or day (or just before it): velocity windows roll over.
 time_steps = weighted(
-    (3, st.just(0)), (2, st.sampled_from((1000, 2000, 3000, 5000))), (1, st.integers(1, 1500)), (1, st.integers(2000, 8000))
+    (3, st.just(0)),
+    (2, st.sampled_from((1000, 2000, 3000, 5000))),
+    (1, st.integers(1, 1500)),
+    (1, st.integers(2000, 8000)),
+    (1, st.sampled_from((3_600_000, 3_599_999, 86_400_000, 2_800_000))),
 )
 amounts = mostly(st.integers(1, AMOUNT_MAX), st.integers(-2, 0))  # non-positive: INVALID_AMOUNT
 signed_amounts = st.integers(-AMOUNT_MAX, AMOUNT_MAX)  # 0 now and then: INVALID_AMOUNT for a leg
@@ -285,6 +292,19 @@ update_limits = st.builds(
     upper_limit=mostly(weighted((1, st.none()), (2, st.integers(0, 25))), st.integers(-3, -1), odds=3),
     keep_upper_limit=mostly(st.just(False), st.just(True), odds=3),
 )
+# Velocity caps near the amounts drawn (AMOUNT_MAX), and few debits, so that caps bite; all None
+# removes them; non-positive caps are malformed.
+amount_caps = weighted((2, st.none()), (4, st.integers(1, 2 * AMOUNT_MAX)), (1, st.integers(-1, 0)))
+debit_caps = weighted((2, st.none()), (4, st.integers(1, 3)), (1, st.just(0)))
+velocity_limits = st.builds(
+    SetVelocityLimits,
+    dedup_id=st.just(UNASSIGNED),
+    account_id=account_ids,
+    amount_per_hour=amount_caps,
+    amount_per_day=amount_caps,
+    debits_per_hour=debit_caps,
+    debits_per_day=debit_caps,
+)
 
 
 @dataclass(frozen=True)
@@ -413,6 +433,7 @@ fresh_commands = weighted(
     (2, compensates),
     (1, update_limits),
     (2, account_commands),
+    (3, velocity_limits),
 )
 drawn_commands = weighted(
     (12, fresh_commands),
@@ -724,6 +745,11 @@ class Comparison:
             assert machine_accounts.get(key) == model_accounts.get(key), (
                 f"account {key}: machine {machine_accounts.get(key)}, model {model_accounts.get(key)}"
             )
+        # Velocity: the same accounts have caps, with the same caps and the same usage now.
+        assert set(self.machine.velocity) == set(self.model.caps)
+        for key, velocity in self.machine.velocity.items():
+            assert tuple(msgspec.structs.astuple(velocity.limits)) == self.model.caps[key]
+            assert usage(velocity, self.machine.time_ms) == self.model._velocity_used(key), key
 
     def check_money(self) -> None:
         """Invariant 1: money only enters or leaves through the ways the spec allows."""

@@ -1,6 +1,6 @@
 """Every event type, produced on a real node and read back through every tool we ship.
 
-The 15 types of :class:`coffer.core.events.EventType` — ``tcc_expired`` included (a try with
+The 20 types of :class:`coffer.core.events.EventType` — ``tcc_expired`` included (a try with
 ``timeout_s=1``, then a later write: expiry fires by log time, on the next entry), with its null
 ``dedup_id`` and null command — are read through the client (a page and the iterator), the CLI
 (``coffer events --json`` and the table), the event feed (``/v1/events/stream``), the projector into
@@ -70,6 +70,14 @@ def history(node: CofferServer) -> History:
         api.delete_account(gone)  # account_deleted
         # txn_decided: the transaction layer's decision at a commit point (an admin command)
         api.commands([{"type": "decide", "dedup_id": f"decide-{tag}", "txn_id": f"x-{tag}", "commit": True}])
+        api.set_velocity_limits(alice, debits_per_day=1000)  # velocity_limits_set
+        deposit = {
+            "mode": "atomic",
+            "params": {"to": {"type": "account"}, "x": {"type": "amount", "asset": "USD", "default": "0.01"}},
+            "steps": [{"name": "in", "batch_operation": {"legs": [{"account": "{to}", "credit": "x"}]}}],
+        }
+        api.put_flow(f"deposit-{tag}", deposit)  # flow_registered
+        api.run_flow(f"deposit-{tag}", {"to": alice})  # flow_run_started, balances_changed, flow_run_finished
         api.tcc_try(f"t3-{tag}", legs, timeout_s=1)
         time.sleep(expiry_wait_s)
         last = api.reserve(alice, "r2", "1")  # the next entry's log time fires the expiry first: tcc_expired

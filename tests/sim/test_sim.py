@@ -78,6 +78,7 @@ def test_hundreds_of_seeds_under_faults_break_no_invariant() -> None:
     faults: collections.Counter[str] = collections.Counter()
     failures = []
     outcomes: collections.Counter[tuple[str, bool]] = collections.Counter()
+    codes: collections.Counter[str] = collections.Counter()
     for seed in range(1, seed_count + 1):
         simulation = Simulation(seed, steps_per_seed)
         report = simulation.run()
@@ -88,10 +89,12 @@ def test_hundreds_of_seeds_under_faults_break_no_invariant() -> None:
         for outcome in simulation.auditor.outcomes.values():
             if outcome.command is not None and outcome.result is not None:
                 outcomes[(type(outcome.command).__name__, outcome.result.ok)] += 1
+                codes[outcome.result.code] += 1
     assert not failures, "\n".join(failures[:10])
     assert all(faults[name] > 0 for name in fault_names), f"a fault never happened: {dict(faults)}"
     command_kinds = {kind for kind, _ in outcomes}
-    assert len(command_kinds) == 13, f"not every command was sent: {sorted(command_kinds)}"
+    assert len(command_kinds) == 14, f"not every command was sent: {sorted(command_kinds)}"
+    assert codes["VELOCITY_LIMIT_EXCEEDED"] > 0, "no velocity cap ever bit"
     never_accepted = sorted(kind for kind in command_kinds if not outcomes[(kind, True)])
     never_rejected = sorted(kind for kind in command_kinds if not outcomes[(kind, False)])
     assert not never_accepted, f"never accepted: {never_accepted}"

@@ -1,0 +1,1 @@
+"""Notifications: webhooks that follow the event history (never the apply loop)."""
