@@ -220,11 +220,13 @@ class Coordinator:
             *(self.shards.post(shard, "/v1/tcc/confirm", {"dedup_id": f"{txn_id}.confirm", "txn_id": txn_id}) for shard in participants)
         )
         seqs: dict[int, int] = {}
+        log_indexes: dict[int, int] = {}
         views: dict[str, dict[str, Any]] = {}
         for shard, (status, answer) in zip(participants, confirmed, strict=True):
             if status != 200:
                 raise ShardUnavailable(shard, f"confirm of a committed transaction answered {status}: {answer}")
             seqs[shard] = answer["seq"]
+            log_indexes[shard] = answer["log_index"]
             # The confirm's own event holds the accounts right after it, unless recovery had
             # confirmed first (then this confirm changed nothing): read them as of its seq.
             for view in answer["accounts"]:
@@ -245,8 +247,9 @@ class Coordinator:
         return Outcome(
             200,
             {
+                # seq and log_index of the first account's shard (its confirm); the others in shard_seqs.
                 "seq": seqs[first],
-                "log_index": None,
+                "log_index": log_indexes[first],
                 "accounts": [views[account_id] for account_id in plan_.account_order if account_id in views],
                 "txn_id": txn_id,
                 "shard_seqs": {str(shard): seq for shard, seq in sorted(seqs.items())},
