@@ -361,6 +361,9 @@ class _Output:
 exit_codes_by_error_code: dict[str, int] = {
     **{code.value: exit_rejected for code in ErrorCode},
     ErrorCode.ACCOUNT_NOT_FOUND: exit_not_found,
+    ErrorCode.FLOW_NOT_FOUND: exit_not_found,
+    ErrorCode.FLOW_RUN_NOT_FOUND: exit_not_found,
+    ErrorCode.WEBHOOK_NOT_FOUND: exit_not_found,
     ErrorCode.INVALID_AMOUNT: exit_invalid,
     ErrorCode.INVALID_REQUEST: exit_invalid,
     ErrorCode.NOT_AVAILABLE: exit_unavailable,

@@ -7,6 +7,8 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
+from coffer.bench.figures import Recorder, json_option
+
 if TYPE_CHECKING:
     from coffer.client import Client
 
@@ -180,8 +182,9 @@ def register(main: click.Group, account: click.Group, bench: click.Group) -> Non
     @click.option("--rounds", default=3, show_default=True, help="rounds of both sides, alternating")
     @click.option("--concurrency", default=32, show_default=True, help="requests in flight")
     @click.option("--accounts", "account_count", default=200, show_default=True, help="payers")
-    def bench_flows(url: str | None, duration: float, rounds: int, concurrency: int, account_count: int) -> None:
+    @json_option("bench flows")
+    def bench_flows(url: str | None, duration: float, rounds: int, concurrency: int, account_count: int, recorder: Recorder) -> None:
         """payment_with_fee as a flow run next to the plain batch operation it produces, in the same run."""
         from coffer.bench.flows import run as run_bench
 
-        run_bench(url, duration, concurrency, account_count, rounds, echo=click.echo)
+        run_bench(url, duration, concurrency, account_count, rounds, echo=recorder.echo)

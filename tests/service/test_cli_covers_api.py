@@ -55,6 +55,19 @@ command_of_operation = {
     ("GET", "/openapi.json"): "openapi",
     ("GET", "/metrics"): "metrics",
     ("PUT", "/admin/log-level"): "log-level",
+    ("POST", "/v1/accounts/{account_id}/velocity-limits"): "account velocity",
+    ("GET", "/v1/flows"): "flows list",
+    ("PUT", "/v1/flows/{name}"): "flows apply",
+    ("GET", "/v1/flows/{name}"): "flows show",
+    ("POST", "/v1/flows/{name}/runs"): "flows run",
+    ("GET", "/v1/flows/runs"): "flows run-status",
+    ("GET", "/v1/flows/runs/{run_id}"): "flows run-status",
+    ("POST", "/v1/webhooks"): "webhooks add",
+    ("GET", "/v1/webhooks"): "webhooks list",
+    ("GET", "/v1/webhooks/{subscription_id}"): "webhooks list",
+    ("DELETE", "/v1/webhooks/{subscription_id}"): "webhooks remove",
+    ("GET", "/v1/webhooks/{subscription_id}/deliveries"): "webhooks deliveries",
+    ("POST", "/v1/webhooks/{subscription_id}/replay"): "webhooks replay",
 }
 
 

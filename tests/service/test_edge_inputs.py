@@ -329,6 +329,13 @@ def test_each_node_route_takes_exactly_the_query_parameters_its_openapi_operatio
     api = Api.__new__(Api)  # routes() reads no state: no node is needed
     api.tools = NodeTools.__new__(NodeTools)
     api.tools.api = api
+    from coffer.flows.http import FlowRoutes
+    from coffer.notify.http import WebhookRoutes
+
+    api.flows = FlowRoutes.__new__(FlowRoutes)
+    api.flows.api = api
+    api.webhooks = WebhookRoutes.__new__(WebhookRoutes)
+    api.webhooks._route = api.route
     for route in api.routes():
         for method in route.methods - {"HEAD"}:
             operation = paths[route.path][method.lower()]
