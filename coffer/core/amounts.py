@@ -30,18 +30,10 @@ class AmountError(ValueError):
     """The text is not an exact amount at the asset's scale."""
 
 
-def parse_amount(text: object, scale: int, *, signed: bool = False) -> int:
-    """Return the integer number of minor units that ``text`` spells at ``scale``.
-
-    Rejects anything that is not a JSON string of the contract's grammar: numbers (floats would
-    already have lost precision), exponents, ``NaN``, a leading ``+``, ``.5``, white space, and
-    more decimals than the scale. A ``-`` is accepted only where the amount is ``signed``.
-    Positivity is the caller's rule (a leg may not be zero, a transfer must be positive).
-    """
+def _parts(text: object, signed: bool) -> tuple[str, str, str]:
+    """(sign, whole digits, fraction digits) of an amount in the contract's grammar, or AmountError."""
     if not isinstance(text, str):
         raise AmountError(f"amount must be a decimal string, not {type(text).__name__}")
-    if not 0 <= scale <= scale_max:
-        raise AmountError(f"scale must be 0..{scale_max}, got {scale}")
     if len(text) > amount_digits_max + 2:
         raise AmountError("amount has too many digits")
     match = _amount_pattern.fullmatch(text)
@@ -50,8 +42,20 @@ def parse_amount(text: object, scale: int, *, signed: bool = False) -> int:
     sign, whole, fraction = match.groups()
     if sign and not signed:
         raise AmountError(f"amount {text!r} must not be negative")
-    if fraction is None:
-        fraction = ""
+    return sign, whole, fraction or ""
+
+
+def parse_amount(text: object, scale: int, *, signed: bool = False) -> int:
+    """Return the integer number of minor units that ``text`` spells at ``scale``.
+
+    Rejects anything that is not a JSON string of the contract's grammar: numbers (floats would
+    already have lost precision), exponents, ``NaN``, a leading ``+``, ``.5``, white space, and
+    more decimals than the scale. A ``-`` is accepted only where the amount is ``signed``.
+    Positivity is the caller's rule (a leg may not be zero, a transfer must be positive).
+    """
+    if not 0 <= scale <= scale_max:
+        raise AmountError(f"scale must be 0..{scale_max}, got {scale}")
+    sign, whole, fraction = _parts(text, signed)
     if len(fraction) > scale:
         raise AmountError(f"amount {text!r} has more than {scale} decimals")
     value = int(whole + fraction.ljust(scale, "0"))
@@ -74,18 +78,9 @@ def format_amount(value: int, scale: int) -> str:
 def amount_sign(text: object, *, signed: bool = False) -> int:
     """-1, 0 or 1: the sign of an amount whose scale is not known yet (grammar checked as by
     :func:`parse_amount` at the widest scale, but not the bound, which depends on the scale)."""
-    if not isinstance(text, str):
-        raise AmountError(f"amount must be a decimal string, not {type(text).__name__}")
-    if len(text) > amount_digits_max + 2:
-        raise AmountError("amount has too many digits")
-    match = _amount_pattern.fullmatch(text)
-    if match is None:
-        raise AmountError(f"amount {text!r} is not a decimal number like '12.34'")
-    sign, whole, fraction = match.groups()
-    if sign and not signed:
-        raise AmountError(f"amount {text!r} must not be negative")
-    if fraction is not None and len(fraction) > scale_max:
+    sign, whole, fraction = _parts(text, signed)
+    if len(fraction) > scale_max:
         raise AmountError(f"amount {text!r} has more than {scale_max} decimals")
-    if whole == "0" and not (fraction or "").strip("0"):
+    if whole == "0" and not fraction.strip("0"):
         return 0
     return -1 if sign else 1
