@@ -62,6 +62,7 @@ def main() -> None:
 @click.option("--stream", default="coffer-shard-0", show_default=True, help="the shard's JetStream stream")
 @click.option("--replicas", default=3, show_default=True, type=click.Choice(["1", "3", "5"]), help="stream replicas (R)")
 @click.option("--compaction-interval-s", default=30.0, show_default=True, help="cluster: how often to purge the stream below all snapshots")
+@click.option("--disk-budget-mb", type=click.IntRange(min=1), help="refuse writes (507, disk full) when --data-dir holds more")
 def serve(
     host: str,
     port: int,
@@ -74,12 +75,24 @@ def serve(
     stream: str,
     replicas: str,
     compaction_interval_s: float,
+    disk_budget_mb: int | None,
 ) -> None:
     """Run a node: on the local write-ahead log (the embedded default), or on a JetStream cluster."""
     from coffer.server.serve import serve as run_server
 
     run_server(
-        host, port, data_dir, keys_file, log_level, snapshot_entries, log_url, node_name, stream, int(replicas), compaction_interval_s
+        host,
+        port,
+        data_dir,
+        keys_file,
+        log_level,
+        snapshot_entries,
+        log_url,
+        node_name,
+        stream,
+        int(replicas),
+        compaction_interval_s,
+        disk_budget_mb,
     )
 
 

@@ -66,6 +66,7 @@ info_request_s = 1.0  # one $JS.API.INFO request; a leaderless cluster may just 
 stop_s_max = 10.0  # a graceful shutdown flushes the stores; after this the server gets SIGKILL
 exit_poll_s = 0.02
 _pr_set_pdeathsig = 1  # prctl option, linux/prctl.h
+port_range_variable = "COFFER_PORT_RANGE"
 
 
 class NatsClusterError(Exception):
@@ -91,10 +92,70 @@ def nats_server_binary() -> Path:
 
 
 def free_port() -> int:
-    """A TCP port free on loopback now (another process may take it before the server does)."""
+    """A TCP port free on loopback now (another process may take it before the server does).
+
+    From the range in ``$COFFER_PORT_RANGE`` (``24000-24999``) when it is set, so that the test
+    clusters of several people on one machine stay apart; else one the kernel picks.
+    """
+    global _environment_ports
+    text = os.environ.get(port_range_variable)
+    if text:
+        if _environment_ports is None or str(_environment_ports) != text.strip():
+            _environment_ports = PortRange.parse(text.strip())
+        return _environment_ports.take()
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
         probe.bind((host, 0))
         return int(probe.getsockname()[1])
+
+
+_environment_ports: "PortRange | None" = None
+
+
+class PortRange:
+    """Ports handed out from ``first``..``last`` (inclusive), each free on loopback when taken.
+
+    Several clusters on one machine (other engineers' runs, CI jobs) stay apart when each gets
+    its own range; the kernel's ephemeral ports, which :func:`free_port` uses, are shared by all.
+    """
+
+    def __init__(self, first: int, last: int) -> None:
+        if not 1024 <= first <= last <= 65535:
+            raise ValueError(f"a port range is first-last within 1024-65535, got {first}-{last}")
+        self.first = first
+        self.last = last
+        self._next = first
+        self._taken: set[int] = set()
+
+    @classmethod
+    def parse(cls, text: str) -> "PortRange":
+        """``"24000-24100"``."""
+        first, separator, last = text.partition("-")
+        if not separator or not first.strip().isdigit() or not last.strip().isdigit():
+            raise ValueError(f"a port range is written FIRST-LAST, e.g. 24000-24100; got {text!r}")
+        return cls(int(first), int(last))
+
+    def take(self) -> int:
+        """The next port of the range that is free now and was not handed out before."""
+        while self._next <= self.last:
+            port = self._next
+            self._next += 1
+            if port in self._taken:
+                continue
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+                try:
+                    probe.bind((host, port))
+                except OSError:
+                    continue
+            self._taken.add(port)
+            return port
+        raise NatsClusterError(f"no free port left in {self.first}-{self.last}")
+
+    def reserve(self, port: int) -> None:
+        """Note a port already in use by this cluster (reloaded from its state file)."""
+        self._taken.add(port)
+
+    def __str__(self) -> str:
+        return f"{self.first}-{self.last}"
 
 
 @dataclass
@@ -136,6 +197,8 @@ class NatsCluster:
         cluster_name: str = cluster_name_default,
         die_with_parent: bool = False,
         binary: Path | None = None,
+        ports: PortRange | None = None,
+        store_bytes_max: int | None = None,
     ) -> None:
         if size not in cluster_sizes_allowed:
             raise ValueError(f"cluster size must be one of {cluster_sizes_allowed}, got {size}")
@@ -145,6 +208,12 @@ class NatsCluster:
         self.binary = binary if binary is not None else nats_server_binary()
         self._processes: dict[int, subprocess.Popen[bytes]] = {}
         self._paused: set[int] = set()
+        self._ports = ports
+        # JetStream refuses writes beyond this (max_file_store) instead of filling the disk.
+        self.store_bytes_max = store_bytes_max
+        # Set by route_through: each server reaches a peer through a proxy, not directly.
+        self._route_port: Callable[[int, int], int] | None = None
+        self._advertise_port: int | None = None
         running = _recorded_running_pids(self.directory)
         if running:
             # Rewriting the state file would lose the only record of their PIDs.
@@ -172,6 +241,29 @@ class NatsCluster:
 
     def url(self, number: int) -> str:
         return self._server(number).url
+
+    def client_port(self, number: int) -> int:
+        return self._server(number).client_port
+
+    def cluster_port(self, number: int) -> int:
+        return self._server(number).cluster_port
+
+    def route_through(self, route_port: Callable[[int, int], int], advertise_port: int) -> None:
+        """Make server ``i`` reach peer ``j`` at ``route_port(i, j)`` (a fault proxy), from the next start.
+
+        Every server then advertises ``advertise_port`` as its route address (a port that takes
+        nothing, see :mod:`coffer.cluster.proxy`), so route gossip never connects two servers
+        around the proxy, and no client URLs are advertised, so clients stay on the addresses
+        they were given.
+        """
+        self._route_port = route_port
+        self._advertise_port = advertise_port
+        for server in self._servers:
+            self._write_config(server)
+
+    def directory_of(self, number: int) -> Path:
+        """The server's directory: its configuration, log and JetStream store."""
+        return self._server_directory(number)
 
     def monitor_url(self, number: int) -> str:
         """The server's HTTP monitoring endpoint (``/varz``, ``/jsz``, ``/healthz``)."""
@@ -286,10 +378,18 @@ class NatsCluster:
         if state_path.exists():
             state = json.loads(state_path.read_text())
             if state.get("cluster_name") == self.cluster_name and len(state.get("servers", [])) == size:
-                return [
+                specs = [
                     ServerSpec(entry["number"], entry["client_port"], entry["cluster_port"], entry["monitor_port"])
                     for entry in state["servers"]
                 ]
+                if self._ports is not None:
+                    for spec in specs:
+                        for port in (spec.client_port, spec.cluster_port, spec.monitor_port):
+                            self._ports.reserve(port)
+                return specs
+        if self._ports is not None:
+            ordered = iter([self._ports.take() for _ in range(3 * size)])
+            return [ServerSpec(number, next(ordered), next(ordered), next(ordered)) for number in range(1, size + 1)]
         ports: set[int] = set()
         while len(ports) < 3 * size:
             ports.add(free_port())
@@ -309,17 +409,26 @@ class NatsCluster:
             f"  store_dir: {json.dumps(str(directory))}",
             # fsync every write before acknowledging it: see the module docstring.
             "  sync_interval: always",
-            "}",
         ]
+        if self.store_bytes_max is not None:
+            lines.append(f"  max_file_store: {self.store_bytes_max}")
+        lines.append("}")
         if len(self._servers) > 1:
-            routes = ", ".join(f"nats-route://{host}:{peer.cluster_port}" for peer in self._servers if peer is not server)
+            route_port = self._route_port
+            routes = ", ".join(
+                f"nats-route://{host}:{route_port(server.number, peer.number) if route_port else peer.cluster_port}"
+                for peer in self._servers
+                if peer is not server
+            )
             lines += [
                 "cluster {",
                 f"  name: {self.cluster_name}",
                 f"  listen: {host}:{server.cluster_port}",
                 f"  routes: [{routes}]",
-                "}",
             ]
+            if self._advertise_port is not None:
+                lines += [f"  advertise: {host}:{self._advertise_port}", "  no_advertise: true"]
+            lines.append("}")
         _write_atomically(directory / config_file_name, "\n".join(lines) + "\n")
 
     def _write_state(self) -> None:

@@ -158,6 +158,7 @@ _sequence_unreachable = str(2**63 - 1)  # no stream ever has this last sequence
 _error_duplicate_in_batch = 10201  # atomic publish batch contains a duplicate message id
 _error_stream_not_found = 10059
 _error_stream_name_in_use = 10058
+_error_no_suitable_peers = 10005
 _errors_wrong_last_sequence = frozenset({10071, 10164})  # with and without the sequence in the text
 # Publish errors a retry can fix: a message with the same id is still being proposed (the
 # earlier attempt will commit or fail: retrying then gets its answer); an atomic batch was
@@ -252,7 +253,11 @@ class JetStreamLog(CommandLog):
         request_timeout_s: float = request_timeout_s_default,
         api_timeout_s: float = api_timeout_s_default,
         client_name: str = "coffer-log",
+        connect_lazily: bool = False,
     ) -> None:
+        """``connect_lazily``: connect and open the stream on first use, not here (a node starts
+        while NATS is unreachable and reports what it waits for); a failed first use raises
+        :class:`LogUnavailableError` and the next one tries again."""
         if not servers:
             raise ValueError("servers must name at least one nats:// URL")
         if not _stream_name_pattern.fullmatch(stream):
@@ -283,15 +288,28 @@ class JetStreamLog(CommandLog):
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name=f"coffer-jetstream-{stream}", daemon=True)
         self._thread.start()
-        try:
-            self._run(self._connect(connect_timeout_s), connect_timeout_s)
-            state = self._run(self._open_stream(), api_timeout_s * 2)
-        except BaseException:
-            self.close()
-            raise
+        self._connect_timeout_s = connect_timeout_s
+        self._opened = False
+        self._open_lock = threading.Lock()
         self._append_clamp = _Clamp()
-        if state.last_time_ns is not None:
-            self._append_clamp.seed(state.last_time_ns)
+        if not connect_lazily:
+            try:
+                self._open()
+            except BaseException:
+                self.close()
+                raise
+
+    def _open(self) -> None:
+        """Connect and open (or create) the stream, once; retried by the next call if it fails."""
+        with self._open_lock:
+            if self._opened:
+                return
+            if self._connection is None:
+                self._run(self._connect(self._connect_timeout_s), self._connect_timeout_s)
+            state = self._run(self._open_stream(), self._api_timeout_s * 2)
+            if state.last_time_ns is not None:
+                self._append_clamp.seed(state.last_time_ns)
+            self._opened = True
 
     # -- the CommandLog interface -------------------------------------------------------------
 
@@ -772,6 +790,8 @@ class JetStreamLog(CommandLog):
     def _check_open(self) -> None:
         if self._closed:
             raise LogClosedError("the log is closed")
+        if not self._opened:
+            self._open()
 
     def _next_message_id(self) -> str:
         self._message_id_count += 1
@@ -862,7 +882,7 @@ class JetStreamLog(CommandLog):
             if error.error_code != _error_stream_not_found:
                 raise
             try:
-                info = await self._api(f"STREAM.CREATE.{self.stream}", self._stream_config(), self._deadline(self._api_timeout_s))
+                info = await self._create_stream(self._deadline(self._api_timeout_s * 2))
             except _ApiError as create_error:
                 if create_error.error_code != _error_stream_name_in_use:
                     raise
@@ -870,6 +890,18 @@ class JetStreamLog(CommandLog):
                 info = await self._stream_info(self.stream, None, self._deadline(self._api_timeout_s))
         self._check_stream_config(info["config"])
         return _state_of(info)
+
+    async def _create_stream(self, deadline: float) -> dict[str, Any]:
+        pause_s = retry_pause_s_min
+        while True:
+            try:
+                return await self._api(f"STREAM.CREATE.{self.stream}", self._stream_config(), deadline)
+            except _ApiError as error:
+                # Servers that just started may not know all their peers yet.
+                if error.error_code != _error_no_suitable_peers or time.monotonic() + pause_s >= deadline:
+                    raise
+            await asyncio.sleep(pause_s)
+            pause_s = min(2 * pause_s, retry_pause_s_max)
 
     def _check_stream_config(self, config: dict[str, Any]) -> None:
         expected = self._stream_config()

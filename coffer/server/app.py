@@ -8,6 +8,7 @@ is JSON; errors have the documented shape ``{"error": {"code", "message", "accou
 import asyncio
 import contextlib
 import logging
+import signal
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from datetime import datetime
@@ -25,12 +26,12 @@ from coffer.cluster.checkpoints import CheckpointMonitor, checkpoint_interval_s
 from coffer.core.accounts import Account
 from coffer.core.commands import Command
 from coffer.core.errors import ErrorCode
-from coffer.replica import Replica
+from coffer.replica import RecoveryStopped, Replica
 from coffer.server import requests as bodies
 from coffer.server.auth import ApiKeys, Role
 from coffer.server.feed import event_stream
 from coffer.server.openapi import openapi_document
-from coffer.server.pipeline import FollowerPipeline, LogUnavailable, Outcome, Pipeline
+from coffer.server.pipeline import DiskFull, FollowerPipeline, LogUnavailable, Outcome, Pipeline
 from coffer.server.views import account_view, error_body, event_view, rejection_body
 
 logger = logging.getLogger(__name__)
@@ -174,6 +175,7 @@ class Api:
         self.pipeline: Pipeline | None = None
         self.ready = False
         self.checkpoints: CheckpointMonitor | None = None
+        self.fatal: str | None = None  # recovery failed for good: the server shuts down
 
     # ------------------------------------------------------------------ plumbing
 
@@ -195,6 +197,9 @@ class Api:
         Returns what ``work`` returns, or an ``(status, error body)`` pair for a failure.
         """
         try:
+            if not self.ready:
+                # Recovery runs while the server answers /readyz: the state is not to be read yet.
+                raise HttpError(503, ErrorCode.NOT_AVAILABLE, f"the node is starting: {self.replica.status}")
             if self.checkpoints is not None and self.checkpoints.diverged is not None:
                 raise HttpError(503, ErrorCode.NOT_AVAILABLE, self.checkpoints.diverged)
             granted = self._role(headers)
@@ -210,6 +215,9 @@ class Api:
             return 409, error_body(error.code, error.message, error.account_id)
         except LogUnavailable as error:
             return 503, error_body(ErrorCode.NOT_AVAILABLE, f"the command log is unavailable: {error}")
+        except DiskFull as error:
+            # 507 without Retry-After: it lasts until an operator frees space; nothing was stored.
+            return 507, error_body(ErrorCode.NOT_AVAILABLE, str(error))
 
     def route(self, path: str, method: str, role: Role, handler: Callable[[Request, Role], Awaitable[Response]]) -> Route:
         async def endpoint(request: Request) -> Response:
@@ -463,12 +471,23 @@ class Api:
         return json_response({"status": "ok"})
 
     async def readyz(self, request: Request, role: Role) -> Response:
+        """200 ``{"ready": true, ...}``, or 503 ``{"ready": false, "waiting_for": ...}`` saying why not."""
         pipeline = self.pipeline
-        if not self.ready or pipeline is None or pipeline.broken is not None:
-            return error_response(503, ErrorCode.NOT_AVAILABLE, "not ready")
-        if self.checkpoints is not None and self.checkpoints.diverged is not None:
-            return error_response(503, ErrorCode.NOT_AVAILABLE, self.checkpoints.diverged)
-        return json_response({"status": "ready", "seq": self.replica.machine.seq})
+        waiting_for = None
+        if self.fatal is not None:
+            waiting_for = f"nothing: recovery failed ({self.fatal})"
+        elif not self.ready or pipeline is None:
+            waiting_for = self.replica.status
+        elif pipeline.broken is not None:
+            waiting_for = f"a restart: the write path stopped ({pipeline.broken})"
+        elif self.checkpoints is not None and self.checkpoints.diverged is not None:
+            waiting_for = self.checkpoints.diverged
+        elif self.replica.disk.full is not None:
+            waiting_for = f"free disk space: {self.replica.disk.full}"
+        if waiting_for is not None:
+            body = {"ready": False, "waiting_for": waiting_for, **error_body(ErrorCode.NOT_AVAILABLE, f"not ready: {waiting_for}")}
+            return json_response(body, 503, _retry_after)
+        return json_response({"status": "ready", "ready": True, "seq": self.replica.machine.seq})
 
     async def metrics_endpoint(self, request: Request, role: Role) -> Response:
         machine = self.replica.machine
@@ -596,10 +615,19 @@ def create_app(
     """
     api = Api(replica, keys)
 
-    @contextlib.asynccontextmanager
-    async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        await asyncio.to_thread(replica.recover)
-        background: list[asyncio.Task[None]] = []
+    background: list[asyncio.Task[None]] = []
+
+    async def start() -> None:
+        """Recover, then take traffic; meanwhile the server answers /readyz with the progress."""
+        try:
+            await asyncio.to_thread(replica.recover)
+        except RecoveryStopped:
+            return
+        except BaseException as error:
+            logger.critical("recovery failed: %r", error)
+            api.fatal = repr(error)
+            signal.raise_signal(signal.SIGTERM)  # the server stops; serve() exits non-zero
+            return
         if node_name is None:
             api.pipeline = Pipeline(replica, on_entry=api.on_entry)
         else:
@@ -607,13 +635,22 @@ def create_app(
             background.append(asyncio.get_running_loop().create_task(_watch_checkpoints(api, node_name, compaction_interval)))
         api.pipeline.start()
         api.ready = True
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        starting = asyncio.get_running_loop().create_task(start(), name="coffer-recovery")
         try:
             yield
         finally:
             api.ready = False
+            replica.stop_recovery()
+            with contextlib.suppress(BaseException):
+                await starting  # the recovery thread notices the stop within a read of the log
+            api.ready = False
             for task in background:
                 task.cancel()
-            await api.pipeline.close()
+            if api.pipeline is not None:
+                await api.pipeline.close()
             replica.close()
 
     public = [

@@ -32,7 +32,7 @@ import msgspec
 from coffer.core.accounts import OK, Result
 from coffer.core.commands import Command
 from coffer.core.events import EventRecord
-from coffer.log.base import LogError, LogRecord, LogTruncatedError
+from coffer.log.base import LogDiskFullError, LogError, LogRecord, LogTruncatedError
 from coffer.replica import Replica, decode_entry, encode_entry, store_backlog_events_max
 
 logger = logging.getLogger(__name__)
@@ -46,6 +46,10 @@ apply_wait_s_max = 15.0  # cluster: an acknowledged entry must come back within 
 
 class LogUnavailable(Exception):
     """The log refused or did not confirm the write: the command's fate is unknown to this node."""
+
+
+class DiskFull(Exception):
+    """This node's disk is full: it refuses commands (none of them was stored) until space is back."""
 
 
 @dataclass(slots=True)
@@ -92,6 +96,8 @@ class Pipeline:
         """Append the commands (in order, possibly over several entries) and return their outcomes."""
         if self.broken is not None:
             raise LogUnavailable(str(self.broken))
+        if self.replica.disk.full is not None:
+            raise DiskFull(self.replica.disk.full)
         loop = asyncio.get_running_loop()
         futures = []
         for start in range(0, len(commands), entry_commands_max):
@@ -148,6 +154,14 @@ class Pipeline:
             assert inflight.future is not None
             try:
                 record = await inflight.future
+            except LogDiskFullError as error:
+                # Nothing was stored; the log takes appends again once there is space.
+                self.replica.disk.report("the command log", error)
+                self._fail(inflight.waiters, DiskFull(str(error)))
+                self._fail(list(self._pending), DiskFull(str(error)))
+                self._pending.clear()
+                inflight = None
+                continue
             except LogError as error:
                 # After a failed write the local log refuses appends: nothing more can be promised.
                 logger.critical("command log failed, refusing writes: %s", error)
@@ -167,7 +181,7 @@ class Pipeline:
     def _fail(waiters: list[_Waiter], error: BaseException) -> None:
         for waiter in waiters:
             if not waiter.future.done():
-                waiter.future.set_exception(LogUnavailable(str(error)))
+                waiter.future.set_exception(error if isinstance(error, DiskFull) else LogUnavailable(str(error)))
 
     def _apply(self, record: LogRecord, commands: list[Command], inflight: _Inflight | None) -> None:
         results, events = self.replica.apply(record, commands)
@@ -316,6 +330,12 @@ class FollowerPipeline(Pipeline):
         loop = asyncio.get_running_loop()
         log = self.replica.log
         while True:
+            writer = self.replica.writer
+            if self.replica.disk.full is not None or (writer is not None and writer.backlog_events > store_backlog_events_max):
+                # The event store cannot keep up or cannot write: stop applying (this node
+                # falls behind and catches up later) rather than queue without bound.
+                await asyncio.sleep(follow_wait_s)
+                continue
             next_index = self.replica.machine.log_index + 1
             try:
                 records = await loop.run_in_executor(self._reader, log.follow, next_index, follow_wait_s)

@@ -41,7 +41,8 @@ def open_log(log_url: str | None, data_dir: Path, stream: str, replicas: int) ->
         raise ServeError(f"--log takes nats:// URLs, comma-separated; got {log_url!r}")
     from coffer.log.jetstream import JetStreamLog
 
-    return JetStreamLog(servers, stream=stream, replicas=replicas)
+    # Opened by recovery, which waits (and says so in /readyz) while NATS cannot be reached.
+    return JetStreamLog(servers, stream=stream, replicas=replicas, connect_lazily=True)
 
 
 def serve(
@@ -56,6 +57,7 @@ def serve(
     stream: str = "coffer-shard-0",
     replicas: int = 3,
     compaction_interval_s: float = 30.0,
+    disk_budget_mb: int | None = None,
 ) -> None:
     if not __debug__:
         # Assertions guard states that must be impossible; a ledger does not run without them.
@@ -67,7 +69,8 @@ def serve(
     data_dir.mkdir(parents=True, exist_ok=True)
     log = open_log(log_url, data_dir, stream, replicas)
     shared = log_url is not None
-    replica = Replica(data_dir, log, snapshot_entries=snapshot_entries, truncate_log=not shared)
+    budget_bytes = disk_budget_mb * 1024 * 1024 if disk_budget_mb is not None else None
+    replica = Replica(data_dir, log, snapshot_entries=snapshot_entries, truncate_log=not shared, disk_budget_bytes=budget_bytes)
     if shared and node_name is None:
         node_name = f"{socket.gethostname()}:{port}"
     app = create_app(replica, keys, node_name if shared else None, compaction_interval_s)
@@ -86,6 +89,8 @@ def serve(
         backlog=4096,
     )
     _Server(config).run()
+    if app.api.fatal is not None:
+        raise ServeError(f"coffer: recovery failed: {app.api.fatal}")
 
 
 class _Server(uvicorn.Server):
