@@ -34,18 +34,23 @@ budget_check_interval_s = 5.0  # measuring a directory walks it: not on every pr
 disk_full_errnos = frozenset({errno.ENOSPC, errno.EDQUOT})
 
 
-def is_disk_full(error: BaseException) -> bool:
-    """Whether ``error`` (or one it was raised from or during) says the disk is full."""
+def disk_full_cause(error: BaseException) -> BaseException | None:
+    """The error in ``error``'s chain (itself, or one it was raised from or during) that says the
+    disk is full, or None. SQLite's ROLLBACK after a failed COMMIT, for one, hides it."""
     seen: set[int] = set()
     current: BaseException | None = error
     while current is not None and id(current) not in seen:
         seen.add(id(current))
         if isinstance(current, OSError) and current.errno in disk_full_errnos:
-            return True
+            return current
         if isinstance(current, sqlite3.OperationalError) and "full" in str(current).lower():
-            return True
+            return current
         current = current.__cause__ or current.__context__
-    return False
+    return None
+
+
+def is_disk_full(error: BaseException) -> bool:
+    return disk_full_cause(error) is not None
 
 
 def directory_bytes(path: Path) -> int:
@@ -81,6 +86,8 @@ class DiskSpace:
 
     def report(self, where: str, error: BaseException | str) -> None:
         """``where`` (the event store, the log, a snapshot) could not write: the disk is full."""
+        if isinstance(error, BaseException):
+            error = disk_full_cause(error) or error
         reason = f"disk full: {where} could not write ({error})"
         with self._lock:
             first = self._reason is None

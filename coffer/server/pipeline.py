@@ -157,8 +157,9 @@ class Pipeline:
             except LogDiskFullError as error:
                 # Nothing was stored; the log takes appends again once there is space.
                 self.replica.disk.report("the command log", error)
-                self._fail(inflight.waiters, DiskFull(str(error)))
-                self._fail(list(self._pending), DiskFull(str(error)))
+                refused = DiskFull(self.replica.disk.full or f"disk full: {error}")
+                self._fail(inflight.waiters, refused)
+                self._fail(list(self._pending), refused)
                 self._pending.clear()
                 inflight = None
                 continue
