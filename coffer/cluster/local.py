@@ -184,8 +184,10 @@ class LocalCluster:
             stdout=log,
             stderr=subprocess.STDOUT,
             env=self._environment,
-            start_new_session=not self._die_with_parent,
-            # Killed with the thread that started it: a run that dies leaves no node behind.
+            # Its own session: a Ctrl-C or a SIGTERM to the starter's process group is for the
+            # starter, which stops the nodes in order (and, with die_with_parent, they are killed
+            # with the thread that started them, so a starter that dies leaves no node behind).
+            start_new_session=True,
             preexec_fn=_die_with_parent_setup() if self._die_with_parent else None,
         )
         log.close()

@@ -289,6 +289,9 @@ class NatsCluster:
     def is_running(self, number: int) -> bool:
         return self.pid(number) is not None
 
+    def is_paused(self, number: int) -> bool:
+        return number in self._paused
+
     # -- lifecycle --------------------------------------------------------------------------------
 
     def start_all(self, wait: bool = True) -> None:
@@ -459,6 +462,8 @@ class NatsCluster:
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
+                # Signals to the starter's process group (a Ctrl-C) are not for the servers.
+                start_new_session=True,
                 # Runs in the child between fork and exec: one prctl call, resolved beforehand.
                 preexec_fn=_die_with_parent_setup() if self.die_with_parent else None,
             )

@@ -19,6 +19,7 @@ import random
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
@@ -135,7 +136,8 @@ class Workload:
                 if response.status_code in (200, 409):
                     return response.status_code, response.json(), started
                 self.failures[f"HTTP {response.status_code}"] += 1
-                if response.status_code != 503:
+                # 503: unavailable for now; 507: that node's disk is full. Another node may take it.
+                if response.status_code not in (503, 507):
                     raise AssertionError(f"unexpected answer {response.status_code}: {response.text}")
             except httpx.TransportError as error:
                 self.failures[type(error).__name__] += 1
@@ -251,8 +253,17 @@ class Verdict:
         return not self.problems
 
 
-def check(workload: Workload, urls: list[str], settle_s: float = 60.0) -> Verdict:
-    """Hold the cluster to what it acknowledged (see the module docstring)."""
+def check(
+    workload: Workload,
+    urls: list[str],
+    settle_s: float = 60.0,
+    history: Callable[[], list[dict[str, Any]]] | None = None,
+) -> Verdict:
+    """Hold the cluster to what it acknowledged (see the module docstring).
+
+    ``history`` gives the whole event history when no replica holds all of it (every one was
+    rebuilt from a shared snapshot): :func:`history_from_log` replays it from the stream.
+    """
     problems: list[str] = []
     deadline = time.monotonic() + settle_s
     changed = 0
@@ -286,6 +297,11 @@ def check(workload: Workload, urls: list[str], settle_s: float = 60.0) -> Verdic
     if not replicas_agree:
         problems.append(f"replicas disagree: {heads}")
     events = _full_history(urls)
+    if (not events or events[0]["seq"] != 1) and history is not None:
+        events = history()
+        if events and replicas_agree and (events[-1]["seq"], events[-1]["hash"]) != (heads[0]["seq"], heads[0]["hash"]):
+            replicas_agree = False
+            problems.append(f"the replicas' head {heads[0]} is not the head of the stream's history {events[-1]['seq']}")
     own = f"{workload.prefix}-{workload.seed}-"
     seen = Counter(event["dedup_id"] for event in events if (event["dedup_id"] or "").startswith(own))
     duplicated = sum(count - 1 for count in seen.values() if count > 1)
@@ -347,9 +363,12 @@ def _converged_heads(urls: list[str], deadline: float) -> list[dict[str, Any]]:
         heads = []
         for url in urls:
             try:
-                heads.append(httpx.get(f"{url}/v1/audit/head", timeout=request_timeout_s).json())
+                head = httpx.get(f"{url}/v1/audit/head", timeout=request_timeout_s).json()
             except (httpx.TransportError, ValueError):
-                heads.append({"seq": -1, "hash": "unreachable", "url": url})
+                head = None
+            if not isinstance(head, dict) or "seq" not in head:
+                head = {"seq": -1, "hash": f"no head: {head}", "url": url}
+            heads.append(head)
         if len({(head["seq"], head["hash"]) for head in heads}) == 1 or time.monotonic() > deadline:
             return heads
         time.sleep(0.2)
@@ -374,3 +393,25 @@ def _full_history(urls: list[str]) -> list[dict[str, Any]]:
             return events
         best = best or events
     return best
+
+
+def history_from_log(servers: list[str], stream: str) -> list[dict[str, Any]]:
+    """The whole event history, replayed from the stream through a fresh state machine.
+
+    Every replica applies the same log with the same code, so this is the history each of them
+    derives; it serves when no replica's event store starts at seq 1. Needs an uncompacted stream.
+    """
+    from coffer.core.state_machine import StateMachine
+    from coffer.log.jetstream import JetStreamLog
+    from coffer.replica import decode_entry
+    from coffer.server.views import event_view
+
+    machine = StateMachine()
+    events: list[dict[str, Any]] = []
+    with JetStreamLog(servers, stream=stream, replicas=len(servers)) as log:
+        if log.first_index > 1:
+            return []
+        for record in log.read(1):
+            _, records = machine.apply(record.index, record.time_ms, decode_entry(record.payload).commands)
+            events.extend(event_view(item) for item in records)
+    return events

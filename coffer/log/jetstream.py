@@ -764,12 +764,19 @@ class JetStreamLog(CommandLog):
 
     def _run(self, coroutine: Coroutine[Any, Any, T], timeout_s: float) -> T:
         """Run ``coroutine`` on the log's event loop; wait at most ``timeout_s`` (and a grace)."""
+        return self._wait(self._submit(coroutine), timeout_s)
+
+    def _submit(self, coroutine: Coroutine[Any, Any, T]) -> "concurrent.futures.Future[T]":
+        """Start ``coroutine`` on the log's event loop; :meth:`_wait` for it (or cancel it)."""
         with self._futures_lock:
             if self._closed:
                 coroutine.close()
                 raise LogClosedError("the log is closed")
             future = asyncio.run_coroutine_threadsafe(coroutine, self._loop)
             self._futures.add(future)
+        return future
+
+    def _wait(self, future: "concurrent.futures.Future[T]", timeout_s: float) -> T:
         started = time.monotonic()
         try:
             return future.result(timeout_s + loop_result_grace_s)
@@ -1091,17 +1098,33 @@ class JetStreamLog(CommandLog):
         # Start one early when that record is stored: its stamp seeds the clamp.
         request_index = from_index - 1 if from_index - 1 >= first_index else from_index
         next_index = from_index
-        while next_index <= end_index:
-            stored = self._run(self._get_range(request_index, next_index, end_index), self._api_timeout_s)
-            for item in stored:
-                if item.index < next_index:
-                    clamp.seed(item.time_ns)
-                    continue
-                if item.index > next_index:
-                    self._raise_missing(next_index, item.index)
-                yield clamp.record(item)
-                next_index += 1
-            request_index = next_index
+        # The next batch is asked for while the caller works through this one (a replay is
+        # otherwise half waiting for the network).
+        ahead: tuple[int, concurrent.futures.Future[list[_Stored]]] | None = None
+        try:
+            while next_index <= end_index:
+                if ahead is not None and ahead[0] == next_index:
+                    stored = self._wait(ahead[1], self._api_timeout_s)
+                else:
+                    if ahead is not None:
+                        ahead[1].cancel()
+                    stored = self._run(self._get_range(request_index, next_index, end_index), self._api_timeout_s)
+                ahead = None
+                following = stored[-1].index + 1 if stored else next_index
+                if stored and following <= end_index:
+                    ahead = (following, self._submit(self._get_range(following, following, end_index)))
+                for item in stored:
+                    if item.index < next_index:
+                        clamp.seed(item.time_ns)
+                        continue
+                    if item.index > next_index:
+                        self._raise_missing(next_index, item.index)
+                    yield clamp.record(item)
+                    next_index += 1
+                request_index = next_index
+        finally:
+            if ahead is not None:
+                ahead[1].cancel()
 
     def _raise_missing(self, index: int, found_index: int) -> None:
         first_index = self.first_index
