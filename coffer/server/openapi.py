@@ -84,6 +84,7 @@ def _errors(*statuses: int) -> dict[str, Any]:
         413: "body too large",
         422: "malformed request; it never reached the log",
         503: "NOT_AVAILABLE: behind min_seq, or the log is unreachable",
+        507: "NOT_AVAILABLE: this node's disk is full (no Retry-After; nothing was stored; try another node)",
     }
     return {
         str(status): {
@@ -129,7 +130,7 @@ def openapi_document() -> dict[str, Any]:
                 "required": True,
                 "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{body}"}}},
             },
-            "responses": {"200": _json({"$ref": "#/components/schemas/CommandResult"}), **_errors(401, 403, 409, 413, 422, 503)},
+            "responses": {"200": _json({"$ref": "#/components/schemas/CommandResult"}), **_errors(401, 403, 409, 413, 422, 503, 507)},
         }
         if path_account:
             operation["parameters"] = [_account_path]
@@ -203,7 +204,7 @@ def openapi_document() -> dict[str, Any]:
                         }
                     },
                 },
-                "responses": {"200": _json({"type": "object"}), **_errors(401, 403, 413, 422, 503)},
+                "responses": {"200": _json({"type": "object"}), **_errors(401, 403, 413, 422, 503, 507)},
             }
         },
         "/v1/events": {
@@ -241,7 +242,12 @@ def openapi_document() -> dict[str, Any]:
             "get": {"summary": "The chain head", "responses": {"200": _json({"type": "object"}), **_errors(401, 403)}}
         },
         "/healthz": {"get": {"summary": "Liveness", "responses": {"200": _json({"type": "object"})}}},
-        "/readyz": {"get": {"summary": "Readiness", "responses": {"200": _json({"type": "object"}), **_errors(503)}}},
+        "/readyz": {
+            "get": {
+                "summary": "Readiness: 503 says what the node waits for (waiting_for), e.g. replaying log 120000/200000",
+                "responses": {"200": _json({"type": "object"}), **_errors(503)},
+            }
+        },
         "/metrics": {"get": {"summary": "Prometheus metrics", "responses": {"200": {"description": "text exposition format"}}}},
         "/admin/log-level": {
             "put": {
