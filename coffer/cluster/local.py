@@ -27,7 +27,7 @@ from pathlib import Path
 
 import httpx
 
-from coffer.cluster.nats_servers import NatsCluster, PortRange, _die_with_parent_setup, free_port, stop_recorded_servers
+from coffer.cluster.nats_servers import NatsCluster, PortRange, die_with_parent_setup, free_port, stop_recorded_servers
 from coffer.cluster.proxy import FaultProxy
 from coffer.disk import directory_bytes
 
@@ -188,7 +188,7 @@ class LocalCluster:
             # starter, which stops the nodes in order (and, with die_with_parent, they are killed
             # with the thread that started them, so a starter that dies leaves no node behind).
             start_new_session=True,
-            preexec_fn=_die_with_parent_setup() if self._die_with_parent else None,
+            preexec_fn=die_with_parent_setup() if self._die_with_parent else None,
         )
         log.close()
         self._write_state()

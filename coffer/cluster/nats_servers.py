@@ -22,9 +22,17 @@ Method.
 - "Ready" means JetStream answers ``$JS.API.INFO`` through every running server: in a cluster only
   an elected meta leader answers it, so this also waits for the meta leader election.
 - Faults: ``kill`` (SIGKILL, a crash), ``stop`` (SIGTERM, a graceful shutdown), ``pause`` and
-  ``resume`` (SIGSTOP/SIGCONT, a hung or partitioned process), ``start`` (restart on the same
-  configuration and data). Every signal goes to one PID this module started and recorded; never
-  to a process found by name.
+  ``resume`` (SIGSTOP/SIGCONT, a hung process), ``start`` (restart on the same configuration and
+  data). Every signal goes to one PID this module started and recorded; never to a process found
+  by name. Servers run in their own session, so a Ctrl-C meant for the process that started them
+  does not reach them; with ``die_with_parent`` they are killed when it dies.
+- Network faults need a path to break: :meth:`NatsCluster.route_through` makes each server reach
+  each peer through a port of :mod:`coffer.cluster.proxy` (and advertise a port that takes
+  nothing, so route gossip never goes around it).
+- Ports come from a :class:`PortRange` (``--ports``, or ``$COFFER_PORT_RANGE`` for tests) when
+  given, so that clusters of several people on one machine never collide; ``store_bytes_max``
+  sets JetStream's ``max_file_store``, beyond which a server refuses writes instead of filling
+  the disk.
 """
 
 import asyncio
@@ -465,7 +473,7 @@ class NatsCluster:
                 # Signals to the starter's process group (a Ctrl-C) are not for the servers.
                 start_new_session=True,
                 # Runs in the child between fork and exec: one prctl call, resolved beforehand.
-                preexec_fn=_die_with_parent_setup() if self.die_with_parent else None,
+                preexec_fn=die_with_parent_setup() if self.die_with_parent else None,
             )
         self._paused.discard(server.number)
         self._write_state()
@@ -557,7 +565,7 @@ def _is_alive(pid: int) -> bool:
     return fields[0] != "Z"  # a zombie has exited; only its parent's wait is missing
 
 
-def _die_with_parent_setup() -> Callable[[], None] | None:
+def die_with_parent_setup() -> Callable[[], None] | None:
     """A ``preexec_fn`` that makes Linux SIGKILL the child when the starting thread exits.
 
     ``prctl`` is looked up here, in the parent: loading a library in the child of a threaded

@@ -199,7 +199,7 @@ class Api:
         try:
             if not self.ready:
                 # Recovery runs while the server answers /readyz: the state is not to be read yet.
-                raise HttpError(503, ErrorCode.NOT_AVAILABLE, f"the node is starting: {self.replica.status}")
+                raise HttpError(503, ErrorCode.NOT_AVAILABLE, f"the node is not ready: {self.replica.status}")
             if self.checkpoints is not None and self.checkpoints.diverged is not None:
                 raise HttpError(503, ErrorCode.NOT_AVAILABLE, self.checkpoints.diverged)
             granted = self._role(headers)
@@ -643,6 +643,7 @@ def create_app(
             yield
         finally:
             api.ready = False
+            replica.status = "stopping"
             replica.stop_recovery()
             with contextlib.suppress(BaseException):
                 await starting  # the recovery thread notices the stop within a read of the log
