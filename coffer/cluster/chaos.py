@@ -51,8 +51,9 @@ fault_kinds = process_faults + network_faults
 settle_s = 120.0  # the checker's wait for every unknown command to settle and replicas to agree
 settle_after_interrupt_s = 30.0
 # The run stops its faults when the disk it uses reaches this share of the budget, so that the
-# checker still finds room (each process is capped at its share: see LocalCluster).
-disk_budget_stop_share = 0.9
+# checker still finds room (each process is capped at its share: see LocalCluster, and a node
+# measures itself only every few seconds).
+disk_budget_stop_share = 0.75
 snapshot_entries = 200  # snapshots often: sharing, adoption and wiped nodes get exercised
 
 
@@ -173,7 +174,8 @@ def _wait_nodes(cluster: LocalCluster, numbers: list[int], run: _Run, echo: Call
     deadline = time.monotonic() + node_ready_s_max
     for number in numbers:
         try:
-            took_s = cluster.wait_node(number, max(deadline - time.monotonic(), 0.05))
+            # A node up but refusing writes for a full disk is back: the disk budget deals with it.
+            took_s = cluster.wait_node(number, max(deadline - time.monotonic(), 0.05), accept=_refuses_for_disk)
         except ClusterError as error:
             run.faults["node-not-ready"] += 1
             run.unready_nodes.add(number)
@@ -183,6 +185,10 @@ def _wait_nodes(cluster: LocalCluster, numbers: list[int], run: _Run, echo: Call
         run.unready_nodes.discard(number)
         if took_s > node_ready_s_max / 2:
             echo(f"  {time.strftime('%H:%M:%S')} node c{number} took {took_s:.1f} s to get ready")
+
+
+def _refuses_for_disk(waiting_for: str) -> bool:
+    return waiting_for.startswith("free disk space")
 
 
 def _disk_over_budget(cluster: LocalCluster, budget_bytes: int) -> str | None:

@@ -195,8 +195,11 @@ class LocalCluster:
         if wait:
             self.wait_node(number)
 
-    def wait_node(self, number: int, timeout_s: float = node_ready_s_max) -> float:
-        """Wait until the node answers ``/readyz`` with 200; return how long it took.
+    def wait_node(
+        self, number: int, timeout_s: float = node_ready_s_max, accept: Callable[[str], bool] | None = None
+    ) -> float:
+        """Wait until the node answers ``/readyz`` with 200 (or says it waits for something
+        ``accept`` takes as good enough); return how long it took.
 
         Raises :class:`ClusterError` when it exits, or when it is not ready in ``timeout_s``
         (naming what it still waits for, from ``/readyz``).
@@ -210,7 +213,8 @@ class LocalCluster:
         while time.monotonic() < deadline:
             if process.poll() is not None:
                 raise ClusterError(f"{node.name} exited with {process.returncode}: see {self.directory / (node.name + '.log')}")
-            if self.node_status(number).get("ready"):
+            status = self.node_status(number)
+            if status.get("ready") or (accept is not None and accept(str(status.get("waiting_for") or ""))):
                 return time.monotonic() - started
             time.sleep(0.05)
         status = self.node_status(number)

@@ -104,7 +104,7 @@ shared_snapshots_kept = 2
 # The bucket's byte limit, in snapshots of the largest size seen: the kept ones, one upload in
 # flight and one of slack. Uploads beyond it are refused instead of filling the servers' disks.
 shared_snapshot_room = shared_snapshots_kept + 2
-shared_snapshot_bucket_bytes_min = 64 * 1024 * 1024
+shared_snapshot_bucket_bytes_min = 8 * 1024 * 1024  # room for the first small snapshots
 snapshot_chunk_bytes = 1024 * 1024  # far below max_payload; 1 MiB keeps the round trips few
 snapshot_chunks_in_flight_max = 4
 snapshot_request_s_max = 10.0  # one chunk of 1 MiB, stored and fsynced on every replica

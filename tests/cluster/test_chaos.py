@@ -49,6 +49,16 @@ def test_a_partition_nemesis_run_loses_and_duplicates_nothing(tmp_path: Path) ->
     assert time.monotonic() - started < 120
 
 
+def test_a_disk_budget_reached_stops_the_faults_and_ends_with_a_verdict(tmp_path: Path) -> None:
+    lines: list[str] = []
+    assert not run(2.0, 3, 6, 5, tmp_path / "cluster", lines.append, disk_budget_mb=96)
+    print("\n".join(lines))
+    fields = _fields(lines[-1])
+    assert fields["verdict"] == "ended-early"
+    assert fields["lost"] == fields["duplicated"] == fields["invariant_violations"] == "0"
+    assert any(line.startswith("the run ended early:") and "disk budget" in line for line in lines)
+
+
 def test_nodes_that_do_not_come_back_are_recorded_and_the_run_still_ends_with_its_verdict(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
