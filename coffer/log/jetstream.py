@@ -102,8 +102,9 @@ logger = logging.getLogger(__name__)
 # the newest, and the one before it covers a reader that started just before a newer one landed.
 shared_snapshots_kept = 2
 # The bucket's byte limit, in snapshots of the largest size seen: the kept ones, one upload in
-# flight and one of slack. Uploads beyond it are refused instead of filling the servers' disks.
-shared_snapshot_room = shared_snapshots_kept + 2
+# flight per replica (they snapshot at the same index and may upload at once) and one of slack.
+# Uploads beyond it are refused at once instead of filling the servers' disks.
+shared_snapshot_slack = 1
 shared_snapshot_bucket_bytes_min = 8 * 1024 * 1024  # room for the first small snapshots
 snapshot_chunk_bytes = 1024 * 1024  # far below max_payload; 1 MiB keeps the round trips few
 snapshot_chunks_in_flight_max = 4
@@ -160,6 +161,8 @@ _error_stream_not_found = 10059
 _error_stream_name_in_use = 10058
 _error_no_suitable_peers = 10005
 _errors_wrong_last_sequence = frozenset({10071, 10164})  # with and without the sequence in the text
+# Maximum bytes or messages exceeded, insufficient resources: the stream or the server is full.
+_errors_storage_full = frozenset({10077, 10047, 10023})
 # Publish errors a retry can fix: a message with the same id is still being proposed (the
 # earlier attempt will commit or fail: retrying then gets its answer); an atomic batch was
 # abandoned (leader change, timeout) or lost a message, or too many batches are in flight.
@@ -475,6 +478,11 @@ class JetStreamLog(CommandLog):
         return self._run(self._snapshot_bucket_bytes(), self._api_timeout_s * 2)
 
     @property
+    def shared_snapshot_room(self) -> int:
+        """How many snapshots the bucket's byte limit holds (see ``shared_snapshot_slack``)."""
+        return shared_snapshots_kept + self.replicas + shared_snapshot_slack
+
+    @property
     def _snapshot_stream(self) -> str:
         return f"OBJ_{self.snapshot_bucket}"
 
@@ -496,10 +504,11 @@ class JetStreamLog(CommandLog):
     async def _ensure_snapshot_bucket(self, snapshot_bytes: int, deadline: float) -> None:
         """Create the bucket's stream, or raise its byte limit to fit ``snapshot_bytes``-sized snapshots.
 
-        The limit (``shared_snapshot_room`` snapshots of the largest size seen) is a backstop:
-        were the clean-up ever to fail, uploads would be refused instead of filling the disk.
+        The limit (:attr:`shared_snapshot_room` snapshots of the largest size seen) is a
+        backstop: were the clean-up ever to fail, uploads would be refused instead of filling
+        the disk.
         """
-        bytes_max = max(snapshot_bytes * shared_snapshot_room, shared_snapshot_bucket_bytes_min)
+        bytes_max = max(snapshot_bytes * self.shared_snapshot_room, shared_snapshot_bucket_bytes_min)
         try:
             info = await self._stream_info(self._snapshot_stream, None, deadline)
         except _ApiError as error:
@@ -618,6 +627,10 @@ class JetStreamLog(CommandLog):
             # this deadline they may be, so the object must not be published any more.
             if time.monotonic() >= deadline:
                 raise _Transient(f"the upload took longer than {snapshot_upload_s_max} s")
+            # A newer snapshot may have been shared (and this index pruned) meanwhile.
+            newest = [item for item in await self._snapshot_objects(deadline) if not item.deleted]
+            if newest and newest[-1].index >= index:
+                raise _SharedFirst
             meta = {
                 "name": name,
                 "description": str(index),
@@ -656,8 +669,12 @@ class JetStreamLog(CommandLog):
         while True:
             try:
                 reply = await self._request(subject, data, min(snapshot_request_s_max, deadline - time.monotonic()), headers)
-                if json.loads(reply.data).get("error", {}).get("err_code") in _errors_wrong_last_sequence:
+                error_code = json.loads(reply.data).get("error", {}).get("err_code")
+                if error_code in _errors_wrong_last_sequence:
                     raise _SharedFirst
+                if error_code in _errors_storage_full:
+                    # Waiting will not make room (only this upload's clean-up does): fail now.
+                    raise LogUnavailableError(f"the shared snapshot store is full: {json.loads(reply.data)['error']}")
                 _acknowledged_index(reply)
                 return
             except _Transient:
