@@ -1,9 +1,10 @@
 """A workload that records what a cluster acknowledged, and a checker that holds it to that.
 
-Used by the fault tests and ``coffer bench failover``. Client threads send transfers to the
-nodes (each thread starts at another node and moves to the next one on a network error or a
-503), retrying an unanswered command with the same dedup_id and payload until a deadline. What
-the cluster answered (200 or 409) is *acknowledged*; what never got an answer is *unknown*.
+Used by the fault tests, ``coffer chaos`` and ``coffer bench failover``. Client threads send
+transfers to the nodes (each thread starts at another node and moves to the next one on a
+network error, a 503 or a 507 — that node's disk is full), retrying an unanswered command with
+the same dedup_id and payload until a deadline. What the cluster answered (200 or 409) is
+*acknowledged*; what never got an answer is *unknown*.
 
 The checker then proves, from the cluster's answers alone:
 - every acknowledged command, sent again, answers exactly what it answered (nothing lost, no
@@ -12,6 +13,10 @@ The checker then proves, from the cluster's answers alone:
   duplicated); seq is gapless and every event's ``prev_hash`` is the previous ``hash``;
 - money is conserved: the balances add up to what was deposited;
 - every replica reports the same chain head at the same seq.
+
+The history comes from a replica whose event store starts at seq 1; when every replica was
+rebuilt from a shared snapshot, from the stream itself, replayed through a fresh state machine
+(:func:`history_from_log`), whose head must then be the replicas' head.
 """
 
 import itertools

@@ -176,6 +176,7 @@ class Api:
         self.ready = False
         self.checkpoints: CheckpointMonitor | None = None
         self.fatal: str | None = None  # recovery failed for good: the server shuts down
+        self.on_fatal: Callable[[], None] | None = None  # how to stop the server (serve sets it)
 
     # ------------------------------------------------------------------ plumbing
 
@@ -626,7 +627,10 @@ def create_app(
         except BaseException as error:
             logger.critical("recovery failed: %r", error)
             api.fatal = repr(error)
-            signal.raise_signal(signal.SIGTERM)  # the server stops; serve() exits non-zero
+            if api.on_fatal is not None:
+                api.on_fatal()  # the server stops; serve() exits non-zero
+            else:
+                signal.raise_signal(signal.SIGTERM)
             return
         if node_name is None:
             api.pipeline = Pipeline(replica, on_entry=api.on_entry)

@@ -88,7 +88,9 @@ def serve(
         timeout_graceful_shutdown=10,
         backlog=4096,
     )
-    _Server(config).run()
+    server = _Server(config)
+    app.api.on_fatal = lambda: setattr(server, "should_exit", True)
+    server.run()
     if app.api.fatal is not None:
         raise ServeError(f"coffer: recovery failed: {app.api.fatal}")
 

@@ -6,6 +6,7 @@ import contextlib
 import itertools
 import os
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -19,6 +20,7 @@ from coffer.log.base import LogDiskFullError
 from coffer.log.memory import MemoryLog
 from coffer.log.wal import LocalWal
 from coffer.replica import Replica, encode_entry
+from tests.service.server_process import free_port
 from tests.service.test_replica import _entries
 
 
@@ -146,3 +148,30 @@ def test_the_wal_refuses_an_append_on_a_full_disk_and_takes_the_next_one_once_th
     reopened = LocalWal(small_disk / "log")
     assert [record.payload for record in reopened.read(1)] == [record.payload for record in records] + [b"after"]
     reopened.close()
+
+
+def test_a_node_whose_directory_mixes_histories_exits_non_zero_and_says_why(tmp_path: Path) -> None:
+    """On its own log (the local WAL) a store ahead of the log is mixed histories: refused."""
+    from tests.service.test_replica import _feed as feed_own
+    from tests.service.test_replica import _open
+
+    first = _open(tmp_path / "a")
+    feed_own(first, _entries(10, seed=1))
+    first.close()
+    other = _open(tmp_path / "b")
+    feed_own(other, _entries(20, seed=2))
+    other.close()
+    for name in ("events.sqlite3", "events.sqlite3-wal", "events.sqlite3-shm"):
+        (tmp_path / "a" / name).unlink(missing_ok=True)
+        if (tmp_path / "b" / name).exists():
+            (tmp_path / "a" / name).write_bytes((tmp_path / "b" / name).read_bytes())
+    environment = {key: value for key, value in os.environ.items() if not key.startswith("COFFER_")}
+    done = subprocess.run(
+        [sys.executable, "-m", "coffer", "serve", "--data-dir", str(tmp_path / "a"), "--port", str(free_port())],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=environment,
+    )
+    assert done.returncode == 1, done
+    assert "mixes histories" in done.stderr
