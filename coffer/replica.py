@@ -616,7 +616,11 @@ class SnapshotSharer:
 
     def _share_newest(self) -> None:
         replica = self.replica
-        path = replica._newest_snapshot()
+        try:
+            path = replica._newest_snapshot()
+        except FileNotFoundError:  # replaced while being checked: look again
+            self._wanted.set()
+            return
         if path is None:
             return
         index = _snapshot_index(path)
