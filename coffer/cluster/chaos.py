@@ -238,12 +238,15 @@ def run(
     verdict: Verdict | None = None
     requests = 0
     budget_bytes = disk_budget_mb * 2**20 if disk_budget_mb is not None else None
-    with tempfile.TemporaryDirectory(prefix="coffer-chaos-") as scratch, _signals_raise(state):
+    with contextlib.ExitStack() as resources:
+        resources.enter_context(_signals_raise(state))
+        if directory is None:
+            directory = Path(resources.enter_context(tempfile.TemporaryDirectory(prefix="coffer-chaos-")))
         cluster: LocalCluster | None = None
         workload: Workload | None = None
         try:
             cluster = LocalCluster(
-                directory or Path(scratch),
+                directory,
                 nodes,
                 die_with_parent=True,
                 # Snapshots often; no compaction, so the stream holds the whole history for the
