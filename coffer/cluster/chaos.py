@@ -44,6 +44,8 @@ from coffer.cluster.workload import Verdict, Workload, check, history_from_log
 from coffer.log.jetstream import JetStreamLog
 
 fault_pause_s = (1.0, 4.0)  # calm between faults, and how long a fault lasts
+# A partition lasts longer: Raft notices a silent peer only after its election timeout (4-9 s).
+partition_s = (3.0, 12.0)
 delay_s = (0.05, 0.4)  # one way, per chunk, on every link of a slowed-down server
 process_faults = ("kill-server", "kill-leader", "pause-server", "planned-restart", "kill-node", "wipe-node")
 network_faults = ("partition-server", "partition-leader", "partition-node", "split-servers", "delay-server", "reset-server")
@@ -281,7 +283,7 @@ def run(
                     echo(f"  {time.strftime('%H:%M:%S')} {kind}: could not inject ({error})")
                     continue
                 state.faults[kind] += 1
-                time.sleep(rng.uniform(*fault_pause_s))
+                time.sleep(rng.uniform(*(partition_s if kind.startswith(("partition", "split")) else fault_pause_s)))
                 try:
                     heal()
                 except Exception as error:
