@@ -69,10 +69,6 @@ store_retry_pause_s_max = 5.0  # the event store writer retries a batch the full
 recovery_batch_events = 50_000  # replayed events go to the store in batches of this many
 recovery_retry_pause_s_max = 2.0  # recovery asks an unavailable log again after at most this
 recovery_status_entries = 1000  # /readyz progress is updated every this many replayed entries
-# A replica that joins a cluster with an empty disk replays at most this many entries of a stream
-# that holds more; beyond it, it starts from the shared snapshot. Replay runs at about 10,000
-# entries/s on a 2-core machine, so this keeps a join to seconds (README: readiness bound).
-join_replay_entries_max = 50_000
 # Shared snapshots (cluster): one upload at a time, at most one per interval, back-off on failure.
 snapshot_share_interval_s = 60.0
 snapshot_share_backoff_s_min = 5.0
@@ -436,21 +432,18 @@ class Replica:
 
     def _adopt_shared_snapshot(self, force: bool = False) -> bool:
         """Take the cluster's shared snapshot when the stream no longer holds what comes after
-        this replica's own (or it has none) — after the stream was compacted while it was away
-        (``force``: it was compacted during recovery) — or when it joins with an empty disk and
-        more than ``join_replay_entries_max`` entries to replay. Otherwise it replays the
+        this replica's own (or it has none): after the stream was compacted while it was away or
+        before it joined (``force``: it was compacted during recovery). Otherwise it replays the
         stream, which also gives its event store the whole history. Returns whether it adopted one.
         """
         newest = self._newest_snapshot()
         local_index = _snapshot_index(newest) if newest is not None else 0
         # A LogError here (the log cannot say, the snapshot cannot be fetched) goes to the caller,
         # which asks again: without it this replica could not catch up anyway.
-        # When the stream can replay everything, a replica that joins with an empty disk still
-        # starts from the shared snapshot if that replay would be long, so that it is ready
-        # within a bound; its own history then begins at the snapshot.
-        joining = newest is None and self.store.last_seq == 0
-        replayable = local_index + 1 >= self.log.first_index
-        if not force and replayable and (not joining or self.log.last_index - local_index <= join_replay_entries_max):
+        # While the stream can replay everything, replaying it is preferred, also for a replica
+        # that joins with an empty disk: its event store then holds the whole history, which it
+        # needs to answer a retry of any command with that command's original event.
+        if not force and local_index + 1 >= self.log.first_index:
             return False
         self.status = "fetching the shared snapshot"
         shared_index = self.log.shared_snapshot_index()  # type: ignore[attr-defined]

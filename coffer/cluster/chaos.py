@@ -18,8 +18,8 @@ At the end the checker of :mod:`coffer.cluster.workload` — fed only by acknowl
 the event history — counts what was lost, duplicated or wrong.
 
 A run always ends with a verdict, and its last line is always ``chaos: requests=… faults=…
-lost=… duplicated=… invariant_violations=…``: a node that does not come back within
-``node_ready_s_max`` is a fault the verdict records (the run goes on, the node keeps starting);
+lost=… duplicated=… invariant_violations=…``: a node that does not come back within the
+readiness bound (:func:`~coffer.cluster.local.node_ready_bound_s`) is a fault the verdict records (the run goes on, the node keeps starting);
 a disk budget that is reached stops the faults and ends the run early; SIGINT or SIGTERM stop
 the faults and go to the checker (a second one skips it); every process the run started is
 stopped, by PID, whatever happened. The disk each NATS server and each node holds is printed.
@@ -38,7 +38,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
 
-from coffer.cluster.local import ClusterError, LocalCluster, node_ready_s_max
+from coffer.cluster.local import ClusterError, LocalCluster, node_ready_bound_s
 from coffer.cluster.nats_servers import PortRange
 from coffer.cluster.workload import Verdict, Workload, check, history_from_log
 from coffer.log.jetstream import JetStreamLog
@@ -172,8 +172,23 @@ def _heal_everything(cluster: LocalCluster, run: _Run, echo: Callable[[str], Non
     _wait_nodes(cluster, [node.number for node in cluster.nodes], run, echo)
 
 
+def _stream_length(cluster: LocalCluster) -> int:
+    try:
+        with JetStreamLog(cluster.nats.urls, stream=cluster.stream, replicas=cluster.nats.size) as log:
+            return log.last_index
+    except Exception:
+        return 0
+
+
+def _ready_bound_s(cluster: LocalCluster) -> float:
+    """How long a node may take to come back: longer for a longer stream, since a wiped node
+    replays all of it (a chaos run never compacts)."""
+    return node_ready_bound_s(_stream_length(cluster))
+
+
 def _wait_nodes(cluster: LocalCluster, numbers: list[int], run: _Run, echo: Callable[[str], None]) -> None:
-    deadline = time.monotonic() + node_ready_s_max
+    bound_s = _ready_bound_s(cluster)
+    deadline = time.monotonic() + bound_s
     for number in numbers:
         try:
             # A node up but refusing writes for a full disk is back: the disk budget deals with it.
@@ -181,11 +196,11 @@ def _wait_nodes(cluster: LocalCluster, numbers: list[int], run: _Run, echo: Call
         except ClusterError as error:
             run.faults["node-not-ready"] += 1
             run.unready_nodes.add(number)
-            run.problems.append(f"a node did not come back within {node_ready_s_max} s: {error}")
+            run.problems.append(f"a node did not come back within {bound_s:.0f} s: {error}")
             echo(f"  {time.strftime('%H:%M:%S')} node c{number} did not come back: {error}")
             continue
         run.unready_nodes.discard(number)
-        if took_s > node_ready_s_max / 2:
+        if took_s > bound_s / 2:
             echo(f"  {time.strftime('%H:%M:%S')} node c{number} took {took_s:.1f} s to get ready")
 
 
@@ -251,9 +266,9 @@ def run(
                 directory,
                 nodes,
                 die_with_parent=True,
-                # Snapshots often; no compaction, so the stream holds the whole history for the
-                # checker even when every replica was rebuilt from a shared snapshot (tests/cluster
-                # covers compaction and recovery from the shared snapshot on their own).
+                # Snapshots often; no compaction, so a wiped node replays the whole stream and the
+                # stream holds the whole history for the checker (tests/cluster covers compaction
+                # and recovery from the shared snapshot on their own).
                 node_arguments=["--snapshot-entries", str(snapshot_entries), "--compaction-interval-s", "1000000"],
                 ports=ports,
                 network_faults=any(kind in network_faults for kind in kinds),

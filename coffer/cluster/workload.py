@@ -58,6 +58,7 @@ class Workload:
     acknowledged: dict[str, Acknowledged] = field(default_factory=dict)
     unknown: dict[str, tuple[str, dict[str, Any]]] = field(default_factory=dict)
     failures: Counter[str] = field(default_factory=Counter)
+    last_refusals: dict[str, str] = field(default_factory=dict)  # per node: its last 503/507 or error
     _stop: threading.Event = field(default_factory=threading.Event)
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _threads: list[threading.Thread] = field(default_factory=list)
@@ -141,16 +142,18 @@ class Workload:
                 if response.status_code in (200, 409):
                     return response.status_code, response.json(), started
                 self.failures[f"HTTP {response.status_code}"] += 1
+                self.last_refusals[url] = f"{response.status_code} {response.text[:300]}"
                 # 503: unavailable for now; 507: that node's disk is full. Another node may take it.
                 if response.status_code not in (503, 507):
                     raise AssertionError(f"unexpected answer {response.status_code}: {response.text}")
             except httpx.TransportError as error:
                 self.failures[type(error).__name__] += 1
+                self.last_refusals[url] = type(error).__name__
             attempt += 1
             if deadline is None and self._stop.is_set():
                 return None
             if deadline is not None and time.monotonic() > deadline:
-                raise AssertionError(f"no answer for {path} before the deadline")
+                raise AssertionError(f"no answer for {path} before the deadline; last answers: {self.last_refusals}")
             time.sleep(retry_pause_s)
 
 
@@ -266,17 +269,22 @@ def check(
 ) -> Verdict:
     """Hold the cluster to what it acknowledged (see the module docstring).
 
-    ``history`` gives the whole event history when no replica holds all of it (every one was
-    rebuilt from a shared snapshot): :func:`history_from_log` replays it from the stream.
+    ``settle_s`` bounds the wait for each answer (a long run resends hundreds of thousands of
+    commands: a bound on the whole check would fail at the first 503 after it). ``history``
+    gives the whole event history when no replica holds all of it (every one was rebuilt from a
+    shared snapshot): :func:`history_from_log` replays it from the stream.
     """
     problems: list[str] = []
-    deadline = time.monotonic() + settle_s
+
+    def settle_by() -> float:
+        return time.monotonic() + settle_s
+
     changed = 0
     applied: set[str] = set()
     rejected: set[str] = set()
     for dedup_id, entry in list(workload.acknowledged.items()):
         try:
-            status, answer, _ = workload._send_until_answered(entry.path, entry.body, deadline, hash(dedup_id))
+            status, answer, _ = workload._send_until_answered(entry.path, entry.body, settle_by(), hash(dedup_id))
         except AssertionError as error:
             problems.append(f"{dedup_id}: {error} (failures seen: {dict(workload.failures)})")
             break
@@ -288,8 +296,8 @@ def check(
         if problems:
             break
         try:
-            first = workload._send_until_answered(path, body, deadline, hash(dedup_id))[:2]
-            again = workload._send_until_answered(path, body, deadline, hash(dedup_id) + 1)[:2]
+            first = workload._send_until_answered(path, body, settle_by(), hash(dedup_id))[:2]
+            again = workload._send_until_answered(path, body, settle_by(), hash(dedup_id) + 1)[:2]
         except AssertionError as error:
             problems.append(f"{dedup_id}: {error} (failures seen: {dict(workload.failures)})")
             break
@@ -297,7 +305,7 @@ def check(
             problems.append(f"{dedup_id}: an unknown command answered {first} then {again}")
         (applied if first[0] == 200 else rejected).add(dedup_id)
 
-    heads = _converged_heads(urls, deadline)
+    heads = _converged_heads(urls, settle_by())
     replicas_agree = len({(head["seq"], head["hash"]) for head in heads}) == 1
     if not replicas_agree:
         problems.append(f"replicas disagree: {heads}")

@@ -62,7 +62,7 @@ def test_a_disk_budget_reached_stops_the_faults_and_ends_with_a_verdict(tmp_path
 def test_nodes_that_do_not_come_back_are_recorded_and_the_run_still_ends_with_its_verdict(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(chaos, "node_ready_s_max", 0.2)  # no restarted node is ready that fast
+    monkeypatch.setattr(chaos, "_ready_bound_s", lambda cluster: 0.2)  # no restarted node is ready that fast
     lines: list[str] = []
     assert not run(0.25, 3, 2, 5, tmp_path / "cluster", lines.append, kinds=("wipe-node",))
     print("\n".join(lines))
