@@ -94,6 +94,7 @@ def main() -> None:
       5  missing or wrong API key, or a role not allowed (HTTP 401/403)
       6  any other error answered by the server
       7  a server cannot start: its data directory or port is in use
+      8  a server stopped: its data directory cannot be recovered (it says why)
 
     Each error code maps to one exit code, whatever the command.
     """
@@ -129,6 +130,7 @@ def main() -> None:
 @click.option(
     "--write-requests-waiting-max", default=1024, show_default=True, help="write requests in the node, at most; past it 503 at once"
 )
+@click.option("--disk-budget-mb", type=click.IntRange(min=1), help="refuse writes (507, disk full) when --data-dir holds more")
 def serve(
     host: str,
     port: int,
@@ -149,6 +151,7 @@ def serve(
     body_timeout_s: float,
     connections_max: int,
     write_requests_waiting_max: int,
+    disk_budget_mb: int | None,
 ) -> None:
     """Run a node: on the local write-ahead log (the embedded default), or on a JetStream cluster."""
     from coffer.server.connections import ConnectionLimits
@@ -190,6 +193,7 @@ def serve(
             limits,
             write_requests_waiting_max,
             shard_id=shard_id,
+            disk_budget_mb=disk_budget_mb,
         )
     except ServeError as error:
         click.echo(f"error: {error.message}", err=True)
@@ -201,14 +205,32 @@ def cluster() -> None:
     """A local cluster: NATS JetStream servers and Coffer nodes on loopback ports."""
 
 
+def _port_range(context: click.Context, parameter: click.Parameter, value: str | None) -> object:
+    if value is None:
+        return None
+    from coffer.ports import PortRange
+
+    try:
+        return PortRange.parse(value)
+    except ValueError as error:
+        raise click.BadParameter(str(error)) from None
+
+
 @cluster.command("up")
 @click.option("--nodes", default=3, show_default=True, type=click.Choice(["1", "3", "5"]), help="NATS servers and Coffer nodes")
 @click.option("--data-dir", required=True, type=click.Path(file_okay=False, path_type=Path))
-def cluster_up(nodes: str, data_dir: Path) -> None:
+@click.option("--ports", callback=_port_range, help="take every port from this range, e.g. 24000-24100 [default: any free]")
+@click.option(
+    "--disk-budget-mb",
+    type=click.IntRange(min=64),
+    help="split between the processes: each NATS server and each node refuses writes beyond its share",
+)
+def cluster_up(nodes: str, data_dir: Path, ports: object, disk_budget_mb: int | None) -> None:
     """Start the servers and nodes, print the nodes' URLs, and leave them running."""
     from coffer.cluster.local import LocalCluster
 
-    local = LocalCluster(data_dir, int(nodes))
+    budget = disk_budget_mb * 1024 * 1024 if disk_budget_mb is not None else None
+    local = LocalCluster(data_dir, int(nodes), ports=ports, disk_budget_bytes=budget)  # type: ignore[arg-type]
     local.up()
     click.echo(f"NATS JetStream: {','.join(local.nats.urls)}")
     for node in local.nodes:
@@ -233,14 +255,40 @@ def cluster_down(data_dir: Path) -> None:
 @click.option("--threads", default=6, show_default=True, help="client threads")
 @click.option("--seed", default=1, show_default=True, help="drives the nemesis and the clients")
 @click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), help="keep the cluster's files here")
-def chaos(minutes: float, nodes: str, threads: int, seed: int, data_dir: Path | None) -> None:
+@click.option("--ports", callback=_port_range, help="take every port from this range, e.g. 24000-24100 [default: any free]")
+@click.option(
+    "--disk-budget-mb",
+    default=4096,
+    show_default=True,
+    type=click.IntRange(min=64),
+    help="faults stop and the run ends with its verdict when the cluster reaches it",
+)
+@click.option("--faults", "fault_names", help="comma-separated fault kinds [default: all]")
+def chaos(
+    minutes: float,
+    nodes: str,
+    threads: int,
+    seed: int,
+    data_dir: Path | None,
+    ports: object,
+    disk_budget_mb: int,
+    fault_names: str | None,
+) -> None:
     """Faults on a real local cluster under mixed load, then a check of everything acknowledged.
 
-    Last line: chaos: requests= faults= lost= duplicated= invariant_violations=. Exit 1 on a problem.
+    Last line: chaos: requests= faults= lost= duplicated= invariant_violations= nodes_not_back=
+    verdict=ok|ended-early|problems. It is printed also when the run is interrupted (SIGINT, SIGTERM) or a node does
+    not come back. Exit 1 on a problem.
     """
-    from coffer.cluster.chaos import run
+    from coffer.cluster.chaos import fault_kinds, run
 
-    if not run(minutes, int(nodes), threads, seed, data_dir, click.echo):
+    kinds = fault_kinds
+    if fault_names:
+        kinds = tuple(name.strip() for name in fault_names.split(",") if name.strip())
+        unknown = [name for name in kinds if name not in fault_kinds]
+        if unknown or not kinds:
+            raise click.BadParameter(f"unknown fault kinds {unknown}; known: {', '.join(fault_kinds)}", param_hint="--faults")
+    if not run(minutes, int(nodes), threads, seed, data_dir, click.echo, ports=ports, disk_budget_mb=disk_budget_mb, kinds=kinds):  # type: ignore[arg-type]
         raise SystemExit(1)
 
 

@@ -14,3 +14,4 @@ unavailable = 4  # HTTP 503 or no answer; a retry with the same dedup_id is safe
 auth = 5  # HTTP 401 / 403
 other = 6  # any other answer of the server
 in_use = 7  # cannot start: the data directory or the port is taken by another process
+recovery_failed = 8  # a server stopped: its data directory cannot be recovered (damaged, or mixes histories)

@@ -15,6 +15,18 @@ Method.
   the older of the two snapshots kept are then dropped (none while there is only one), so a
   damaged newest snapshot always has a fallback. Recovery removes what a dead process left of
   unfinished snapshots.
+- On a shared log (a cluster), recovery replays to the end the log's leader reports, and on until
+  it has applied everything its own event store holds: a store that is ahead proves the log once
+  reached that far, so recovery waits for the log (a lagging or leaderless server, an election)
+  and follows it instead of refusing the directory. Only an event that differs from the stored
+  one means mixed histories (the store raises). :attr:`Replica.status` says what recovery waits
+  for, for ``/readyz``; it retries while the log is unavailable and stops on :meth:`stop_recovery`.
+- Snapshots are shared (cluster) by one uploader thread per replica: at most one upload in flight,
+  always the newest local snapshot (intermediate ones are skipped), at most one per
+  ``snapshot_share_interval_s``, with back-off after a failure.
+- A write that meets a full disk (the event store, a snapshot) is reported to
+  :class:`~coffer.disk_space.DiskSpace`, which refuses new commands until space is back; the event
+  store writer retries its batch.
 
 Seams for the deterministic simulator, which runs this very class: the clock (``clock_s``), the
 disk the snapshot files live on (:mod:`coffer.disk`), how a snapshot is written (a
@@ -23,12 +35,17 @@ on its own thread or is stepped by its owner. The defaults are what the service 
 """
 
 import abc
+import contextlib
+import ctypes
 import logging
 import os
 import queue
+import random
+import signal
+import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import crc32c
@@ -40,7 +57,8 @@ from coffer.core.events import Actor, EventRecord
 from coffer.core.snapshot import restore_snapshot, take_snapshot
 from coffer.core.state_machine import StateMachine, protocol_version_max
 from coffer.disk import Disk, local_disk
-from coffer.log.base import CommandLog, LogRecord
+from coffer.disk_space import DiskSpace, is_disk_full
+from coffer.log.base import CommandLog, LogError, LogRecord, LogTruncatedError
 from coffer.progress import progress, shows_progress
 from coffer.query.event_store import EventStore
 
@@ -58,15 +76,36 @@ store_commit_events_max = 50_000
 # so history queries stay fresh and a snapshot, which waits for the store, is never far behind.
 store_backlog_events_max = 100_000
 store_queue_batches_max = 8192  # a hard bound on queued entries, far above what the backlog allows
+store_retry_pause_s_max = 5.0  # the event store writer retries a batch the full disk refused
+recovery_batch_events = 50_000  # replayed events go to the store in batches of this many
+recovery_retry_pause_s_max = 2.0  # recovery asks an unavailable log again after at most this
+recovery_status_entries = 1000  # /readyz progress is updated every this many replayed entries
+# Shared snapshots (cluster): one upload at a time, at most one per interval, back-off on failure.
+snapshot_share_interval_s = 60.0
+snapshot_share_backoff_s_min = 5.0
+snapshot_share_backoff_s_max = 300.0
+# Replicas snapshot at the same index; a random pause before uploading lets one go first and the
+# others find it there instead of uploading the same bytes.
+snapshot_share_stagger_s_max = 5.0
+snapshot_exit_disk_full = 28  # the snapshot child's exit status when the disk was full (ENOSPC)
 
 
 class SnapshotCorrupt(RuntimeError):
     pass
 
 
+class RecoveryStopped(Exception):
+    """:meth:`Replica.stop_recovery` was called (the node is shutting down)."""
+
+
 def write_snapshot_file(path: Path, data: bytes, disk: Disk = local_disk) -> None:
     temporary = path.with_name(path.name + ".tmp")
-    disk.write_durably(temporary, snapshot_magic, crc32c.crc32c(data).to_bytes(4, "big"), data)
+    try:
+        disk.write_durably(temporary, snapshot_magic, crc32c.crc32c(data).to_bytes(4, "big"), data)
+    except OSError:
+        with contextlib.suppress(OSError):
+            disk.remove(temporary)  # a failed write (a full disk) leaves nothing behind
+        raise
     disk.replace(temporary, path)
     disk.sync_directory(path.parent)
 
@@ -86,8 +125,21 @@ def _snapshot_index(path: Path) -> int:
     return int(path.name.split("-")[1].split(".")[0])
 
 
+_pr_set_pdeathsig = 1  # prctl option, linux/prctl.h
+# Resolved at import, in the parent: a forked child of a threaded process must not load libraries.
+_prctl = ctypes.CDLL(None).prctl if sys.platform.startswith("linux") else None
+
+
+def _die_with_parent() -> None:
+    """In a forked child: SIGKILL when the parent dies, so a killed node leaves no snapshot writer."""
+    if _prctl is not None:
+        _prctl(_pr_set_pdeathsig, signal.SIGKILL)
+
+
 class SnapshotJob(abc.ABC):
     """A snapshot being written."""
+
+    disk_full = False  # set when it failed because the disk was full
 
     @abc.abstractmethod
     def poll(self) -> bool | None:
@@ -113,9 +165,10 @@ class ForkedSnapshotWriter(SnapshotWriter):
         if pid == 0:  # the child: a frozen image of the state; write it and leave at once
             code = 0
             try:
+                _die_with_parent()
                 write(take_snapshot(machine))
-            except BaseException:
-                code = 1
+            except BaseException as error:
+                code = snapshot_exit_disk_full if is_disk_full(error) else 1
             os._exit(code)
         return _ForkedSnapshotJob(pid)
 
@@ -128,8 +181,12 @@ class _ForkedSnapshotJob(SnapshotJob):
         finished, status = os.waitpid(self.pid, os.WNOHANG)
         if finished == 0:
             return None
-        if os.waitstatus_to_exitcode(status) != 0:
-            logger.error("the snapshot child %d failed (exit status %d)", self.pid, status)
+        exit_code = os.waitstatus_to_exitcode(status)
+        if exit_code == snapshot_exit_disk_full:
+            self.disk_full = True
+            return False
+        if exit_code != 0:
+            logger.error("the snapshot child %d failed (exit status %d)", self.pid, exit_code)
             return False
         return True
 
@@ -139,11 +196,13 @@ class StoreWriter:
 
     A thread does it by default. With ``thread=False`` nothing runs by itself: the owner calls
     :meth:`step` to commit what is queued (the simulator does, so that it decides when the store
-    catches up).
+    catches up). A batch the full disk refused is retried (with ``disk_space`` told, so that new
+    commands are refused meanwhile) until it is stored; any other failure stops the writer.
     """
 
-    def __init__(self, store: EventStore, *, thread: bool = True) -> None:
+    def __init__(self, store: EventStore, disk_space: DiskSpace | None = None, *, thread: bool = True) -> None:
         self.store = store
+        self.disk_space = disk_space
         self._queue: queue.Queue[list[EventRecord] | None] = queue.Queue(maxsize=store_queue_batches_max)
         self.stored_seq = store.last_seq
         self.queued_seq = store.last_seq
@@ -212,18 +271,30 @@ class StoreWriter:
                 return
 
     def _commit(self, batches: list[list[EventRecord]]) -> None:
-        """Append the batches in one transaction; a failure ends the writer and is raised."""
-        try:
-            self.store.append(record for events in batches for record in events)
-        except BaseException as error:
-            logger.critical("event store write failed: %s", error)
-            self.error = error
-            raise
+        """Append the batches in one transaction, retrying while the disk is full (a threaded
+        writer told of the disk only); any other failure ends the writer and is raised."""
+        records = [record for events in batches for record in events]
+        pause_s = 0.1
+        while True:
+            try:
+                self.store.append(records)
+                break
+            except BaseException as error:
+                if not is_disk_full(error) or self.disk_space is None or self._closing or self._thread is None:
+                    logger.critical("event store write failed: %s", error)
+                    self.error = error
+                    raise
+                self.disk_space.report("the event store", error)
+            time.sleep(pause_s)
+            pause_s = min(2 * pause_s, store_retry_pause_s_max)
         self.stored_seq = self.store.last_seq
         for listener in self.listeners:
             listener(self.stored_seq)
 
+    _closing = False
+
     def close(self) -> None:
+        self._closing = True
         if self._thread is None:
             while self.error is None and not self._queue.empty():
                 self.step()
@@ -248,6 +319,7 @@ class Replica:
         snapshot_writer: SnapshotWriter = forked_snapshots,
         store: EventStore | None = None,
         store_writer_thread: bool = True,
+        disk_budget_bytes: int | None = None,
     ) -> None:
         self.data_dir = data_dir
         self.log = log
@@ -267,44 +339,32 @@ class Replica:
         self.writer: StoreWriter | None = None
         # A shared log (a cluster) is compacted only below what every replica has: not here.
         self.truncate_log = truncate_log
+        self.disk_space = DiskSpace(data_dir, disk_budget_bytes)
+        self.status = "starting"  # what recovery does or waits for; read by /readyz
+        self._stopping = threading.Event()
+        self._sharer: SnapshotSharer | None = None
 
     # ------------------------------------------------------------------ recovery
 
     def recover(self) -> dict[str, float]:
-        """Load the newest snapshot and replay the log after it; return what it took."""
+        """Load the newest snapshot and replay the log after it; return what it took.
+
+        On a shared log, waits for the log as long as it takes (see the module docstring);
+        :meth:`stop_recovery` ends the wait with :class:`RecoveryStopped`.
+        """
         started = self._clock_s()
-        # A dead process's unfinished snapshots: recovery never uses them, nothing else removes them.
-        for stale in self.disk.list(self.snapshot_dir, "*.tmp") + self.disk.list(self.snapshot_dir, "*.pending"):
-            self.disk.remove(stale)
+        self.status = "opening the command log"
+        self._remove_leftovers()
         if self.shares_snapshots:
-            self._adopt_shared_snapshot()
-        snapshot_path = self._newest_snapshot()
-        if snapshot_path is not None:
-            self.machine = restore_snapshot(read_snapshot_file(snapshot_path, self.disk))
-            self._last_snapshot_index = self.machine.log_index
-            self._last_snapshot_seq = self.machine.seq
+            self._wait_for_log(self._adopt_shared_snapshot)
+        self._load_newest_snapshot()
         loaded = self._clock_s()
-        replayed = 0
-        batch: list[EventRecord] = []
-        to_replay = max(0, self.log.last_index - self.machine.log_index) if shows_progress() else None
-        with progress("replaying the log", to_replay, unit="entries") as shown:
-            for record in self._records_after(self.machine.log_index):
-                entry = decode_entry(record.payload)
-                _, events = self.machine.apply(record.index, record.time_ms, entry.commands, entry.actors, entry.protocol_version)
-                batch.extend(events)
-                replayed += 1
-                shown.advance()
-                if len(batch) >= 50_000:
-                    self.store.append(batch)
-                    batch = []
-        self.store.append(batch)
-        if self.store.last_seq > self.machine.seq:
-            raise RuntimeError(
-                f"the event store holds seq {self.store.last_seq} but the log only reaches {self.machine.seq}: "
-                "the data directory mixes histories"
-            )
-        self.writer = StoreWriter(self.store, thread=self._store_writer_thread)
+        replayed = self._replay_own_log() if self.truncate_log else self._replay_shared_log()
+        self.writer = StoreWriter(self.store, self.disk_space, thread=self._store_writer_thread)
+        if self.shares_snapshots:
+            self._sharer = SnapshotSharer(self)
         finished = self._clock_s()
+        self.status = "recovered"
         report = {
             "snapshot_index": float(self._last_snapshot_index),
             "snapshot_load_s": loaded - started,
@@ -316,54 +376,172 @@ class Replica:
         logger.info("recovered: %s", report)
         return report
 
+    def stop_recovery(self) -> None:
+        """End a recovery that waits for the log (shutdown); it raises :class:`RecoveryStopped`."""
+        self._stopping.set()
+
+    def _remove_leftovers(self) -> None:
+        """Temporary and unfinished snapshot files of a process that died (they are never used)."""
+        for pattern in ("*.tmp", "*.pending"):
+            for stale in self.disk.list(self.snapshot_dir, pattern):
+                logger.info("removing %s, left by a process that stopped while writing it", stale.name)
+                with contextlib.suppress(FileNotFoundError):
+                    self.disk.remove(stale)
+
+    def _wait_for_log(self, step: Callable[[], object]) -> None:
+        """Run ``step`` until the log answers it, saying in :attr:`status` what is awaited."""
+        pause_s = 0.05
+        while True:
+            if self._stopping.is_set():
+                raise RecoveryStopped("stopped while waiting for the log")
+            try:
+                step()
+                return
+            except LogError as error:
+                self.status = f"waiting for the command log: {error}"
+                logger.warning("recovery: %s; asking again", self.status)
+            self._stopping.wait(pause_s)
+            pause_s = min(2 * pause_s, recovery_retry_pause_s_max)
+
+    def _load_newest_snapshot(self) -> None:
+        snapshot_path = self._newest_snapshot()
+        if snapshot_path is not None:
+            self.status = f"loading the snapshot at log index {_snapshot_index(snapshot_path)}"
+            self.machine = restore_snapshot(read_snapshot_file(snapshot_path, self.disk))
+            self._last_snapshot_index = self.machine.log_index
+            self._last_snapshot_seq = self.machine.seq
+
+    def _replay_own_log(self) -> int:
+        """This node's own log (the local WAL): what it holds is all there is."""
+        end = self.log.last_index
+        replayed = self._replay_to(end) if end > self.machine.log_index else 0
+        if self.store.last_seq > self.machine.seq:
+            raise RuntimeError(
+                f"the event store holds seq {self.store.last_seq} but the log only reaches {self.machine.seq}: "
+                "the data directory mixes histories"
+            )
+        return replayed
+
+    def _replay_shared_log(self) -> int:
+        """A shared log: replay to its end, then on until the event store's last seq (waiting)."""
+        store_seq = self.store.last_seq
+        replayed = 0
+        pause_s = 0.05
+        while True:
+            if self._stopping.is_set():
+                raise RecoveryStopped("stopped while recovering")
+            try:
+                end = self.log.last_index
+                if end > self.machine.log_index:
+                    replayed += self._replay_to(end)
+                    pause_s = 0.05
+                    continue
+                if self.machine.seq >= store_seq:
+                    return replayed
+                self.status = (
+                    f"waiting for the log to reach seq {store_seq}, which this node's event store holds"
+                    f" (replayed to seq {self.machine.seq}, log index {self.machine.log_index}, the log's end)"
+                )
+            except LogTruncatedError as error:
+                # Compacted below this replica while it recovered: only the shared snapshot helps.
+                logger.warning("the log was compacted past this replica (%s); taking the shared snapshot", error)
+                try:
+                    adopted = self.shares_snapshots and self._adopt_shared_snapshot(force=True)
+                except LogError as fetch_error:
+                    adopted, error = False, LogTruncatedError(f"{error}; the shared snapshot: {fetch_error}")
+                if adopted:
+                    self._load_newest_snapshot()
+                    continue
+                self.status = f"waiting for a shared snapshot: {error}"
+            except LogError as error:
+                self.status = f"waiting for the command log: {error}"
+                logger.warning("recovery: %s; asking again", self.status)
+            self._stopping.wait(pause_s)
+            pause_s = min(2 * pause_s, recovery_retry_pause_s_max)
+
+    def _replay_to(self, end: int) -> int:
+        """Apply the log's records after the state's index, up to ``end``; store their events."""
+        replayed = 0
+        batch: list[EventRecord] = []
+        self.status = f"replaying log {self.machine.log_index}/{end}"
+        to_replay = end - self.machine.log_index if shows_progress() else None
+        with contextlib.ExitStack() as cleanup:
+            shown = cleanup.enter_context(progress("replaying the log", to_replay, unit="entries"))
+            # Also when reading failed half-way: what was applied must be in the store.
+            cleanup.callback(lambda: self._store_replayed(batch))
+            for record in self.log.read(self.machine.log_index + 1):
+                if record.index > end:
+                    break
+                entry = decode_entry(record.payload)
+                _, events = self.machine.apply(record.index, record.time_ms, entry.commands, entry.actors, entry.protocol_version)
+                batch.extend(events)
+                replayed += 1
+                shown.advance()
+                if replayed % recovery_status_entries == 0:
+                    self.status = f"replaying log {record.index}/{end}"
+                    if self._stopping.is_set():
+                        raise RecoveryStopped("stopped while replaying")
+                if len(batch) >= recovery_batch_events:
+                    self._store_replayed(batch)
+                    batch.clear()
+        return replayed
+
+    def _store_replayed(self, batch: list[EventRecord]) -> None:
+        pause_s = 0.1
+        while True:
+            try:
+                self.store.append(batch)
+                return
+            except Exception as error:
+                if not is_disk_full(error):
+                    raise
+                self.disk_space.report("the event store", error)
+                self.status = f"{self.disk_space.full} (replaying at log index {self.machine.log_index})"
+            if self._stopping.wait(pause_s):
+                raise RecoveryStopped("stopped while the disk was full")
+            pause_s = min(2 * pause_s, store_retry_pause_s_max)
+
     @property
     def shares_snapshots(self) -> bool:
         """On a shared log (a cluster), snapshots are also kept where a new replica finds them."""
         return not self.truncate_log and hasattr(self.log, "fetch_snapshot")
 
-    def _adopt_shared_snapshot(self) -> None:
+    def _adopt_shared_snapshot(self, force: bool = False) -> bool:
         """Take the cluster's shared snapshot when the stream no longer holds what comes after
-        this replica's own (or it has none) — after the stream was compacted while it was away,
-        or when it joins with an empty disk. Otherwise it replays the stream, which also gives
-        its event store the whole history.
+        this replica's own (or it has none): after the stream was compacted while it was away or
+        before it joined (``force``: it was compacted during recovery). Otherwise it replays the
+        stream, which also gives its event store the whole history. Returns whether it adopted one.
         """
         newest = self._newest_snapshot()
         local_index = _snapshot_index(newest) if newest is not None else 0
-        try:
-            if local_index + 1 >= self.log.first_index:
-                return
-            shared_index = self.log.shared_snapshot_index()  # type: ignore[attr-defined]
-            if shared_index <= local_index:
-                return
-            fetched = self.log.fetch_snapshot()  # type: ignore[attr-defined]
-        except Exception as error:
-            logger.warning("could not read the shared snapshot: %s", error)
-            return
+        # A LogError here (the log cannot say, the snapshot cannot be fetched) goes to the caller,
+        # which asks again: without it this replica could not catch up anyway.
+        # While the stream can replay everything, replaying it is preferred, also for a replica
+        # that joins with an empty disk: its event store then holds the whole history, which it
+        # needs to answer a retry of any command with that command's original event.
+        if not force and local_index + 1 >= self.log.first_index:
+            return False
+        self.status = "fetching the shared snapshot"
+        shared_index = self.log.shared_snapshot_index()  # type: ignore[attr-defined]
+        if shared_index <= local_index:
+            return False
+        fetched = self.log.fetch_snapshot()  # type: ignore[attr-defined]
         if fetched is None:
-            return
+            return False
         index, data = fetched
         try:
             restore_snapshot(data)
         except Exception as error:
             logger.error("the shared snapshot at index %d does not restore (%s); ignoring it", index, error)
-            return
+            return False
         write_snapshot_file(self.snapshot_dir / f"snapshot-{index:020d}.bin", data, self.disk)
         logger.info("adopted the shared snapshot at log index %d (own newest was %d)", index, local_index)
+        return True
 
     @property
     def snapshot_index(self) -> int:
         """The log index of this replica's newest active snapshot (0 if none)."""
         return self._last_snapshot_index
-
-    def _share_snapshot(self, path: Path, index: int) -> None:
-        def upload() -> None:
-            try:
-                self.log.put_snapshot(index, read_snapshot_file(path, self.disk))  # type: ignore[attr-defined]
-            except Exception as error:  # the next snapshot tries again
-                logger.warning("could not share the snapshot at index %d: %s", index, error)
-
-        # A snapshot is tens of MB: upload it off the event loop.
-        threading.Thread(target=upload, name="coffer-snapshot-upload", daemon=True).start()
 
     def _newest_snapshot(self) -> Path | None:
         candidates = sorted(self.disk.list(self.snapshot_dir, "snapshot-*.bin"), key=_snapshot_index, reverse=True)
@@ -375,11 +553,6 @@ class Replica:
                 continue
             return path
         return None
-
-    def _records_after(self, index: int) -> Iterator[LogRecord]:
-        if self.log.last_index <= index:
-            return iter(())
-        return self.log.read(index + 1)
 
     # ------------------------------------------------------------------ apply
 
@@ -432,7 +605,12 @@ class Replica:
         self._snapshot_job = None
         pending = self.snapshot_dir / f"snapshot-{index:020d}.bin.pending"
         if not written or not self.disk.exists(pending):
-            logger.error("snapshot at index %d failed", index)
+            with contextlib.suppress(FileNotFoundError):
+                self.disk.remove(pending)
+            if job.disk_full:
+                self.disk_space.report(f"the snapshot at log index {index}", "No space left on device")
+            else:
+                logger.error("snapshot at index %d failed", index)
             return
         self.disk.replace(pending, pending.with_suffix(""))
         self.disk.sync_directory(self.snapshot_dir)
@@ -446,8 +624,8 @@ class Replica:
         # while there is only one, the fallback is the whole log.
         if self.truncate_log and len(snapshots) >= snapshots_kept:
             self.log.truncate_before(_snapshot_index(snapshots[-snapshots_kept]) + 1)
-        if self.shares_snapshots:
-            self._share_snapshot(pending.with_suffix(""), index)
+        if self._sharer is not None:
+            self._sharer.offer()
 
     def wait_for_snapshot(self, timeout_s: float = 60.0) -> None:
         """Block until a running snapshot is active (tests and orderly shutdown).
@@ -463,8 +641,82 @@ class Replica:
             time.sleep(0.01)
 
     def close(self) -> None:
+        self.stop_recovery()
         self.wait_for_snapshot()
+        if self._sharer is not None:
+            self._sharer.close()
         if self.writer is not None:
             self.writer.close()
+        self.disk_space.close()
         self.store.close()
         self.log.close()
+
+
+class SnapshotSharer:
+    """Uploads a replica's newest snapshot to the shared store, one upload at a time.
+
+    :meth:`offer` says a new snapshot exists. The thread uploads whatever is newest when it gets
+    to it, so snapshots taken during an upload or a pause are skipped; it waits at least
+    ``snapshot_share_interval_s`` after a success and backs off after a failure (JetStream slow
+    or unavailable), and does not upload what another replica already shared.
+    """
+
+    def __init__(self, replica: Replica) -> None:
+        self.replica = replica
+        self._wanted = threading.Event()
+        self._closed = threading.Event()
+        self._not_before = 0.0  # monotonic
+        self._backoff_s = snapshot_share_backoff_s_min
+        self._thread = threading.Thread(target=self._run, name="coffer-snapshot-share", daemon=True)
+        self._thread.start()
+
+    def offer(self) -> None:
+        self._wanted.set()
+
+    def close(self) -> None:
+        self._closed.set()
+        self._wanted.set()
+        self._thread.join(1.0)  # an upload in flight ends by its own deadline; the thread is a daemon
+
+    def _run(self) -> None:
+        while not self._closed.is_set():
+            self._wanted.wait()
+            if self._closed.wait(max(self._not_before - time.monotonic(), 0.0) + random.uniform(0, snapshot_share_stagger_s_max)):
+                return
+            self._wanted.clear()
+            self._share_newest()
+
+    def _share_newest(self) -> None:
+        replica = self.replica
+        try:
+            path = replica._newest_snapshot()
+        except FileNotFoundError:  # replaced while being checked: look again
+            self._wanted.set()
+            return
+        if path is None:
+            return
+        index = _snapshot_index(path)
+        started = time.monotonic()
+        try:
+            if replica.log.shared_snapshot_index() >= index:  # type: ignore[attr-defined]
+                self._not_before = time.monotonic() + snapshot_share_interval_s
+                return
+            data = read_snapshot_file(path, replica.disk)
+            replica.log.put_snapshot(index, data)  # type: ignore[attr-defined]
+        except FileNotFoundError:
+            self._wanted.set()  # replaced by a newer one meanwhile: take that
+            return
+        except Exception as error:
+            logger.warning(
+                "could not share the snapshot at index %d after %.1f s: %s; next attempt in %.0f s",
+                index,
+                time.monotonic() - started,
+                error,
+                self._backoff_s,
+            )
+            self._not_before = time.monotonic() + self._backoff_s
+            self._backoff_s = min(2 * self._backoff_s, snapshot_share_backoff_s_max)
+            self._wanted.set()
+            return
+        self._backoff_s = snapshot_share_backoff_s_min
+        self._not_before = time.monotonic() + snapshot_share_interval_s

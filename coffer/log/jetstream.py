@@ -37,10 +37,22 @@ Mapping.
 - The timestamp is not in the publish acknowledgement, so ``append`` reads it back (a direct get
   of the batch's last message, falling back to the leader's message get): one more round trip
   per call, which group commit amortizes.
+- ``last_index`` and ``first_index`` come from STREAM.INFO as the stream's leader answers it.
+  While a stream has no leader, each member answers with its own state, which lags behind what
+  was acknowledged when that member was cut off or slow: such answers name no leader and are
+  refused (retried until the deadline), so nobody takes a lagging member's end for the log's.
 - ``read`` uses batched direct gets (no consumer, no meta-leader round trip), up to the
   ``last_index`` of the call. ``follow`` keeps one ephemeral pull consumer (in memory, R1, no
   acks) with one long-poll request outstanding, and recreates it when the caller jumps, when a
   delivery is missing or when the consumer falls silent (a killed or paused server).
+- Shared snapshots live in a JetStream object store (``<stream>-snapshots``, the standard
+  layout: chunks on ``$O.<bucket>.C.<nuid>``, a description on ``$O.<bucket>.M.<name>``), one
+  object per log index. An upload publishes its chunks with message ids (a retry is stored
+  once), then the description only if no replica published that index first; a failed upload
+  purges its chunks. Afterwards the store keeps the newest ``shared_snapshots_kept`` objects and
+  purges the rest, and purges chunks that no object names and that got nothing new for
+  ``snapshot_orphan_age_s`` (an uploader killed half-way). The bucket's byte limit, a few
+  snapshots, is the backstop: beyond it uploads are refused, the disk does not fill.
 
 Method. The interface is synchronous (the service calls it from its writer thread), nats-py is
 asyncio: the log runs a private event loop in a daemon thread and submits coroutines to it.
@@ -49,10 +61,12 @@ Every wait is bounded; nothing here can hang a caller for longer than its timeou
 """
 
 import asyncio
+import base64
 import calendar
 import collections
 import concurrent.futures
 import contextlib
+import hashlib
 import json
 import logging
 import re
@@ -69,7 +83,6 @@ import nats.js.errors
 from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
-from nats.js.api import ObjectMeta, ObjectStoreConfig, StorageType
 
 from coffer.log.base import (
     CommandLog,
@@ -85,8 +98,22 @@ from coffer.log.base import (
 
 logger = logging.getLogger(__name__)
 
-snapshot_object_name = "latest"
-snapshot_transfer_timeout_s = 120.0  # a snapshot of millions of dedup records is tens of MB
+# Shared snapshots. A snapshot of millions of dedup records is tens of MB; a replica needs only
+# the newest, and the one before it covers a reader that started just before a newer one landed.
+shared_snapshots_kept = 2
+# The bucket's byte limit, in snapshots of the largest size seen: the kept ones, one upload in
+# flight per replica (they snapshot at the same index and may upload at once) and one of slack.
+# Uploads beyond it are refused at once instead of filling the servers' disks.
+shared_snapshot_slack = 1
+shared_snapshot_bucket_bytes_min = 8 * 1024 * 1024  # room for the first small snapshots
+snapshot_chunk_bytes = 1024 * 1024  # far below max_payload; 1 MiB keeps the round trips few
+snapshot_chunks_in_flight_max = 4
+snapshot_request_s_max = 10.0  # one chunk of 1 MiB, stored and fsynced on every replica
+snapshot_upload_s_max = 120.0  # the whole upload; the object is not published after it
+snapshot_fetch_s_max = 120.0
+# Chunks that no object names and that got nothing new for this long belong to an upload that
+# died (its node was killed): far beyond snapshot_upload_s_max, so clocks may differ a little.
+snapshot_orphan_age_s = 600.0
 
 subject_prefix = "coffer.log."
 stream_name_default = "coffer-shard-0"
@@ -132,6 +159,10 @@ _sequence_unreachable = str(2**63 - 1)  # no stream ever has this last sequence
 _error_duplicate_in_batch = 10201  # atomic publish batch contains a duplicate message id
 _error_stream_not_found = 10059
 _error_stream_name_in_use = 10058
+_error_no_suitable_peers = 10005
+_errors_wrong_last_sequence = frozenset({10071, 10164})  # with and without the sequence in the text
+# Maximum bytes or messages exceeded, insufficient resources: the stream or the server is full.
+_errors_storage_full = frozenset({10077, 10047, 10023})
 # Publish errors a retry can fix: a message with the same id is still being proposed (the
 # earlier attempt will commit or fail: retrying then gets its answer); an atomic batch was
 # abandoned (leader change, timeout) or lost a message, or too many batches are in flight.
@@ -225,7 +256,11 @@ class JetStreamLog(CommandLog):
         request_timeout_s: float = request_timeout_s_default,
         api_timeout_s: float = api_timeout_s_default,
         client_name: str = "coffer-log",
+        connect_lazily: bool = False,
     ) -> None:
+        """``connect_lazily``: connect and open the stream on first use, not here (a node starts
+        while NATS is unreachable and reports what it waits for); a failed first use raises
+        :class:`LogUnavailableError` and the next one tries again."""
         if not servers:
             raise ValueError("servers must name at least one nats:// URL")
         if not _stream_name_pattern.fullmatch(stream):
@@ -256,15 +291,28 @@ class JetStreamLog(CommandLog):
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name=f"coffer-jetstream-{stream}", daemon=True)
         self._thread.start()
-        try:
-            self._run(self._connect(connect_timeout_s), connect_timeout_s)
-            state = self._run(self._open_stream(), api_timeout_s * 2)
-        except BaseException:
-            self.close()
-            raise
+        self._connect_timeout_s = connect_timeout_s
+        self._opened = False
+        self._open_lock = threading.Lock()
         self._append_clamp = _Clamp()
-        if state.last_time_ns is not None:
-            self._append_clamp.seed(state.last_time_ns)
+        if not connect_lazily:
+            try:
+                self._open()
+            except BaseException:
+                self.close()
+                raise
+
+    def _open(self) -> None:
+        """Connect and open (or create) the stream, once; retried by the next call if it fails."""
+        with self._open_lock:
+            if self._opened:
+                return
+            if self._connection is None:
+                self._run(self._connect(self._connect_timeout_s), self._connect_timeout_s)
+            state = self._run(self._open_stream(), self._api_timeout_s * 2)
+            if state.last_time_ns is not None:
+                self._append_clamp.seed(state.last_time_ns)
+            self._opened = True
 
     # -- the CommandLog interface -------------------------------------------------------------
 
@@ -395,54 +443,314 @@ class JetStreamLog(CommandLog):
     def snapshot_bucket(self) -> str:
         return f"{self.stream}-snapshots"
 
-    def put_snapshot(self, index: int, data: bytes) -> None:
-        """Keep ``data`` as the shared snapshot at log ``index`` unless a newer one is there.
+    def put_snapshot(self, index: int, data: bytes) -> bool:
+        """Share ``data`` as the snapshot at log ``index``, unless one as new is there already.
 
         Replicas produce byte-identical snapshots at the same index (the state machine is
-        deterministic), so it does not matter which of them uploads one.
+        deterministic), so it does not matter which of them uploads one. Returns whether this
+        call stored it. Afterwards the store keeps the newest ``shared_snapshots_kept`` snapshots
+        and drops the rest, and the chunks of uploads that died (see the module docstring).
+        Raises :class:`LogUnavailableError` after ``snapshot_upload_s_max``; a failed upload
+        removes what it stored.
         """
         self._check_open()
-        self._run(self._put_snapshot(index, data), snapshot_transfer_timeout_s)
+        return self._run(self._put_snapshot(index, data), snapshot_upload_s_max + self._api_timeout_s)
 
     def shared_snapshot_index(self) -> int:
-        """The log index of the shared snapshot, 0 if there is none."""
+        """The log index of the newest shared snapshot, 0 if there is none."""
         self._check_open()
         return self._run(self._shared_snapshot_index(), self._api_timeout_s * 2)
 
     def fetch_snapshot(self) -> tuple[int, bytes] | None:
-        """The shared snapshot ``(log index, bytes)``, or None."""
+        """The newest shared snapshot ``(log index, bytes)``, or None."""
         self._check_open()
-        return self._run(self._fetch_snapshot(), snapshot_transfer_timeout_s)
+        return self._run(self._fetch_snapshot(), snapshot_fetch_s_max + self._api_timeout_s)
 
-    async def _snapshot_store(self) -> Any:
-        js = self._nc.jetstream(timeout=self._api_timeout_s)
+    def shared_snapshots(self) -> list[tuple[int, int]]:
+        """``(log index, bytes)`` of every snapshot in the shared store, oldest first."""
+        self._check_open()
+        objects = self._run(self._snapshot_objects(self._deadline(self._api_timeout_s * 2)), self._api_timeout_s * 2)
+        return [(item.index, item.size) for item in objects]
+
+    def snapshot_bucket_bytes(self) -> int:
+        """Bytes the shared snapshot store holds now (its stream's size), 0 if it does not exist."""
+        self._check_open()
+        return self._run(self._snapshot_bucket_bytes(), self._api_timeout_s * 2)
+
+    @property
+    def shared_snapshot_room(self) -> int:
+        """How many snapshots the bucket's byte limit holds (see ``shared_snapshot_slack``)."""
+        return shared_snapshots_kept + self.replicas + shared_snapshot_slack
+
+    @property
+    def _snapshot_stream(self) -> str:
+        return f"OBJ_{self.snapshot_bucket}"
+
+    def _chunk_subject(self, nuid: str) -> str:
+        return f"$O.{self.snapshot_bucket}.C.{nuid}"
+
+    def _meta_subject(self, name: str) -> str:
+        return f"$O.{self.snapshot_bucket}.M.{base64.urlsafe_b64encode(name.encode()).decode()}"
+
+    async def _snapshot_bucket_bytes(self) -> int:
         try:
-            return await js.object_store(self.snapshot_bucket)
-        except (nats.js.errors.NotFoundError, nats.js.errors.BucketNotFoundError):
-            config = ObjectStoreConfig(bucket=self.snapshot_bucket, storage=StorageType.FILE, replicas=self.replicas)
-            return await js.create_object_store(self.snapshot_bucket, config=config)
+            info = await self._stream_info(self._snapshot_stream, None, self._deadline(self._api_timeout_s))
+        except _ApiError as error:
+            if error.error_code == _error_stream_not_found:
+                return 0
+            raise
+        return int(info["state"].get("bytes", 0))
+
+    async def _ensure_snapshot_bucket(self, snapshot_bytes: int, deadline: float) -> None:
+        """Create the bucket's stream, or raise its byte limit to fit ``snapshot_bytes``-sized snapshots.
+
+        The limit (:attr:`shared_snapshot_room` snapshots of the largest size seen) is a
+        backstop: were the clean-up ever to fail, uploads would be refused instead of filling
+        the disk.
+        """
+        bytes_max = max(snapshot_bytes * self.shared_snapshot_room, shared_snapshot_bucket_bytes_min)
+        try:
+            info = await self._stream_info(self._snapshot_stream, None, deadline)
+        except _ApiError as error:
+            if error.error_code != _error_stream_not_found:
+                raise
+            config = {
+                "name": self._snapshot_stream,
+                "subjects": [f"$O.{self.snapshot_bucket}.C.>", f"$O.{self.snapshot_bucket}.M.>"],
+                "retention": "limits",
+                "max_bytes": bytes_max,
+                "discard": "new",
+                "storage": "file",
+                "num_replicas": self.replicas,
+                "duplicate_window": int(duplicate_window_s * 1e9),
+                "allow_rollup_hdrs": True,
+                "allow_direct": True,
+            }
+            try:
+                await self._api(f"STREAM.CREATE.{self._snapshot_stream}", config, deadline)
+            except _ApiError as create_error:
+                if create_error.error_code != _error_stream_name_in_use:
+                    raise
+            return
+        config = info["config"]
+        current = int(config.get("max_bytes", -1))
+        if current == -1 or current < bytes_max:
+            # Made by an earlier version without a limit, or for smaller snapshots.
+            await self._api(f"STREAM.UPDATE.{self._snapshot_stream}", {**config, "max_bytes": bytes_max}, deadline)
+
+    async def _snapshot_objects(self, deadline: float) -> list["_SharedSnapshot"]:
+        """The snapshots the store holds (not deleted), oldest first, from the stream leader."""
+        subjects = await self._subjects(f"$O.{self.snapshot_bucket}.M.>", deadline)
+        objects = []
+        for subject in subjects:
+            message = await self._last_message(self._snapshot_stream, subject, deadline)
+            if message is None:
+                continue
+            try:
+                meta = json.loads(message[0])
+                item = _SharedSnapshot(
+                    index=int(meta.get("description") or 0),
+                    name=str(meta["name"]),
+                    nuid=str(meta.get("nuid") or ""),
+                    size=int(meta.get("size") or 0),
+                    chunks=int(meta.get("chunks") or 0),
+                    digest=str(meta.get("digest") or ""),
+                    meta_subject=subject,
+                    deleted=bool(meta.get("deleted")),
+                )
+            except (ValueError, KeyError, TypeError) as error:
+                logger.warning("shared snapshot store: unreadable object description on %s: %s", subject, error)
+                continue
+            objects.append(item)
+        return sorted(objects, key=lambda item: (item.deleted, item.index))
+
+    async def _subjects(self, subjects_filter: str, deadline: float) -> dict[str, int]:
+        """Subjects of the snapshot stream matching ``subjects_filter``, with their message counts."""
+        subjects: dict[str, int] = {}
+        offset = 0
+        while True:
+            try:
+                info = await self._stream_info(self._snapshot_stream, {"subjects_filter": subjects_filter, "offset": offset}, deadline)
+            except _ApiError as error:
+                if error.error_code == _error_stream_not_found:
+                    return {}
+                raise
+            page = info["state"].get("subjects") or {}
+            subjects.update(page)
+            offset += len(page)
+            if not page or offset >= int(info.get("total", 0)):
+                return subjects
+
+    async def _last_message(self, stream: str, subject: str, deadline: float) -> tuple[bytes, int] | None:
+        """The data and time (ns) of the last message on ``subject``, from the stream leader."""
+        try:
+            answer = await self._api(f"STREAM.MSG.GET.{stream}", {"last_by_subj": subject}, deadline)
+        except _ApiError as error:
+            if error.code == 404:
+                return None
+            raise
+        message = answer["message"]
+        return base64.b64decode(message.get("data") or ""), _nanoseconds_of(message["time"])
 
     async def _shared_snapshot_index(self) -> int:
-        store = await self._snapshot_store()
-        try:
-            info = await store.get_info(snapshot_object_name)
-        except (nats.js.errors.NotFoundError, nats.js.errors.ObjectNotFoundError):
-            return 0
-        return int(info.description or 0)
+        objects = [item for item in await self._snapshot_objects(self._deadline(self._api_timeout_s * 2)) if not item.deleted]
+        return objects[-1].index if objects else 0
 
-    async def _put_snapshot(self, index: int, data: bytes) -> None:
-        if await self._shared_snapshot_index() >= index:
-            return
-        store = await self._snapshot_store()
-        await store.put(snapshot_object_name, data, meta=ObjectMeta(name=snapshot_object_name, description=str(index)))
+    async def _put_snapshot(self, index: int, data: bytes) -> bool:
+        started = time.monotonic()
+        deadline = started + snapshot_upload_s_max
+        objects = [item for item in await self._snapshot_objects(deadline) if not item.deleted]
+        if objects and objects[-1].index >= index:
+            return False
+        await self._ensure_snapshot_bucket(len(data), deadline)
+        nuid = uuid.uuid4().hex
+        chunk_subject = self._chunk_subject(nuid)
+        name = f"snapshot-{index:020d}"
+        try:
+            digest = hashlib.sha256()
+            chunks = 0
+            # A window of chunk publishes in flight: one connection keeps them in order, and a
+            # retried one carries the same message id, so JetStream stores it once.
+            window: list[asyncio.Task[None]] = []
+            for offset in range(0, len(data), snapshot_chunk_bytes):
+                chunk = data[offset : offset + snapshot_chunk_bytes]
+                digest.update(chunk)
+                chunks += 1
+                headers = {"Nats-Msg-Id": f"{nuid}.{chunks}"}
+                window.append(asyncio.ensure_future(self._store_message(chunk_subject, chunk, headers, deadline)))
+                if len(window) >= snapshot_chunks_in_flight_max:
+                    await window.pop(0)
+            for pending in window:
+                await pending
+            window.clear()
+            # A sweep takes chunks no object names for dead after snapshot_orphan_age_s; past
+            # this deadline they may be, so the object must not be published any more.
+            if time.monotonic() >= deadline:
+                raise _Transient(f"the upload took longer than {snapshot_upload_s_max} s")
+            # A newer snapshot may have been shared (and this index pruned) meanwhile.
+            newest = [item for item in await self._snapshot_objects(deadline) if not item.deleted]
+            if newest and newest[-1].index >= index:
+                raise _SharedFirst
+            meta = {
+                "name": name,
+                "description": str(index),
+                "bucket": self.snapshot_bucket,
+                "nuid": nuid,
+                "size": len(data),
+                "chunks": chunks,
+                "digest": "SHA-256=" + base64.urlsafe_b64encode(digest.digest()).decode(),
+                "mtime": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                "options": {"max_chunk_size": snapshot_chunk_bytes},
+            }
+            # Only if no replica published this index first: its object would lose its chunks'
+            # name, and they would linger until a sweep.
+            # (A retry that finds its own first attempt stored is answered as a duplicate of it.)
+            headers = {"Nats-Msg-Id": f"{nuid}.meta", "Nats-Expected-Last-Subject-Sequence": "0"}
+            await self._store_message(self._meta_subject(name), json.dumps(meta).encode(), headers, deadline)
+        except _SharedFirst:
+            await self._purge_quietly(self._snapshot_stream, chunk_subject)
+            return False
+        except BaseException as error:
+            for pending in window:
+                pending.cancel()
+            await self._purge_quietly(self._snapshot_stream, chunk_subject)
+            if isinstance(error, _Transient):
+                raise LogUnavailableError(
+                    f"snapshot upload failed after {time.monotonic() - started:.1f} s: {error}"
+                ) from None
+            raise
+        logger.info("shared the snapshot at log index %d (%d bytes in %.1f s)", index, len(data), time.monotonic() - started)
+        await self._prune_snapshots(self._deadline(self._api_timeout_s * 4))
+        return True
+
+    async def _store_message(self, subject: str, data: bytes, headers: dict[str, str], deadline: float) -> None:
+        """Publish one message to a stream and wait for its acknowledgement, retrying until ``deadline``."""
+        pause_s = retry_pause_s_min
+        while True:
+            try:
+                reply = await self._request(subject, data, min(snapshot_request_s_max, deadline - time.monotonic()), headers)
+                error_code = json.loads(reply.data).get("error", {}).get("err_code")
+                if error_code in _errors_wrong_last_sequence:
+                    raise _SharedFirst
+                if error_code in _errors_storage_full:
+                    # Waiting will not make room (only this upload's clean-up does): fail now.
+                    raise LogUnavailableError(f"the shared snapshot store is full: {json.loads(reply.data)['error']}")
+                _acknowledged_index(reply)
+                return
+            except _Transient:
+                if time.monotonic() + pause_s >= deadline:
+                    raise
+            await asyncio.sleep(pause_s)
+            pause_s = min(2 * pause_s, retry_pause_s_max)
+
+    async def _purge_quietly(self, stream: str, subject: str) -> None:
+        try:
+            await self._api(f"STREAM.PURGE.{stream}", {"filter": subject}, self._deadline(self._api_timeout_s))
+        except Exception as error:  # a sweep after a later upload removes what is left
+            logger.warning("could not remove %s from %s: %s", subject, stream, error)
+
+    async def _prune_snapshots(self, deadline: float) -> None:
+        """Keep the newest ``shared_snapshots_kept`` snapshots; drop the rest and dead chunks."""
+        try:
+            objects = await self._snapshot_objects(deadline)
+            live = [item for item in objects if not item.deleted]
+            doomed = [item for item in objects if item.deleted] + live[: max(len(live) - shared_snapshots_kept, 0)]
+            for item in doomed:
+                # The description first: nobody starts reading an object whose chunks are going.
+                await self._api(f"STREAM.PURGE.{self._snapshot_stream}", {"filter": item.meta_subject}, deadline)
+                if item.nuid:
+                    await self._api(f"STREAM.PURGE.{self._snapshot_stream}", {"filter": self._chunk_subject(item.nuid)}, deadline)
+            named = {self._chunk_subject(item.nuid) for item in live[-shared_snapshots_kept:]}
+            for subject in await self._subjects(f"$O.{self.snapshot_bucket}.C.>", deadline):
+                if subject in named:
+                    continue
+                last = await self._last_message(self._snapshot_stream, subject, deadline)
+                if last is not None and time.time() - last[1] / 1e9 < snapshot_orphan_age_s:
+                    continue  # maybe an upload still in progress
+                await self._api(f"STREAM.PURGE.{self._snapshot_stream}", {"filter": subject}, deadline)
+                logger.info("removed the chunks of a snapshot upload that never finished (%s)", subject)
+        except (LogError, _Transient) as error:  # housekeeping: the next upload tries again
+            logger.warning("could not clean the shared snapshot store: %s", error)
 
     async def _fetch_snapshot(self) -> tuple[int, bytes] | None:
-        store = await self._snapshot_store()
-        try:
-            result = await store.get(snapshot_object_name)
-        except (nats.js.errors.NotFoundError, nats.js.errors.ObjectNotFoundError):
+        deadline = self._deadline(snapshot_fetch_s_max)
+        pause_s = retry_pause_s_min
+        while True:
+            objects = [item for item in await self._snapshot_objects(deadline) if not item.deleted]
+            if not objects:
+                return None
+            newest = objects[-1]
+            data = await self._read_chunks(newest, deadline)
+            if data is not None:
+                return newest.index, data
+            # Pruned or replaced while being read: look again.
+            if time.monotonic() + pause_s >= deadline:
+                raise LogUnavailableError(f"the shared snapshot at {newest.index} could not be read whole")
+            await asyncio.sleep(pause_s)
+            pause_s = min(2 * pause_s, retry_pause_s_max)
+
+    async def _read_chunks(self, item: "_SharedSnapshot", deadline: float) -> bytes | None:
+        """The object's bytes from the stream leader, or None if they are not all there (any more)."""
+        subject = self._chunk_subject(item.nuid)
+        parts: list[bytes] = []
+        next_sequence = 1
+        for _ in range(item.chunks):
+            try:
+                answer = await self._api(
+                    f"STREAM.MSG.GET.{self._snapshot_stream}", {"seq": next_sequence, "next_by_subj": subject}, deadline
+                )
+            except _ApiError as error:
+                if error.code == 404:
+                    return None
+                raise
+            message = answer["message"]
+            parts.append(base64.b64decode(message.get("data") or ""))
+            next_sequence = int(message["seq"]) + 1
+        data = b"".join(parts)
+        expected = item.digest.removeprefix("SHA-256=").removeprefix("sha-256=")
+        if len(data) != item.size or base64.urlsafe_b64encode(hashlib.sha256(data).digest()).decode() != expected:
             return None
-        return int(result.info.description or 0), result.data
+        return data
 
     def broadcast(self, subject: str, data: bytes) -> None:
         """Publish a best-effort note (core NATS, not the stream): replicas' checkpoints."""
@@ -473,17 +781,30 @@ class JetStreamLog(CommandLog):
 
     def _run(self, coroutine: Coroutine[Any, Any, T], timeout_s: float) -> T:
         """Run ``coroutine`` on the log's event loop; wait at most ``timeout_s`` (and a grace)."""
+        return self._wait(self._submit(coroutine), timeout_s)
+
+    def _submit(self, coroutine: Coroutine[Any, Any, T]) -> "concurrent.futures.Future[T]":
+        """Start ``coroutine`` on the log's event loop; :meth:`_wait` for it (or cancel it)."""
         with self._futures_lock:
             if self._closed:
                 coroutine.close()
                 raise LogClosedError("the log is closed")
             future = asyncio.run_coroutine_threadsafe(coroutine, self._loop)
             self._futures.add(future)
+        return future
+
+    def _wait(self, future: "concurrent.futures.Future[T]", timeout_s: float) -> T:
+        started = time.monotonic()
         try:
             return future.result(timeout_s + loop_result_grace_s)
-        except concurrent.futures.TimeoutError:
+        except concurrent.futures.TimeoutError as error:
+            waited_s = time.monotonic() - started
+            if future.done():
+                # The coroutine's own timeout (nats-py raises TimeoutError), not this wait's:
+                # report what timed out and after how long, not the limit of the whole call.
+                raise LogUnavailableError(f"JetStream timed out after {waited_s:.1f} s: {error!r}") from None
             future.cancel()
-            raise LogUnavailableError(f"no answer from JetStream within {timeout_s} s") from None
+            raise LogUnavailableError(f"no answer from JetStream within {waited_s:.1f} s (limit {timeout_s} s)") from None
         except concurrent.futures.CancelledError:
             raise LogClosedError("the log was closed during the call") from None
         finally:
@@ -493,6 +814,8 @@ class JetStreamLog(CommandLog):
     def _check_open(self) -> None:
         if self._closed:
             raise LogClosedError("the log is closed")
+        if not self._opened:
+            self._open()
 
     def _next_message_id(self) -> str:
         self._message_id_count += 1
@@ -578,19 +901,31 @@ class JetStreamLog(CommandLog):
         """Create the stream if missing; check that an existing one keeps our promises."""
         deadline = self._deadline(self._api_timeout_s)
         try:
-            info = await self._api(f"STREAM.INFO.{self.stream}", None, deadline)
+            info = await self._stream_info(self.stream, None, deadline)
         except _ApiError as error:
             if error.error_code != _error_stream_not_found:
                 raise
             try:
-                info = await self._api(f"STREAM.CREATE.{self.stream}", self._stream_config(), self._deadline(self._api_timeout_s))
+                info = await self._create_stream(self._deadline(self._api_timeout_s * 2))
             except _ApiError as create_error:
                 if create_error.error_code != _error_stream_name_in_use:
                     raise
                 # Another node created it first; check what it made.
-                info = await self._api(f"STREAM.INFO.{self.stream}", None, self._deadline(self._api_timeout_s))
+                info = await self._stream_info(self.stream, None, self._deadline(self._api_timeout_s))
         self._check_stream_config(info["config"])
         return _state_of(info)
+
+    async def _create_stream(self, deadline: float) -> dict[str, Any]:
+        pause_s = retry_pause_s_min
+        while True:
+            try:
+                return await self._api(f"STREAM.CREATE.{self.stream}", self._stream_config(), deadline)
+            except _ApiError as error:
+                # Servers that just started may not know all their peers yet.
+                if error.error_code != _error_no_suitable_peers or time.monotonic() + pause_s >= deadline:
+                    raise
+            await asyncio.sleep(pause_s)
+            pause_s = min(2 * pause_s, retry_pause_s_max)
 
     def _check_stream_config(self, config: dict[str, Any]) -> None:
         expected = self._stream_config()
@@ -617,7 +952,27 @@ class JetStreamLog(CommandLog):
             raise LogError(f"stream {self.stream} exists but cannot hold a command log: " + "; ".join(problems))
 
     async def _stream_state(self) -> _StreamState:
-        return _state_of(await self._api(f"STREAM.INFO.{self.stream}", None, self._deadline(self._api_timeout_s)))
+        return _state_of(await self._stream_info(self.stream, None, self._deadline(self._api_timeout_s)))
+
+    async def _stream_info(self, stream: str, body: dict[str, Any] | None, deadline: float) -> dict[str, Any]:
+        """STREAM.INFO as the stream's leader answers it.
+
+        While a replicated stream has no leader, every member answers STREAM.INFO with its own
+        state (nats-server, ``jsStreamInfoRequest``: "if the group has no leader"), and a member
+        that lagged or was cut off reports a ``last_seq`` below what was acknowledged. Such an
+        answer names no leader; it is not trusted, and the call asks again until a leader
+        answers or the deadline passes (then :class:`LogUnavailableError`).
+        """
+        pause_s = retry_pause_s_min
+        while True:
+            info = await self._api(f"STREAM.INFO.{stream}", body, deadline)
+            cluster = info.get("cluster")
+            if cluster is None or cluster.get("leader"):
+                return info
+            if time.monotonic() + pause_s >= deadline:
+                raise LogUnavailableError(f"stream {stream} has no leader; a member's own, possibly lagging, view is not used")
+            await asyncio.sleep(pause_s)
+            pause_s = min(2 * pause_s, retry_pause_s_max)
 
     # -- requests -----------------------------------------------------------------------------
 
@@ -760,17 +1115,33 @@ class JetStreamLog(CommandLog):
         # Start one early when that record is stored: its stamp seeds the clamp.
         request_index = from_index - 1 if from_index - 1 >= first_index else from_index
         next_index = from_index
-        while next_index <= end_index:
-            stored = self._run(self._get_range(request_index, next_index, end_index), self._api_timeout_s)
-            for item in stored:
-                if item.index < next_index:
-                    clamp.seed(item.time_ns)
-                    continue
-                if item.index > next_index:
-                    self._raise_missing(next_index, item.index)
-                yield clamp.record(item)
-                next_index += 1
-            request_index = next_index
+        # The next batch is asked for while the caller works through this one (a replay is
+        # otherwise half waiting for the network).
+        ahead: tuple[int, concurrent.futures.Future[list[_Stored]]] | None = None
+        try:
+            while next_index <= end_index:
+                if ahead is not None and ahead[0] == next_index:
+                    stored = self._wait(ahead[1], self._api_timeout_s)
+                else:
+                    if ahead is not None:
+                        ahead[1].cancel()
+                    stored = self._run(self._get_range(request_index, next_index, end_index), self._api_timeout_s)
+                ahead = None
+                following = stored[-1].index + 1 if stored else next_index
+                if stored and following <= end_index:
+                    ahead = (following, self._submit(self._get_range(following, following, end_index)))
+                for item in stored:
+                    if item.index < next_index:
+                        clamp.seed(item.time_ns)
+                        continue
+                    if item.index > next_index:
+                        self._raise_missing(next_index, item.index)
+                    yield clamp.record(item)
+                    next_index += 1
+                request_index = next_index
+        finally:
+            if ahead is not None:
+                ahead[1].cancel()
 
     def _raise_missing(self, index: int, found_index: int) -> None:
         first_index = self.first_index
@@ -967,6 +1338,24 @@ class JetStreamLog(CommandLog):
             if time.monotonic() >= deadline:
                 raise LogUnavailableError(f"no new leader for {self.stream} within {self._api_timeout_s} s of the step-down")
             await asyncio.sleep(retry_pause_s_min)
+
+
+@dataclass
+class _SharedSnapshot:
+    """One object of the shared snapshot store, as its description (meta message) says."""
+
+    index: int
+    name: str
+    nuid: str
+    size: int
+    chunks: int
+    digest: str
+    meta_subject: str
+    deleted: bool
+
+
+class _SharedFirst(Exception):
+    """Another replica published the snapshot at the same index first."""
 
 
 class _DuplicateBatch(Exception):

@@ -38,9 +38,14 @@ Method.
   ``last_index`` and ``truncate_before`` may run in other threads and never wait for an fsync.
 - A failed write or fsync poisons the log (:class:`LogWriteError`): after a failed fsync the page
   cache may say the data is there while the disk does not, so the only safe recovery is a reopen,
-  which verifies what is really on disk.
+  which verifies what is really on disk. One exception: a full disk (ENOSPC, EDQUOT) on the
+  active segment. The file is cut back to the end of the last acknowledged record and fsynced
+  (everything before that offset was fsynced by earlier appends, the cut removes the rest), and
+  :class:`LogDiskFullError` says that nothing was stored; appends work again once there is space.
+  If the cut fails too, the log is poisoned as for any other error.
 """
 
+import errno
 import fcntl
 import logging
 import os
@@ -58,6 +63,7 @@ from coffer.log.base import (
     CommandLog,
     LogClosedError,
     LogCorruptError,
+    LogDiskFullError,
     LogError,
     LogRecord,
     LogTruncatedError,
@@ -255,6 +261,8 @@ class LocalWal(CommandLog):
                 if self._fsync:
                     _sync_data(self._active_fd)
             except OSError as error:
+                if error.errno in (errno.ENOSPC, errno.EDQUOT) and self._cut_back_after_disk_full():
+                    raise LogDiskFullError(f"append to {self._directory}: {error.strerror}; nothing was stored") from error
                 with self._lock:
                     self._failure = error
                 raise LogWriteError(f"append to {self._directory} failed ({error}); the log refuses further appends") from error
@@ -263,6 +271,18 @@ class LocalWal(CommandLog):
                 self._last_index = records[-1].index
                 self._time_ms_last = time_ms
             return records
+
+    def _cut_back_after_disk_full(self) -> bool:
+        """Drop what a failed append left after the last acknowledged record (see the module docstring)."""
+        if self._active_fd is None:
+            return False  # failed while starting a segment: the state is unknown
+        try:
+            os.ftruncate(self._active_fd, self._active_bytes)
+            os.fsync(self._active_fd)
+        except OSError as error:
+            logger.critical("command log %s: cutting back after a full disk failed: %s", self._directory, error)
+            return False
+        return True
 
     def read(self, from_index: int) -> Iterator[LogRecord]:
         check_read_index(from_index)

@@ -9,6 +9,7 @@ import asyncio
 import contextlib
 import contextvars
 import logging
+import signal
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Mapping
 from typing import Any, ClassVar
@@ -32,7 +33,7 @@ from coffer.core.state_machine import protocol_version_max
 from coffer.flows.http import FlowRoutes, FlowRunFastPath
 from coffer.notify.http import NodeHost, WebhookRoutes
 from coffer.query import hierarchy, hierarchy_service, reads
-from coffer.replica import Replica
+from coffer.replica import RecoveryStopped, Replica
 from coffer.server import inputs, transactions
 from coffer.server import requests as bodies
 from coffer.server.admission import Admission, Overloaded
@@ -41,7 +42,7 @@ from coffer.server.feed import event_stream
 from coffer.server.node_reads import NodeHierarchy, NodeReads
 from coffer.server.openapi import openapi_document, query_parameters
 from coffer.server.operator_api import HttpMetrics, NodeTools
-from coffer.server.pipeline import FollowerPipeline, LogUnavailable, Outcome, Pipeline
+from coffer.server.pipeline import DiskFull, FollowerPipeline, LogUnavailable, Outcome, Pipeline
 from coffer.server.views import account_view, error_body, rejection_body, velocity_view
 
 logger = logging.getLogger(__name__)
@@ -162,6 +163,8 @@ class Api:
         )
         self.admission = Admission()
         self.tools = NodeTools(self)
+        self.fatal: str | None = None  # recovery failed for good: the server shuts down
+        self.on_fatal: Callable[[], None] | None = None  # how to stop the server (serve sets it)
 
     # ------------------------------------------------------------------ plumbing
 
@@ -187,6 +190,9 @@ class Api:
         Returns what ``work`` returns, or an ``(status, error body)`` pair for a failure.
         """
         try:
+            if not self.ready:
+                # Recovery runs while the server answers /readyz: the state is not to be read yet.
+                raise HttpError(503, ErrorCode.NOT_AVAILABLE, f"the node is not ready: {self.replica.status}")
             if self.checkpoints is not None and self.checkpoints.diverged is not None:
                 raise HttpError(503, ErrorCode.NOT_AVAILABLE, self.checkpoints.diverged)
             granted = self._role(headers)
@@ -201,6 +207,9 @@ class Api:
             return 422, error_body(error.code, error.message)
         except LogUnavailable as error:
             return 503, error_body(ErrorCode.NOT_AVAILABLE, f"the command log is unavailable: {error}")
+        except DiskFull as error:
+            # 507 without Retry-After: it lasts until an operator frees space; nothing was stored.
+            return 507, error_body(ErrorCode.NOT_AVAILABLE, str(error))
         except Overloaded as error:
             return 503, error_body(ErrorCode.NOT_AVAILABLE, f"overloaded: {error}")
         except reads.ReadError as error:
@@ -491,13 +500,25 @@ class Api:
         return json_response({"status": "ok"})
 
     async def readyz(self, request: Request, role: Role) -> Response:
+        """200 ``{"ready": true, ...}``, or 503 ``{"ready": false, "waiting_for": ...}`` saying why not."""
         pipeline = self.pipeline
-        if not self.ready or pipeline is None or pipeline.broken is not None:
-            return error_response(503, ErrorCode.NOT_AVAILABLE, "not ready")
-        if self.checkpoints is not None and self.checkpoints.diverged is not None:
-            return error_response(503, ErrorCode.NOT_AVAILABLE, self.checkpoints.diverged)
+        waiting_for = None
+        if self.fatal is not None:
+            waiting_for = f"nothing: recovery failed ({self.fatal})"
+        elif not self.ready or pipeline is None:
+            waiting_for = self.replica.status
+        elif pipeline.broken is not None:
+            waiting_for = f"a restart: the write path stopped ({pipeline.broken})"
+        elif self.checkpoints is not None and self.checkpoints.diverged is not None:
+            waiting_for = self.checkpoints.diverged
+        elif self.replica.disk_space.full is not None:
+            waiting_for = f"free disk space: {self.replica.disk_space.full}"
+        if waiting_for is not None:
+            body = {"ready": False, "waiting_for": waiting_for, **error_body(ErrorCode.NOT_AVAILABLE, f"not ready: {waiting_for}")}
+            return json_response(body, 503, _retry_after)
         ready: dict[str, Any] = {
             "status": "ready",
+            "ready": True,
             "seq": self.replica.machine.seq,
             "protocol_version": self.replica.machine.protocol_version,
             "protocol_version_max": protocol_version_max,
@@ -649,10 +670,22 @@ def create_app(
     """
     api = Api(replica, keys)
 
-    @contextlib.asynccontextmanager
-    async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        await asyncio.to_thread(replica.recover)
-        background: list[asyncio.Task[None]] = []
+    background: list[asyncio.Task[None]] = []
+
+    async def start() -> None:
+        """Recover, then take traffic; meanwhile the server answers /readyz with the progress."""
+        try:
+            await asyncio.to_thread(replica.recover)
+        except RecoveryStopped:
+            return
+        except BaseException as error:
+            logger.critical("recovery failed: %r", error)
+            api.fatal = repr(error)
+            if api.on_fatal is not None:
+                api.on_fatal()  # the server stops; serve() exits non-zero
+            else:
+                signal.raise_signal(signal.SIGTERM)
+            return
         if node_name is None:
             api.pipeline = Pipeline(replica, on_entry=api.on_entry)
         else:
@@ -662,14 +695,24 @@ def create_app(
         background.append(asyncio.get_running_loop().create_task(api.flows.runner.recover(), name="coffer-flow-recovery"))
         await api.webhooks.start()
         api.ready = True
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        starting = asyncio.get_running_loop().create_task(start(), name="coffer-recovery")
         try:
             yield
         finally:
             api.ready = False
+            replica.status = "stopping"
+            replica.stop_recovery()
+            with contextlib.suppress(BaseException):
+                await starting  # the recovery thread notices the stop within a read of the log
+            api.ready = False
             await api.webhooks.close()
             for task in background:
                 task.cancel()
-            await api.pipeline.close()
+            if api.pipeline is not None:
+                await api.pipeline.close()
             api.hierarchy.close()
             replica.close()
 

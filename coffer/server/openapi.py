@@ -400,6 +400,7 @@ _described_errors = {
     413: "body too large",
     422: "malformed request; it never reached the log",
     503: "NOT_AVAILABLE: behind min_seq or at_seq, or the log is unreachable",
+    507: "NOT_AVAILABLE: this node's disk is full (no Retry-After; nothing was stored; try another node)",
 }
 
 
@@ -530,7 +531,7 @@ def openapi_document() -> dict[str, Any]:
             "summary": description,
             "x-coffer-role": role,
             "requestBody": {"required": True, "content": {"application/json": {"schema": _ref(body)}}},
-            "responses": {"200": _json(_ref("CommandResult")), **_errors(401, 403, 409, 413, 422, 503)},
+            "responses": {"200": _json(_ref("CommandResult")), **_errors(401, 403, 409, 413, 422, 503, 507)},
         }
         if path_account:
             operation["parameters"] = [_account_path]
@@ -651,7 +652,7 @@ def openapi_document() -> dict[str, Any]:
                             },
                         }
                     ),
-                    **_errors(401, 403, 413, 422, 503),
+                    **_errors(401, 403, 413, 422, 503, 507),
                 },
             }
         },
@@ -756,7 +757,7 @@ def openapi_document() -> dict[str, Any]:
         "/healthz": {"get": {"summary": "Liveness", "x-coffer-role": "none", "responses": {"200": _json({"type": "object"})}}},
         "/readyz": {
             "get": {
-                "summary": "Readiness",
+                "summary": "Readiness: 503 says what the node waits for (waiting_for), e.g. replaying log 120000/200000",
                 "x-coffer-role": "none",
                 "responses": {"200": _json({"type": "object"}), **_errors(503)},
             }

@@ -39,7 +39,7 @@ from coffer.core.commands import Command
 from coffer.core.entries import EntryFormatError, decode_entry, encode_entry
 from coffer.core.events import Actor, EventRecord
 from coffer.core.state_machine import protocol_version_max
-from coffer.log.base import LogError, LogRecord, LogTruncatedError
+from coffer.log.base import LogDiskFullError, LogError, LogRecord, LogTruncatedError
 from coffer.replica import Replica, store_backlog_events_max
 
 logger = logging.getLogger(__name__)
@@ -55,6 +55,10 @@ apply_wait_s_max = 15.0  # cluster: an acknowledged entry must come back within 
 
 class LogUnavailable(Exception):
     """The log refused or did not confirm the write: the command's fate is unknown to this node."""
+
+
+class DiskFull(Exception):
+    """This node's disk is full: it refuses commands (none of them was stored) until space is back."""
 
 
 @dataclass(slots=True)
@@ -193,6 +197,8 @@ class Pipeline:
         """
         if self.broken is not None:
             raise LogUnavailable(str(self.broken))
+        if self.replica.disk_space.full is not None:
+            raise DiskFull(self.replica.disk_space.full)
         loop = asyncio.get_running_loop()
         futures = []
         for start in range(0, len(commands), entry_commands_max):
@@ -244,6 +250,15 @@ class Pipeline:
             assert inflight.future is not None
             try:
                 record = await inflight.future
+            except LogDiskFullError as error:
+                # Nothing was stored; the log takes appends again once there is space.
+                self.replica.disk_space.report("the command log", error)
+                refused = DiskFull(self.replica.disk_space.full or f"disk full: {error}")
+                self._fail(inflight.waiters, refused)
+                self._fail(list(self._pending), refused)
+                self._pending.clear()
+                inflight = None
+                continue
             except LogError as error:
                 # After a failed write the local log refuses appends: nothing more can be promised.
                 logger.critical("command log failed, refusing writes: %s", error)
@@ -263,7 +278,7 @@ class Pipeline:
     def _fail(waiters: list[_Waiter], error: BaseException) -> None:
         for waiter in waiters:
             if not waiter.future.done():
-                waiter.future.set_exception(LogUnavailable(str(error)))
+                waiter.future.set_exception(error if isinstance(error, DiskFull) else LogUnavailable(str(error)))
 
     def _apply(
         self,
@@ -413,6 +428,12 @@ class FollowerPipeline(Pipeline):
         loop = asyncio.get_running_loop()
         log = self.replica.log
         while True:
+            writer = self.replica.writer
+            if self.replica.disk_space.full is not None or (writer is not None and writer.backlog_events > store_backlog_events_max):
+                # The event store cannot keep up or cannot write: stop applying (this node
+                # falls behind and catches up later) rather than queue without bound.
+                await asyncio.sleep(follow_wait_s)
+                continue
             next_index = self.replica.machine.log_index + 1
             try:
                 records = await loop.run_in_executor(self._reader, log.follow, next_index, follow_wait_s)

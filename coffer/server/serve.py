@@ -3,9 +3,10 @@
 A node that cannot start says why in one line and exits with a code of :mod:`coffer.exit_codes`:
 ``invalid`` for its configuration (a keys file that cannot be read or parsed, a key too short, a
 data directory that cannot be made), ``in_use`` when another process holds its data directory or
-its port. The socket is bound here, before uvicorn starts, so that a taken port is one of these
-answers rather than uvicorn's own exit code; it listens only once uvicorn serves, so that during
-recovery a client is refused at once (and tries another node) instead of waiting.
+its port, ``recovery_failed`` when its data directory cannot be recovered. The socket is bound
+here, before uvicorn starts, so that a taken port is one of these answers rather than uvicorn's own
+exit code. Recovery runs while the server answers: ``/readyz`` says what it waits for and every
+other route answers 503, so a client tries another node instead of waiting.
 """
 
 import dataclasses
@@ -85,7 +86,8 @@ def open_log(log_url: str | None, data_dir: Path, stream: str, replicas: int) ->
         raise ServeError(f"--log takes nats:// URLs, comma-separated; got {log_url!r}")
     from coffer.log.jetstream import JetStreamLog
 
-    return JetStreamLog(servers, stream=stream, replicas=replicas)
+    # Opened by recovery, which waits (and says so in /readyz) while NATS cannot be reached.
+    return JetStreamLog(servers, stream=stream, replicas=replicas, connect_lazily=True)
 
 
 def serve(
@@ -103,6 +105,7 @@ def serve(
     limits: ConnectionLimits | None = None,
     write_requests_waiting_max: int = admission.write_requests_waiting_max,
     shard_id: int | None = None,
+    disk_budget_mb: int | None = None,
 ) -> None:
     if not __debug__:
         # Assertions guard states that must be impossible; a ledger does not run without them.
@@ -125,7 +128,8 @@ def serve(
     if shard_id is not None:
         views.shard_label = shard_id
     shared = log_url is not None
-    replica = Replica(data_dir, log, snapshot_entries=snapshot_entries, truncate_log=not shared)
+    budget_bytes = disk_budget_mb * 1024 * 1024 if disk_budget_mb is not None else None
+    replica = Replica(data_dir, log, snapshot_entries=snapshot_entries, truncate_log=not shared, disk_budget_bytes=budget_bytes)
     if shared and node_name is None:
         node_name = f"{socket.gethostname()}:{port}"
     app = create_app(replica, keys, node_name if shared else None, compaction_interval_s)
@@ -138,7 +142,11 @@ def serve(
     config = server_config(
         app, host, port, log_level, limits, app.api.admission, timeout_graceful_shutdown=10, backlog=backlog
     )
-    _Server(config).run(sockets=[listener])
+    server = _Server(config)
+    app.api.on_fatal = lambda: setattr(server, "should_exit", True)
+    server.run(sockets=[listener])
+    if app.api.fatal is not None:
+        raise ServeError(f"recovery failed: {app.api.fatal}", exit_codes.recovery_failed)
 
 
 class _Server(uvicorn.Server):

@@ -22,6 +22,7 @@ from pathlib import Path
 import httpx
 import uvicorn
 
+from coffer.ports import free_port
 from coffer.server.auth import ApiKeys
 from coffer.server.serve import ServeError, is_loopback
 from coffer.txn.router import Router, create_router_app, router_config_variable
@@ -41,19 +42,11 @@ def _die_with_parent() -> None:
     libc.prctl(_pr_set_pdeathsig, signal.SIGKILL)
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 class ShardProcess:
     def __init__(self, shard: int, data_dir: Path, log_level: str, snapshot_entries: int) -> None:
         self.shard = shard
         self.data_dir = data_dir
-        self.port = _free_port()
+        self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_level = log_level
         self.snapshot_entries = snapshot_entries

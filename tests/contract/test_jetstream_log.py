@@ -367,3 +367,115 @@ def test_recorded_servers_are_stopped_by_pid_from_their_state_file(tmp_path: Pat
         assert all(entry["pid"] is None for entry in json.loads((tmp_path / "single" / "cluster.json").read_text())["servers"])
     finally:
         cluster.stop_all()
+
+
+# -- shared snapshots -------------------------------------------------------------------------
+
+
+def _snapshot_stream_state(urls: list[str], bucket: str) -> tuple[dict[str, int], int, int]:
+    """Subjects (with message counts), bytes and byte limit of a snapshot bucket's stream."""
+
+    async def info() -> dict[str, object]:
+        connection = await nats.connect(servers=urls, connect_timeout=2, max_reconnect_attempts=1)
+        try:
+            body = json.dumps({"subjects_filter": f"$O.{bucket}.>"}).encode()
+            reply = await connection.request(f"$JS.API.STREAM.INFO.OBJ_{bucket}", body, timeout=5)
+            return json.loads(reply.data)
+        finally:
+            await connection.close()
+
+    answer = asyncio.run(info())
+    state, config = answer["state"], answer["config"]
+    return state.get("subjects") or {}, state["bytes"], config["max_bytes"]  # type: ignore[index]
+
+
+def _snapshot_bytes(index: int, size: int = 3 * 1024 * 1024 + 17) -> bytes:
+    return (f"snapshot {index} ".encode() * (size // 10 + 1))[:size]
+
+
+def test_concurrent_snapshot_uploads_keep_the_store_bounded(nats_cluster: NatsCluster, stream: str) -> None:
+    """Three replicas upload the same snapshots at once, as they do after each snapshot: the
+    store keeps the newest few, no chunk is left without its object, and the limit fits."""
+    from coffer.log.jetstream import shared_snapshots_kept
+
+    logs = [JetStreamLog([url], stream, replicas) for url in nats_cluster.urls]
+    try:
+        stored: list[bool] = []
+        failures: list[BaseException] = []
+
+        def upload(log: JetStreamLog) -> None:
+            try:
+                for index in range(1, 9):
+                    stored.append(log.put_snapshot(index * 100, _snapshot_bytes(index)))
+            except BaseException as error:
+                failures.append(error)
+
+        threads = [threading.Thread(target=upload, args=(log,)) for log in logs]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert not failures, failures
+        # Mostly one upload per index; rarely a slow one lands after a newer one (pruned again).
+        assert sum(stored) >= 1 and len(stored) == 3 * 8
+        kept = logs[0].shared_snapshots()
+        assert [index for index, _ in kept][-1] == 800 and len(kept) <= shared_snapshots_kept
+        assert logs[1].fetch_snapshot() == (800, _snapshot_bytes(8))
+        subjects, size, limit = _snapshot_stream_state(nats_cluster.urls, logs[0].snapshot_bucket)
+        chunk_subjects = [subject for subject in subjects if ".C." in subject]
+        assert len(chunk_subjects) == len(kept), subjects
+        assert size < (shared_snapshots_kept + 1) * len(_snapshot_bytes(8))
+        assert limit >= logs[0].shared_snapshot_room * len(_snapshot_bytes(8))
+    finally:
+        for log in logs:
+            log.close()
+        delete_stream(nats_cluster.urls, f"OBJ_{stream}-snapshots")
+
+
+def test_chunks_of_an_upload_that_died_are_swept(
+    nats_cluster: NatsCluster, stream: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import coffer.log.jetstream as jetstream
+
+    with JetStreamLog(nats_cluster.urls, stream, replicas) as log:
+        try:
+            assert log.put_snapshot(10, _snapshot_bytes(1))
+
+            async def leave_chunks() -> None:  # what a node killed in the middle of an upload leaves
+                connection = await nats.connect(servers=nats_cluster.urls, connect_timeout=2, max_reconnect_attempts=1)
+                try:
+                    js = connection.jetstream()
+                    for number in range(3):
+                        await js.publish(f"$O.{log.snapshot_bucket}.C.deadupload", bytes(100_000 + number))
+                finally:
+                    await connection.close()
+
+            asyncio.run(leave_chunks())
+            # Younger than the orphan age: maybe an upload in progress, so it stays.
+            assert log.put_snapshot(20, _snapshot_bytes(2))
+            assert f"$O.{log.snapshot_bucket}.C.deadupload" in _snapshot_stream_state(nats_cluster.urls, log.snapshot_bucket)[0]
+            monkeypatch.setattr(jetstream, "snapshot_orphan_age_s", 0.5)
+            time.sleep(1.0)
+            assert log.put_snapshot(30, _snapshot_bytes(3))
+            subjects = _snapshot_stream_state(nats_cluster.urls, log.snapshot_bucket)[0]
+            assert f"$O.{log.snapshot_bucket}.C.deadupload" not in subjects
+            assert [index for index, _ in log.shared_snapshots()] == [20, 30]
+            assert log.shared_snapshot_index() == 30
+            # An index that is not newer than what is shared is not uploaded again.
+            assert not log.put_snapshot(30, _snapshot_bytes(3))
+        finally:
+            delete_stream(nats_cluster.urls, f"OBJ_{log.snapshot_bucket}")
+
+
+def test_a_timeout_inside_a_call_reports_the_real_wait(nats_cluster: NatsCluster, stream: str) -> None:
+    """nats-py raises TimeoutError for one request: not to be reported as the whole call's limit."""
+
+    async def one_request_timed_out() -> None:
+        raise nats.errors.TimeoutError
+
+    with JetStreamLog(nats_cluster.urls, stream, replicas) as log:
+        started = time.monotonic()
+        with pytest.raises(LogUnavailableError) as raised:
+            log._run(one_request_timed_out(), 120.0)
+        assert time.monotonic() - started < 1.0
+        assert "120" not in str(raised.value), raised.value

@@ -3,7 +3,6 @@
 import os
 import resource
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -12,15 +11,16 @@ from pathlib import Path
 
 import httpx
 
+from coffer.ports import free_port as nats_free_port
+
 start_s_max = 30.0  # imports and recovery on a loaded CI machine
 stop_s_max = 10.0  # the server's graceful shutdown is 10 s; then it gets SIGKILL
 ready_poll_s = 0.05
 
 
 def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+    """A free loopback port outside the kernel's ephemeral range: a restarted server gets it back."""
+    return nats_free_port()
 
 
 class CofferServer:

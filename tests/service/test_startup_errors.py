@@ -75,6 +75,11 @@ def test_the_exit_codes_are_documented_in_help() -> None:
     shown = run_coffer("--help").stdout
     # An entry is "    N  text", continued on lines indented further.
     entries = {int(code): " ".join(text.split()) for code, text in re.findall(r"(?m)^ {4}(\d) {2}(.*(?:\n {7}\S.*)*)", shown)}
-    assert set(entries) == set(range(8)), shown
-    for code, words in [(exit_codes.invalid, "configuration"), (exit_codes.in_use, "in use"), (exit_codes.not_found, "ACCOUNT_NOT_FOUND")]:
+    assert set(entries) == set(range(9)), shown
+    for code, words in [
+        (exit_codes.invalid, "configuration"),
+        (exit_codes.in_use, "in use"),
+        (exit_codes.not_found, "ACCOUNT_NOT_FOUND"),
+        (exit_codes.recovery_failed, "cannot be recovered"),
+    ]:
         assert words in entries[code], entries
