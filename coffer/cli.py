@@ -276,6 +276,7 @@ def bench_apply(account_count: int, transfer_count: int, entry_size: int, seed: 
 @click.option("--cross-shard", default=0.0, show_default=True, help="sharded node: share of transfers between two shards")
 @click.option("--rate", type=float, help="open loop: requests per second started on a fixed schedule [default: closed loop]")
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False, path_type=Path), help="draw latency percentiles and throughput over time (PNG)")
+@click.option("--no-floor", is_flag=True, help="skip the floor (a minimal ASGI app under the same load) and its ratio")
 @json_option("bench load")
 def bench_load(
     url: str,
@@ -290,9 +291,11 @@ def bench_load(
     cross_shard: float,
     rate: float | None,
     plot_path: Path | None,
+    no_floor: bool,
     recorder: Recorder,
 ) -> list[dict[str, Any]]:
-    """Drive a running node with transfers; last line: mode= tps= p50_ms= p99_ms= p999_ms= errors=.
+    """Drive a running node with transfers, then a minimal ASGI app (the floor) the same way; last line:
+    mode= tps= p50_ms= p99_ms= p999_ms= errors= floor_tps= ratio= (tps / floor_tps).
 
     With --rate also: rate= refused= (503s) accepted_p50_ms= accepted_p99_ms= late= (latency from each
     request's scheduled start). Against a sharded node a last line: shards= cross_shard= tps= p50_ms=
@@ -303,7 +306,8 @@ def bench_load(
 
     try:
         samples = run(
-            url, mode, concurrency, batch_size, duration, hot, account_count, processes, seed, recorder.echo, rate, cross_shard
+            url, mode, concurrency, batch_size, duration, hot, account_count, processes, seed, recorder.echo, rate, cross_shard,
+            floor=not no_floor,
         )
     except BenchError as error:
         raise click.UsageError(str(error)) from error
