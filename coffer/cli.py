@@ -277,6 +277,7 @@ def bench_apply(account_count: int, transfer_count: int, entry_size: int, seed: 
 @click.option("--rate", type=float, help="open loop: requests per second started on a fixed schedule [default: closed loop]")
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False, path_type=Path), help="draw latency percentiles and throughput over time (PNG)")
 @click.option("--no-floor", is_flag=True, help="skip the floor (a minimal ASGI app under the same load) and its ratio")
+@click.option("--msgpack", is_flag=True, help="batch mode: send and receive the batches in MessagePack")
 @json_option("bench load")
 def bench_load(
     url: str,
@@ -292,6 +293,7 @@ def bench_load(
     rate: float | None,
     plot_path: Path | None,
     no_floor: bool,
+    msgpack: bool,
     recorder: Recorder,
 ) -> list[dict[str, Any]]:
     """Drive a running node with transfers, then a minimal ASGI app (the floor) the same way; last line:
@@ -308,6 +310,7 @@ def bench_load(
         samples = run(
             url, mode, concurrency, batch_size, duration, hot, account_count, processes, seed, recorder.echo, rate, cross_shard,
             floor=not no_floor,
+            msgpack=msgpack,
         )
     except BenchError as error:
         raise click.UsageError(str(error)) from error

@@ -58,11 +58,13 @@ def transfer_reply() -> dict[str, Any]:
 
 
 def replies(batch: int) -> dict[str, bytes]:
-    """The fixed answer per path: a transfer, and a batch of ``batch`` transfers."""
+    """The fixed answer per path: a transfer, and a batch of ``batch`` transfers (also in MessagePack)."""
     one = transfer_reply()
+    results = {"results": [{"status": 200, **one}] * batch}
     return {
         "/v1/transfers": msgspec.json.encode(one),
-        "/v1/commands": msgspec.json.encode({"results": [{"status": 200, **one}] * batch}),
+        "/v1/commands": msgspec.json.encode(results),
+        "msgpack /v1/commands": msgspec.msgpack.encode(results),
     }
 
 
@@ -90,8 +92,13 @@ class FloorApp:
             if message["type"] == "http.disconnect":
                 return
             more = message.get("more_body", False)
-        body = self.replies.get(scope["path"], self.other)
-        headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+        media_type = b"application/json"
+        if (b"content-type", b"application/msgpack") in scope["headers"]:
+            media_type = b"application/msgpack"
+            body = self.replies.get("msgpack " + scope["path"], self.other)
+        else:
+            body = self.replies.get(scope["path"], self.other)
+        headers = [(b"content-type", media_type), (b"content-length", str(len(body)).encode())]
         await send({"type": "http.response.start", "status": 200, "headers": headers})
         await send({"type": "http.response.body", "body": body})
 

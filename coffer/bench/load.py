@@ -57,6 +57,9 @@ its transfers per second (in batch mode its request rate times the batch: its fi
 ``batch`` results of 200), ``ratio`` is ``tps / floor_tps``: the share of what the machine, this
 generator and Python's HTTP stack allow that the node reaches. ``floor=False`` (``--no-floor``)
 leaves both fields out.
+
+``msgpack`` (``--msgpack``, batch mode): the batches go, and come back, in MessagePack instead of
+JSON (the floor answers in kind).
 """
 
 import asyncio
@@ -200,13 +203,13 @@ class _Target:
         port = parts.port or (443 if tls else 80)
         return cls(parts.hostname, port, tls, parts.path.rstrip("/"), os.environ.get(api_key_variable) or None)
 
-    def head(self, path: str) -> bytes:
+    def head(self, path: str, media_type: str = "application/json") -> bytes:
         """The request head up to ``Content-Length: ``; the caller appends the length and body."""
         auth = f"x-api-key: {self.api_key}\r\n" if self.api_key else ""
         host = self.host if ":" not in self.host else f"[{self.host}]"
         return (
             f"POST {self.path}{path} HTTP/1.1\r\nHost: {host}:{self.port}\r\n"
-            f"Content-Type: application/json\r\n{auth}Content-Length: "
+            f"Content-Type: {media_type}\r\n{auth}Content-Length: "
         ).encode()
 
     async def connect(self) -> _Connection:
@@ -240,12 +243,14 @@ class _Results(msgspec.Struct):
 
 
 _error_decoder = msgspec.json.Decoder(_Error)
+_error_msgpack_decoder = msgspec.msgpack.Decoder(_Error)
 _results_decoder = msgspec.json.Decoder(_Results)
+_results_msgpack_decoder = msgspec.msgpack.Decoder(_Results)
 
 
 def _error_code(status: int, body: bytes) -> str:
     try:
-        error = _error_decoder.decode(body).error
+        error = (_error_msgpack_decoder if body[:1] >= b"\x80" else _error_decoder).decode(body).error
     except msgspec.DecodeError:
         error = None
     return f"{status} {error.code if error is not None else body[:80]!r}"
@@ -317,6 +322,7 @@ class _Plan:
     cross_shard: float = 0.0  # share of transfers between accounts of different shards
     shard_map: dict[str, Any] | None = None  # the node's map (GET /v1/shards); None: one shard
     rate: float | None = None  # this process's requests per second (open loop), or None (closed loop)
+    msgpack: bool = False  # batch mode: bodies and answers in MessagePack
 
 
 class _Load:
@@ -348,6 +354,7 @@ class _Load:
         self.counters = counters
         self.slot = slot
         self.by_shard: list[list[str]] = []
+        self.media_type = "application/msgpack" if plan.msgpack else "application/json"
         if plan.shard_map is not None:
             shard_map = ShardMap.from_json(plan.shard_map)
             self.by_shard = [[] for _ in range(shard_map.shards)]
@@ -389,6 +396,28 @@ class _Load:
             f'"to_account_id":"{target}","amount":"{amount}","asset":"{asset}"}}'
         )
 
+    def transfer_fields(self) -> dict[str, str]:
+        """One transfer of a batch as a map (MessagePack bodies)."""
+        source, target = self.pick()
+        self.next_id += 1
+        return {
+            "type": "transfer",
+            "dedup_id": f"{self.plan.id_prefix}{self.next_id}",
+            "from_account_id": source,
+            "to_account_id": target,
+            "amount": self.amounts[self.rng.randrange(1000)],
+            "asset": asset,
+        }
+
+    def batch_body(self) -> bytes:
+        if self.plan.msgpack:
+            return msgspec.msgpack.encode({"commands": [self.transfer_fields() for _ in range(self.plan.batch)]})
+        items = ",".join([self.transfer('"type":"transfer",') for _ in range(self.plan.batch)])
+        return b'{"commands":[' + items.encode() + b"]}"
+
+    def decode_results(self, answer: bytes) -> list[_Result]:
+        return (_results_msgpack_decoder if self.plan.msgpack else _results_decoder).decode(answer).results
+
     def publish(self) -> None:
         base = self.slot * 4
         self.counters[base] = self.ok
@@ -403,17 +432,13 @@ class _Load:
     async def _connection_loop(self, connection: _Connection) -> None:
         plan = self.plan
         single = plan.mode == "single"
-        head = self.target.head("/v1/transfers" if single else "/v1/commands")
+        head = self.target.head("/v1/transfers") if single else self.target.head("/v1/commands", self.media_type)
         per_request = 1 if single else plan.batch
         clock = time.perf_counter
         monotonic = time.monotonic
         latencies = self.latencies
         while monotonic() < self.deadline:
-            if single:
-                body = self.transfer("").encode()
-            else:
-                items = ",".join([self.transfer('"type":"transfer",') for _ in range(per_request)])
-                body = b'{"commands":[' + items.encode() + b"]}"
+            body = self.transfer("").encode() if single else self.batch_body()
             payload = _payload(head, body)
             if connection.closed:
                 try:
@@ -446,7 +471,7 @@ class _Load:
                 self.ok += 1
             else:
                 try:
-                    results = _results_decoder.decode(answer).results
+                    results = self.decode_results(answer)
                 except msgspec.DecodeError as error:
                     self.errors += per_request
                     self.codes[f"200 with an unreadable body: {error}"] += per_request
@@ -463,8 +488,7 @@ class _Load:
         """The next request's payload and the transfers it carries."""
         if self.plan.mode == "single":
             return _payload(self.target.head("/v1/transfers"), self.transfer("").encode()), 1
-        items = ",".join([self.transfer('"type":"transfer",') for _ in range(self.plan.batch)])
-        return _payload(self.target.head("/v1/commands"), b'{"commands":[' + items.encode() + b"]}"), self.plan.batch
+        return _payload(self.target.head("/v1/commands", self.media_type), self.batch_body()), self.plan.batch
 
     async def _open_loop(self, connections: list[_Connection]) -> None:
         """Start requests on this process's schedule until the deadline; wait for their answers."""
@@ -547,7 +571,7 @@ class _Load:
             if self.plan.mode == "single":
                 self.ok += 1
             else:
-                results = _results_decoder.decode(answer).results
+                results = self.decode_results(answer)
                 self.ok += sum(result.status == 200 for result in results)
                 self.errors += sum(result.status != 200 for result in results)
             return
@@ -671,6 +695,7 @@ def run(
     rate: float | None = None,
     cross_shard: float = 0.0,
     floor: bool = True,
+    msgpack: bool = False,
 ) -> list[dict[str, Any]]:
     """Set up, load ``url`` for ``duration_s`` seconds and echo progress, then the result line.
 
@@ -692,6 +717,8 @@ def run(
         raise BenchError("at least 2 accounts are needed")
     if rate is not None and not rate > 0:
         raise BenchError("rate is a positive number of requests per second")
+    if msgpack and mode != "batch":
+        raise BenchError("--msgpack is for batch mode (POST /v1/commands)")
     target = _Target.parse(url)
     shard_map = _shard_map(url)
     shards = 1 if shard_map is None else int(shard_map["shards"])
@@ -720,6 +747,7 @@ def run(
         cross_shard=cross_shard,
         shard_map=shard_map,
         rate=rate,
+        msgpack=msgpack,
     )
     node = _drive(plan, processes, echo)
     result = (
@@ -801,7 +829,7 @@ def _drive(plan: _Plan, processes: int, echo: Callable[[str], None]) -> _Measure
             if kind == "failed":
                 raise BenchError(f"load worker {slot} failed: {detail}")
             ready += 1
-        mode_text = f"{plan.batch} transfers per request, " if mode == "batch" else ""
+        mode_text = f"{plan.batch} transfers per request{' in MessagePack' if plan.msgpack else ''}, " if mode == "batch" else ""
         loop_text = f"open loop at {rate:g} requests/s, " if rate is not None else f"{in_flight} requests in flight "
         echo(f"load: mode={mode} {mode_text}{loop_text}over {processes} processes, hot={plan.hot:g}, {duration_s:g}s")
         begin = time.monotonic() + 0.1
