@@ -320,6 +320,21 @@ def bench_load(
     return samples
 
 
+@bench.command("servers")
+@click.option("--duration", default=10.0, show_default=True, help="seconds of load per server and app")
+@click.option("--concurrency", default=64, show_default=True, help="requests in flight")
+@click.option("--accounts", "account_count", default=10_000, show_default=True)
+@click.option("--processes", default=2, show_default=True, help="load generator processes")
+@click.option("--seed", default=1, show_default=True)
+@json_option("bench servers")
+def bench_servers(duration: float, concurrency: int, account_count: int, processes: int, seed: int, recorder: Recorder) -> None:
+    """Serve the floor app and a node under uvicorn + httptools and under granian, load each the same way;
+    a line per server and app: server= app= tps= p50_ms= p99_ms= errors=, then fastest_on_node= by=."""
+    from coffer.bench.servers import run
+
+    run(duration, concurrency, account_count, processes, seed, recorder.echo)
+
+
 @bench.command("failover")
 @click.option("--runs", default=5, show_default=True, help="leader kills, one after the other")
 @click.option("--nodes", default="3", show_default=True, type=click.Choice(["3", "5"]))
