@@ -60,6 +60,9 @@ leaves both fields out.
 
 ``msgpack`` (``--msgpack``, batch mode): the batches go, and come back, in MessagePack instead of
 JSON (the floor answers in kind).
+Measured against one node, JSON and MessagePack alternating, three pairs (``--mode batch --batch
+1000 --duration 5 --no-floor``, the machine shared): JSON 9,061 transfers/s (p99 457 ms),
+MessagePack 11,454 (p99 350 ms) as medians; MessagePack / JSON per pair 1.47, 1.19, 1.57.
 """
 
 import asyncio
