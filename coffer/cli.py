@@ -324,6 +324,8 @@ def bench_apply(account_count: int, transfer_count: int, entry_size: int, seed: 
 @click.option("--cross-shard", default=0.0, show_default=True, help="sharded node: share of transfers between two shards")
 @click.option("--rate", type=float, help="open loop: requests per second started on a fixed schedule [default: closed loop]")
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False, path_type=Path), help="draw latency percentiles and throughput over time (PNG)")
+@click.option("--no-floor", is_flag=True, help="skip the floor (a minimal ASGI app under the same load) and its ratio")
+@click.option("--msgpack", is_flag=True, help="batch mode: send and receive the batches in MessagePack")
 @json_option("bench load")
 def bench_load(
     url: str,
@@ -338,9 +340,12 @@ def bench_load(
     cross_shard: float,
     rate: float | None,
     plot_path: Path | None,
+    no_floor: bool,
+    msgpack: bool,
     recorder: Recorder,
 ) -> list[dict[str, Any]]:
-    """Drive a running node with transfers; last line: mode= tps= p50_ms= p99_ms= p999_ms= errors=.
+    """Drive a running node with transfers, then a minimal ASGI app (the floor) the same way; last line:
+    mode= tps= p50_ms= p99_ms= p999_ms= errors= floor_tps= ratio= (tps / floor_tps).
 
     With --rate also: rate= refused= (503s) accepted_p50_ms= accepted_p99_ms= late= (latency from each
     request's scheduled start). Against a sharded node a last line: shards= cross_shard= tps= p50_ms=
@@ -351,7 +356,9 @@ def bench_load(
 
     try:
         samples = run(
-            url, mode, concurrency, batch_size, duration, hot, account_count, processes, seed, recorder.echo, rate, cross_shard
+            url, mode, concurrency, batch_size, duration, hot, account_count, processes, seed, recorder.echo, rate, cross_shard,
+            floor=not no_floor,
+            msgpack=msgpack,
         )
     except BenchError as error:
         raise click.UsageError(str(error)) from error
@@ -359,6 +366,21 @@ def bench_load(
         plot_load(plot_path, recorder.figure(samples))
         click.echo(f"plot: {plot_path}")
     return samples
+
+
+@bench.command("servers")
+@click.option("--duration", default=10.0, show_default=True, help="seconds of load per server and app")
+@click.option("--concurrency", default=64, show_default=True, help="requests in flight")
+@click.option("--accounts", "account_count", default=10_000, show_default=True)
+@click.option("--processes", default=2, show_default=True, help="load generator processes")
+@click.option("--seed", default=1, show_default=True)
+@json_option("bench servers")
+def bench_servers(duration: float, concurrency: int, account_count: int, processes: int, seed: int, recorder: Recorder) -> None:
+    """Serve the floor app and a node under uvicorn + httptools and under granian, load each the same way;
+    a line per server and app: server= app= tps= p50_ms= p99_ms= errors=, then fastest_on_node= by=."""
+    from coffer.bench.servers import run
+
+    run(duration, concurrency, account_count, processes, seed, recorder.echo)
 
 
 @bench.command("failover")

@@ -288,10 +288,11 @@ def _route(path: str, method: str, operation: dict[str, Any]) -> list[str]:
     if body is not None:
         schema = body["content"]["application/json"]["schema"]
         name = _ref_name(schema)
+        also = "".join(f" Also as `{media_type}`." for media_type in body["content"] if media_type != "application/json")
         if name is not None:
-            lines.append(f"Body: {_type_text(schema)}.")
+            lines.append(f"Body: {_type_text(schema)}.{also}")
         else:
-            lines.append("Body:")
+            lines.append(f"Body:{also}")
             lines.append("")
             lines += _fields(schema)
         lines.append("")

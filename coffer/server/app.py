@@ -65,6 +65,8 @@ class _CommandsBody(msgspec.Struct, forbid_unknown_fields=True):
 
 
 _commands_decoder = msgspec.json.Decoder(_CommandsBody)
+_commands_msgpack_decoder = msgspec.msgpack.Decoder(_CommandsBody)
+_msgpack = msgspec.msgpack.Encoder()
 _log_level_decoder = msgspec.json.Decoder(dict[str, str])
 
 
@@ -79,6 +81,13 @@ class HttpError(Exception):
 
 def json_response(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
     return Response(_json.encode(body), status_code=status, media_type="application/json", headers=headers)
+
+
+def encoded_answer(body: Any, binary: bool) -> tuple[bytes, bytes]:
+    """The answer's bytes and media type: MessagePack when ``binary`` (POST /v1/commands), else JSON."""
+    if binary:
+        return _msgpack.encode(body), inputs.msgpack_media_type.encode()
+    return _json.encode(body), b"application/json"
 
 
 _retry_after = {"Retry-After": "1"}
@@ -339,14 +348,19 @@ class Api:
         return await self._outcome_body(outcome)
 
     async def commands(self, request: Request, role: Role) -> Response:
-        status, answer = await self.run_commands(role, await self._body(request))
-        return json_response(answer, status)
+        binary = inputs.is_msgpack(request.headers.get("content-type"))
+        status, answer = await self.run_commands(role, await self._body(request), binary)
+        encoded, media_type = encoded_answer(answer, inputs.answers_msgpack(request.headers))
+        return Response(encoded, status_code=status, media_type=media_type.decode())
 
-    async def run_commands(self, role: Role, data: bytes) -> tuple[int, dict[str, Any]]:
-        """POST /v1/commands: each command answered on its own, in order."""
+    async def run_commands(self, role: Role, data: bytes, binary: bool = False) -> tuple[int, dict[str, Any]]:
+        """POST /v1/commands: each command answered on its own, in order; ``binary``: the body is MessagePack."""
         try:
             # The struct's one field holds plain dicts: the duplicate check counts on them as they are.
-            batch = inputs.decode_json(data, _commands_decoder.decode, plain=lambda body: {"commands": body.commands})
+            if binary:
+                batch = inputs.decode_msgpack(data, _commands_msgpack_decoder.decode, plain=lambda body: {"commands": body.commands})
+            else:
+                batch = inputs.decode_json(data, _commands_decoder.decode, plain=lambda body: {"commands": body.commands})
         except msgspec.ValidationError as error:
             raise bodies.RequestError(ErrorCode.INVALID_REQUEST, str(error)) from None
         if not 1 <= len(batch.commands) <= commands_per_request_max:
@@ -646,14 +660,16 @@ class FastCommandRoutes:
             if scope.get("query_string"):
                 inputs.Parameters(QueryParams(scope["query_string"]).multi_items(), ())
             data = await read_body(headers, chunks())
-            return await (self.api.run_commands(role, data) if kind == "" else self.api.run_command(kind, data))
+            if kind == "":
+                return await self.api.run_commands(role, data, inputs.is_msgpack(headers.get("content-type")))
+            return await self.api.run_command(kind, data)
 
         try:
             status, body = await self.api.guarded(Role.OPERATOR, headers, work)
         except ClientDisconnect:
             return  # nobody is left to answer
-        encoded = _json.encode(body)
-        response_headers = [(b"content-type", b"application/json"), (b"content-length", str(len(encoded)).encode())]
+        encoded, media_type = encoded_answer(body, kind == "" and inputs.answers_msgpack(headers))
+        response_headers = [(b"content-type", media_type), (b"content-length", str(len(encoded)).encode())]
         if status == 503:
             response_headers.append((b"retry-after", b"1"))
         await send({"type": "http.response.start", "status": status, "headers": response_headers})

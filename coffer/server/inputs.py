@@ -18,6 +18,16 @@ in the body, splitting at the quotes separates strings from the rest exactly, so
 is one C-level pass. A body with escapes (``"am\\u006funt"``) is rare; it goes through the
 standard library's parser with a hook that compares each object's pairs with its keys.
 
+MessagePack bodies (:func:`decode_msgpack`, ``POST /v1/commands`` with ``Content-Type:
+application/msgpack``) are held to the JSON rules: the same fields, amounts as decimal strings,
+map keys only strings and never repeated, the same depth bound, and only values JSON has (no
+binary, extension or timestamp values, no NaN or infinity), so a command reads the same whichever
+encoding carried it. Repeated keys: msgspec keeps the last here too. Encoding the decoded value
+again gives the canonical form (shortest headers, in order); a body equal to it cannot repeat a key,
+since a repeat would shrink a map. Every bulk encoder we know writes that form, so the check is
+one C-level encode and a compare (about 1 ms for 1,000 transfers); any other body is walked
+exactly by :func:`_refuse_duplicate_msgpack_keys`.
+
 Query parameters: each route declares the names it accepts (:func:`refuse_unknown_parameters`);
 anything else, or a name given twice, is refused by name, so a typo (``form_seq``) or a parameter
 another route has (``at_time``) is never silently ignored. Integers are refused by their length
@@ -26,6 +36,8 @@ every seq or time must fit the stores' signed 64-bit columns.
 """
 
 import json
+import math
+import struct
 from collections.abc import Callable, Collection, Mapping, Sequence
 from datetime import datetime
 from typing import Any, TypeVar
@@ -134,6 +146,143 @@ def _refuse_duplicate_escaped_keys(data: bytes) -> None:
         raise
     except ValueError as error:  # msgspec accepted the text; a disagreement is refused, not guessed
         raise InputError(f"body is not valid JSON: {error}") from None
+
+
+# ----------------------------------------------------------------------------- MessagePack bodies
+
+msgpack_media_type = "application/msgpack"
+_msgpack_encode = msgspec.msgpack.Encoder().encode
+
+
+def _media_type(value: str | None) -> str:
+    return (value or "").split(";", 1)[0].strip().lower()
+
+
+def is_msgpack(content_type: str | None) -> bool:
+    """Whether a ``Content-Type`` header says the body is MessagePack."""
+    return _media_type(content_type) == msgpack_media_type
+
+
+def answers_msgpack(headers: Mapping[str, str]) -> bool:
+    """Whether the answer goes in MessagePack: the request is, or ``Accept`` asks for it."""
+    if is_msgpack(headers.get("content-type")):
+        return True
+    return any(_media_type(part) == msgpack_media_type for part in headers.get("accept", "").split(","))
+
+
+def decode_msgpack(
+    data: bytes,
+    decode: Callable[[bytes], T] = msgspec.msgpack.decode,  # type: ignore[assignment]
+    plain: Callable[[T], Any] | None = None,
+) -> T:
+    """``decode(data)`` for a MessagePack body that holds only what a JSON body could.
+
+    As :func:`decode_json`: ``plain`` gives the decoded value as dicts and lists (the identity for
+    the generic decoding); ``msgspec.ValidationError`` passes through, every other failure is an
+    :class:`InputError`.
+    """
+    try:
+        value = decode(data)
+    except msgspec.ValidationError:
+        raise
+    except msgspec.DecodeError as error:
+        raise InputError(f"body is not valid MessagePack: {error}") from None
+    except UnicodeDecodeError as error:
+        raise InputError(f"body is not valid MessagePack: a string is not UTF-8 (byte {error.start})") from None
+    except RecursionError:
+        raise InputError(f"body is nested deeper than {json_depth_max} levels") from None
+    decoded = value if plain is None else plain(value)
+    _refuse_non_json(decoded, 1)
+    if _msgpack_encode(decoded) != data:
+        _refuse_duplicate_msgpack_keys(data)
+    return value
+
+
+def _refuse_non_json(value: Any, depth: int) -> None:
+    """InputError for a map key that is not a string, a value JSON lacks, or nesting past the bound."""
+    if depth > json_depth_max:
+        raise InputError(f"body is nested deeper than {json_depth_max} levels")
+    kind = type(value)
+    if kind is dict:
+        for key, item in value.items():
+            if type(key) is not str:
+                raise InputError(f"a map key of the body is not a string: {key!r:.40}")
+            kind = type(item)
+            if kind is dict or kind is list:
+                _refuse_non_json(item, depth + 1)
+            elif not (kind is str or kind is int or kind is bool or item is None):
+                _refuse_non_json(item, depth)
+    elif kind is list:
+        for item in value:
+            kind = type(item)
+            if kind is dict or kind is list:
+                _refuse_non_json(item, depth + 1)
+            elif not (kind is str or kind is int or kind is bool or item is None):
+                _refuse_non_json(item, depth)
+    elif kind is float:
+        if not math.isfinite(value):
+            raise InputError("body holds a number that is not finite")
+    elif not (kind is str or kind is int or kind is bool or value is None):
+        raise InputError(f"body holds a MessagePack value JSON has no equivalent of ({kind.__name__})")
+
+
+# MessagePack head bytes: how long the length field of a string, binary, array, map or extension is.
+_str_lengths = {0xD9: 1, 0xDA: 2, 0xDB: 4}
+_fixed_sizes = {0xCA: 4, 0xCB: 8, 0xCC: 1, 0xCD: 2, 0xCE: 4, 0xCF: 8, 0xD0: 1, 0xD1: 2, 0xD2: 4, 0xD3: 8}
+_length_formats = {1: ">B", 2: ">H", 4: ">I"}
+
+
+def _refuse_duplicate_msgpack_keys(data: bytes) -> None:
+    """InputError if a map of ``data`` (MessagePack that msgspec accepted) repeats a key."""
+
+    def length(at: int, size: int) -> tuple[int, int]:
+        (value,) = struct.unpack_from(_length_formats[size], data, at)
+        return value, at + size
+
+    def skip(at: int, depth: int) -> int:
+        if depth > json_depth_max:
+            raise InputError(f"body is nested deeper than {json_depth_max} levels")
+        head = data[at]
+        at += 1
+        if head <= 0x7F or head >= 0xE0 or head in (0xC0, 0xC2, 0xC3):
+            return at
+        if 0xA0 <= head <= 0xBF:
+            return at + (head & 0x1F)
+        if 0x90 <= head <= 0x9F or head in (0xDC, 0xDD):
+            count, at = (head & 0x0F, at) if head <= 0x9F else length(at, 2 if head == 0xDC else 4)
+            for _ in range(count):
+                at = skip(at, depth + 1)
+            return at
+        if 0x80 <= head <= 0x8F or head in (0xDE, 0xDF):
+            count, at = (head & 0x0F, at) if head <= 0x8F else length(at, 2 if head == 0xDE else 4)
+            keys: set[str] = set()
+            for _ in range(count):
+                key_head = data[at]
+                if 0xA0 <= key_head <= 0xBF:
+                    size, start = key_head & 0x1F, at + 1
+                elif key_head in _str_lengths:
+                    size, start = length(at + 1, _str_lengths[key_head])
+                else:
+                    raise InputError("a map key of the body is not a string")
+                key = data[start : start + size].decode()
+                if key in keys:
+                    raise InputError("an object of the body repeats a key")
+                keys.add(key)
+                at = skip(start + size, depth + 1)
+            return at
+        if head in _str_lengths or head in (0xC4, 0xC5, 0xC6):
+            size, at = length(at, _str_lengths.get(head) or {0xC4: 1, 0xC5: 2, 0xC6: 4}[head])
+            return at + size
+        if head in _fixed_sizes:
+            return at + _fixed_sizes[head]
+        raise InputError("body holds a MessagePack value JSON has no equivalent of (extension)")
+
+    try:
+        end = skip(0, 1)
+    except (IndexError, struct.error, UnicodeDecodeError):
+        raise InputError("body is not valid MessagePack") from None
+    if end != len(data):
+        raise InputError("body is not valid MessagePack: trailing bytes")
 
 
 # ----------------------------------------------------------------------------- query parameters

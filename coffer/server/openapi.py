@@ -418,6 +418,11 @@ def _json(schema: dict[str, Any], description: str = "OK") -> dict[str, Any]:
     return {"description": description, "content": {"application/json": {"schema": schema}}}
 
 
+def _json_and_msgpack(schema: dict[str, Any]) -> dict[str, Any]:
+    """One schema in both encodings of POST /v1/commands."""
+    return {"application/json": {"schema": schema}, "application/msgpack": {"schema": schema}}
+
+
 def _query(name: str, schema: dict[str, Any], description: str = "", required: bool = False) -> dict[str, Any]:
     return {"name": name, "in": "query", "required": required, "schema": schema, "description": description}
 
@@ -542,6 +547,26 @@ def openapi_document() -> dict[str, Any]:
         "required": ["type"],
         "properties": {"type": {"type": "string", "enum": sorted(bodies.body_types)}},
     }
+    commands_body = {
+        "type": "object",
+        "required": ["commands"],
+        "properties": {"commands": {"type": "array", "minItems": 1, "maxItems": 8190, "items": commands_item}},
+    }
+    commands_answer = {
+        "type": "object",
+        "required": ["results"],
+        "properties": {
+            "results": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "required": ["status"],
+                    "properties": {"status": {"type": "integer"}},
+                    "description": "status, then a CommandResult's fields or an Error's",
+                },
+            }
+        },
+    }
     paths: dict[str, Any] = {
         "/v1/accounts": {
             **command("CreateAccountBody", "Create an account", role="admin"),
@@ -618,40 +643,16 @@ def openapi_document() -> dict[str, Any]:
                     " `{\"status\": 200 | 409 | 422 | 403, …the body T's endpoint would answer}`; each command is"
                     " independent, and a malformed one gets its own 422. More than 8190 is a 422 for the whole"
                     " request. The admin command types need the admin role."
+                    " The body may also be MessagePack (`Content-Type: application/msgpack`): the same fields,"
+                    " amounts as decimal strings, map keys only strings and never repeated, the same depth"
+                    " bound, only values JSON has (no binary, extension or timestamp values, no NaN), else 422."
+                    " The answer, errors included, is MessagePack when the request is or when `Accept` names"
+                    " `application/msgpack`."
                 ),
                 "x-coffer-role": "operator",
-                "requestBody": {
-                    "required": True,
-                    "content": {
-                        "application/json": {
-                            "schema": {
-                                "type": "object",
-                                "required": ["commands"],
-                                "properties": {
-                                    "commands": {"type": "array", "minItems": 1, "maxItems": 8190, "items": commands_item}
-                                },
-                            }
-                        }
-                    },
-                },
+                "requestBody": {"required": True, "content": _json_and_msgpack(commands_body)},
                 "responses": {
-                    "200": _json(
-                        {
-                            "type": "object",
-                            "required": ["results"],
-                            "properties": {
-                                "results": {
-                                    "type": "array",
-                                    "items": {
-                                        "type": "object",
-                                        "required": ["status"],
-                                        "properties": {"status": {"type": "integer"}},
-                                        "description": "status, then a CommandResult's fields or an Error's",
-                                    },
-                                }
-                            },
-                        }
-                    ),
+                    "200": {"description": "OK", "content": _json_and_msgpack(commands_answer)},
                     **_errors(401, 403, 413, 422, 503, 507),
                 },
             }

@@ -32,7 +32,8 @@ from coffer.core.errors import ErrorCode
 from coffer.flows.sharded import RouterFlows
 from coffer.notify.http import WebhookRoutes
 from coffer.notify.sharded import RouterHost
-from coffer.server.app import error_response, json_response, read_body
+from coffer.server import inputs
+from coffer.server.app import encoded_answer, error_response, json_response, read_body
 from coffer.server.auth import ApiKeys, Role
 from coffer.server.openapi import openapi_document
 from coffer.server.requests import admin_command_types, internal_command_types
@@ -263,6 +264,16 @@ class Router:
 
     async def commands(self, request: Request, role: Role) -> Response:
         data = await read_body(request.headers, request.stream())
+        binary = inputs.answers_msgpack(request.headers)
+        if inputs.is_msgpack(request.headers.get("content-type")):
+            # Read with the node's own rules, then sent on to the shards as JSON.
+            try:
+                envelope = inputs.decode_msgpack(data)
+            except inputs.InputError as error:
+                return _encoded(binary, {"error": {"code": error.code.value, "message": error.message}}, 422)
+            if not isinstance(envelope, dict) or not isinstance(envelope.get("commands"), list) or set(envelope) != {"commands"}:
+                return await self._forward(0, request, data)
+            return await self._commands(envelope, role, binary)
         try:
             envelope = msgspec.json.decode(data)
         except msgspec.DecodeError:
@@ -270,6 +281,13 @@ class Router:
         items = envelope.get("commands") if isinstance(envelope, dict) else None
         if not isinstance(items, list) or not 1 <= len(items) <= 8190 or set(envelope) != {"commands"}:
             return await self._forward(0, request, data)
+        return await self._commands(envelope, role, binary)
+
+    async def _commands(self, envelope: dict[str, Any], role: Role, binary: bool) -> Response:
+        items = envelope["commands"]
+        if not 1 <= len(items) <= 8190:
+            message = "commands must hold 1 to 8190 items"
+            return _encoded(binary, {"error": {"code": ErrorCode.INVALID_REQUEST.value, "message": message}}, 422)
         results: list[dict[str, Any] | None] = [None] * len(items)
         per_shard: dict[int, list[int]] = {}
         singles: list[int] = []
@@ -311,7 +329,7 @@ class Router:
             results[position] = {"status": status, **answer}
 
         await asyncio.gather(*(on_shard(shard, positions) for shard, positions in per_shard.items()), *(alone(p) for p in singles))
-        return json_response({"results": results})
+        return _encoded(binary, {"results": results})
 
     # ------------------------------------------------------------------ reads
 
@@ -450,6 +468,11 @@ class Router:
             if response.status_code != 200:
                 return error_response(503, ErrorCode.NOT_AVAILABLE, f"shard {shard} is not ready")
         return json_response({"status": "ready", "shards": self.shards.count})
+
+
+def _encoded(binary: bool, body: Any, status: int = 200) -> Response:
+    encoded, media_type = encoded_answer(body, binary)
+    return Response(encoded, status_code=status, media_type=media_type.decode())
 
 
 def _code(answer: dict[str, Any]) -> str | None:

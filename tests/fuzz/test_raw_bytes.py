@@ -4,7 +4,9 @@ Where ``test_api_fuzz`` sends what the OpenAPI document describes (valid, or inv
 schema), this sends bytes no schema describes, over a raw socket: random bytes as a body, and
 valid bodies mutated — truncated, bytes flipped, invalid UTF-8 spliced into a string, nested
 thousands deep, a key repeated, a number of thousands of digits — with query strings mutated the
-same way. Every answer must be below 500 (a 503 only as ``NOT_AVAILABLE``), every 4xx in the
+same way; and MessagePack bodies for ``POST /v1/commands`` (random, mutated, or a valid batch with
+a key repeated, a key that is not a string, a value JSON has no equivalent of, deep nesting). Every
+answer must be below 500 (a 503 only as ``NOT_AVAILABLE``), every 4xx in the
 documented error shape, and the server must still answer ``/healthz`` afterwards and log no
 traceback.
 
@@ -18,6 +20,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import quote
 
+import msgspec
 import pytest
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
@@ -236,6 +239,86 @@ def test_raw_bytes_on_every_route_of_the_node(node: FuzzNode) -> None:
         json={"dedup_id": "fund-raw", "legs": [{"account_id": "fuzz-raw-a", "amount": "100", "asset": "RAW"}]},
     )
     _fuzz(node.url, _node_routes, node.server.log_path)
+
+
+_valid_msgpack_commands = msgspec.json.decode(_valid_bodies["/v1/commands"])["commands"]
+_msgpack_oddities: list[tuple[object, bytes]] = [
+    ("amount", msgspec.msgpack.encode("500")),  # the key again: a repeat
+    (1, msgspec.msgpack.encode("x")),
+    (b"amount", msgspec.msgpack.encode("1")),
+    ("metadata", b"\x81\xa1k\xc7\x01\x05\x00"),  # an extension value
+    ("metadata", b"\x81\xa1k\xd6\xff\x00\x00\x00\x01"),  # a timestamp
+    ("metadata", b"\x81\xa1k\xcb\x7f\xf8\x00\x00\x00\x00\x00\x00"),  # NaN
+    ("metadata", b"\x81\xa1k\xc4\x01x"),  # binary
+    ("metadata", b"\x81\xa1k" + b"\x91" * 40 + b"\x01"),
+    ("metadata", b"\x81\xa1k" + b"\x91" * 20_000 + b"\x01"),
+    ("dedup_id", b"\xd9\x02r9"),  # a str8 where a fixstr would do: not the shortest form
+]
+
+
+@st.composite
+def msgpack_bodies(draw: st.DrawFn) -> bytes:
+    """A MessagePack body for POST /v1/commands: random, mutated, or a valid batch with an oddity."""
+    choice = draw(st.sampled_from(["random", "mutate", "oddity"]))
+    if choice == "random":
+        return draw(st.binary(max_size=300))
+    items = []
+    for command in _valid_msgpack_commands:
+        pairs = [msgspec.msgpack.encode(key) + msgspec.msgpack.encode(value) for key, value in command.items()]
+        if choice == "oddity" and draw(st.booleans()):
+            key, value = draw(st.sampled_from(_msgpack_oddities))
+            pairs.append(msgspec.msgpack.encode(key) + value)
+        items.append(bytes([0x80 | len(pairs)]) + b"".join(pairs))
+    data = b"\x81\xa8commands" + bytes([0x90 | len(items)]) + b"".join(items)
+    if choice == "mutate":
+        for _ in range(draw(st.integers(1, 3))):
+            at = draw(st.integers(0, len(data)))
+            kind = draw(st.sampled_from(["truncate", "flip", "insert"]))
+            if kind == "truncate":
+                data = data[:at]
+            elif kind == "flip" and data:
+                position = min(at, len(data) - 1)
+                data = data[:position] + bytes([draw(st.integers(0, 255))]) + data[position + 1 :]
+            else:
+                data = data[:at] + draw(st.binary(min_size=1, max_size=8)) + data[at:]
+    return data
+
+
+def test_raw_msgpack_bodies_on_commands(node: FuzzNode) -> None:
+    sender = Sender(node.url)
+    headers = {"content-type": "application/msgpack"}
+
+    @settings(
+        max_examples=examples_per_server,
+        deadline=None,
+        derandomize=True,
+        database=None,
+        phases=[Phase.explicit, Phase.generate],
+        suppress_health_check=list(HealthCheck),
+    )
+    @given(body=msgpack_bodies())
+    def fuzz(body: bytes) -> None:
+        if sender.connection is None or sender.connection.closed_by_server():
+            sender.reopen()
+        assert sender.connection is not None
+        answer = sender.connection.request("POST", b"/v1/commands", body, headers)
+        label = f"msgpack body={body[:200]!r}"
+        assert answer.status < 500 or answer.status == 503, f"{label}: {answer.status} {answer.body[:300]!r}"
+        assert answer.headers.get("content-type") == "application/msgpack", f"{label}: {answer.headers}"
+        decoded = msgspec.msgpack.decode(answer.body)
+        for result in [decoded] if answer.status >= 400 else decoded["results"]:
+            if result.get("status", answer.status) >= 400:
+                error = result["error"]
+                assert {"code", "message"} <= set(error) <= {"code", "message", "account_id"}, f"{label}: {result}"
+                assert error["code"] in error_codes, f"{label}: {error}"
+
+    try:
+        fuzz()
+        assert sender.send("GET", b"/healthz", None).status == 200
+    finally:
+        sender.close()
+    log = node.server.log_path.read_text(errors="replace")
+    assert "Traceback" not in log and "Exception in ASGI application" not in log, log[-3000:]
 
 
 def test_raw_bytes_on_every_route_of_the_query_server(query_server: QueryServer) -> None:

@@ -91,6 +91,7 @@ def request_bytes(
     for name, value in (headers or {}).items():
         lines.append(f"{name}: {value}".encode())
     if body is not None:
-        lines.append(b"Content-Type: application/json")
+        if not any(name.lower() == "content-type" for name in headers or {}):
+            lines.append(b"Content-Type: application/json")
         lines.append(b"Content-Length: " + str(len(body)).encode())
     return b"\r\n".join(lines) + b"\r\n\r\n" + (body or b"")

@@ -235,3 +235,34 @@ def test_a_data_directory_keeps_its_number_of_shards(node: ShardedServer, tmp_pa
         [sys.executable, "-m", "coffer", "serve", "--data-dir", str(node.data_dir), "--port", "1"], capture_output=True, text=True, timeout=60
     )
     assert completed.returncode != 0 and "sharded ledger" in completed.stderr
+
+
+def test_the_router_reads_and_answers_msgpack_batches(node: ShardedServer, http: httpx.Client) -> None:
+    import msgspec
+
+    (a,) = node.ids_on(0, 1, "mp-a")
+    (b,) = node.ids_on(1, 1, "mp-b")
+    (c,) = node.ids_on(1, 1, "mp-c")
+    _open(http, a, "100")
+    _open(http, b, "10")  # its batch on shard 1 runs beside the cross-shard transfer: it has its own money
+    _open(http, c)
+    items = [
+        {"type": "transfer", "dedup_id": dedup(), "from_account_id": a, "to_account_id": b, "amount": "2.50", "asset": "USD"},
+        {"type": "transfer", "dedup_id": dedup(), "from_account_id": b, "to_account_id": c, "amount": "1", "asset": "USD"},
+        {"type": "transfer", "dedup_id": dedup(), "from_account_id": a, "to_account_id": b, "amount": 1, "asset": "USD"},
+    ]
+    headers = {"content-type": "application/msgpack"}
+    answer = http.post("/v1/commands", content=msgspec.msgpack.encode({"commands": items}), headers=headers)
+    assert answer.status_code == 200 and answer.headers["content-type"] == "application/msgpack", answer.content
+    results = msgspec.msgpack.decode(answer.content)["results"]
+    assert [result["status"] for result in results] == [200, 200, 422], results
+    assert _ok(http.get(f"/v1/accounts/{c}"))["available"] == "1.00"
+
+    # Malformed MessagePack is a 422 in the documented shape, in MessagePack, from the router itself.
+    repeated = b"\x81\xa8commands\x91\x82\xa4type\xablock_account\xa4type\xablock_account"
+    for body in (b"\xc1", repeated, b"\x81\x01\x01", msgspec.msgpack.encode({"commands": []})):
+        refused = http.post("/v1/commands", content=body, headers=headers)
+        assert refused.status_code == 422 and refused.headers["content-type"] == "application/msgpack", refused.content
+        assert msgspec.msgpack.decode(refused.content)["error"]["code"] == "INVALID_REQUEST"
+    shapeless = http.post("/v1/commands", content=msgspec.msgpack.encode({"commands": "x"}), headers=headers)
+    assert shapeless.status_code == 422 and msgspec.msgpack.decode(shapeless.content)["error"]["code"] == "INVALID_REQUEST"
