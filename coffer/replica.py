@@ -412,14 +412,49 @@ class Replica:
             self._last_snapshot_seq = self.machine.seq
 
     def _replay_own_log(self) -> int:
-        """This node's own log (the local WAL): what it holds is all there is."""
+        """This node's own log (the local WAL): what it holds is all there is.
+
+        An event store that lacks history below the snapshot (deleted, or an older copy put back)
+        is rebuilt from the log when the log still holds every entry: the state is then replayed
+        from the start. A damaged tail the log found at open (see ``LocalWal(cut_damaged_tail=
+        False)``) is cut only once the event store shows its record was never applied; if the store
+        holds events beyond the valid records, that record was acknowledged, and recovery stops
+        saying so with nothing cut.
+        """
+        if self.store.last_seq < self.machine.seq:
+            if self.log.first_index <= 1:
+                logger.warning(
+                    "the event store ends at seq %d, below the snapshot's seq %d: rebuilding it from the whole log",
+                    self.store.last_seq,
+                    self.machine.seq,
+                )
+                self.machine = StateMachine()
+            else:
+                logger.critical(
+                    "the event store ends at seq %d, below the snapshot's seq %d, and the log starts at index %d: "
+                    "this node's history lacks seqs %d to %d (restore events.sqlite3 from a backup to have them)",
+                    self.store.last_seq,
+                    self.machine.seq,
+                    self.log.first_index,
+                    self.store.last_seq + 1,
+                    self.machine.seq,
+                )
         end = self.log.last_index
         replayed = self._replay_to(end) if end > self.machine.log_index else 0
+        damaged = getattr(self.log, "damaged_tail", None)
         if self.store.last_seq > self.machine.seq:
+            if damaged is not None:
+                raise RuntimeError(
+                    f"the command log's last record is damaged ({damaged}), and the event store holds events up to seq "
+                    f"{self.store.last_seq} while the log's valid records reach seq {self.machine.seq}: the damaged record "
+                    "was applied and acknowledged. Nothing was cut; restore the log from a backup or a replica"
+                )
             raise RuntimeError(
                 f"the event store holds seq {self.store.last_seq} but the log only reaches {self.machine.seq}: "
                 "the data directory mixes histories"
             )
+        if damaged is not None:
+            self.log.cut_damaged_tail()  # type: ignore[attr-defined]  # never applied: a torn append
         return replayed
 
     def _replay_shared_log(self) -> int:

@@ -27,7 +27,9 @@ Method.
 - Open: verify every record of every segment (checksum, consecutive index, non-decreasing time,
   segment names contiguous). A bad record at the end of the LAST segment with no valid record
   after it is a torn or damaged tail: it is logged (warning: file, offset, bytes cut), the file
-  is truncated there and fsynced, and the log opens. Anything else — a bad record followed by a
+  is truncated there and fsynced, and the log opens. With ``cut_damaged_tail=False`` (a node)
+  the tail is kept and described in ``damaged_tail`` until the owner decides: a record whose
+  events the node's event store holds was acknowledged, and must not be cut. Anything else — a bad record followed by a
   valid one, a bad record in an earlier segment, a wrong index — raises :class:`LogCorruptError`
   naming the file and offset, because it may be acknowledged data and only an operator can
   decide what to do with it.
@@ -54,6 +56,7 @@ import struct
 import sys
 import threading
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 from crc32c import crc32c
@@ -196,6 +199,20 @@ class LogInUseError(LogError):
     """Another process (or another LocalWal here) holds the directory: two writers would fork history."""
 
 
+@dataclass(frozen=True)
+class DamagedTail:
+    """Bytes at the end of the last segment that are no valid record (kept until a decision)."""
+
+    path: Path
+    offset: int
+    bytes: int
+    problem: str
+    last_valid_index: int  # the index of the last valid record before it
+
+    def __str__(self) -> str:
+        return f"{self.path} from offset {self.offset} ({self.bytes} bytes, after index {self.last_valid_index}): {self.problem}"
+
+
 class LocalWal(CommandLog):
     """The local write-ahead log (see the module docstring). Opening it verifies it."""
 
@@ -205,7 +222,12 @@ class LocalWal(CommandLog):
         segment_bytes_max: int = segment_bytes_max_default,
         fsync: bool = True,
         clock_ms: ClockMs = wall_clock_ms,
+        *,
+        cut_damaged_tail: bool = True,
     ) -> None:
+        """``cut_damaged_tail=False``: a damaged tail found at open is kept and described in
+        :attr:`damaged_tail`; appends are refused until the owner, who can tell whether that
+        record was ever acknowledged, calls :meth:`cut_damaged_tail` (or stops)."""
         assert segment_bytes_max > 0, segment_bytes_max
         self._directory = Path(directory)
         self._segment_bytes_max = segment_bytes_max
@@ -227,6 +249,8 @@ class LocalWal(CommandLog):
         # Under _append_lock:
         self._active_fd: int | None = None
         self._active_bytes = 0
+        self._cut_at_open = cut_damaged_tail
+        self.damaged_tail: DamagedTail | None = None
 
         self._directory.mkdir(parents=True, exist_ok=True)
         self._lock_fd = self._take_directory_lock()
@@ -403,7 +427,10 @@ class LocalWal(CommandLog):
                 later = _find_valid_record(data, offset + 1, index_last + 1)
                 if later is not None:
                     raise LogCorruptError(str(path), offset, f"{problem}, followed by a valid record at offset {later}")
-                self._cut_tail(path, offset, size - offset, problem)
+                if self._cut_at_open:
+                    self._cut_tail(path, offset, size - offset, problem)
+                else:
+                    self.damaged_tail = DamagedTail(path, offset, size - offset, problem, index_last)
                 break
             if index != index_last + 1:
                 raise LogCorruptError(str(path), offset, f"record has index {index}, expected {index_last + 1}")
@@ -458,8 +485,19 @@ class LocalWal(CommandLog):
         if self._closed:
             raise LogClosedError(f"the log at {self._directory} is closed")
 
+    def cut_damaged_tail(self) -> None:
+        """Cut the damaged tail found at open (its record was never acknowledged); appends resume."""
+        with self._append_lock, self._lock:
+            damaged = self.damaged_tail
+            if damaged is None:
+                return
+            self._cut_tail(damaged.path, damaged.offset, damaged.bytes, damaged.problem)
+            self.damaged_tail = None
+
     def _check_writable(self) -> None:
         self._check_open()
+        if self.damaged_tail is not None:
+            raise LogWriteError(f"the log at {self._directory} has a damaged tail that is not cut yet: {self.damaged_tail}")
         if self._failure is not None:
             raise LogWriteError(f"the log at {self._directory} failed earlier ({self._failure}); reopen it")
 

@@ -80,7 +80,8 @@ def is_loopback(host: str) -> bool:
 def open_log(log_url: str | None, data_dir: Path, stream: str, replicas: int) -> CommandLog:
     """The local WAL in the data directory, or a JetStream stream for ``nats://`` URLs."""
     if log_url is None:
-        return LocalWal(data_dir / "log")
+        # The replica decides whether a damaged tail may be cut: it knows what was acknowledged.
+        return LocalWal(data_dir / "log", cut_damaged_tail=False)
     servers = [part.strip() for part in log_url.split(",") if part.strip()]
     if not servers or not all(server.startswith(("nats://", "tls://")) for server in servers):
         raise ServeError(f"--log takes nats:// URLs, comma-separated; got {log_url!r}")

@@ -211,3 +211,66 @@ def test_a_stepped_store_writer_holds_back_the_snapshot_until_it_commits(tmp_pat
     recovered = _open(data_dir)
     assert take_snapshot(recovered.machine) == expected
     recovered.close()
+
+
+def test_a_deleted_event_store_is_rebuilt_from_the_whole_log(tmp_path: Path) -> None:
+    data_dir = tmp_path / "node"
+    replica = _open(data_dir, snapshot_entries=40)
+    _feed(replica, _entries(60))  # one snapshot: the log is kept whole
+    replica.wait_for_snapshot()
+    assert replica.snapshot_index > 0 and replica.log.first_index == 1
+    replica.writer.close()  # type: ignore[union-attr]
+    expected = replica.store.events(1, replica.machine.seq, limit=10**6)
+    seq = replica.machine.seq
+    replica.close()
+    for name in ("events.sqlite3", "events.sqlite3-wal", "events.sqlite3-shm"):
+        (data_dir / name).unlink(missing_ok=True)
+    again = _open(data_dir)
+    try:
+        assert again.machine.seq == seq
+        again.writer.close()  # type: ignore[union-attr]
+        assert again.store.events(1, seq, limit=10**6) == expected  # the whole history, not from the snapshot on
+    finally:
+        again.close()
+
+
+def _damage_the_last_record(data_dir: Path) -> None:
+    segment = sorted((data_dir / "log").glob("*.wal"))[-1]
+    data = bytearray(segment.read_bytes())
+    data[-3] ^= 0x40  # inside the last record's payload: its checksum fails
+    segment.write_bytes(bytes(data))
+
+
+def test_a_damaged_last_record_that_was_applied_is_not_cut_and_recovery_says_so(tmp_path: Path) -> None:
+    data_dir = tmp_path / "node"
+    replica = _open(data_dir)
+    _feed(replica, _entries(10))
+    replica.close()
+    _damage_the_last_record(data_dir)
+    size = sorted((data_dir / "log").glob("*.wal"))[-1].stat().st_size
+    log = LocalWal(data_dir / "log", segment_bytes_max=4096, cut_damaged_tail=False)
+    damaged = Replica(data_dir, log)
+    with pytest.raises(RuntimeError, match="was applied and acknowledged"):
+        damaged.recover()
+    damaged.close()
+    assert sorted((data_dir / "log").glob("*.wal"))[-1].stat().st_size == size  # nothing cut
+
+
+def test_a_damaged_last_record_that_was_never_applied_is_cut(tmp_path: Path) -> None:
+    data_dir = tmp_path / "node"
+    replica = _open(data_dir)
+    entries = _entries(10)
+    _feed(replica, entries[:-1])
+    replica.log.append(encode_entry(entries[-1]))  # written, then the process died before applying it
+    replica.close()
+    _damage_the_last_record(data_dir)
+    log = LocalWal(data_dir / "log", segment_bytes_max=4096, cut_damaged_tail=False)
+    assert log.damaged_tail is not None
+    again = Replica(data_dir, log)
+    again.recover()
+    try:
+        assert log.damaged_tail is None and again.log.last_index == len(entries) - 1
+        record = again.log.append(encode_entry(entries[-1]))  # appends resume after the cut
+        assert record.index == len(entries)
+    finally:
+        again.close()
