@@ -22,7 +22,13 @@ from fractions import Fraction
 from typing import Any
 
 from coffer.core.amounts import AmountError, format_amount, parse_amount
-from coffer.core.commands import id_length_max, timeout_s_max
+from coffer.core.commands import (
+    flow_dedup_id_prefix,
+    flow_hashed_dedup_id_prefix,
+    id_length_max,
+    reserved_id_refusal,
+    timeout_s_max,
+)
 from coffer.flows import expressions
 from coffer.flows.definition import (
     BatchSpec,
@@ -53,10 +59,10 @@ class CheckFailed(ValueError):
 
 
 def derived_dedup_id(run_id: str, step: str) -> str:
-    direct = f"fl:{run_id}:{step}"
+    direct = f"{flow_dedup_id_prefix}{run_id}:{step}"
     if len(direct) <= id_length_max:
         return direct
-    return f"fh:{hashlib.sha256(run_id.encode()).hexdigest()[:40]}:{step}"
+    return f"{flow_hashed_dedup_id_prefix}{hashlib.sha256(run_id.encode()).hexdigest()[:40]}:{step}"
 
 
 @dataclass
@@ -252,6 +258,14 @@ class _Builder:
         scale = self.scale_of(kind.asset)
         return _minor(value, scale, None, where), self.prepared.assets[kind.asset], scale
 
+    def txn_id(self, template: str, where: str) -> str:
+        """A step's txn_id: made from params, so it must not take a cross-shard transaction's id."""
+        txn_id = self.text(template)
+        refusal = reserved_id_refusal("txn_id", txn_id)
+        if refusal is not None:
+            raise ParamsInvalid(f"{where}: {refusal}")
+        return txn_id
+
     def positive(self, text: str, where: str) -> tuple[str, str]:
         minor, asset, scale = self.amount(text, where)
         if minor <= 0:
@@ -304,7 +318,7 @@ class _Builder:
             if body.preconditions:
                 built["preconditions"] = self.preconditions(body.preconditions, where)
         elif isinstance(body, TccTrySpec):
-            built |= {"txn_id": self.text(body.txn_id), "legs": self.legs(body.legs, where)}
+            built |= {"txn_id": self.txn_id(body.txn_id, where), "legs": self.legs(body.legs, where)}
             if body.timeout_s is not None:
                 seconds = expressions.evaluate(self.flow.expressions[body.timeout_s], self.values)
                 assert isinstance(seconds, Fraction)
@@ -322,6 +336,6 @@ class _Builder:
                 built["amount"], _ = self.positive(body.amount, f"{where} amount")
         else:
             assert isinstance(body, TxnSpec)
-            built["txn_id"] = self.text(body.txn_id)
+            built["txn_id"] = self.txn_id(body.txn_id, where)
         return kind, built
 

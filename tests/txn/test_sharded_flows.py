@@ -140,3 +140,38 @@ def test_webhooks_follow_every_shard(node: ShardedServer) -> None:
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_the_router_refuses_the_ids_flows_and_transactions_derive(node: ShardedServer) -> None:
+    import httpx
+
+    (payer,) = node.ids_on(0, 1, "rpayer")
+    merchant, fees = node.ids_on(1, 2, "rshop")
+    (near,) = node.ids_on(0, 1, "rnear")
+    with Client(node.url) as api:
+        for account_id in (payer, merchant, fees, near):
+            api.create_account(account_id, "USD")
+        api.batch_operation([Leg(account_id=payer, amount="100", asset="USD")])
+        api.put_flow("payment_with_fee", library()["payment_with_fee"])
+    step_id = "fl:sharded-reserved-1:pay"
+    with httpx.Client(base_url=node.url, timeout=30) as http:
+        one_shard = {"from_account_id": payer, "to_account_id": near, "amount": "1", "asset": "USD"}
+        for dedup_id in (step_id, f"fh:{'0' * 40}:pay", "cx:0:abc.try"):
+            answer = http.post("/v1/transfers", json={**one_shard, "dedup_id": dedup_id})
+            assert answer.status_code == 422 and f"starts with '{dedup_id[:3]}'" in answer.json()["error"]["message"]
+        # /v1/commands: the items that would go straight to their shard are checked too.
+        results = http.post(
+            "/v1/commands",
+            json={"commands": [{"type": "transfer", "dedup_id": step_id, **one_shard}, {"type": "transfer", "dedup_id": "r-fine-1", **one_shard}]},
+        ).json()["results"]
+        assert results[0]["status"] == 422 and "starts with 'fl:'" in results[0]["error"]["message"]
+        assert results[1]["status"] == 200
+        answer = http.post("/v1/flows/payment_with_fee/runs", json={"dedup_id": "fh:x", "params": {}})
+        assert answer.status_code == 422 and "starts with 'fh:'" in answer.json()["error"]["message"]
+        answer = http.put("/v1/flows/r-flow", json={**library()["top_up"], "dedup_id": "fl:x"})
+        assert answer.status_code == 422 and "starts with 'fl:'" in answer.json()["error"]["message"]
+    with Client(node.url) as api:
+        params = {"payer": payer, "merchant": merchant, "fee_account": fees, "asset": "USD", "amount": "10"}
+        run = api.run_flow("payment_with_fee", params, dedup_id="sharded-reserved-1")
+        assert run.status == "SUCCEEDED" and run.steps[0]["command"]["dedup_id"] == step_id
+        assert [api.get_account(account_id).available for account_id in (payer, merchant, fees)] == ["89.00", "9.70", "0.30"]
