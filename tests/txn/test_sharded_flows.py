@@ -175,3 +175,46 @@ def test_the_router_refuses_the_ids_flows_and_transactions_derive(node: ShardedS
         run = api.run_flow("payment_with_fee", params, dedup_id="sharded-reserved-1")
         assert run.status == "SUCCEEDED" and run.steps[0]["command"]["dedup_id"] == step_id
         assert [api.get_account(account_id).available for account_id in (payer, merchant, fees)] == ["89.00", "9.70", "0.30"]
+
+
+def test_a_threshold_webhook_on_a_sharded_node(node: ShardedServer) -> None:
+    import json
+    import threading
+    import time
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    received: list[int] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            received.append(json.loads(self.rfile.read(int(self.headers["content-length"])))["event"]["seq"])
+            self.send_response(200)
+            self.send_header("content-length", "0")
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        (watched,) = node.ids_on(1, 1, "thwatched")
+        (other,) = node.ids_on(1, 1, "thother")
+        with Client(node.url) as api:
+            api.create_account(watched, "USD")
+            api.create_account(other, "USD")
+            api.batch_operation([Leg(account_id=watched, amount="60", asset="USD")])
+            created = api.create_webhook(f"http://127.0.0.1:{server.server_address[1]}/hook", threshold={"account_id": watched, "amount": "50", "direction": "below"})
+            assert set(created["cursors"]) == {"0", "1"}
+            api.batch_operation([Leg(account_id=watched, amount="-5", asset="USD")])  # 55: not below
+            crossing = api.batch_operation([Leg(account_id=watched, amount="-10", asset="USD")]).seq  # 45: crosses
+            api.batch_operation([Leg(account_id=watched, amount="-1", asset="USD")])  # 44: already below
+            deadline = time.monotonic() + 30
+            while not received and time.monotonic() < deadline:
+                time.sleep(0.05)
+            time.sleep(0.3)
+            assert received == [crossing]
+            api.delete_webhook(created["id"])
+    finally:
+        server.shutdown()
+        server.server_close()
