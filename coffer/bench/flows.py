@@ -12,7 +12,10 @@ HTTP/1.1 client on asyncio streams, so the generator takes as little of the shar
 Every request has a fresh dedup_id; only 200 answers count. The sides alternate for ``rounds``
 rounds (the machine is shared and noisy); the cost ratio is the median over rounds of the plain
 side's rate over the flow's (a flow run costing 1.5 times the batch shows as 1.5), the rates and
-p99s are medians. The last line is
+p99s are medians. When the benchmark started the node itself it also reads the node's CPU time
+(user + system, from ``/proc``) around each side, including what the side left to finish in the
+background: ``cpu_cost_ratio`` is the median over rounds of CPU per flow run over CPU per batch,
+which other work on a shared machine disturbs far less than the rates. The last line is
 ``flow=payment_with_fee runs_per_s=<int> p99_ms=<float>``.
 
 Without ``--url`` a node is started on a temporary data directory and stopped (by its PID) at the end.
@@ -44,6 +47,17 @@ legs = ("-10.00", "9.70", "0.30")  # what payment_with_fee makes of 10.00 (2.9%,
 opening_balance = "100000000.00"
 node_start_s_max = 30.0
 drain_s_max = 10.0
+settle_s = 0.5  # after a side: what it left to the background (a run's finish record) lands in its CPU time
+
+
+def _cpu_s(pid: int) -> float | None:
+    """The process's user + system CPU seconds so far, or None where /proc cannot say."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            fields = stat.read().rpartition(")")[2].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 class BenchError(RuntimeError):
@@ -193,13 +207,32 @@ def run(
 
         asyncio.run(_side(url, min(1.0, duration), concurrency, plain))  # warm-up, not counted
         asyncio.run(_side(url, min(1.0, duration), concurrency, flow))
+        pid = process.pid if process is not None else None
+
+        def measured(request: Callable[[int], tuple[str, bytes]]) -> tuple[float, float, int, float | None]:
+            """(rate, p99, errors, node CPU ms per answered request or None)."""
+            before = _cpu_s(pid) if pid is not None else None
+            rate, p99, errors = asyncio.run(_side(url, duration, concurrency, request))
+            if before is None or rate <= 0:
+                return rate, p99, errors, None
+            time.sleep(settle_s)
+            after = _cpu_s(pid)
+            return rate, p99, errors, None if after is None else (after - before) * 1000 / (rate * duration)
+
         plain_rates, flow_rates, plain_p99s, flow_p99s, ratios = [], [], [], [], []
+        plain_cpus: list[float] = []
+        flow_cpus: list[float] = []
         for number in range(1, rounds + 1):
-            plain_rate, plain_p99, plain_errors = asyncio.run(_side(url, duration, concurrency, plain))
-            flow_rate, flow_p99, flow_errors = asyncio.run(_side(url, duration, concurrency, flow))
+            plain_rate, plain_p99, plain_errors, plain_cpu = measured(plain)
+            flow_rate, flow_p99, flow_errors, flow_cpu = measured(flow)
+            cpu = ""
+            if plain_cpu is not None and flow_cpu is not None:
+                plain_cpus.append(plain_cpu)
+                flow_cpus.append(flow_cpu)
+                cpu = f" (node cpu_ms_per_op: batch {plain_cpu:.3f}, flow {flow_cpu:.3f})"
             echo(
                 f"round {number}: batch_operation ops_per_s={plain_rate:.0f} p99_ms={plain_p99:.2f} errors={plain_errors}; "
-                f"payment_with_fee runs_per_s={flow_rate:.0f} p99_ms={flow_p99:.2f} errors={flow_errors}"
+                f"payment_with_fee runs_per_s={flow_rate:.0f} p99_ms={flow_p99:.2f} errors={flow_errors}{cpu}"
             )
             plain_rates.append(plain_rate)
             flow_rates.append(flow_rate)
@@ -209,6 +242,12 @@ def run(
         median = statistics.median
         echo(f"plain=batch_operation ops_per_s={median(plain_rates):.0f} p99_ms={median(plain_p99s):.2f}")
         echo(f"cost_ratio={median(ratios):.2f} (median over rounds of plain ops/s over flow runs/s; target <= 1.5)")
+        if flow_cpus:
+            cpu_ratios = [flow_cpu / plain_cpu for plain_cpu, flow_cpu in zip(plain_cpus, flow_cpus, strict=True) if plain_cpu > 0]
+            echo(
+                f"cpu_cost_ratio={median(cpu_ratios):.2f} cpu_ms_per_op_batch={median(plain_cpus):.3f} "
+                f"cpu_ms_per_run_flow={median(flow_cpus):.3f} (median over rounds of the node's CPU per flow run over per batch)"
+            )
         echo(f"flow=payment_with_fee runs_per_s={median(flow_rates):.0f} p99_ms={median(flow_p99s):.2f}")
     finally:
         if process is not None:

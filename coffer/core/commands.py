@@ -41,6 +41,25 @@ flow_definition_bytes_max = 64 * 1024
 flow_params_bytes_max = 16 * 1024
 flow_outcome_bytes_max = 64 * 1024
 
+# Ids the layers above the core derive for the commands they send on a client's behalf. A client
+# that sent one could take the place of a step of someone's flow run or transaction, so the edge
+# refuses them from clients (the core itself applies them like any other id).
+flow_dedup_id_prefix = "fl:"  # a flow run's steps: fl:<run_id>:<step>
+flow_hashed_dedup_id_prefix = "fh:"  # the same for a long run id: fh:<hash of the run_id>:<step>
+transaction_id_prefix = "cx:"  # a cross-shard transaction's txn_id and its steps' dedup_ids
+reserved_id_prefixes = (flow_dedup_id_prefix, flow_hashed_dedup_id_prefix, transaction_id_prefix)
+
+
+def reserved_id_refusal(name: str, identifier: str) -> str | None:
+    """Why a client may not send ``identifier`` as its ``name`` (``dedup_id``, ``txn_id``), or None."""
+    prefix = next((prefix for prefix in reserved_id_prefixes if identifier.startswith(prefix)), None)
+    if prefix is None:
+        return None
+    return (
+        f"{name} {identifier!r} starts with {prefix!r}: {name}s starting with {', '.join(reserved_id_prefixes)} are reserved "
+        "for the ids that flow runs and cross-shard transactions derive for their own commands"
+    )
+
 AccountId = Annotated[str, msgspec.Meta(min_length=1, max_length=id_length_max, pattern=r"^[A-Za-z0-9._:-]+$")]
 Asset = Annotated[str, msgspec.Meta(min_length=1, max_length=asset_length_max, pattern=r"^[A-Za-z0-9._:-]+$")]
 

@@ -16,13 +16,20 @@ Every step's id is a function of the run's, so a resumed or retried run replays 
 instead of applying it again.
 """
 
+import functools
 import hashlib
 from dataclasses import dataclass, field
 from fractions import Fraction
 from typing import Any
 
 from coffer.core.amounts import AmountError, format_amount, parse_amount
-from coffer.core.commands import id_length_max, timeout_s_max
+from coffer.core.commands import (
+    flow_dedup_id_prefix,
+    flow_hashed_dedup_id_prefix,
+    id_length_max,
+    reserved_id_refusal,
+    timeout_s_max,
+)
 from coffer.flows import expressions
 from coffer.flows.definition import (
     BatchSpec,
@@ -36,11 +43,13 @@ from coffer.flows.definition import (
     TransferSpec,
     TxnSpec,
     command_kinds,
+    placeholder_pattern,
     text_length_max,
 )
 from coffer.flows.expressions import ExpressionError
 
 integer_max = 2**63 - 1
+template_cache_size_max = 4096  # parsed templates kept (a flow's templates never change)
 _id_characters = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._:-")
 
 
@@ -53,10 +62,10 @@ class CheckFailed(ValueError):
 
 
 def derived_dedup_id(run_id: str, step: str) -> str:
-    direct = f"fl:{run_id}:{step}"
+    direct = f"{flow_dedup_id_prefix}{run_id}:{step}"
     if len(direct) <= id_length_max:
         return direct
-    return f"fh:{hashlib.sha256(run_id.encode()).hexdigest()[:40]}:{step}"
+    return f"{flow_hashed_dedup_id_prefix}{hashlib.sha256(run_id.encode()).hexdigest()[:40]}:{step}"
 
 
 @dataclass
@@ -85,10 +94,23 @@ class Compiled:
     steps: list[Step]
 
 
+@functools.lru_cache(maxsize=template_cache_size_max)
+def _template_parts(text: str) -> tuple[str, ...]:
+    """``text`` cut at its placeholders: literal, name, literal, name, ..., literal."""
+    return tuple(placeholder_pattern.split(text))
+
+
 def render(text: str, values: dict[str, str]) -> str:
-    for name, value in values.items():
-        text = text.replace("{" + name + "}", value)
-    return text
+    """``text`` with each ``{name}`` replaced by its value, in one pass: a value that itself
+    holds ``{...}`` (a text param may) is never substituted again."""
+    parts = _template_parts(text)
+    if len(parts) == 1:
+        return text
+    rendered = list(parts)
+    for index in range(1, len(parts), 2):
+        value = values.get(parts[index])
+        rendered[index] = "{" + parts[index] + "}" if value is None else value
+    return "".join(rendered)
 
 
 def prepare(flow: Flow, params: dict[str, Any], run_id: str) -> Prepared:
@@ -154,6 +176,8 @@ def compile_run(prepared: Prepared, scales: dict[str, int]) -> Compiled:
         return scales[asset]
 
     values: dict[str, Fraction | bool] = dict(prepared.numbers)
+    # Amount params and computed amounts as the legs print them: (minor units, asset, scale).
+    minors: dict[str, tuple[int, str, int]] = {}
     normalized: dict[str, Any] = {name: value for name, value in prepared.texts.items() if name != "run_id"}
     for name in spec.params:
         if spec.params[name].type == "integer":
@@ -170,6 +194,7 @@ def compile_run(prepared: Prepared, scales: dict[str, int]) -> Compiled:
             raise ParamsInvalid(f"params.{name}: {error}") from None
         values[name] = Fraction(minor, 10**scale)
         normalized[name] = format_amount(minor, scale)
+        minors[name] = (minor, prepared.assets[reference], scale)
     computed_view: dict[str, str] = {}
     for computed in spec.computed:
         try:
@@ -183,6 +208,7 @@ def compile_run(prepared: Prepared, scales: dict[str, int]) -> Compiled:
             minor = _minor(value, scale, computed.rounding, f"computed {computed.name}")
             value = Fraction(minor, 10**scale)
             computed_view[computed.name] = format_amount(minor, scale)
+            minors[computed.name] = (minor, prepared.assets[computed.asset], scale)
         else:
             computed_view[computed.name] = _decimal_text(value)
         values[computed.name] = value
@@ -193,7 +219,7 @@ def compile_run(prepared: Prepared, scales: dict[str, int]) -> Compiled:
             raise ParamsInvalid(f"check {condition.expr!r}: {error}") from None
         if not holds:
             raise CheckFailed(f"{condition.message} ({condition.expr})")
-    builder = _Builder(prepared, values, scale_of)
+    builder = _Builder(prepared, values, minors, scale_of)
     steps = []
     for step in spec.steps:
         dedup_id = derived_dedup_id(prepared.run_id, step.name)
@@ -227,9 +253,10 @@ def _minor(value: Fraction, scale: int, rounding: str | None, where: str) -> int
 
 
 class _Builder:
-    def __init__(self, prepared: Prepared, values: dict[str, Fraction | bool], scale_of: Any) -> None:
+    def __init__(self, prepared: Prepared, values: dict[str, Fraction | bool], minors: dict[str, tuple[int, str, int]], scale_of: Any) -> None:
         self.prepared = prepared
         self.values = values
+        self.minors = minors
         self.scale_of = scale_of
         self.flow = prepared.flow
         self.kinds = prepared.flow.amount_kinds
@@ -244,6 +271,8 @@ class _Builder:
         if kind is None:
             kind = self.kinds[text] = expressions.check(node, self.flow.param_kinds | self.flow.computed_kinds)
         assert kind.name == "amount" and kind.asset is not None, kind
+        if isinstance(node, expressions.Name) and node.name in self.minors:
+            return self.minors[node.name]  # a leg of a param or computed amount as it is: already exact at its scale
         try:
             value = expressions.evaluate(node, self.values)
         except ExpressionError as error:
@@ -251,6 +280,14 @@ class _Builder:
         assert isinstance(value, Fraction)
         scale = self.scale_of(kind.asset)
         return _minor(value, scale, None, where), self.prepared.assets[kind.asset], scale
+
+    def txn_id(self, template: str, where: str) -> str:
+        """A step's txn_id: made from params, so it must not take a cross-shard transaction's id."""
+        txn_id = self.text(template)
+        refusal = reserved_id_refusal("txn_id", txn_id)
+        if refusal is not None:
+            raise ParamsInvalid(f"{where}: {refusal}")
+        return txn_id
 
     def positive(self, text: str, where: str) -> tuple[str, str]:
         minor, asset, scale = self.amount(text, where)
@@ -304,7 +341,7 @@ class _Builder:
             if body.preconditions:
                 built["preconditions"] = self.preconditions(body.preconditions, where)
         elif isinstance(body, TccTrySpec):
-            built |= {"txn_id": self.text(body.txn_id), "legs": self.legs(body.legs, where)}
+            built |= {"txn_id": self.txn_id(body.txn_id, where), "legs": self.legs(body.legs, where)}
             if body.timeout_s is not None:
                 seconds = expressions.evaluate(self.flow.expressions[body.timeout_s], self.values)
                 assert isinstance(seconds, Fraction)
@@ -322,6 +359,6 @@ class _Builder:
                 built["amount"], _ = self.positive(body.amount, f"{where} amount")
         else:
             assert isinstance(body, TxnSpec)
-            built["txn_id"] = self.text(body.txn_id)
+            built["txn_id"] = self.txn_id(body.txn_id, where)
         return kind, built
 

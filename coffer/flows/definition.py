@@ -170,7 +170,7 @@ class FlowInvalid(ValueError):
     """The definition does not validate; the message says where and why."""
 
 
-_placeholder = re.compile(r"\{([^{}]*)\}")
+placeholder_pattern = re.compile(r"\{([^{}]*)\}")
 
 
 @dataclass(frozen=True)
@@ -184,13 +184,13 @@ class ParsedTemplate:
 def parse_template(text: str, allowed: dict[str, str], where: str) -> ParsedTemplate:
     """Check that every ``{name}`` in ``text`` is a param (of a type that prints) or ``run_id``."""
     found = []
-    for name in _placeholder.findall(text):
+    for name in placeholder_pattern.findall(text):
         if name not in allowed:
             raise FlowInvalid(f"{where}: unknown name {{{name}}} (params: {', '.join(sorted(allowed)) or 'none'})")
         if allowed[name] in ("amount", "decimal"):
             raise FlowInvalid(f"{where}: {{{name}}} is {allowed[name]} and cannot be part of a text")
         found.append(name)
-    if "{" in _placeholder.sub("", text) or "}" in _placeholder.sub("", text):
+    if "{" in placeholder_pattern.sub("", text) or "}" in placeholder_pattern.sub("", text):
         raise FlowInvalid(f"{where}: unbalanced braces in {text!r}")
     return ParsedTemplate(text, tuple(found))
 
@@ -312,11 +312,11 @@ def validate(spec: FlowSpec) -> Flow:
 
 
 def _asset_template(text: str, spec: FlowSpec, where: str) -> None:
-    for name in _placeholder.findall(text):
+    for name in placeholder_pattern.findall(text):
         param = spec.params.get(name)
         if param is None or param.type not in ("asset", "text"):
             raise FlowInvalid(f"{where}: {{{name}}} is not an asset param")
-    if not _placeholder.findall(text) and not re.fullmatch(rf"[A-Za-z0-9._:-]{{1,{asset_length_max}}}", text):
+    if not placeholder_pattern.findall(text) and not re.fullmatch(rf"[A-Za-z0-9._:-]{{1,{asset_length_max}}}", text):
         raise FlowInvalid(f"{where}: {text!r} is not an asset name")
 
 

@@ -71,6 +71,7 @@ def split_put_body(data: bytes, name: str) -> tuple[definition.Flow, str]:
         dedup_id = f"flow:{uuid.uuid4()}"  # each PUT without one is a new version
     if not isinstance(dedup_id, str) or not 0 < len(dedup_id) <= core.id_length_max:
         raise bodies.RequestError(ErrorCode.INVALID_REQUEST, "dedup_id must be 1 to 128 characters")
+    bodies.refuse_reserved_command_ids(dedup_id)
     if fields.get("name", name) != name:
         raise bodies.RequestError(ErrorCode.INVALID_REQUEST, "name in the body differs from the path")
     try:

@@ -33,7 +33,7 @@ from typing import Any, Protocol
 
 import msgspec
 
-from coffer.core.commands import id_length_max
+from coffer.core.commands import id_length_max, reserved_id_refusal
 from coffer.core.errors import ErrorCode
 from coffer.flows import compiler, definition
 from coffer.flows.compiler import CheckFailed, Compiled, ParamsInvalid
@@ -182,6 +182,9 @@ class FlowRunner:
     async def _run(self, name: str, dedup_id: str, params: dict[str, Any], version: int | None, dry_run: bool) -> Answer:
         if not isinstance(dedup_id, str) or not 0 < len(dedup_id) <= id_length_max or not set(dedup_id) <= _id_characters:
             raise FlowError(422, ErrorCode.INVALID_REQUEST, "a run's dedup_id is 1 to 128 characters of A-Za-z0-9._:-")
+        refusal = reserved_id_refusal("dedup_id", dedup_id)  # a run's id is its start record's dedup_id
+        if refusal is not None:
+            raise FlowError(422, ErrorCode.INVALID_REQUEST, refusal)
         record = None if dry_run else await self.ledger.run_record(dedup_id)
         if record is not None:
             if record.flow != name or (version is not None and version != record.version):

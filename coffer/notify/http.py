@@ -104,8 +104,8 @@ class Host(Protocol):
         """The last seq of every shard."""
         ...
 
-    async def account(self, account_id: str) -> tuple[int, int, int] | None:
-        """(shard, scale, available) of an account, or None."""
+    async def account(self, account_id: str) -> tuple[int, int, int, int] | None:
+        """(shard, scale, available, the shard's seq that available is as of) of an account, or None."""
         ...
 
 
@@ -118,9 +118,10 @@ class NodeHost:
     async def heads(self) -> dict[int, int]:
         return {0: self.api.replica.machine.seq}
 
-    async def account(self, account_id: str) -> tuple[int, int, int] | None:
-        account = self.api.replica.machine.accounts.get(account_id)
-        return None if account is None else (0, account.scale, account.available)
+    async def account(self, account_id: str) -> tuple[int, int, int, int] | None:
+        machine = self.api.replica.machine
+        account = machine.accounts.get(account_id)
+        return None if account is None else (0, account.scale, account.available, machine.seq)
 
 
 class WebhookRoutes:
@@ -193,7 +194,7 @@ class WebhookRoutes:
             found = await self.host.account(body.threshold.account_id)
             if found is None:
                 return 422, error_body(ErrorCode.ACCOUNT_NOT_FOUND, "the threshold's account is not on this node", body.threshold.account_id)
-            shard, scale, available = found
+            shard, scale, available, available_seq = found
             try:
                 amount = parse_amount(body.threshold.amount, scale, signed=True)
             except AmountError as error:
@@ -204,10 +205,13 @@ class WebhookRoutes:
                 "amount_minor": str(amount),
                 "direction": body.threshold.direction,
             }
-            state = available
-            if body.from_seq is not None:
+            if body.from_seq is None:
+                # The balance and the cursor from one read: on a sharded node writes may come between
+                # the heads and this read, and a crossing among them would be judged from the wrong side.
+                cursors[shard] = Cursor(max(cursors[shard].seq, available_seq), available)
+            else:
                 state = None if body.from_seq <= 1 else await notifier.source.available_at(shard, body.threshold.account_id, body.from_seq - 1)
-            cursors[shard] = Cursor(cursors[shard].seq, state)
+                cursors[shard] = Cursor(cursors[shard].seq, state)
         subscription_id = f"wh-{secrets.token_hex(8)}"
         await notifier.add(subscription_id, definition, cursors)
         return 200, self._view(subscription_id, definition, cursors, with_secret=True)

@@ -174,8 +174,22 @@ class Notifier:
                 cursor = Cursor(item.seq, state)
                 if wanted:
                     await self._deliver(subscription, shard, item)
-                    await asyncio.to_thread(self.store.save_cursor, subscription.subscription_id, shard, cursor)
-            await asyncio.to_thread(self.store.save_cursor, subscription.subscription_id, shard, cursor)
+                    await self._save_cursor(subscription.subscription_id, shard, cursor)
+            await self._save_cursor(subscription.subscription_id, shard, cursor)
+
+    async def _save_cursor(self, subscription_id: str, shard: int, cursor: Cursor) -> None:
+        """Write a cursor; a cancel (a replay, a removal, a stop) waits until the write has landed.
+
+        The write runs in a worker thread that a cancel cannot stop: were the cancelled task to end
+        first, the write could land after the replay's or the removal's own, and move the cursor
+        back past the replayed events, or bring a removed subscription's cursor back.
+        """
+        saving = asyncio.ensure_future(asyncio.to_thread(self.store.save_cursor, subscription_id, shard, cursor))
+        try:
+            await asyncio.shield(saving)
+        except asyncio.CancelledError:
+            await asyncio.wait([saving])
+            raise
 
     async def _deliver(self, subscription: Subscription, shard: int, item: Item) -> None:
         assert self._http is not None

@@ -49,9 +49,9 @@ class RouterHost:
         answers = await asyncio.gather(*(self.router.shards.get(shard, "/v1/audit/head") for shard in self.source.shards))
         return {shard: answer["seq"] for shard, (_, answer) in zip(self.source.shards, answers, strict=True)}
 
-    async def account(self, account_id: str) -> tuple[int, int, int] | None:
+    async def account(self, account_id: str) -> tuple[int, int, int, int] | None:
         shard = self.router.shard_map.shard_of(account_id)
         status, view = await self.router.shards.get(shard, f"/v1/accounts/{quote(account_id, safe='')}")
         if status != 200:
             return None
-        return shard, view["scale"], parse_amount(view["available"], view["scale"], signed=True)
+        return shard, view["scale"], parse_amount(view["available"], view["scale"], signed=True), view["seq"]

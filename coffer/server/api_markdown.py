@@ -69,6 +69,7 @@ def _prose() -> str:
     codes = "\n".join(
         f"| `{code.value}` | {status} | {meaning} |" for code, (status, meaning) in error_meanings.items()
     )
+    reserved = ", ".join(f"`{prefix}`" for prefix in commands.reserved_id_prefixes)
     return f"""# Coffer HTTP API v1
 
 JSON over HTTP. This file is generated from the OpenAPI document that every node serves at
@@ -173,7 +174,16 @@ registers the next version through the log, so every replica holds the same regi
 (`POST /v1/flows/{{name}}/runs`) is exactly-once by its `dedup_id` (the run's id): its start and
 its outcome are recorded in the ledger, and every command it sends has a `dedup_id` derived from
 the run's (`fl:<run_id>:<step>`, or `fh:<hash>:<step>` for a long id), so a retry or a resumed
-run replays instead of applying again. dedup_ids starting with `fl:` or `fh:` belong to flows.
+run replays instead of applying again.
+
+## Reserved ids
+
+Flow runs and cross-shard transactions derive the ids of the commands they send from the caller's
+(`fl:` and `fh:` for a run's steps, `cx:` for a transaction's id and its steps), so those belong to
+them: a `dedup_id` (of a command, a `/v1/commands` item, a flow run or a flow registration) or a
+`txn_id` (also one a flow makes from its params) starting with {reserved} is `422 INVALID_REQUEST`
+on a single node and on a sharded one. Naming such an id is fine where it is read, e.g. as the
+`original_dedup_id` of a compensation.
 
 ## Velocity limits
 

@@ -161,6 +161,8 @@ class Api:
         self.pipeline: Pipeline | None = None
         self.ready = False
         self.checkpoints: CheckpointMonitor | None = None
+        # A shard of a sharded node takes the ids its router derives; the router refuses them from clients.
+        self.reserved_ids_allowed = False
         machine = replica.machine
         self.reads = NodeReads(
             replica.store, lambda: replica.machine.seq, lambda seq: self._pipeline().wait_for_seq(seq), self._store_reached
@@ -342,6 +344,8 @@ class Api:
             body = bodies.convert_body(body_type, fields)
         else:
             body = bodies.decode_body(body_type, data)
+        if not self.reserved_ids_allowed:
+            bodies.refuse_reserved_command_ids(body.dedup_id, getattr(body, "txn_id", None))
         # An account this node has not seen still goes to the log: its outcome there is final.
         command = bodies.to_command(kind, body, self._scales())
         (outcome,) = await self._submit([command])
@@ -378,6 +382,8 @@ class Api:
                 if kind in bodies.admin_command_types and role < Role.ADMIN:
                     raise HttpError(403, ErrorCode.FORBIDDEN, f"{kind} needs the admin role")
                 body = bodies.convert_body(bodies.body_types[kind], fields)
+                if not self.reserved_ids_allowed:
+                    bodies.refuse_reserved_command_ids(body.dedup_id, getattr(body, "txn_id", None))
                 command = bodies.to_command(kind, body, scales)
             except bodies.RequestError as error:
                 answers.append({"status": 422, **error_body(error.code, error.message, error.account_id)})

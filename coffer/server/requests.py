@@ -65,6 +65,16 @@ class RequestError(Exception):
         self.account_id = account_id
 
 
+def refuse_reserved_command_ids(dedup_id: object, txn_id: object = None) -> None:
+    """A client's command may not carry an id that flow runs or cross-shard transactions derive
+    for their own commands (``core.reserved_id_prefixes``): sent first, it would take the place of
+    their step. Those layers send their commands past this check."""
+    for name, value in (("dedup_id", dedup_id), ("txn_id", txn_id)):
+        refusal = core.reserved_id_refusal(name, value) if isinstance(value, str) else None
+        if refusal is not None:
+            raise RequestError(ErrorCode.INVALID_REQUEST, refusal)
+
+
 def _refuse_reserved_ids(*account_ids: str) -> None:
     # Raised in __post_init__, a ValueError becomes the decoder's ValidationError (422).
     for account_id in account_ids:

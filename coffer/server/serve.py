@@ -138,6 +138,7 @@ def serve(
     # what survived start-up.
     gc.set_threshold(50_000, 20, 100)
     app.api.admission.requests_max = write_requests_waiting_max
+    app.api.reserved_ids_allowed = shard_id is not None  # its only client is the router, which refuses them
     limits = limits or ConnectionLimits()
     limits = dataclasses.replace(limits, connections_max=connections_cap(limits.connections_max))
     config = server_config(

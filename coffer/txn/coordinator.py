@@ -37,13 +37,14 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from coffer.core.commands import transaction_id_prefix
 from coffer.core.errors import ErrorCode
 from coffer.txn.shard_map import ShardMap
 from coffer.txn.shards import ShardClients, ShardUnavailable
 
 logger = logging.getLogger(__name__)
 
-txn_prefix = "cx:"  # reserved: clients may not use it for txn_ids or dedup_ids on a sharded node
+txn_prefix = transaction_id_prefix  # reserved: clients may not use it for txn_ids or dedup_ids
 in_doubt_after_s = 5.0  # a try open this long without its coordinator is resolved by recovery
 recovery_interval_s = 1.0
 recovery_batch_max = 1_000  # open tries fetched from one shard per round

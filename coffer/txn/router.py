@@ -36,9 +36,9 @@ from coffer.server import inputs
 from coffer.server.app import encoded_answer, error_response, json_response, read_body
 from coffer.server.auth import ApiKeys, Role
 from coffer.server.openapi import openapi_document
-from coffer.server.requests import admin_command_types, internal_command_types
+from coffer.server.requests import RequestError, admin_command_types, internal_command_types, refuse_reserved_command_ids
 from coffer.txn import coordinator, router_tools
-from coffer.txn.coordinator import Coordinator, PlanError, txn_prefix
+from coffer.txn.coordinator import Coordinator, PlanError
 from coffer.txn.shard_map import ShardMap
 from coffer.txn.shards import ShardClients, ShardUnavailable
 
@@ -148,17 +148,14 @@ class Router:
                 return await self._forward(0, request, data)
             if path_account:
                 body = {**body, "account_id": request.path_params["account_id"]}
+            _refuse_reserved_ids(body)
             status, answer = await self.command(kind, body, data if not path_account else None, request.url.path)
             return json_response(answer, status, {"Retry-After": "1"} if status == 503 else None)
 
         return handle
 
     async def command(self, kind: str, body: dict[str, Any], raw: bytes | None, path: str) -> tuple[int, dict[str, Any]]:
-        """One command, wherever it belongs: (status, answer)."""
-        for field_name in ("dedup_id", "txn_id"):
-            value = body.get(field_name)
-            if isinstance(value, str) and value.startswith(txn_prefix):
-                raise _Refused(422, ErrorCode.INVALID_REQUEST, f"{field_name}s starting with {txn_prefix!r} are reserved for the transaction layer")
+        """One command, wherever it belongs: (status, answer). Clients' ids are checked before."""
         if kind == "compensate":
             return await self._compensate(body)
         if kind in _broadcast_kinds:
@@ -298,6 +295,11 @@ class Router:
                 continue
             if kind in admin_command_types and role < Role.ADMIN:
                 results[position] = {"status": 403, "error": {"code": ErrorCode.FORBIDDEN.value, "message": f"{kind} needs the admin role"}}
+                continue
+            try:
+                _refuse_reserved_ids(item)
+            except _Refused as refused:
+                results[position] = {"status": refused.status, "error": {"code": refused.code, "message": refused.message}}
                 continue
             shards = self._shards_of(kind, item)
             if kind in _broadcast_kinds or kind == "compensate" or len(shards) > 1 or kind in internal_command_types:
@@ -473,6 +475,12 @@ class Router:
 def _encoded(binary: bool, body: Any, status: int = 200) -> Response:
     encoded, media_type = encoded_answer(body, binary)
     return Response(encoded, status_code=status, media_type=media_type.decode())
+def _refuse_reserved_ids(body: dict[str, Any]) -> None:
+    """A client's command with an id that flow runs or cross-shard transactions derive: refused."""
+    try:
+        refuse_reserved_command_ids(body.get("dedup_id"), body.get("txn_id"))
+    except RequestError as error:
+        raise _Refused(422, error.code.value, error.message) from None
 
 
 def _code(answer: dict[str, Any]) -> str | None:

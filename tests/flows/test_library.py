@@ -176,3 +176,18 @@ def test_dry_run_shows_the_commands_and_applies_nothing(book: Book) -> None:
     legs = answer["steps"][0]["command"]["legs"]
     assert [leg["amount"] for leg in legs] == ["-10.00", "9.70", "0.30"]
     assert book.ledger.machine.seq == seq and "d1" not in book.ledger.machine.flow_runs
+
+
+
+def test_a_text_param_is_printed_as_given_never_substituted_again(book: Book) -> None:
+    noted = {
+        "mode": "atomic",
+        "params": {"note": {"type": "text"}, "payer": {"type": "account"}, "payee": {"type": "account"}, "amount": {"type": "amount", "asset": "USD"}},
+        "steps": [{"name": "pay", "transfer": {"from": "{payer}", "to": "{payee}", "amount": "amount", "metadata": {"note": "{note} by {payer}"}}}],
+    }
+    book.create("alice", balance="10")
+    book.create("bob")
+    book.register("noted", noted)
+    status, answer = run(book, "noted", "n-braces", note="{payer}", payer="alice", payee="bob", amount="1")
+    assert status == 200, answer
+    assert answer["steps"][0]["command"]["metadata"] == {"note": "{payer} by alice"}

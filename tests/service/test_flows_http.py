@@ -5,6 +5,7 @@ import threading
 import time
 import uuid
 
+import httpx
 import pytest
 
 from coffer import Client
@@ -124,6 +125,54 @@ def test_flow_errors_over_http(server: CofferServer) -> None:
         with pytest.raises(CofferError) as params:
             api.run_flow(name, {"cash": 5})
         assert params.value.status == 422 and "params" in str(params.value)
+
+
+def test_ids_that_flows_and_transactions_derive_are_refused_from_clients(server: CofferServer) -> None:
+    payer, shop, fees = fresh("payer"), fresh("shop"), fresh("fees")
+    run_id = fresh("reserved-run")
+    with Client(server.url) as api:
+        api.put_flow("payment_with_fee", library()["payment_with_fee"])
+        for account_id in (payer, shop, fees):
+            api.create_account(account_id, "USD")
+        api.batch_operation([Leg(account_id=payer, amount="100", asset="USD")])
+    legs = [{"account_id": payer, "amount": "-10.00", "asset": "USD"}, {"account_id": shop, "amount": "9.70", "asset": "USD"}]
+    legs.append({"account_id": fees, "amount": "0.30", "asset": "USD"})
+    step_id = f"fl:{run_id}:pay"  # the dedup_id the run below gives its one command
+    with httpx.Client(base_url=server.url) as http:
+
+        def refused(answer: httpx.Response, prefix: str, name: str = "dedup_id") -> None:
+            assert answer.status_code == 422, answer.text
+            error = answer.json()["error"]
+            assert error["code"] == "INVALID_REQUEST" and f"{name} " in error["message"] and f"starts with '{prefix}'" in error["message"]
+
+        # Taken first by a client, the step's id would make the run replay the client's command.
+        refused(http.post("/v1/batch-operations", json={"dedup_id": step_id, "legs": legs}), "fl:")
+        refused(http.post("/v1/transfers", json={"dedup_id": f"fh:{'0' * 40}:pay", "from_account_id": payer, "to_account_id": shop, "amount": "1", "asset": "USD"}), "fh:")
+        refused(http.post("/v1/reservations", json={"dedup_id": "cx:0:abc.try", "account_id": payer, "reservation_id": "r", "amount": "1"}), "cx:")
+        refused(http.post("/v1/tcc/try", json={"dedup_id": fresh("try"), "txn_id": "cx:1:abc", "legs": legs}), "cx:", "txn_id")
+        refused(http.post("/v1/tcc/cancel", json={"dedup_id": fresh("cancel"), "txn_id": "cx:1:abc"}), "cx:", "txn_id")
+        refused(http.post(f"/v1/accounts/{payer}/lock", json={"dedup_id": f"fl:{run_id}:lock"}), "fl:")
+        refused(http.post("/v1/flows/payment_with_fee/runs", json={"dedup_id": f"fl:{run_id}:x", "params": {}}), "fl:")
+        refused(http.put(f"/v1/flows/{fresh('flow')}", json={**points_purchase, "dedup_id": "fh:mine"}), "fh:")
+        mixed = http.post("/v1/commands", json={"commands": [
+            {"type": "batch_operation", "dedup_id": step_id, "legs": legs},
+            {"type": "finish_flow_run", "dedup_id": f"fl:{run_id}:finish", "run_id": run_id, "outcome": "{}"},
+            {"type": "transfer", "dedup_id": fresh("ok"), "from_account_id": payer, "to_account_id": shop, "amount": "1", "asset": "USD"},
+        ]})
+        first, forged, fine = mixed.json()["results"]
+        assert first["status"] == 422 and "starts with 'fl:'" in first["error"]["message"]
+        assert forged["status"] == 422 and "starts with 'fl:'" in forged["error"]["message"]
+        assert fine["status"] == 200
+    with Client(server.url) as api:
+        # The flow runner itself still uses them, and its run is the one that moves the money.
+        params = {"payer": payer, "merchant": shop, "fee_account": fees, "asset": "USD", "amount": "10"}
+        run = api.run_flow("payment_with_fee", params, dedup_id=run_id)
+        assert run.status == "SUCCEEDED" and run.steps[0]["command"]["dedup_id"] == step_id
+        assert [api.get_account(account_id).available for account_id in (payer, shop, fees)] == ["89.00", "10.70", "0.30"]
+        # Naming a flow's command as the original of a compensation is reading the id, not taking it.
+        undone = api.compensate(step_id, dedup_id=fresh("undo"))
+        assert undone.compensation == "COMPENSATED"
+        assert api.get_account(payer).available == "99.00"
 
 
 def test_the_library_over_http(server: CofferServer) -> None:

@@ -140,3 +140,81 @@ def test_webhooks_follow_every_shard(node: ShardedServer) -> None:
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_the_router_refuses_the_ids_flows_and_transactions_derive(node: ShardedServer) -> None:
+    import httpx
+
+    (payer,) = node.ids_on(0, 1, "rpayer")
+    merchant, fees = node.ids_on(1, 2, "rshop")
+    (near,) = node.ids_on(0, 1, "rnear")
+    with Client(node.url) as api:
+        for account_id in (payer, merchant, fees, near):
+            api.create_account(account_id, "USD")
+        api.batch_operation([Leg(account_id=payer, amount="100", asset="USD")])
+        api.put_flow("payment_with_fee", library()["payment_with_fee"])
+    step_id = "fl:sharded-reserved-1:pay"
+    with httpx.Client(base_url=node.url, timeout=30) as http:
+        one_shard = {"from_account_id": payer, "to_account_id": near, "amount": "1", "asset": "USD"}
+        for dedup_id in (step_id, f"fh:{'0' * 40}:pay", "cx:0:abc.try"):
+            answer = http.post("/v1/transfers", json={**one_shard, "dedup_id": dedup_id})
+            assert answer.status_code == 422 and f"starts with '{dedup_id[:3]}'" in answer.json()["error"]["message"]
+        # /v1/commands: the items that would go straight to their shard are checked too.
+        results = http.post(
+            "/v1/commands",
+            json={"commands": [{"type": "transfer", "dedup_id": step_id, **one_shard}, {"type": "transfer", "dedup_id": "r-fine-1", **one_shard}]},
+        ).json()["results"]
+        assert results[0]["status"] == 422 and "starts with 'fl:'" in results[0]["error"]["message"]
+        assert results[1]["status"] == 200
+        answer = http.post("/v1/flows/payment_with_fee/runs", json={"dedup_id": "fh:x", "params": {}})
+        assert answer.status_code == 422 and "starts with 'fh:'" in answer.json()["error"]["message"]
+        answer = http.put("/v1/flows/r-flow", json={**library()["top_up"], "dedup_id": "fl:x"})
+        assert answer.status_code == 422 and "starts with 'fl:'" in answer.json()["error"]["message"]
+    with Client(node.url) as api:
+        params = {"payer": payer, "merchant": merchant, "fee_account": fees, "asset": "USD", "amount": "10"}
+        run = api.run_flow("payment_with_fee", params, dedup_id="sharded-reserved-1")
+        assert run.status == "SUCCEEDED" and run.steps[0]["command"]["dedup_id"] == step_id
+        assert [api.get_account(account_id).available for account_id in (payer, merchant, fees)] == ["89.00", "9.70", "0.30"]
+
+
+def test_a_threshold_webhook_on_a_sharded_node(node: ShardedServer) -> None:
+    import json
+    import threading
+    import time
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    received: list[int] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            received.append(json.loads(self.rfile.read(int(self.headers["content-length"])))["event"]["seq"])
+            self.send_response(200)
+            self.send_header("content-length", "0")
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        (watched,) = node.ids_on(1, 1, "thwatched")
+        (other,) = node.ids_on(1, 1, "thother")
+        with Client(node.url) as api:
+            api.create_account(watched, "USD")
+            api.create_account(other, "USD")
+            api.batch_operation([Leg(account_id=watched, amount="60", asset="USD")])
+            created = api.create_webhook(f"http://127.0.0.1:{server.server_address[1]}/hook", threshold={"account_id": watched, "amount": "50", "direction": "below"})
+            assert set(created["cursors"]) == {"0", "1"}
+            api.batch_operation([Leg(account_id=watched, amount="-5", asset="USD")])  # 55: not below
+            crossing = api.batch_operation([Leg(account_id=watched, amount="-10", asset="USD")]).seq  # 45: crosses
+            api.batch_operation([Leg(account_id=watched, amount="-1", asset="USD")])  # 44: already below
+            deadline = time.monotonic() + 30
+            while not received and time.monotonic() < deadline:
+                time.sleep(0.05)
+            time.sleep(0.3)
+            assert received == [crossing]
+            api.delete_webhook(created["id"])
+    finally:
+        server.shutdown()
+        server.server_close()
