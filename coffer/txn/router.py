@@ -32,6 +32,7 @@ from coffer.core.errors import ErrorCode
 from coffer.flows.sharded import RouterFlows
 from coffer.notify.http import WebhookRoutes
 from coffer.notify.sharded import RouterHost
+from coffer.server import requests as bodies
 from coffer.server.app import error_response, json_response, read_body
 from coffer.server.auth import ApiKeys, Role
 from coffer.server.openapi import openapi_document
@@ -163,13 +164,18 @@ class Router:
         if kind in _broadcast_kinds:
             return await self._broadcast(kind, body)
         shards = self._shards_of(kind, body)
-        if len(shards) > 1:
-            if kind == "tcc_try":
-                raise _Refused(
-                    422,
-                    ErrorCode.INVALID_REQUEST,
-                    "a TCC try with legs on several shards is not supported yet: use a batch operation, which is atomic across shards",
-                )
+        if len(shards) > 1 and kind == "tcc_try":
+            try:
+                bodies.convert_body(bodies.body_types[kind], body)
+                tcc = coordinator.plan_tcc(body, self.shard_map)
+            except PlanError as error:
+                raise _Refused(422, ErrorCode.INVALID_REQUEST, str(error)) from None
+            except (bodies.RequestError, KeyError, TypeError):
+                tcc = None  # malformed: the shard below answers the precise 422
+            if tcc is not None:
+                outcome = await self.coordinator.tcc_try(tcc)
+                return outcome.status, outcome.body
+        elif len(shards) > 1:
             try:
                 plan = coordinator.plan(kind, body, self.shard_map)
             except PlanError as error:
@@ -207,7 +213,11 @@ class Router:
         return found
 
     async def _broadcast(self, kind: str, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
-        """Confirm or cancel: the shard that holds the transaction answers; the others find nothing."""
+        """Confirm or cancel: the shard that holds the transaction answers; the others find nothing.
+
+        When no shard holds it under the client's txn_id, it may be a try across shards: its
+        commit point knows (a claim under the id derived from the client's txn_id).
+        """
         path = _path_of_kind[kind]
         answers = await asyncio.gather(*(self.shards.post(shard, path, body) for shard in range(self.shards.count)))
         for status, answer in answers:
@@ -216,6 +226,9 @@ class Router:
         for status, answer in answers:
             if _code(answer) != ErrorCode.TXN_NOT_FOUND:
                 return status, answer
+        outcome = await self.coordinator.tcc_finish(body["txn_id"], commit=kind == "tcc_confirm")
+        if outcome is not None:
+            return outcome.status, outcome.body
         return answers[0]
 
     async def _compensate(self, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
@@ -401,6 +414,19 @@ class Router:
 
     async def transaction(self, request: Request, role: Role) -> Response:
         txn_id = request.path_params["txn_id"]
+        claim = None
+        if not txn_id.startswith(txn_prefix) and not await self._held_anywhere(txn_id):
+            # A client's try across shards is kept under an id derived from the client's txn_id.
+            claim = await self.coordinator.transaction_view(txn_id)
+            if claim is not None:
+                return await self._transaction(claim["txn_id"], txn_id, claim)
+        return await self._transaction(txn_id, txn_id, None)
+
+    async def _held_anywhere(self, txn_id: str) -> bool:
+        answers = await asyncio.gather(*(self.shards.get(shard, f"/v1/transactions/{txn_id}") for shard in range(self.shards.count)))
+        return any(status == 200 for status, _ in answers)
+
+    async def _transaction(self, txn_id: str, shown_id: str, claim: dict[str, Any] | None) -> Response:
         answers = await asyncio.gather(
             *(self.shards.get(shard, f"/v1/transactions/{txn_id}") for shard in range(self.shards.count)), return_exceptions=True
         )
@@ -424,7 +450,11 @@ class Router:
                 state += "_IN_FLIGHT"  # decided; some participant has not finished yet
         else:
             state = "TRIED" if states == {"TRIED"} else "/".join(sorted(states)) or "UNKNOWN"
-        return json_response({"txn_id": txn_id, "state": state, "decision": decision, "shards": parts})
+        view: dict[str, Any] = {"txn_id": shown_id, "state": state, "decision": decision, "shards": parts}
+        if claim is not None:
+            # A client-held try: its one deadline for every shard, and the id the shards hold it under.
+            view.update(cross_shard_txn_id=txn_id, participants=claim["participants"], deadline=claim["deadline"])
+        return json_response(view)
 
     async def list_shards(self, request: Request, role: Role) -> Response:
         async def one(shard: int) -> dict[str, Any]:

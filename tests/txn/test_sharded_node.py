@@ -193,8 +193,10 @@ def test_what_a_sharded_node_refuses(node: ShardedServer, http: httpx.Client) ->
     _open(http, a, "10")
     _open(http, b)
     legs = [{"account_id": a, "amount": "-1", "asset": "USD"}, {"account_id": b, "amount": "1", "asset": "USD"}]
-    answer = http.post("/v1/tcc/try", json={"dedup_id": dedup(), "txn_id": "t-two", "legs": legs})
-    assert answer.status_code == 422 and "several shards" in answer.json()["error"]["message"]
+    answer = http.post("/v1/tcc/try", json={"dedup_id": dedup(), "txn_id": "cx:t-two", "legs": legs})
+    assert answer.status_code == 422 and "reserved" in answer.json()["error"]["message"]
+    answer = http.post("/v1/tcc/try", json={"dedup_id": dedup(), "txn_id": "t-two", "legs": legs, "timeout_s": 0})
+    assert answer.status_code == 422 and answer.json()["error"]["code"] == "INVALID_REQUEST"
     answer = http.post("/v1/transfers", json={"dedup_id": "cx:mine", "from_account_id": a, "to_account_id": b, "amount": "1", "asset": "USD"})
     assert answer.status_code == 422 and "reserved" in answer.json()["error"]["message"]
     answer = http.get("/v1/events")
