@@ -109,7 +109,7 @@ def tcc_txn_id_of(client_txn_id: str, commit_point: int) -> str:
 def is_client_held(txn_id: str) -> bool:
     """A try the client confirms or cancels (a cross-shard ``tcc/try``), not a coordinator's own."""
     parts = txn_id.split(":")
-    return len(parts) == 4 and parts[2] == tcc_marker
+    return len(parts) == 4 and parts[2] == tcc_marker and "." not in parts[3]  # not its claim
 
 
 def _wall_clock_ms() -> int:
@@ -480,7 +480,7 @@ class Coordinator:
             proposal.update(dedup_id=f"{txn_id}.decide", commit=True)
         else:
             proposal.update(dedup_id=f"{txn_id}.incomplete", commit=False, reason_code=ErrorCode.TXN_ABORTED.value)
-            proposal["reason_message"] = "the try did not reach every shard it names; retry the try with its dedup_id"
+            proposal["reason_message"] = "a confirm found the try incomplete: it did not reach every shard it names"
         decision = await self._decide(commit_point, txn_id, proposal)
         if not decision["commit"]:
             # An earlier abort answers OK to this one too: its reason is the one that stands.
