@@ -19,6 +19,7 @@ and the recovery task finishes what no client comes back for.
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -256,15 +257,11 @@ class Router:
             },
         )
         (result,) = answer["results"]
-        if _code(result) == ErrorCode.TXN_ALREADY_DECIDED:
-            _, view = await self.shards.get(commit_point, f"/v1/transactions/{txn_id}")
-            if view.get("decision", {}).get("commit"):
-                return 409, {
-                    "error": {
-                        "code": ErrorCode.ORIGINAL_NOT_COMPENSABLE.value,
-                        "message": f"{original!r} moved money across shards; undo it with a command that moves it back",
-                    }
-                }
+        if _code(result) in (ErrorCode.TXN_ALREADY_DECIDED, ErrorCode.DEDUP_ID_REUSED):
+            status, view = await self.shards.get(commit_point, f"/v1/transactions/{txn_id}")
+            decision = view.get("decision") if status == 200 else None
+            if decision is not None and decision["commit"]:
+                return await self._undo_across_shards(original, txn_id, decision["participants"], body["dedup_id"])
         answers = await asyncio.gather(*(self.shards.post(shard, "/v1/compensations", body) for shard in range(self.shards.count)))
         for status, answer in answers:
             if status == 200 and answer.get("compensation") == "COMPENSATED":
@@ -273,6 +270,45 @@ class Router:
             if status != 200:
                 return status, answer
         return answers[0]
+
+    async def _undo_across_shards(self, original: str, txn_id: str, participants: list[int], dedup_id: str) -> tuple[int, dict[str, Any]]:
+        """Compensate a committed cross-shard original: its legs reversed, as one cross-shard batch.
+
+        The undo is claimed once at the original's commit point (``<txn_id>.undo``, the first claim
+        wins), so a second compensation answers ``ALREADY_COMPENSATED`` and a retry of the first
+        replays the same reversing transaction.
+        """
+        commit_point = coordinator.commit_point_of(txn_id)
+        undo_id = f"{txn_id}.undo"
+        claim = {"type": "decide", "dedup_id": undo_id, "txn_id": undo_id, "commit": True, "reason_message": f"compensated by {dedup_id!r}"}
+        _, answer = await self.shards.post(commit_point, "/v1/commands", {"commands": [claim]})
+        (result,) = answer["results"]
+        if result["status"] != 200:
+            if _code(result) != ErrorCode.DEDUP_ID_REUSED:
+                raise ShardUnavailable(commit_point, f"the commit point refused the undo's claim: {result}")
+            _, undo = await self.shards.get(commit_point, f"/v1/transactions/{undo_id}")
+            by = (undo.get("decision") or {}).get("reason_message", "another compensation")
+            return 409, {"error": {"code": ErrorCode.ALREADY_COMPENSATED.value, "message": f"{original!r} was already {by}"}}
+        parts = await asyncio.gather(*(self.shards.get(shard, f"/v1/transactions/{txn_id}") for shard in participants))
+        legs = []
+        for shard, (status, part) in zip(participants, parts, strict=True):
+            if status != 200:
+                raise ShardUnavailable(shard, f"reading {txn_id} answered {status}")
+            for leg in part["legs"]:
+                amount = Decimal(leg["amount_out"]) - Decimal(leg["amount_in"])
+                if amount:
+                    legs.append({"account_id": leg["account_id"], "amount": str(amount), "asset": leg["asset"]})
+        undo_body = {"dedup_id": undo_id, "legs": legs}
+        plan = coordinator.plan("batch_operation", undo_body, self.shard_map)
+        if plan is None:  # what it moved nets out on all shards but one
+            shard = self.shard_map.shard_of(legs[0]["account_id"]) if legs else commit_point
+            status, answer = await self.shards.post(shard, "/v1/batch-operations", undo_body)
+        else:
+            outcome = await self.coordinator.run(plan)
+            status, answer = outcome.status, outcome.body
+        if status == 200:
+            answer["compensation"] = "COMPENSATED"
+        return status, answer
 
     async def commands(self, request: Request, role: Role) -> Response:
         data = await read_body(request.headers, request.stream())
