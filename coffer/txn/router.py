@@ -3,8 +3,9 @@
 Job. Clients see one API, the same as a single-shard node's. A command whose accounts are all on
 one shard is forwarded to that shard as it is (one hop on loopback, no extra round of a
 protocol); a transfer or batch operation across shards runs as a cross-shard transaction
-(:mod:`coffer.txn.coordinator`); confirm, cancel and compensate, which name only ids, go to every
-shard. Reads of one account go to its shard; ``GET /v1/accounts?ids=`` spans shards; events, the
+(:mod:`coffer.txn.coordinator`), and so does a TCC try across shards, which the client's later
+confirm or cancel finishes; confirm, cancel and compensate, which name only ids, go to every
+shard (and, for a try across shards, to its commit point). Reads of one account go to its shard; ``GET /v1/accounts?ids=`` spans shards; events, the
 chain head and the feed are per shard (``shard=``); ``GET /v1/shards`` shows the map and each
 shard's head and health; ``GET /v1/transactions/{id}`` a cross-shard transaction on every shard.
 Reads take ``token=0:12,1:40`` (the per-shard seqs a cross-shard write answers; for a write on one
