@@ -80,7 +80,7 @@ def _simulate_shards(seeds: list[int], steps: int, shards: int) -> None:
     from coffer.sim.shards import ShardSimulation
 
     logging.getLogger("coffer.txn").setLevel(logging.ERROR)  # every recovery logs a warning
-    totals = {"transfers": 0, "committed": 0, "faults": 0, "recovered": 0}
+    totals = {"transfers": 0, "committed": 0, "tcc_tries": 0, "tcc_committed": 0, "tcc_expired": 0, "faults": 0, "recovered": 0}
     violations = 0
     for number in seeds:
         report = ShardSimulation(number, shards).run(steps)
@@ -88,6 +88,7 @@ def _simulate_shards(seeds: list[int], steps: int, shards: int) -> None:
             totals[key] += getattr(report, key)
         click.echo(
             f"seed={number} shards={shards} steps={steps} transfers={report.transfers} committed={report.committed} "
+            f"tcc_tries={report.tcc_tries} tcc_committed={report.tcc_committed} tcc_expired={report.tcc_expired} "
             f"faults={report.faults} recovered={report.recovered}"
         )
         if report.violations:
@@ -96,7 +97,8 @@ def _simulate_shards(seeds: list[int], steps: int, shards: int) -> None:
             click.echo(f"  replay: coffer sim --shards {shards} --seed {number} --steps {steps}")
     click.echo(
         f"sim-shards: seeds={len(seeds)} shards={shards} steps={steps * len(seeds)} transfers={totals['transfers']} "
-        f"committed={totals['committed']} faults={totals['faults']} recovered={totals['recovered']} violations={violations}"
+        f"committed={totals['committed']} tcc_tries={totals['tcc_tries']} tcc_committed={totals['tcc_committed']} "
+        f"tcc_expired={totals['tcc_expired']} faults={totals['faults']} recovered={totals['recovered']} violations={violations}"
     )
     if violations:
         raise SystemExit(1)

@@ -17,9 +17,17 @@ transaction confirmed on one shard and cancelled on another, or finished against
 the end (every client retries until it has a final answer, recovery runs until nothing is open):
 nothing in doubt, every acknowledged answer unchanged on retry, and the balances equal to the
 opening balances plus exactly the committed transfers — nothing lost, nothing applied twice.
+
+Clients also send TCC tries across shards (legs on two or three shards, some with a timeout) and
+later confirm or cancel them by their txn_id, through the same faults. The simulated clock moves
+between steps (the shards' log time follows it, and the coordinator judges a client's timeout by
+it), so deadlines pass while tries wait, while coordinators are dead and while recovery races them;
+the checker then also sees that no participant finished a try against its commit point's decision
+and that a committed try was committed before the client's deadline.
 """
 
 import asyncio
+import json
 import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -29,6 +37,7 @@ from typing import Any
 import msgspec
 
 from coffer.core.accounts import Result
+from coffer.core.errors import ErrorCode
 from coffer.core.events import EventRecord
 from coffer.core.state_machine import StateMachine
 from coffer.server import requests as bodies
@@ -46,6 +55,8 @@ lose_answer_chance = 0.04  # per call: it was applied, the answer is lost
 crash_chance = 0.03  # per call: the coordinator dies before sending it
 race_recovery_chance = 0.05  # per call: a recovery round runs first, racing this coordinator
 start_time_ms = 1_700_000_000_000
+step_ms_max = 600  # the clock moves up to this much between two steps
+tcc_timeout_s_max = 4  # a try's timeout, when it has one, is 1..this
 
 
 class CoordinatorCrash(BaseException):
@@ -59,14 +70,15 @@ class ShardViolation(AssertionError):
 class SimShard:
     """One shard: a state machine behind the edge's real request translation and views."""
 
-    def __init__(self, number: int) -> None:
+    def __init__(self, number: int, clock_ms: Callable[[], int] = lambda: start_time_ms) -> None:
         self.number = number
         self.machine = StateMachine()
         self.events: list[EventRecord] = []
         self.time_ms = start_time_ms
+        self.clock_ms = clock_ms  # the simulation's clock: the shard's log time follows it
 
     def apply(self, command: Any) -> Result:
-        self.time_ms += 1
+        self.time_ms = max(self.time_ms + 1, self.clock_ms())
         results, events = self.machine.apply(self.machine.log_index + 1, self.time_ms, [command])
         self.events.extend(events)
         return results[0]
@@ -173,6 +185,7 @@ class SimShards:
 @dataclass
 class _Request:
     body: dict[str, Any]
+    kind: str = "transfer"  # or tcc_try, tcc_confirm, tcc_cancel
     first: tuple[int, dict[str, Any]] | None = None  # the first answer the client got
     final: tuple[int, dict[str, Any]] | None = None
 
@@ -186,6 +199,9 @@ class ShardSimReport:
     committed: int
     faults: int
     recovered: int
+    tcc_tries: int = 0
+    tcc_committed: int = 0
+    tcc_expired: int = 0
     violations: list[str] = field(default_factory=list)
 
 
@@ -194,9 +210,10 @@ class ShardSimulation:
         self.seed = seed
         self.rng = random.Random(seed)
         self.shard_map = ShardMap.even(shard_count)
-        self.shards = [SimShard(number) for number in range(shard_count)]
+        self.now_ms = start_time_ms
+        self.shards = [SimShard(number, self._clock_ms) for number in range(shard_count)]
         self.sim_shards = SimShards(self.shards, self.rng, self)
-        self.coordinator = Coordinator(self.sim_shards, self.shard_map)  # type: ignore[arg-type]
+        self.coordinator = Coordinator(self.sim_shards, self.shard_map, clock_ms=self._clock_ms)  # type: ignore[arg-type]
         if bug is not None:
             bug(self.coordinator)
         self.accounts: list[str] = []
@@ -206,6 +223,9 @@ class ShardSimulation:
         self.in_recovery = False
         self.loop = asyncio.new_event_loop()
         self._open_accounts()
+
+    def _clock_ms(self) -> int:
+        return self.now_ms
 
     def _open_accounts(self) -> None:
         number = 0
@@ -255,6 +275,35 @@ class ShardSimulation:
                     raise ShardViolation(f"{txn_id} confirmed on shard {shard.number} without a commit decision")
                 if held.state == "CANCELLED" and decision is not None and decision.commit:
                     raise ShardViolation(f"{txn_id} cancelled on shard {shard.number} though decided commit")
+                if held.state == "CANCELLED" and decision is None:
+                    raise ShardViolation(f"{txn_id} cancelled on shard {shard.number} with no decision: a participant decided alone")
+        states: dict[str, set[str]] = {}
+        for shard in self.shards:
+            for txn_id, held in shard.machine.txns.items():
+                states.setdefault(txn_id, set()).add(held.state)
+        for txn_id, found in states.items():
+            if {"CONFIRMED", "CANCELLED"} <= found:
+                raise ShardViolation(f"{txn_id} confirmed on one shard and cancelled on another")
+        # A client's timeout is one deadline: a commit written after it would let one shard confirm
+        # what the client was told had expired. (The commit point's log time can run a step past the
+        # coordinator's clock: one step's worth of slack.)
+        # A try held for its client is aborted by the client, a rejection, or its deadline: never
+        # by recovery before that deadline.
+        for txn_id, decision in decisions.items():
+            if not txn.is_client_held(txn_id):
+                continue
+            claim = decisions.get(f"{txn_id}{txn.claim_suffix}")
+            if claim is None:
+                raise ShardViolation(f"{txn_id} decided without a claim at its commit point")
+            timeout_s = json.loads(claim.reason_message)["timeout_s"]
+            deadline_ms = None if timeout_s is None else claim.time_ms + timeout_s * 1000
+            if decision.commit and deadline_ms is not None and decision.time_ms > deadline_ms + step_ms_max:
+                raise ShardViolation(f"{txn_id} committed after the client's deadline")
+            if not decision.commit and decision.reason_code == ErrorCode.TXN_ABORTED and "confirm" not in decision.reason_message:
+                raise ShardViolation(f"{txn_id} aborted by recovery while it waited for its client: {decision.reason_message}")
+            expired = not decision.commit and "timeout" in decision.reason_message
+            if expired and (deadline_ms is None or decision.time_ms < deadline_ms):
+                raise ShardViolation(f"{txn_id} expired before the client's deadline")
 
     # ------------------------------------------------------------------ steps
 
@@ -269,6 +318,16 @@ class ShardSimulation:
         self.sim_shards.faults = faults
         self.sim_shards.calls_before_crash = self.rng.randrange(0, 8) if faults and self.rng.random() < crash_chance * 8 else None
         try:
+            if request.kind == "tcc_try":
+                tcc = txn.plan_tcc(body, self.shard_map)
+                assert tcc is not None, "the simulation's tries span shards"
+                outcome = self.loop.run_until_complete(self.coordinator.tcc_try(tcc))
+                return outcome.status, outcome.body
+            if request.kind in ("tcc_confirm", "tcc_cancel"):
+                finished = self.loop.run_until_complete(self.coordinator.tcc_finish(body["txn_id"], request.kind == "tcc_confirm"))
+                if finished is None:
+                    return 409, {"error": {"code": "TXN_NOT_FOUND", "message": f"transaction {body['txn_id']} not found"}}
+                return finished.status, finished.body
             plan = txn.plan("transfer", body, self.shard_map)
             if plan is None:
                 shard = self.shard_map.shard_of(body["from_account_id"])
@@ -305,13 +364,43 @@ class ShardSimulation:
         except StopIteration as done:
             return int(done.value)
 
+    def _try_body(self, number: int) -> dict[str, Any]:
+        """A try across shards: one debit, two or three credits that add up to it."""
+        shards = self.rng.sample(range(len(self.shards)), min(len(self.shards), self.rng.choice((2, 3))))
+        by_shard = [[a for a in self.accounts if self.shard_map.shard_of(a) == shard] for shard in shards]
+        source = self.rng.choice(by_shard[0])
+        targets = [self.rng.choice(group) for group in by_shard[1:]]
+        parts = [self.rng.randrange(1, 3000) for _ in targets]
+        legs = [{"account_id": source, "amount": _text(-sum(parts)), "asset": "USD"}]
+        legs += [{"account_id": target, "amount": _text(part), "asset": "USD"} for target, part in zip(targets, parts, strict=True)]
+        body: dict[str, Any] = {"dedup_id": f"t{number}", "txn_id": f"order-{number}", "legs": legs}
+        if self.rng.random() < 0.6:
+            body["timeout_s"] = self.rng.randrange(1, tcc_timeout_s_max + 1)
+        return body
+
+    def _finish_body(self, number: int) -> tuple[str, dict[str, Any]] | None:
+        """A client's confirm or cancel of a try it has an answer for."""
+        tried = [request for request in self.requests if request.kind == "tcc_try" and request.first is not None]
+        if not tried:
+            return None
+        target = self.rng.choice(tried)
+        kind = "tcc_confirm" if self.rng.random() < 0.7 else "tcc_cancel"
+        return kind, {"dedup_id": f"t{number}", "txn_id": target.body["txn_id"]}
+
     def step(self, number: int) -> None:
+        self.now_ms += self.rng.randrange(step_ms_max + 1)
         roll = self.rng.random()
-        if roll < 0.6 or not self.requests:
-            request = _Request(self._transfer_body(number))
+        finish = self._finish_body(number) if 0.35 <= roll < 0.5 else None
+        if roll < 0.35 or not self.requests or (0.5 <= roll < 0.6):
+            kind = "tcc_try" if roll >= 0.5 or self.rng.random() < 0.3 else "transfer"
+            body = self._try_body(number) if kind == "tcc_try" else self._transfer_body(number)
+            request = _Request(body, kind)
             self.requests.append(request)
-            answer = self._send(request, faults=True)
-            request.first = answer
+            request.first = self._send(request, faults=True)
+        elif finish is not None:
+            request = _Request(finish[1], finish[0])
+            self.requests.append(request)
+            request.first = self._send(request, faults=True)
         elif roll < 0.85:
             request = self.rng.choice(self.requests)
             answer = self._send(request, faults=True)
@@ -329,27 +418,46 @@ class ShardSimulation:
         if first[0] != answer[0] or (first[0] != 200 and first[1]["error"]["code"] != answer[1]["error"]["code"]):
             raise ShardViolation(f"{request.body['dedup_id']}: first answered {first}, a retry {answer}")
 
+    def _final(self, request: _Request) -> None:
+        for _ in range(100):
+            answer = self._send(request, faults=False)
+            if answer is not None:
+                request.final = answer
+                break
+        if request.final is None:
+            raise ShardViolation(f"{request.body['dedup_id']} has no final answer")
+        if request.first is not None:
+            self._same(request, request.final)
+
     def settle(self) -> None:
-        """Every client retries until it has a final answer; recovery runs until nothing is open."""
-        for request in self.requests:
-            for _ in range(100):
-                answer = self._send(request, faults=False)
-                if answer is not None:
-                    request.final = answer
-                    break
-            if request.final is None:
-                raise ShardViolation(f"{request.body['dedup_id']} has no final answer")
-            if request.first is not None:
-                self._same(request, request.final)
+        """Every client retries until it has a final answer, then finishes the tries it holds;
+        recovery runs until nothing is open."""
+        for request in list(self.requests):
+            self._final(request)
+        finished = {request.body["txn_id"] for request in self.requests if request.kind != "tcc_try" and request.kind != "transfer"}
+        for number, request in enumerate([request for request in self.requests if request.kind == "tcc_try"]):
+            if request.body["txn_id"] in finished:
+                continue
+            kind = "tcc_confirm" if self.rng.random() < 0.5 else "tcc_cancel"
+            closing = _Request({"dedup_id": f"settle-{number}", "txn_id": request.body["txn_id"]}, kind)
+            self.requests.append(closing)
+            self._final(closing)
         self.recovery_round()
         for shard in self.shards:
             still = transactions.open_transactions(shard.machine, txn_prefix, 1000)
             if still:
                 raise ShardViolation(f"shard {shard.number} still holds transactions in doubt: {still}")
         expected = {account_id: Decimal(100) for account_id in self.accounts}
+        decisions = {txn_id: decision for shard in self.shards for txn_id, decision in shard.machine.decisions.items()}
         for request in self.requests:
             assert request.final is not None
-            if request.final[0] == 200:
+            if request.kind == "tcc_try":
+                txn_id = txn.tcc_txn_id_of(request.body["txn_id"], self.shard_map.shard_of(request.body["txn_id"]))
+                decision = decisions.get(txn_id)
+                if decision is not None and decision.commit:
+                    for leg in request.body["legs"]:
+                        expected[leg["account_id"]] += Decimal(leg["amount"])
+            elif request.kind == "transfer" and request.final[0] == 200:
                 amount = Decimal(request.body["amount"])
                 expected[request.body["from_account_id"]] -= amount
                 expected[request.body["to_account_id"]] += amount
@@ -367,13 +475,25 @@ class ShardSimulation:
                 self.step(number)
             self.racing = False
             self.settle()
-        except ShardViolation as violation:
+        except AssertionError as violation:  # a ShardViolation, or an assertion of the real code
             report.violations.append(str(violation))
         finally:
             self.loop.close()
-        report.transfers = len(self.requests)
-        report.committed = sum(1 for request in self.requests if request.final is not None and request.final[0] == 200)
+        transfers = [request for request in self.requests if request.kind == "transfer"]
+        report.transfers = len(transfers)
+        report.committed = sum(1 for request in transfers if request.final is not None and request.final[0] == 200)
+        decisions = {txn_id: decision for shard in self.shards for txn_id, decision in shard.machine.decisions.items()}
+        tries = [request.body["txn_id"] for request in self.requests if request.kind == "tcc_try"]
+        decided = [decisions.get(txn.tcc_txn_id_of(txn_id, self.shard_map.shard_of(txn_id))) for txn_id in tries]
+        report.tcc_tries = len(tries)
+        report.tcc_committed = sum(1 for decision in decided if decision is not None and decision.commit)
+        report.tcc_expired = sum(1 for decision in decided if decision is not None and "timeout" in decision.reason_message)
         report.faults = self.faults
         report.recovered = self.coordinator.recovered
         return report
 
+
+
+def _text(minor_units: int) -> str:
+    sign = "-" if minor_units < 0 else ""
+    return f"{sign}{abs(minor_units) // 100}.{abs(minor_units) % 100:02d}"

@@ -3,8 +3,9 @@
 Job. Clients see one API, the same as a single-shard node's. A command whose accounts are all on
 one shard is forwarded to that shard as it is (one hop on loopback, no extra round of a
 protocol); a transfer or batch operation across shards runs as a cross-shard transaction
-(:mod:`coffer.txn.coordinator`); confirm, cancel and compensate, which name only ids, go to every
-shard. Reads of one account go to its shard; ``GET /v1/accounts?ids=`` spans shards; events, the
+(:mod:`coffer.txn.coordinator`), and so does a TCC try across shards, which the client's later
+confirm or cancel finishes; confirm, cancel and compensate, which name only ids, go to every
+shard (and, for a try across shards, to its commit point). Reads of one account go to its shard; ``GET /v1/accounts?ids=`` spans shards; events, the
 chain head and the feed are per shard (``shard=``); ``GET /v1/shards`` shows the map and each
 shard's head and health; ``GET /v1/transactions/{id}`` a cross-shard transaction on every shard.
 Reads take ``token=0:12,1:40`` (the per-shard seqs a cross-shard write answers; for a write on one
@@ -19,6 +20,7 @@ and the recovery task finishes what no client comes back for.
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -33,12 +35,13 @@ from coffer.flows.sharded import RouterFlows
 from coffer.notify.http import WebhookRoutes
 from coffer.notify.sharded import RouterHost
 from coffer.server import inputs
+from coffer.server import requests as bodies
 from coffer.server.app import encoded_answer, error_response, json_response, read_body
 from coffer.server.auth import ApiKeys, Role
 from coffer.server.openapi import openapi_document
 from coffer.server.requests import RequestError, admin_command_types, internal_command_types, refuse_reserved_command_ids
 from coffer.txn import coordinator, router_tools
-from coffer.txn.coordinator import Coordinator, PlanError
+from coffer.txn.coordinator import Coordinator, PlanError, txn_prefix
 from coffer.txn.shard_map import ShardMap
 from coffer.txn.shards import ShardClients, ShardUnavailable
 
@@ -161,13 +164,18 @@ class Router:
         if kind in _broadcast_kinds:
             return await self._broadcast(kind, body)
         shards = self._shards_of(kind, body)
-        if len(shards) > 1:
-            if kind == "tcc_try":
-                raise _Refused(
-                    422,
-                    ErrorCode.INVALID_REQUEST,
-                    "a TCC try with legs on several shards is not supported yet: use a batch operation, which is atomic across shards",
-                )
+        if len(shards) > 1 and kind == "tcc_try":
+            try:
+                bodies.convert_body(bodies.body_types[kind], body)
+                tcc = coordinator.plan_tcc(body, self.shard_map)
+            except PlanError as error:
+                raise _Refused(422, ErrorCode.INVALID_REQUEST, str(error)) from None
+            except (bodies.RequestError, KeyError, TypeError):
+                tcc = None  # malformed: the shard below answers the precise 422
+            if tcc is not None:
+                outcome = await self.coordinator.tcc_try(tcc)
+                return outcome.status, outcome.body
+        elif len(shards) > 1:
             try:
                 plan = coordinator.plan(kind, body, self.shard_map)
             except PlanError as error:
@@ -205,7 +213,11 @@ class Router:
         return found
 
     async def _broadcast(self, kind: str, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
-        """Confirm or cancel: the shard that holds the transaction answers; the others find nothing."""
+        """Confirm or cancel: the shard that holds the transaction answers; the others find nothing.
+
+        When no shard holds it under the client's txn_id, it may be a try across shards: its
+        commit point knows (a claim under the id derived from the client's txn_id).
+        """
         path = _path_of_kind[kind]
         answers = await asyncio.gather(*(self.shards.post(shard, path, body) for shard in range(self.shards.count)))
         for status, answer in answers:
@@ -214,6 +226,9 @@ class Router:
         for status, answer in answers:
             if _code(answer) != ErrorCode.TXN_NOT_FOUND:
                 return status, answer
+        outcome = await self.coordinator.tcc_finish(body["txn_id"], commit=kind == "tcc_confirm")
+        if outcome is not None:
+            return outcome.status, outcome.body
         return answers[0]
 
     async def _compensate(self, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
@@ -241,15 +256,11 @@ class Router:
             },
         )
         (result,) = answer["results"]
-        if _code(result) == ErrorCode.TXN_ALREADY_DECIDED:
-            _, view = await self.shards.get(commit_point, f"/v1/transactions/{txn_id}")
-            if view.get("decision", {}).get("commit"):
-                return 409, {
-                    "error": {
-                        "code": ErrorCode.ORIGINAL_NOT_COMPENSABLE.value,
-                        "message": f"{original!r} moved money across shards; undo it with a command that moves it back",
-                    }
-                }
+        if _code(result) in (ErrorCode.TXN_ALREADY_DECIDED, ErrorCode.DEDUP_ID_REUSED):
+            status, view = await self.shards.get(commit_point, f"/v1/transactions/{txn_id}")
+            decision = view.get("decision") if status == 200 else None
+            if decision is not None and decision["commit"]:
+                return await self._undo_across_shards(original, txn_id, decision["participants"], body["dedup_id"])
         answers = await asyncio.gather(*(self.shards.post(shard, "/v1/compensations", body) for shard in range(self.shards.count)))
         for status, answer in answers:
             if status == 200 and answer.get("compensation") == "COMPENSATED":
@@ -258,6 +269,45 @@ class Router:
             if status != 200:
                 return status, answer
         return answers[0]
+
+    async def _undo_across_shards(self, original: str, txn_id: str, participants: list[int], dedup_id: str) -> tuple[int, dict[str, Any]]:
+        """Compensate a committed cross-shard original: its legs reversed, as one cross-shard batch.
+
+        The undo is claimed once at the original's commit point (``<txn_id>.undo``, the first claim
+        wins), so a second compensation answers ``ALREADY_COMPENSATED`` and a retry of the first
+        replays the same reversing transaction.
+        """
+        commit_point = coordinator.commit_point_of(txn_id)
+        undo_id = f"{txn_id}.undo"
+        claim = {"type": "decide", "dedup_id": undo_id, "txn_id": undo_id, "commit": True, "reason_message": f"compensated by {dedup_id!r}"}
+        _, answer = await self.shards.post(commit_point, "/v1/commands", {"commands": [claim]})
+        (result,) = answer["results"]
+        if result["status"] != 200:
+            if _code(result) != ErrorCode.DEDUP_ID_REUSED:
+                raise ShardUnavailable(commit_point, f"the commit point refused the undo's claim: {result}")
+            _, undo = await self.shards.get(commit_point, f"/v1/transactions/{undo_id}")
+            by = (undo.get("decision") or {}).get("reason_message", "another compensation")
+            return 409, {"error": {"code": ErrorCode.ALREADY_COMPENSATED.value, "message": f"{original!r} was already {by}"}}
+        parts = await asyncio.gather(*(self.shards.get(shard, f"/v1/transactions/{txn_id}") for shard in participants))
+        legs = []
+        for shard, (status, part) in zip(participants, parts, strict=True):
+            if status != 200:
+                raise ShardUnavailable(shard, f"reading {txn_id} answered {status}")
+            for leg in part["legs"]:
+                amount = Decimal(leg["amount_out"]) - Decimal(leg["amount_in"])
+                if amount:
+                    legs.append({"account_id": leg["account_id"], "amount": str(amount), "asset": leg["asset"]})
+        undo_body = {"dedup_id": undo_id, "legs": legs}
+        plan = coordinator.plan("batch_operation", undo_body, self.shard_map)
+        if plan is None:  # what it moved nets out on all shards but one
+            shard = self.shard_map.shard_of(legs[0]["account_id"]) if legs else commit_point
+            status, answer = await self.shards.post(shard, "/v1/batch-operations", undo_body)
+        else:
+            outcome = await self.coordinator.run(plan)
+            status, answer = outcome.status, outcome.body
+        if status == 200:
+            answer["compensation"] = "COMPENSATED"
+        return status, answer
 
     async def commands(self, request: Request, role: Role) -> Response:
         data = await read_body(request.headers, request.stream())
@@ -421,6 +471,19 @@ class Router:
 
     async def transaction(self, request: Request, role: Role) -> Response:
         txn_id = request.path_params["txn_id"]
+        claim = None
+        if not txn_id.startswith(txn_prefix) and not await self._held_anywhere(txn_id):
+            # A client's try across shards is kept under an id derived from the client's txn_id.
+            claim = await self.coordinator.transaction_view(txn_id)
+            if claim is not None:
+                return await self._transaction(claim["txn_id"], txn_id, claim)
+        return await self._transaction(txn_id, txn_id, None)
+
+    async def _held_anywhere(self, txn_id: str) -> bool:
+        answers = await asyncio.gather(*(self.shards.get(shard, f"/v1/transactions/{txn_id}") for shard in range(self.shards.count)))
+        return any(status == 200 for status, _ in answers)
+
+    async def _transaction(self, txn_id: str, shown_id: str, claim: dict[str, Any] | None) -> Response:
         answers = await asyncio.gather(
             *(self.shards.get(shard, f"/v1/transactions/{txn_id}") for shard in range(self.shards.count)), return_exceptions=True
         )
@@ -444,7 +507,11 @@ class Router:
                 state += "_IN_FLIGHT"  # decided; some participant has not finished yet
         else:
             state = "TRIED" if states == {"TRIED"} else "/".join(sorted(states)) or "UNKNOWN"
-        return json_response({"txn_id": txn_id, "state": state, "decision": decision, "shards": parts})
+        view: dict[str, Any] = {"txn_id": shown_id, "state": state, "decision": decision, "shards": parts}
+        if claim is not None:
+            # A client-held try: its one deadline for every shard, and the id the shards hold it under.
+            view.update(cross_shard_txn_id=txn_id, participants=claim["participants"], deadline=claim["deadline"])
+        return json_response(view)
 
     async def list_shards(self, request: Request, role: Role) -> Response:
         async def one(shard: int) -> dict[str, Any]:

@@ -18,7 +18,7 @@ logging.getLogger("coffer.txn").setLevel(logging.ERROR)
 
 @pytest.mark.parametrize("shards", [2, 3, 5])
 def test_many_seeds_keep_every_invariant(shards: int) -> None:
-    transfers = committed = faults = recovered = 0
+    transfers = committed = faults = recovered = tries = tries_committed = tries_expired = 0
     for seed in range(1, 31):
         report = ShardSimulation(seed, shards).run(250)
         assert report.violations == [], f"seed {seed}: {report.violations}"
@@ -26,8 +26,13 @@ def test_many_seeds_keep_every_invariant(shards: int) -> None:
         committed += report.committed
         faults += report.faults
         recovered += report.recovered
-    # The runs did what they are for: many transfers, faults, commits, and recoveries.
-    assert transfers > 3_000 and committed > 1_000 and faults > 1_000 and recovered > 100
+        tries += report.tcc_tries
+        tries_committed += report.tcc_committed
+        tries_expired += report.tcc_expired
+    # The runs did what they are for: transfers and client-held tries across shards, faults,
+    # commits, deadlines that passed, and recoveries.
+    assert transfers > 1_200 and committed > 600 and faults > 1_000 and recovered > 100
+    assert tries > 1_000 and tries_committed > 150 and tries_expired > 150
 
 
 def _decides_alone(coordinator: Coordinator) -> None:
@@ -49,7 +54,29 @@ def _commits_regardless(coordinator: Coordinator) -> None:
     coordinator._decide = decide  # type: ignore[method-assign]
 
 
-@pytest.mark.parametrize("bug", [_decides_alone, _commits_regardless], ids=lambda bug: bug.__name__.strip("_"))
+def _participants_expire_alone(coordinator: Coordinator) -> None:
+    """A participant's try carries the client's timeout: its shard expires it on its own."""
+    coordinator.participant_timeout_s = lambda tcc: tcc.timeout_s  # type: ignore[method-assign]
+
+
+def _recovery_aborts_waiting_tries(coordinator: Coordinator) -> None:
+    """Recovery takes a client-held try waiting for its confirm for one its coordinator left."""
+    watch = coordinator._watch
+
+    async def aborting(shard: int, txn_id: str, look: bool) -> bool:
+        if look:
+            await coordinator._resolve(shard, txn_id)
+            return True
+        return await watch(shard, txn_id, look)
+
+    coordinator._watch = aborting  # type: ignore[method-assign]
+
+
+@pytest.mark.parametrize(
+    "bug",
+    [_decides_alone, _commits_regardless, _participants_expire_alone, _recovery_aborts_waiting_tries],
+    ids=lambda bug: bug.__name__.strip("_"),
+)
 def test_a_planted_bug_is_caught(bug: Any) -> None:
     caught = []
     for seed in range(1, 21):

@@ -2,6 +2,7 @@
 becomes a cross-shard transaction by itself, a saga across shards, and exactly-once retries."""
 
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -218,3 +219,39 @@ def test_a_threshold_webhook_on_a_sharded_node(node: ShardedServer) -> None:
     finally:
         server.shutdown()
         server.server_close()
+def _saga(compensation: dict[str, Any] | str) -> dict[str, Any]:
+    """Escrow then pay out, each a transfer that may cross shards; the first undone if the second fails."""
+    return {
+        "mode": "saga",
+        "params": {"payer": {"type": "account"}, "escrow": {"type": "account"}, "merchant": {"type": "account"}, "amount": {"type": "amount", "asset": "USD"}},
+        "steps": [
+            {"name": "hold", "transfer": {"from": "{payer}", "to": "{escrow}", "amount": "amount"}, "compensation": compensation},
+            {"name": "pay", "transfer": {"from": "{escrow}", "to": "{merchant}", "amount": "amount"}},
+        ],
+    }
+
+
+@pytest.mark.parametrize("undo", ["transfer_back", "compensate"])
+def test_a_saga_whose_steps_span_shards_compensates_across_shards(node: ShardedServer, undo: str) -> None:
+    (payer,) = node.ids_on(0, 1, f"saga-payer-{undo}")
+    (escrow,) = node.ids_on(1, 1, f"saga-escrow-{undo}")
+    (merchant,) = node.ids_on(0, 1, f"saga-merchant-{undo}")
+    compensation: dict[str, Any] | str = "compensate"
+    if undo == "transfer_back":
+        compensation = {"transfer": {"from": "{escrow}", "to": "{payer}", "amount": "amount"}}
+    with Client(node.url) as api:
+        api.create_account(payer, "USD")
+        api.create_account(escrow, "USD")
+        api.create_account(merchant, "USD", upper_limit="50")
+        api.batch_operation([Leg(account_id=payer, amount="100", asset="USD")])
+        api.put_flow(f"escrow_pay_{undo}", _saga(compensation))
+        params = {"payer": payer, "escrow": escrow, "merchant": merchant, "amount": "30"}
+        paid = api.run_flow(f"escrow_pay_{undo}", params, dedup_id=f"saga-ok-{undo}")
+        assert paid.status == "SUCCEEDED", paid
+        assert all(step.get("txn_id", "").startswith("cx:") for step in paid.steps)  # both steps crossed shards
+        # The second payment would take the merchant over its limit: the hold is undone across shards.
+        failed = api.run_flow(f"escrow_pay_{undo}", params, dedup_id=f"saga-undo-{undo}")
+        assert failed.status == "COMPENSATED", failed
+        assert failed.error is not None and failed.error.code == "UPPER_LIMIT_EXCEEDED"
+        assert [api.get_account(account_id).available for account_id in (payer, escrow, merchant)] == ["70.00", "0.00", "30.00"]
+        assert api.run_flow(f"escrow_pay_{undo}", params, dedup_id=f"saga-undo-{undo}") == failed  # a retry answers the same

@@ -163,11 +163,17 @@ def test_compensations_across_shards(node: ShardedServer, http: httpx.Client) ->
     late = http.post("/v1/transfers", json={"dedup_id": early, "from_account_id": a, "to_account_id": b, "amount": "1", "asset": "USD"})
     assert late.status_code == 409 and late.json()["error"]["code"] == "ALREADY_COMPENSATED"
     assert _ok(http.get(f"/v1/accounts/{a}"))["available"] == "10.00"
-    # A committed cross-shard original is not undone by a compensation.
+    # A committed cross-shard original is undone by a reversing cross-shard transaction, once.
     moved = dedup()
     _ok(http.post("/v1/transfers", json={"dedup_id": moved, "from_account_id": a, "to_account_id": b, "amount": "1", "asset": "USD"}))
-    answer = http.post("/v1/compensations", json={"dedup_id": dedup(), "original_dedup_id": moved})
-    assert answer.status_code == 409 and answer.json()["error"]["code"] == "ORIGINAL_NOT_COMPENSABLE"
+    compensation = {"dedup_id": dedup(), "original_dedup_id": moved}
+    undone = _ok(http.post("/v1/compensations", json=compensation))
+    assert undone["compensation"] == "COMPENSATED" and undone["txn_id"].startswith("cx:")
+    assert {view["account_id"]: view["available"] for view in undone["accounts"]} == {a: "10.00", b: "0.00"}
+    assert _ok(http.post("/v1/compensations", json=compensation)) == undone
+    again = http.post("/v1/compensations", json={"dedup_id": dedup(), "original_dedup_id": moved})
+    assert again.status_code == 409 and again.json()["error"]["code"] == "ALREADY_COMPENSATED"
+    assert _ok(http.get(f"/v1/accounts/{a}"))["available"] == "10.00"
     # A single-shard original is compensated on its shard.
     (c,) = node.ids_on(0, 1, "comp-c")
     _open(http, c)
@@ -193,8 +199,10 @@ def test_what_a_sharded_node_refuses(node: ShardedServer, http: httpx.Client) ->
     _open(http, a, "10")
     _open(http, b)
     legs = [{"account_id": a, "amount": "-1", "asset": "USD"}, {"account_id": b, "amount": "1", "asset": "USD"}]
-    answer = http.post("/v1/tcc/try", json={"dedup_id": dedup(), "txn_id": "t-two", "legs": legs})
-    assert answer.status_code == 422 and "several shards" in answer.json()["error"]["message"]
+    answer = http.post("/v1/tcc/try", json={"dedup_id": dedup(), "txn_id": "cx:t-two", "legs": legs})
+    assert answer.status_code == 422 and "reserved" in answer.json()["error"]["message"]
+    answer = http.post("/v1/tcc/try", json={"dedup_id": dedup(), "txn_id": "t-two", "legs": legs, "timeout_s": 0})
+    assert answer.status_code == 422 and answer.json()["error"]["code"] == "INVALID_REQUEST"
     answer = http.post("/v1/transfers", json={"dedup_id": "cx:mine", "from_account_id": a, "to_account_id": b, "amount": "1", "asset": "USD"})
     assert answer.status_code == 422 and "reserved" in answer.json()["error"]["message"]
     answer = http.get("/v1/events")
