@@ -2,7 +2,9 @@
 
 Job: ``coffer cluster up`` / ``down``, and the fault tests and benchmarks that need real
 processes to kill. Each Coffer node is ``coffer serve --log nats://…`` with its own data
-directory and port; the stream is replicated over all NATS servers (R = N). Every process is
+directory and port; the stream is replicated over all NATS servers (R = N). With ``shards`` > 1
+every node is ``coffer serve --shards S --log nats://…``: it hosts all S shards (a stream each,
+``coffer-shard-<k>``, R = N) behind its router, so any node reaches every shard on loopback. Every process is
 recorded with its PID in ``<dir>/coffer-nodes.json`` and stopped by that PID only.
 
 Options. ``ports`` takes every port from one range, so clusters of several people on one machine
@@ -81,7 +83,9 @@ class LocalCluster:
         ports: PortRange | None = None,
         network_faults: bool = False,
         disk_budget_bytes: int | None = None,
+        shards: int = 1,
     ) -> None:
+        self.shards = shards
         self.directory = Path(directory).resolve()
         self.directory.mkdir(parents=True, exist_ok=True)
         self.stream = stream
@@ -176,8 +180,7 @@ class LocalCluster:
             ",".join(self.node_log_urls(number)),
             "--node-name",
             node.name,
-            "--stream",
-            self.stream,
+            *(["--shards", str(self.shards)] if self.shards > 1 else ["--stream", self.stream]),
             "--replicas",
             str(self.nats.size),
             "--data-dir",
@@ -318,6 +321,7 @@ class LocalCluster:
     def _write_state(self) -> None:
         state = {
             "stream": self.stream,
+            "shards": self.shards,
             "nodes": [
                 {"name": node.name, "url": node.url, "pid": self.node_pid(node.number), "data_dir": str(node.data_dir)}
                 for node in self.nodes
