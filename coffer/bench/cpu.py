@@ -50,8 +50,11 @@ def cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / _ticks_per_s  # utime, stime (fields 14, 15 of stat)
 
 
-def sample(groups: dict[str, list[int]]) -> dict[str, dict[int, float]]:
-    return {name: {pid: cpu_s(pid) for root in roots for pid in process_tree(root)} for name, roots in groups.items()}
+def sample(groups: dict[str, list[int]], alone: frozenset[str] = frozenset()) -> dict[str, dict[int, float]]:
+    return {
+        name: {pid: cpu_s(pid) for root in roots for pid in ([root] if name in alone else process_tree(root))}
+        for name, roots in groups.items()
+    }
 
 
 def spent(before: dict[str, dict[int, float]], after: dict[str, dict[int, float]]) -> dict[str, float]:
@@ -60,15 +63,17 @@ def spent(before: dict[str, dict[int, float]], after: dict[str, dict[int, float]
 
 def main(arguments: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--group", action="append", required=True, help="name=PID[,PID...]: processes (with descendants) counted together")
+    parser.add_argument("--group", action="append", default=[], help="name=PID[,PID...]: processes (with descendants) counted together")
+    parser.add_argument("--alone", action="append", default=[], help="name=PID[,PID...]: processes counted without their descendants")
     parser.add_argument("command", nargs=argparse.REMAINDER, help="-- coffer bench load ...")
     options = parser.parse_args(arguments)
     command = [part for part in options.command if part != "--"]
     assert command, "give the bench command after --"
     groups: dict[str, list[int]] = {}
-    for group in options.group:
+    for group in options.group + options.alone:
         name, _, pids = group.partition("=")
         groups[name] = [int(pid) for pid in pids.split(",") if pid]
+    alone = frozenset(group.partition("=")[0] for group in options.alone)
     matched = _duration.search(" ".join(command))
     duration_s = float(matched.group(1)) if matched else duration_s_default
     before: dict[str, dict[int, float]] | None = None
@@ -80,9 +85,9 @@ def main(arguments: list[str] | None = None) -> None:
             sys.stdout.write(line)
             sys.stdout.flush()
             if line.startswith("setup:"):
-                before = sample(groups)
+                before = sample(groups, alone)
             elif line.startswith("mode=") and before is not None:
-                used = spent(before, sample(groups))
+                used = spent(before, sample(groups, alone))
                 found = _result.search(line)
                 tps = int(found.group(1)) if found else 0
     if process.returncode != 0 or not used:
