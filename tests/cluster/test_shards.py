@@ -5,16 +5,19 @@ a JetStream key-value bucket. A cross-shard transfer written through one node is
 another; a node started with another number of shards is refused; a ``kill -9`` of one node
 (its router and its shard processes) during cross-shard load leaves the other two answering, every
 transaction it left in doubt is finished by their recovery tasks, nothing is lost or moved twice,
-and the killed node comes back at the same heads.
+and the killed node comes back at the same heads. Each shard snapshots to its own object store
+bucket and compacts its own stream, and a node whose disk is wiped comes back through them.
 """
 
 import random
+import shutil
 import subprocess
 import sys
 import threading
 import time
 from collections.abc import Iterator
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -206,3 +209,40 @@ def test_kill_9_of_a_node_under_cross_shard_load_leaves_the_others_answering(clu
     while (heads := [_heads(url) for url in cluster.urls]) and len({tuple(item) for item in heads}) != 1:
         assert time.monotonic() < deadline, heads
         time.sleep(0.5)
+
+
+def test_every_shard_snapshots_compacts_and_rebuilds_a_wiped_replica_on_its_own(tmp_path: Path) -> None:
+    arguments = ["--snapshot-entries", "10", "--compaction-interval-s", "1"]
+    local = LocalCluster(tmp_path / "cluster", 3, die_with_parent=True, shards=shard_count, node_arguments=arguments)
+    local.up()
+    try:
+        accounts = _ids_on(0, 2, "snap0") + _ids_on(1, 2, "snap1")
+        with httpx.Client(base_url=local.node(1).url, timeout=request_timeout_s) as http:
+            for account_id in accounts:
+                _open(http, account_id, opening)
+            logs = [JetStreamLog(local.nats.urls, stream=f"coffer-shard-{shard}", replicas=3) for shard in range(shard_count)]
+            try:
+                deadline = time.monotonic() + 120
+                number = 0
+                while not all(log.shared_snapshot_index() > 0 and log.first_index > 1 for log in logs):
+                    assert time.monotonic() < deadline, [(log.shared_snapshot_index(), log.first_index) for log in logs]
+                    for _ in range(10):
+                        number += 1
+                        source, target = accounts[number % 4], accounts[(number + 1) % 4]
+                        body = {"dedup_id": f"snap-{number}", "from_account_id": source, "to_account_id": target, "amount": "1", "asset": "USD"}
+                        _ok(http.post("/v1/transfers", json=body))
+            finally:
+                for log in logs:
+                    log.close()
+        # Node 3 loses its disk: each of its shards comes back through that shard's shared snapshot.
+        local.kill_node(3)
+        shutil.rmtree(local.node(3).data_dir)
+        local.start_node(3)
+        deadline = time.monotonic() + recovery_wait_s_max
+        while (heads := [_heads(url) for url in local.urls]) and len({tuple(item) for item in heads}) != 1:
+            assert time.monotonic() < deadline, heads
+            time.sleep(0.5)
+        views = _ok(httpx.get(f"{local.node(3).url}/v1/accounts", params={"ids": ",".join(accounts)}, timeout=request_timeout_s))
+        assert sum(Decimal(view["available"]) for view in views["accounts"].values()) == opening * len(accounts)
+    finally:
+        local.down()
