@@ -121,6 +121,7 @@ def main() -> None:
     "a data directory, or a cluster's shard map, keeps its number",
 )
 @click.option("--shard-id", type=click.IntRange(0, 1023), hidden=True, help="run as shard K of a sharded node (started by --shards)")
+@click.option("--shard-ports", hidden=True, help="with --shards: the shards' loopback ports, comma-separated [default: any free]")
 @click.option(
     "--router-processes", default=1, show_default=True, type=click.IntRange(1, 64), help="with --shards: processes serving the API in front of the shards"
 )
@@ -146,6 +147,7 @@ def serve(
     compaction_interval_s: float,
     shards: int,
     shard_id: int | None,
+    shard_ports: str | None,
     router_processes: int,
     idle_timeout_s: float,
     header_timeout_s: float,
@@ -166,7 +168,8 @@ def serve(
         if log_url is not None:
             cluster_log = ClusterLog(log_url, node_name or default_node_name(port), int(replicas), compaction_interval_s)
         try:
-            serve_sharded(host, port, data_dir, keys_file, log_level, snapshot_entries, shards, router_processes, cluster_log)
+            ports = [int(part) for part in shard_ports.split(",")] if shard_ports else None
+            serve_sharded(host, port, data_dir, keys_file, log_level, snapshot_entries, shards, router_processes, cluster_log, ports)
         except ServeError as error:
             click.echo(f"error: {error.message}", err=True)
             raise SystemExit(error.exit_code) from None

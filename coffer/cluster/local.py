@@ -24,7 +24,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
@@ -60,6 +60,7 @@ class NodeSpec:
     number: int
     port: int
     data_dir: Path
+    shard_ports: list[int] = field(default_factory=list)  # a sharded node's shard processes, on loopback
 
     @property
     def name(self) -> str:
@@ -95,7 +96,12 @@ class LocalCluster:
             self.directory / "nats", size, die_with_parent=die_with_parent, ports=ports, store_bytes_max=share
         )
         take = ports.take if ports is not None else free_port
-        self.nodes = [NodeSpec(number, take(), self.directory / f"c{number}") for number in range(1, size + 1)]
+        # A sharded node's shards get their ports here too: picked by the node itself, one could
+        # take the port of a node not yet started.
+        self.nodes = [
+            NodeSpec(number, take(), self.directory / f"c{number}", [take() for _ in range(shards)] if shards > 1 else [])
+            for number in range(1, size + 1)
+        ]
         self._processes: dict[int, subprocess.Popen[bytes]] = {}
         self._environment = {**os.environ, **(environment or {})}
         self._die_with_parent = die_with_parent
@@ -180,7 +186,11 @@ class LocalCluster:
             ",".join(self.node_log_urls(number)),
             "--node-name",
             node.name,
-            *(["--shards", str(self.shards)] if self.shards > 1 else ["--stream", self.stream]),
+            *(
+                ["--shards", str(self.shards), "--shard-ports", ",".join(map(str, node.shard_ports))]
+                if self.shards > 1
+                else ["--stream", self.stream]
+            ),
             "--replicas",
             str(self.nats.size),
             "--data-dir",

@@ -77,11 +77,13 @@ def _die_with_parent() -> None:
 
 
 class ShardProcess:
-    def __init__(self, shard: int, data_dir: Path, log_level: str, snapshot_entries: int, cluster_log: ClusterLog | None = None) -> None:
+    def __init__(
+        self, shard: int, data_dir: Path, log_level: str, snapshot_entries: int, cluster_log: ClusterLog | None = None, port: int | None = None
+    ) -> None:
         self.shard = shard
         self.cluster_log = cluster_log
         self.data_dir = data_dir
-        self.port = free_port()
+        self.port = port if port is not None else free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_level = log_level
         self.snapshot_entries = snapshot_entries
@@ -140,13 +142,19 @@ def serve_sharded(
     shard_count: int,
     router_processes: int = 1,
     cluster_log: ClusterLog | None = None,
+    shard_ports: list[int] | None = None,
 ) -> None:
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     keys = ApiKeys.load(keys_file)
     if not is_loopback(host) and not keys:
         raise ServeError(f"refusing to bind {host} without API keys: set --keys-file or COFFER_API_KEYS")
     shard_map = _shard_map(data_dir, shard_count, cluster_log)
-    shards = [ShardProcess(shard, data_dir / f"shard-{shard}", log_level, snapshot_entries, cluster_log) for shard in range(shard_count)]
+    if shard_ports is not None and len(shard_ports) != shard_count:
+        raise ServeError(f"--shard-ports names {len(shard_ports)} ports for {shard_count} shards")
+    shards = [
+        ShardProcess(shard, data_dir / f"shard-{shard}", log_level, snapshot_entries, cluster_log, shard_ports[shard] if shard_ports else None)
+        for shard in range(shard_count)
+    ]
     stopping = threading.Event()
     try:
         for shard in shards:
