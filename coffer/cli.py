@@ -117,9 +117,11 @@ def main() -> None:
     default=1,
     show_default=True,
     type=click.IntRange(1, 1024),
-    help="shards on this machine, each in its own process with its own log; a data directory keeps its number",
+    help="shards, each in its own process with its own log (a local WAL, or with --log the stream coffer-shard-K); "
+    "a data directory, or a cluster's shard map, keeps its number",
 )
 @click.option("--shard-id", type=click.IntRange(0, 1023), hidden=True, help="run as shard K of a sharded node (started by --shards)")
+@click.option("--shard-ports", hidden=True, help="with --shards: the shards' loopback ports, comma-separated [default: any free]")
 @click.option(
     "--router-processes", default=1, show_default=True, type=click.IntRange(1, 64), help="with --shards: processes serving the API in front of the shards"
 )
@@ -145,6 +147,7 @@ def serve(
     compaction_interval_s: float,
     shards: int,
     shard_id: int | None,
+    shard_ports: str | None,
     router_processes: int,
     idle_timeout_s: float,
     header_timeout_s: float,
@@ -159,18 +162,22 @@ def serve(
     from coffer.server.serve import serve as run_server
 
     if shards > 1:
-        if log_url is not None:
-            raise click.UsageError("--shards runs shards on local logs; shards over a cluster are not supported yet")
-        from coffer.txn.launcher import serve_sharded
+        from coffer.txn.launcher import ClusterLog, default_node_name, serve_sharded
 
+        cluster_log = None
+        if log_url is not None:
+            cluster_log = ClusterLog(log_url, node_name or default_node_name(port), int(replicas), compaction_interval_s)
         try:
-            serve_sharded(host, port, data_dir, keys_file, log_level, snapshot_entries, shards, router_processes)
+            ports = [int(part) for part in shard_ports.split(",")] if shard_ports else None
+            serve_sharded(host, port, data_dir, keys_file, log_level, snapshot_entries, shards, router_processes, cluster_log, ports)
         except ServeError as error:
             click.echo(f"error: {error.message}", err=True)
             raise SystemExit(error.exit_code) from None
         return
     if shard_id is None and (data_dir / "shardmap.json").exists():
         raise click.UsageError(f"{data_dir} holds a sharded ledger: start it with --shards (the number it was created with)")
+    if shard_id is None and log_url is not None:
+        _refuse_a_sharded_cluster(log_url)
     limits = ConnectionLimits(
         idle_timeout_s=idle_timeout_s,
         header_timeout_s=header_timeout_s,
@@ -200,6 +207,29 @@ def serve(
         raise SystemExit(error.exit_code) from None
 
 
+def _refuse_a_sharded_cluster(log_url: str) -> None:
+    """A node without --shards on a cluster whose shard map has several would serve shard 0's
+    stream as the whole ledger: refuse it. An unreachable bucket does not stop the start (the node
+    waits for NATS in /readyz, as it always did)."""
+    from coffer.txn.shard_map_store import ShardMapUnavailable, read_shared, shard_map_bucket
+
+    servers = [part.strip() for part in log_url.split(",") if part.strip()]
+    try:
+        shard_map = read_shared(servers, wait_s_max=shard_map_check_s_max)
+    except ShardMapUnavailable:
+        return
+    if shard_map is not None and shard_map.shards != 1:
+        click.echo(
+            f"error: the cluster's ledger has {shard_map.shards} shards (shard map version {shard_map.version} in the "
+            f"JetStream bucket {shard_map_bucket}), not 1: start this node with --shards {shard_map.shards}",
+            err=True,
+        )
+        raise SystemExit(2)
+
+
+shard_map_check_s_max = 5.0  # a single-shard node's look at the cluster's shard map; NATS may be down
+
+
 @main.group()
 def cluster() -> None:
     """A local cluster: NATS JetStream servers and Coffer nodes on loopback ports."""
@@ -225,12 +255,15 @@ def _port_range(context: click.Context, parameter: click.Parameter, value: str |
     type=click.IntRange(min=64),
     help="split between the processes: each NATS server and each node refuses writes beyond its share",
 )
-def cluster_up(nodes: str, data_dir: Path, ports: object, disk_budget_mb: int | None) -> None:
+@click.option(
+    "--shards", default=1, show_default=True, type=click.IntRange(1, 1024), help="shards (a stream each, R = nodes), hosted by every node"
+)
+def cluster_up(nodes: str, data_dir: Path, ports: object, disk_budget_mb: int | None, shards: int) -> None:
     """Start the servers and nodes, print the nodes' URLs, and leave them running."""
     from coffer.cluster.local import LocalCluster
 
     budget = disk_budget_mb * 1024 * 1024 if disk_budget_mb is not None else None
-    local = LocalCluster(data_dir, int(nodes), ports=ports, disk_budget_bytes=budget)  # type: ignore[arg-type]
+    local = LocalCluster(data_dir, int(nodes), ports=ports, disk_budget_bytes=budget, shards=shards)  # type: ignore[arg-type]
     local.up()
     click.echo(f"NATS JetStream: {','.join(local.nats.urls)}")
     for node in local.nodes:

@@ -2,7 +2,9 @@
 
 Job: ``coffer cluster up`` / ``down``, and the fault tests and benchmarks that need real
 processes to kill. Each Coffer node is ``coffer serve --log nats://…`` with its own data
-directory and port; the stream is replicated over all NATS servers (R = N). Every process is
+directory and port; the stream is replicated over all NATS servers (R = N). With ``shards`` > 1
+every node is ``coffer serve --shards S --log nats://…``: it hosts all S shards (a stream each,
+``coffer-shard-<k>``, R = N) behind its router, so any node reaches every shard on loopback. Every process is
 recorded with its PID in ``<dir>/coffer-nodes.json`` and stopped by that PID only.
 
 Options. ``ports`` takes every port from one range, so clusters of several people on one machine
@@ -22,7 +24,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
@@ -58,6 +60,7 @@ class NodeSpec:
     number: int
     port: int
     data_dir: Path
+    shard_ports: list[int] = field(default_factory=list)  # a sharded node's shard processes, on loopback
 
     @property
     def name(self) -> str:
@@ -81,7 +84,9 @@ class LocalCluster:
         ports: PortRange | None = None,
         network_faults: bool = False,
         disk_budget_bytes: int | None = None,
+        shards: int = 1,
     ) -> None:
+        self.shards = shards
         self.directory = Path(directory).resolve()
         self.directory.mkdir(parents=True, exist_ok=True)
         self.stream = stream
@@ -91,7 +96,12 @@ class LocalCluster:
             self.directory / "nats", size, die_with_parent=die_with_parent, ports=ports, store_bytes_max=share
         )
         take = ports.take if ports is not None else free_port
-        self.nodes = [NodeSpec(number, take(), self.directory / f"c{number}") for number in range(1, size + 1)]
+        # A sharded node's shards get their ports here too: picked by the node itself, one could
+        # take the port of a node not yet started.
+        self.nodes = [
+            NodeSpec(number, take(), self.directory / f"c{number}", [take() for _ in range(shards)] if shards > 1 else [])
+            for number in range(1, size + 1)
+        ]
         self._processes: dict[int, subprocess.Popen[bytes]] = {}
         self._environment = {**os.environ, **(environment or {})}
         self._die_with_parent = die_with_parent
@@ -176,8 +186,11 @@ class LocalCluster:
             ",".join(self.node_log_urls(number)),
             "--node-name",
             node.name,
-            "--stream",
-            self.stream,
+            *(
+                ["--shards", str(self.shards), "--shard-ports", ",".join(map(str, node.shard_ports))]
+                if self.shards > 1
+                else ["--stream", self.stream]
+            ),
             "--replicas",
             str(self.nats.size),
             "--data-dir",
@@ -318,6 +331,7 @@ class LocalCluster:
     def _write_state(self) -> None:
         state = {
             "stream": self.stream,
+            "shards": self.shards,
             "nodes": [
                 {"name": node.name, "url": node.url, "pid": self.node_pid(node.number), "data_dir": str(node.data_dir)}
                 for node in self.nodes

@@ -22,10 +22,28 @@ import click
     "--shards",
     default=1,
     show_default=True,
-    type=click.IntRange(min=1, max=64),
+    type=click.IntRange(min=1, max=1024),
     help="2 or more: simulate the transaction layer (shards, coordinators, recovery) instead of one shard's replicas",
 )
-def sim(seed: int | None, seed_count: int | None, steps: int, replicas: int, clients: int, show_trace: bool, shards: int) -> None:
+@click.option(
+    "--scale-report",
+    is_flag=True,
+    help="with --shards: count the work of every shared component (routers, recovery, shard map) at several total rates",
+)
+@click.option("--rates", default="64,256,1024", show_default=True, help="--scale-report: total rates, transfers per tick")
+@click.option("--ticks", default=4, show_default=True, type=click.IntRange(min=1), help="--scale-report: ticks (recovery rounds) per rate")
+def sim(
+    seed: int | None,
+    seed_count: int | None,
+    steps: int,
+    replicas: int,
+    clients: int,
+    show_trace: bool,
+    shards: int,
+    scale_report: bool,
+    rates: str,
+    ticks: int,
+) -> None:
     """Simulate replicas, clients and faults in one process from a seed; check the invariants after every step."""
     from coffer.progress import progress_over
     from coffer.sim.simulator import Simulation
@@ -33,7 +51,14 @@ def sim(seed: int | None, seed_count: int | None, steps: int, replicas: int, cli
     if seed is not None and seed_count is not None:
         raise click.UsageError("give --seed or --seeds, not both")
     seeds = range(1, seed_count + 1) if seed_count is not None else [1 if seed is None else seed]
+    if scale_report:
+        if shards < 2:
+            raise click.UsageError("--scale-report needs --shards 2 or more")
+        _scale_report(seeds[0], shards, rates, ticks)
+        return
     if shards > 1:
+        if shards > 64:
+            raise click.UsageError("the fault simulation of the transaction layer takes up to 64 shards")
         _simulate_shards(list(seeds), steps, shards)
         return
     if show_trace and len(seeds) > 1:
@@ -102,3 +127,29 @@ def _simulate_shards(seeds: list[int], steps: int, shards: int) -> None:
     )
     if violations:
         raise SystemExit(1)
+
+
+def _scale_report(seed: int, shards: int, rates_text: str, ticks: int) -> None:
+    """:mod:`coffer.sim.scale`: one ``scale:`` line per rate, then whether any shared work grew with it."""
+    import logging
+
+    from coffer.sim.scale import scale_report
+
+    logging.getLogger("coffer.txn").setLevel(logging.ERROR)
+    try:
+        rates = [int(part) for part in rates_text.split(",") if part.strip()]
+    except ValueError:
+        raise click.BadParameter("comma-separated whole numbers", param_hint="--rates") from None
+    figures = scale_report(seed, shards, rates, ticks)
+    for figure in figures:
+        click.echo(figure.line())
+    first, last = figures[0], figures[-1]
+    growth = last.rate_per_tick / first.rate_per_tick
+    click.echo(
+        f"scale-report: rate x{growth:g} -> router_load x{last.router_transfers_per_tick_max / first.router_transfers_per_tick_max:.2f} "
+        f"shard_requests_per_transfer x{last.shard_requests_per_transfer / first.shard_requests_per_transfer:.2f} "
+        f"map_lookups_per_transfer x{last.map_lookups_per_transfer / first.map_lookups_per_transfer:.2f} "
+        f"recovery_requests_per_round x{last.recovery_requests_per_router_round / first.recovery_requests_per_router_round:.2f} "
+        f"recovery_scans_per_shard_tick x{last.recovery_scans_per_shard_tick / first.recovery_scans_per_shard_tick:.2f} "
+        f"routers x{last.routers / first.routers:g}"
+    )

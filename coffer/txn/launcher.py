@@ -6,6 +6,13 @@ cores), listening on a loopback port of its own. This process writes (or checks)
 starts the shards, restarts any that dies, and serves the router on the public address. The
 shards die with it (Linux ``PR_SET_PDEATHSIG``), so a ``kill -9`` of this process is a crash of the
 whole node, and a restart recovers every shard from its own disk.
+
+Over a JetStream cluster (``--log nats://…``) each shard process opens its shard's stream
+``coffer-shard-<k>`` (replicated R times, with its own snapshots, checkpoints and compaction, as a
+single-shard node does), and the shard map comes from the cluster's key-value bucket (see
+:mod:`coffer.txn.shard_map_store`), so every node runs the same shards with the same map. Every
+node hosts every shard: its router reaches each shard on loopback, and losing a node loses no
+shard while a majority of each stream's servers live.
 """
 
 import ctypes
@@ -13,10 +20,12 @@ import json
 import logging
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -26,7 +35,7 @@ from coffer.ports import free_port
 from coffer.server.auth import ApiKeys
 from coffer.server.serve import ServeError, is_loopback
 from coffer.txn.router import Router, create_router_app, router_config_variable
-from coffer.txn.shard_map import ShardMapError, load_or_create
+from coffer.txn.shard_map import ShardMap, ShardMapError, load_or_create, write
 from coffer.txn.shards import ShardClients
 
 logger = logging.getLogger("coffer")
@@ -36,6 +45,31 @@ supervise_interval_s = 0.5
 _pr_set_pdeathsig = 1
 
 
+def shard_stream(shard: int) -> str:
+    """The JetStream stream of shard ``shard`` (shard 0's is the single-shard cluster's stream)."""
+    return f"coffer-shard-{shard}"
+
+
+@dataclass(frozen=True)
+class ClusterLog:
+    """Where the shards' logs live when they are JetStream streams rather than local WALs."""
+
+    log_url: str
+    node_name: str
+    replicas: int
+    compaction_interval_s: float
+
+    @property
+    def servers(self) -> list[str]:
+        return [part.strip() for part in self.log_url.split(",") if part.strip()]
+
+    def arguments(self, shard: int) -> list[str]:
+        return [
+            "--log", self.log_url, "--node-name", self.node_name, "--stream", shard_stream(shard),
+            "--replicas", str(self.replicas), "--compaction-interval-s", str(self.compaction_interval_s),
+        ]  # fmt: skip
+
+
 def _die_with_parent() -> None:
     # In the child, before exec: the kernel sends SIGKILL when the parent process dies.
     libc = ctypes.CDLL("libc.so.6", use_errno=True)
@@ -43,10 +77,13 @@ def _die_with_parent() -> None:
 
 
 class ShardProcess:
-    def __init__(self, shard: int, data_dir: Path, log_level: str, snapshot_entries: int) -> None:
+    def __init__(
+        self, shard: int, data_dir: Path, log_level: str, snapshot_entries: int, cluster_log: ClusterLog | None = None, port: int | None = None
+    ) -> None:
         self.shard = shard
+        self.cluster_log = cluster_log
         self.data_dir = data_dir
-        self.port = free_port()
+        self.port = port if port is not None else free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_level = log_level
         self.snapshot_entries = snapshot_entries
@@ -56,6 +93,8 @@ class ShardProcess:
     def start(self) -> None:
         command = [sys.executable, "-m", "coffer", "serve", "--data-dir", str(self.data_dir), "--port", str(self.port)]
         command += ["--shard-id", str(self.shard), "--log-level", self.log_level, "--snapshot-entries", str(self.snapshot_entries)]
+        if self.cluster_log is not None:
+            command += self.cluster_log.arguments(self.shard)
         environment = {key: value for key, value in os.environ.items() if key != "COFFER_API_KEYS"}  # loopback: no keys
         self.process = subprocess.Popen(command, env=environment, preexec_fn=_die_with_parent)
 
@@ -102,16 +141,20 @@ def serve_sharded(
     snapshot_entries: int,
     shard_count: int,
     router_processes: int = 1,
+    cluster_log: ClusterLog | None = None,
+    shard_ports: list[int] | None = None,
 ) -> None:
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     keys = ApiKeys.load(keys_file)
     if not is_loopback(host) and not keys:
         raise ServeError(f"refusing to bind {host} without API keys: set --keys-file or COFFER_API_KEYS")
-    try:
-        shard_map = load_or_create(data_dir, shard_count)
-    except ShardMapError as error:
-        raise ServeError(str(error)) from None
-    shards = [ShardProcess(shard, data_dir / f"shard-{shard}", log_level, snapshot_entries) for shard in range(shard_count)]
+    shard_map = _shard_map(data_dir, shard_count, cluster_log)
+    if shard_ports is not None and len(shard_ports) != shard_count:
+        raise ServeError(f"--shard-ports names {len(shard_ports)} ports for {shard_count} shards")
+    shards = [
+        ShardProcess(shard, data_dir / f"shard-{shard}", log_level, snapshot_entries, cluster_log, shard_ports[shard] if shard_ports else None)
+        for shard in range(shard_count)
+    ]
     stopping = threading.Event()
     try:
         for shard in shards:
@@ -146,3 +189,25 @@ def serve_sharded(
         stopping.set()
         for shard in shards:
             shard.stop()
+
+
+def _shard_map(data_dir: Path, shard_count: int, cluster_log: ClusterLog | None) -> ShardMap:
+    """The data directory's map on one machine; the cluster's bucket's map over JetStream (the
+    data directory keeps a copy, so that it is known as sharded)."""
+    try:
+        if cluster_log is None:
+            return load_or_create(data_dir, shard_count)
+        from coffer.txn.shard_map_store import ShardMapUnavailable, load_or_create_shared
+
+        try:
+            shard_map = load_or_create_shared(cluster_log.servers, shard_count, cluster_log.replicas)
+        except ShardMapUnavailable as error:
+            raise ServeError(str(error)) from None
+        write(data_dir, shard_map)
+        return shard_map
+    except ShardMapError as error:
+        raise ServeError(str(error)) from None
+
+
+def default_node_name(port: int) -> str:
+    return f"{socket.gethostname()}:{port}"

@@ -111,10 +111,18 @@ def load_or_create(data_dir: Path, shards: int) -> ShardMap:
     if any(data_dir.glob("shard-*")) or (data_dir / "log").exists():
         raise ShardMapError(f"{data_dir} holds a ledger without a shard map: it was not started with --shards")
     created = ShardMap.even(shards)
+    write(data_dir, created)
+    return created
+
+
+def write(data_dir: Path, shard_map: ShardMap) -> None:
+    """Write ``shard_map`` to the data directory atomically (in a cluster: the node's copy of the
+    bucket's map, so the directory is known as sharded)."""
+    path = data_dir / shard_map_file
     data_dir.mkdir(parents=True, exist_ok=True)
     temporary = path.with_name(path.name + ".tmp")
     with open(temporary, "w") as file:
-        json.dump(created.to_json(), file)
+        json.dump(shard_map.to_json(), file)
         file.flush()
         os.fsync(file.fileno())
     os.replace(temporary, path)
@@ -123,4 +131,3 @@ def load_or_create(data_dir: Path, shards: int) -> ShardMap:
         os.fsync(descriptor)
     finally:
         os.close(descriptor)
-    return created
