@@ -104,7 +104,11 @@ def main() -> None:
 @click.option("--host", default="127.0.0.1", show_default=True, help="address to bind; other than loopback needs API keys")
 @click.option("--port", default=8080, show_default=True, help="TCP port of the HTTP API, the console (/console) and the API docs (/docs)")
 @click.option("--data-dir", default="./data", show_default=True, type=click.Path(file_okay=False, path_type=Path))
-@click.option("--keys-file", type=click.Path(dir_okay=False, exists=True, path_type=Path), help="lines of 'ROLE KEY'")
+@click.option(
+    "--keys-file",
+    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    help="lines of 'ROLE sha256:HASH' (coffer keys add); re-read when it changes",
+)
 @click.option("--log-level", default="info", show_default=True, type=click.Choice(["debug", "info", "warning", "error"]))
 @click.option("--snapshot-entries", default=20_000, show_default=True, help="log entries between snapshots")
 @click.option("--log", "log_url", help="nats://host:port,... to join a JetStream cluster [default: local WAL in --data-dir]")
@@ -1015,12 +1019,14 @@ def _register_query_commands() -> None:
     from coffer.flows.cli import register as register_flows
     from coffer.notify.cli import register as register_webhooks
     from coffer.query.cli import register
+    from coffer.server.keys_cli import register as register_keys
     from coffer.sim.cli import sim
 
     register(main, audit, bench)
     register_flows(main, account, bench)
     register_webhooks(main)
     main.add_command(sim)
+    register_keys(main)
     cli_operations.register(main, account, audit)
 
 

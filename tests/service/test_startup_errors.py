@@ -42,7 +42,8 @@ def assert_one_line(done: subprocess.CompletedProcess[str], exit_code: int, word
     [
         (None, {"COFFER_API_KEYS": "reader:short"}, "shorter than 16"),
         (b"reader \xff\xfe-key-0123456789\n", None, "cannot read the keys file"),
-        (b"reader\n", None, "expected 'ROLE KEY'"),
+        (b"reader\n", None, "expected 'ROLE sha256:HASH'"),
+        (b"reader sha256:00ff\n", None, "64 lower-case hex digits"),
         (b"boss key-0123456789abcdef\n", None, "unknown role"),
     ],
 )
