@@ -135,6 +135,11 @@ def main() -> None:
     "--write-requests-waiting-max", default=1024, show_default=True, help="write requests in the node, at most; past it 503 at once"
 )
 @click.option("--disk-budget-mb", type=click.IntRange(min=1), help="refuse writes (507, disk full) when --data-dir holds more")
+@click.option(
+    "--cluster-secret-file",
+    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    help="with --log: the cluster's secret (coffer cluster up writes one); checkpoints are signed with it, others ignored",
+)
 def serve(
     host: str,
     port: int,
@@ -156,6 +161,7 @@ def serve(
     connections_max: int,
     write_requests_waiting_max: int,
     disk_budget_mb: int | None,
+    cluster_secret_file: Path | None,
 ) -> None:
     """Run a node: on the local write-ahead log (the embedded default), or on a JetStream cluster."""
     from coffer.server.connections import ConnectionLimits
@@ -198,6 +204,7 @@ def serve(
             write_requests_waiting_max,
             shard_id=shard_id,
             disk_budget_mb=disk_budget_mb,
+            cluster_secret_file=cluster_secret_file,
         )
     except ServeError as error:
         click.echo(f"error: {error.message}", err=True)

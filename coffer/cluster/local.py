@@ -12,11 +12,16 @@ nemesis can partition, slow down or reset them. ``disk_budget_bytes`` is split b
 processes: half for the NATS servers (JetStream's ``max_file_store``: beyond it the stream
 refuses writes), half for the nodes (``--disk-budget-mb``: beyond it a node refuses writes and
 says "disk full"), so a long run cannot fill the machine's disk.
+
+Trust. The cluster's secret (``<dir>/cluster-secret``, made once, readable by its owner only)
+is given to every node with ``--cluster-secret-file``: their checkpoints are signed with it, and
+nothing else is heard (:mod:`coffer.cluster.checkpoints`).
 """
 
 import contextlib
 import json
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -33,6 +38,7 @@ from coffer.disk_space import directory_bytes
 from coffer.ports import PortRange, free_port
 
 nodes_file_name = "coffer-nodes.json"
+cluster_secret_file_name = "cluster-secret"
 # A node restarted with its data, or wiped, with up to node_ready_entries entries to replay is
 # ready within node_ready_s_max; beyond, replay takes node_ready_s_per_entry more per entry
 # (about 3,300 entries/s on a loaded 2-core machine, a third of what an idle one does). The README
@@ -86,6 +92,7 @@ class LocalCluster:
         self.directory.mkdir(parents=True, exist_ok=True)
         self.stream = stream
         self.disk_budget_bytes = disk_budget_bytes
+        self.secret_file = make_cluster_secret(self.directory / cluster_secret_file_name)
         share = disk_budget_bytes // (2 * size) if disk_budget_bytes is not None else None
         self.nats = NatsCluster(
             self.directory / "nats", size, die_with_parent=die_with_parent, ports=ports, store_bytes_max=share
@@ -186,6 +193,8 @@ class LocalCluster:
             str(node.port),
             "--log-level",
             "warning",
+            "--cluster-secret-file",
+            str(self.secret_file),
             *self._node_arguments,
         ]
         log = open(self.directory / f"{node.name}.log", "ab")  # noqa: SIM115 - the child keeps it
@@ -327,6 +336,17 @@ class LocalCluster:
         temporary = self.directory / (nodes_file_name + ".tmp")
         temporary.write_text(json.dumps(state, indent=2) + "\n")
         os.replace(temporary, self.directory / nodes_file_name)
+
+
+def make_cluster_secret(path: Path) -> Path:
+    """The cluster secret file at ``path``: made (256 random bits, hex, mode 0600) if missing."""
+    if not path.exists():
+        aside = path.with_name(f".{path.name}.tmp")
+        descriptor = os.open(aside, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(descriptor, "w") as file:
+            file.write(secrets.token_hex(32) + "\n")
+        os.replace(aside, path)
+    return path
 
 
 def _route_link(number: int, peer: int) -> str:

@@ -204,6 +204,10 @@ class NatsCluster:
         for server in self._servers:
             self._write_config(server)
 
+    def admin_connect_options(self) -> dict[str, Any]:
+        """Keyword arguments of ``nats.connect`` for a client with every permission (tests, tools)."""
+        return {}
+
     def directory_of(self, number: int) -> Path:
         """The server's directory: its configuration, log and JetStream store."""
         return self._server_directory(number)

@@ -21,6 +21,7 @@ from pathlib import Path
 import uvicorn
 
 from coffer import exit_codes
+from coffer.cluster.checkpoints import cluster_secret_bytes_min
 from coffer.log.base import CommandLog
 from coffer.log.wal import LocalWal, LogInUseError
 from coffer.replica import Replica
@@ -50,6 +51,19 @@ def load_keys(keys_file: Path | None) -> ApiKeys:
         raise ServeError(str(error)) from None
     except (OSError, UnicodeDecodeError) as error:
         raise ServeError(f"cannot read the keys file {keys_file}: {error}") from None
+
+
+def read_cluster_secret(path: Path | None) -> bytes | None:
+    """The cluster secret of ``--cluster-secret-file`` (its text, stripped); ServeError if unusable."""
+    if path is None:
+        return None
+    try:
+        secret = path.read_bytes().strip()
+    except OSError as error:
+        raise ServeError(f"cannot read the cluster secret file {path}: {error.strerror}") from None
+    if len(secret) < cluster_secret_bytes_min:
+        raise ServeError(f"the cluster secret in {path} is shorter than {cluster_secret_bytes_min} bytes")
+    return secret
 
 
 def bind(host: str, port: int) -> socket.socket:
@@ -106,12 +120,14 @@ def serve(
     write_requests_waiting_max: int = admission.write_requests_waiting_max,
     shard_id: int | None = None,
     disk_budget_mb: int | None = None,
+    cluster_secret_file: Path | None = None,
 ) -> None:
     if not __debug__:
         # Assertions guard states that must be impossible; a ledger does not run without them.
         raise ServeError("coffer refuses to run with assertions stripped (python -O)")
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     keys = load_keys(keys_file)
+    cluster_secret = read_cluster_secret(cluster_secret_file)
     if not is_loopback(host) and not keys:
         raise ServeError(f"refusing to bind {host} without API keys: set --keys-file or COFFER_API_KEYS")
     try:
@@ -132,7 +148,7 @@ def serve(
     replica = Replica(data_dir, log, snapshot_entries=snapshot_entries, truncate_log=not shared, disk_budget_bytes=budget_bytes)
     if shared and node_name is None:
         node_name = f"{socket.gethostname()}:{port}"
-    app = create_app(replica, keys, node_name if shared else None, compaction_interval_s)
+    app = create_app(replica, keys, node_name if shared else None, compaction_interval_s, cluster_secret)
     # Millions of long-lived ledger objects: collect young garbage less often, and never rescan
     # what survived start-up.
     gc.set_threshold(50_000, 20, 100)

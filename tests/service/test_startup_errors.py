@@ -84,3 +84,11 @@ def test_the_exit_codes_are_documented_in_help() -> None:
         (exit_codes.recovery_failed, "cannot be recovered"),
     ]:
         assert words in entries[code], entries
+
+
+def test_a_short_cluster_secret_is_one_line_and_exit_2(tmp_path: Path) -> None:
+    (tmp_path / "secret").write_text("short\n")
+    done = run_coffer(
+        "serve", "--data-dir", str(tmp_path / "data"), "--port", str(free_port()), "--cluster-secret-file", str(tmp_path / "secret")
+    )
+    assert_one_line(done, exit_codes.invalid, "shorter than 16 bytes")
