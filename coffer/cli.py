@@ -101,7 +101,9 @@ def main() -> None:
 
 
 @main.command()
-@click.option("--host", default="127.0.0.1", show_default=True, help="address to bind; other than loopback needs API keys")
+@click.option(
+    "--host", default="127.0.0.1", show_default=True, help="address to bind; other than loopback needs API keys and TLS"
+)
 @click.option("--port", default=8080, show_default=True, help="TCP port of the HTTP API, the console (/console) and the API docs (/docs)")
 @click.option("--data-dir", default="./data", show_default=True, type=click.Path(file_okay=False, path_type=Path))
 @click.option(
@@ -140,6 +142,18 @@ def main() -> None:
     type=click.Path(dir_okay=False, exists=True, path_type=Path),
     help="with --log: the cluster's secret (coffer cluster up writes one); checkpoints are signed with it, others ignored",
 )
+@click.option(
+    "--nats-credentials",
+    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    help="with --log: sign in to NATS with this 'user:password' file (coffer cluster up writes one a node) or a .creds file",
+)
+@click.option("--tls-cert", type=click.Path(dir_okay=False, exists=True, path_type=Path), help="serve HTTPS: the certificate (PEM, chain)")
+@click.option("--tls-key", type=click.Path(dir_okay=False, exists=True, path_type=Path), help="serve HTTPS: the certificate's key (PEM)")
+@click.option(
+    "--insecure-allow-plaintext",
+    is_flag=True,
+    help="allow plain HTTP on an address other than loopback (a proxy in front terminates TLS)",
+)
 def serve(
     host: str,
     port: int,
@@ -162,6 +176,10 @@ def serve(
     write_requests_waiting_max: int,
     disk_budget_mb: int | None,
     cluster_secret_file: Path | None,
+    nats_credentials: Path | None,
+    tls_cert: Path | None,
+    tls_key: Path | None,
+    insecure_allow_plaintext: bool,
 ) -> None:
     """Run a node: on the local write-ahead log (the embedded default), or on a JetStream cluster."""
     from coffer.server.connections import ConnectionLimits
@@ -169,6 +187,12 @@ def serve(
     from coffer.server.serve import serve as run_server
 
     if shards > 1:
+        if tls_cert is not None or tls_key is not None:
+            raise click.UsageError("--shards serves plain HTTP for now: put a TLS proxy in front (and --insecure-allow-plaintext)")
+        from coffer.server.serve import is_loopback
+
+        if not is_loopback(host) and not insecure_allow_plaintext:
+            raise click.UsageError(f"refusing to bind {host} without TLS: --shards needs --insecure-allow-plaintext behind a TLS proxy")
         if log_url is not None:
             raise click.UsageError("--shards runs shards on local logs; shards over a cluster are not supported yet")
         from coffer.txn.launcher import serve_sharded
@@ -205,6 +229,10 @@ def serve(
             shard_id=shard_id,
             disk_budget_mb=disk_budget_mb,
             cluster_secret_file=cluster_secret_file,
+            nats_credentials=nats_credentials,
+            tls_cert=tls_cert,
+            tls_key=tls_key,
+            allow_plaintext=insecure_allow_plaintext,
         )
     except ServeError as error:
         click.echo(f"error: {error.message}", err=True)
@@ -243,7 +271,7 @@ def cluster_up(nodes: str, data_dir: Path, ports: object, disk_budget_mb: int | 
     budget = disk_budget_mb * 1024 * 1024 if disk_budget_mb is not None else None
     local = LocalCluster(data_dir, int(nodes), ports=ports, disk_budget_bytes=budget)  # type: ignore[arg-type]
     local.up()
-    click.echo(f"NATS JetStream: {','.join(local.nats.urls)}")
+    click.echo(f"NATS JetStream: {','.join(local.nats.plain_urls)} (credentials in {local.nats.directory})")
     for node in local.nodes:
         click.echo(f"{node.name}  {node.url}")
     click.echo(f"COFFER_URL={','.join(local.urls)}")

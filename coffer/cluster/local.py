@@ -15,7 +15,10 @@ says "disk full"), so a long run cannot fill the machine's disk.
 
 Trust. The cluster's secret (``<dir>/cluster-secret``, made once, readable by its owner only)
 is given to every node with ``--cluster-secret-file``: their checkpoints are signed with it, and
-nothing else is heard (:mod:`coffer.cluster.checkpoints`).
+nothing else is heard (:mod:`coffer.cluster.checkpoints`). The NATS servers require credentials:
+node ``cN`` signs in as user ``cN`` (``--nats-credentials``), allowed only what a node of the
+cluster's stream needs; tools here use :attr:`NatsCluster.urls`, which sign in as ``admin``
+(:mod:`coffer.cluster.nats_servers`).
 """
 
 import contextlib
@@ -94,8 +97,9 @@ class LocalCluster:
         self.disk_budget_bytes = disk_budget_bytes
         self.secret_file = make_cluster_secret(self.directory / cluster_secret_file_name)
         share = disk_budget_bytes // (2 * size) if disk_budget_bytes is not None else None
+        node_users = {f"c{number}": stream for number in range(1, size + 1)}
         self.nats = NatsCluster(
-            self.directory / "nats", size, die_with_parent=die_with_parent, ports=ports, store_bytes_max=share
+            self.directory / "nats", size, die_with_parent=die_with_parent, ports=ports, store_bytes_max=share, node_users=node_users
         )
         take = ports.take if ports is not None else free_port
         self.nodes = [NodeSpec(number, take(), self.directory / f"c{number}") for number in range(1, size + 1)]
@@ -129,7 +133,7 @@ class LocalCluster:
     def node_log_urls(self, number: int) -> list[str]:
         """The NATS URLs node ``number`` is given: through its proxies when there are any."""
         if self.proxy is None:
-            return self.nats.urls
+            return self.nats.plain_urls
         return [
             f"nats://127.0.0.1:{self.proxy.link(_client_link(number, server)).listen_port}"
             for server in range(1, self.nats.size + 1)
@@ -195,6 +199,7 @@ class LocalCluster:
             "warning",
             "--cluster-secret-file",
             str(self.secret_file),
+            *self._credentials_arguments(node.name),
             *self._node_arguments,
         ]
         log = open(self.directory / f"{node.name}.log", "ab")  # noqa: SIM115 - the child keeps it
@@ -213,6 +218,10 @@ class LocalCluster:
         self._write_state()
         if wait:
             self.wait_node(number)
+
+    def _credentials_arguments(self, node_name: str) -> list[str]:
+        credentials = self.nats.credentials_file(node_name)
+        return [] if credentials is None else ["--nats-credentials", str(credentials)]
 
     def wait_node(
         self, number: int, timeout_s: float = node_ready_s_max, accept: Callable[[str], bool] | None = None
@@ -331,7 +340,7 @@ class LocalCluster:
                 {"name": node.name, "url": node.url, "pid": self.node_pid(node.number), "data_dir": str(node.data_dir)}
                 for node in self.nodes
             ],
-            "nats": self.nats.urls,
+            "nats": self.nats.plain_urls,
         }
         temporary = self.directory / (nodes_file_name + ".tmp")
         temporary.write_text(json.dumps(state, indent=2) + "\n")

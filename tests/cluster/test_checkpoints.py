@@ -118,7 +118,7 @@ def test_real_nodes_ignore_forged_checkpoints_and_stop_on_their_peers_disagreeme
 
         async def publish(monitor: CheckpointMonitor) -> None:
             # "Peers" that applied the same index but hold another head.
-            connection = await nats.connect(cluster.nats.urls, **cluster.nats.admin_connect_options())
+            connection = await nats.connect(cluster.nats.urls)
             for peer in ("x1", "x2", "x3"):
                 note = monitor.encode(Checkpoint(peer, head["log_index"], head["seq"], b"\x00" * 32))
                 await connection.publish(subject, note)
