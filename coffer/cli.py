@@ -79,7 +79,8 @@ def main() -> None:
 
     The commands that talk to a node take --url (env COFFER_URL, default
     http://127.0.0.1:8080; several comma-separated URLs are tried in turn),
-    --api-key (env COFFER_API_KEY) and --json (print JSON for scripts).
+    --api-key (env COFFER_API_KEY), --ca-file (env COFFER_CA_FILE: the CA of
+    https nodes) and --json (print JSON for scripts).
     Errors go to stderr as "error: CODE: message".
 
     \b
@@ -510,16 +511,22 @@ def _talks_to_node(function: Callable[..., None]) -> Callable[..., None]:
         help="node base URL; several comma-separated are tried in turn [env COFFER_URL]",
     )
     @click.option("--api-key", envvar="COFFER_API_KEY", help="API key [env COFFER_API_KEY]")
+    @click.option(
+        "--ca-file",
+        envvar="COFFER_CA_FILE",
+        type=click.Path(dir_okay=False, exists=True, path_type=Path),
+        help="for https URLs: trust this CA (PEM) instead of the system's [env COFFER_CA_FILE]",
+    )
     @click.option("--json", "as_json", is_flag=True, help="print JSON for scripts")
     @functools.wraps(function)
-    def command(url: str, api_key: str | None, as_json: bool, **arguments: Any) -> None:
+    def command(url: str, api_key: str | None, ca_file: Path | None, as_json: bool, **arguments: Any) -> None:
         from coffer.client import Client, CofferError, NotAvailableError, TransportError
 
         urls = [part.strip() for part in url.split(",") if part.strip()]
         if not urls:
             raise click.UsageError("--url names no URL")
         try:
-            with Client(urls, api_key=api_key or None) as client:
+            with Client(urls, api_key=api_key or None, ca_file=ca_file) as client:
                 function(client, _Output(as_json), **arguments)
         except CofferError as error:
             if as_json:  # a script reads the outcome on stdout, success or not
