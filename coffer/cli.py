@@ -148,6 +148,11 @@ def main() -> None:
     type=click.Path(dir_okay=False, exists=True, path_type=Path),
     help="with --log: sign in to NATS with this 'user:password' file (coffer cluster up writes one a node) or a .creds file",
 )
+@click.option(
+    "--nats-ca-file",
+    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    help="with --log: speak TLS to NATS and trust this CA (PEM) for the servers' certificates",
+)
 @click.option("--tls-cert", type=click.Path(dir_okay=False, exists=True, path_type=Path), help="serve HTTPS: the certificate (PEM, chain)")
 @click.option("--tls-key", type=click.Path(dir_okay=False, exists=True, path_type=Path), help="serve HTTPS: the certificate's key (PEM)")
 @click.option(
@@ -178,6 +183,7 @@ def serve(
     disk_budget_mb: int | None,
     cluster_secret_file: Path | None,
     nats_credentials: Path | None,
+    nats_ca_file: Path | None,
     tls_cert: Path | None,
     tls_key: Path | None,
     insecure_allow_plaintext: bool,
@@ -231,6 +237,7 @@ def serve(
             disk_budget_mb=disk_budget_mb,
             cluster_secret_file=cluster_secret_file,
             nats_credentials=nats_credentials,
+            nats_ca_file=nats_ca_file,
             tls_cert=tls_cert,
             tls_key=tls_key,
             allow_plaintext=insecure_allow_plaintext,
@@ -265,12 +272,13 @@ def _port_range(context: click.Context, parameter: click.Parameter, value: str |
     type=click.IntRange(min=64),
     help="split between the processes: each NATS server and each node refuses writes beyond its share",
 )
-def cluster_up(nodes: str, data_dir: Path, ports: object, disk_budget_mb: int | None) -> None:
+@click.option("--nats-tls", is_flag=True, help="NATS clients and routes speak TLS (a private CA made in the data directory)")
+def cluster_up(nodes: str, data_dir: Path, ports: object, disk_budget_mb: int | None, nats_tls: bool) -> None:
     """Start the servers and nodes, print the nodes' URLs, and leave them running."""
     from coffer.cluster.local import LocalCluster
 
     budget = disk_budget_mb * 1024 * 1024 if disk_budget_mb is not None else None
-    local = LocalCluster(data_dir, int(nodes), ports=ports, disk_budget_bytes=budget)  # type: ignore[arg-type]
+    local = LocalCluster(data_dir, int(nodes), ports=ports, disk_budget_bytes=budget, nats_tls=nats_tls)  # type: ignore[arg-type]
     local.up()
     click.echo(f"NATS JetStream: {','.join(local.nats.plain_urls)} (credentials in {local.nats.directory})")
     for node in local.nodes:

@@ -90,6 +90,7 @@ class LocalCluster:
         ports: PortRange | None = None,
         network_faults: bool = False,
         disk_budget_bytes: int | None = None,
+        nats_tls: bool = False,
     ) -> None:
         self.directory = Path(directory).resolve()
         self.directory.mkdir(parents=True, exist_ok=True)
@@ -99,7 +100,7 @@ class LocalCluster:
         share = disk_budget_bytes // (2 * size) if disk_budget_bytes is not None else None
         node_users = {f"c{number}": stream for number in range(1, size + 1)}
         self.nats = NatsCluster(
-            self.directory / "nats", size, die_with_parent=die_with_parent, ports=ports, store_bytes_max=share, node_users=node_users
+            self.directory / "nats", size, die_with_parent=die_with_parent, ports=ports, store_bytes_max=share, node_users=node_users, tls=nats_tls
         )
         take = ports.take if ports is not None else free_port
         self.nodes = [NodeSpec(number, take(), self.directory / f"c{number}") for number in range(1, size + 1)]
@@ -221,7 +222,10 @@ class LocalCluster:
 
     def _credentials_arguments(self, node_name: str) -> list[str]:
         credentials = self.nats.credentials_file(node_name)
-        return [] if credentials is None else ["--nats-credentials", str(credentials)]
+        arguments = [] if credentials is None else ["--nats-credentials", str(credentials)]
+        if self.nats.certificates is not None:
+            arguments += ["--nats-ca-file", str(self.nats.certificates.ca)]
+        return arguments
 
     def wait_node(
         self, number: int, timeout_s: float = node_ready_s_max, accept: Callable[[str], bool] | None = None

@@ -42,6 +42,10 @@ Method.
   ``credentials/<user>.credentials`` (``user:password``) is what ``coffer serve
   --nats-credentials`` reads. Servers then advertise no client URLs: a client stays on the
   addresses (and the credentials) it was given.
+- TLS (``tls=True``): clients and routes speak TLS only, with a certificate for 127.0.0.1 of a
+  private CA made in ``tls/`` (:mod:`coffer.cluster.certificates`); clients trust ``tls/ca.pem``
+  (:meth:`NatsCluster.tls_context`, ``coffer serve --nats-ca-file``), and servers check each
+  other's certificates on their routes.
 """
 
 import asyncio
@@ -53,6 +57,7 @@ import os
 import secrets
 import shutil
 import signal
+import ssl
 import subprocess
 import sys
 import time
@@ -67,6 +72,7 @@ import nats
 import nats.errors
 import nats.js.errors
 
+from coffer.cluster.certificates import CertificateFiles, make_loopback_certificates
 from coffer.ports import PortRange, free_port
 
 cluster_name_default = "coffer"
@@ -79,6 +85,8 @@ credentials_directory_name = "credentials"
 admin_user = "admin"
 route_user = "route"
 password_bytes = 24  # 192 random bits
+tls_directory_name = "tls"
+tls_handshake_s_max = 5  # NATS's default half second fails on a loaded machine
 host = "127.0.0.1"  # the servers listen on loopback only
 # NATS's own default is 1 MiB, below the 1 MiB payloads the command log contract stores (plus
 # headers). 8 MiB is the largest value NATS recommends; larger messages hurt Raft replication.
@@ -180,6 +188,7 @@ class NatsCluster:
         store_bytes_max: int | None = None,
         credentials: bool = True,
         node_users: dict[str, str] | None = None,
+        tls: bool = False,
     ) -> None:
         """``node_users``: user name -> the stream it serves (see the module docstring)."""
         if size not in cluster_sizes_allowed:
@@ -204,6 +213,9 @@ class NatsCluster:
         self.directory.mkdir(parents=True, exist_ok=True)
         self._node_users = dict(node_users or {})
         self._passwords: dict[str, str] | None = self._load_or_make_passwords() if credentials else None
+        self.certificates: CertificateFiles | None = (
+            make_loopback_certificates(self.directory / tls_directory_name, "coffer-nats") if tls else None
+        )
         for server in self._servers:
             self._write_config(server)
         self._write_state()
@@ -237,6 +249,12 @@ class NatsCluster:
         if self._passwords is None:
             return plain
         return plain.replace("nats://", f"nats://{admin_user}:{quote(self._passwords[admin_user], safe='')}@", 1)
+
+    def tls_context(self) -> ssl.SSLContext | None:
+        """What a client verifies the servers with (None when they speak plain NATS)."""
+        if self.certificates is None:
+            return None
+        return ssl.create_default_context(cafile=str(self.certificates.ca))
 
     def credentials_file(self, user: str) -> Path | None:
         """The ``user:password`` file of a node user (None when the servers take anyone)."""
@@ -349,7 +367,7 @@ class NatsCluster:
             for number in list(waiting):
                 if not self.is_running(number):
                     raise NatsClusterError(f"n{number} exited; its log:\n{self._log_tail(number)}")
-                if asyncio.run(_jetstream_answers(self.url(number))):
+                if asyncio.run(_jetstream_answers(self.url(number), self.tls_context())):
                     waiting.remove(number)
             if waiting and time.monotonic() > deadline:
                 names = ", ".join(f"n{number}" for number in waiting)
@@ -426,6 +444,18 @@ class NatsCluster:
         # The configuration format reads JSON; quoted strings keep their "$" (no variables).
         return [f"authorization: {json.dumps({'users': users})}"]
 
+    def _tls_block(self, indent: str) -> list[str]:
+        assert self.certificates is not None
+        files = self.certificates
+        return [
+            f"{indent}tls {{",
+            f"{indent}  cert_file: {json.dumps(str(files.certificate))}",
+            f"{indent}  key_file: {json.dumps(str(files.key))}",
+            f"{indent}  ca_file: {json.dumps(str(files.ca))}",
+            f"{indent}  timeout: {tls_handshake_s_max}",
+            f"{indent}}}",
+        ]
+
     def _write_config(self, server: ServerSpec) -> None:
         directory = self._server_directory(server.number)
         directory.mkdir(parents=True, exist_ok=True)
@@ -445,6 +475,8 @@ class NatsCluster:
         lines.append("}")
         if self._passwords is not None:
             lines += self._authorization_lines()
+        if self.certificates is not None:
+            lines += self._tls_block("")
         if len(self._servers) > 1:
             route_port = self._route_port
             sign_in = "" if self._passwords is None else f"{route_user}:{quote(self._passwords[route_user], safe='')}@"
@@ -462,6 +494,8 @@ class NatsCluster:
             if self._passwords is not None:
                 route_login = {"user": route_user, "password": self._passwords[route_user]}
                 lines.append(f"  authorization: {json.dumps(route_login)}")
+            if self.certificates is not None:
+                lines += self._tls_block("  ")
             if self._advertise_port is not None:
                 lines += [f"  advertise: {host}:{self._advertise_port}", "  no_advertise: true"]
             elif self._passwords is not None:
@@ -621,11 +655,12 @@ async def _quiet(_error: Exception) -> None:
     """nats-py logs every connection error by default; a readiness probe expects some."""
 
 
-async def _jetstream_answers(url: str) -> bool:
+async def _jetstream_answers(url: str, tls: ssl.SSLContext | None = None) -> bool:
     """Does JetStream answer ``$JS.API.INFO`` through the server at ``url``?"""
     try:
         connection = await nats.connect(
             servers=[url],
+            tls=tls,
             allow_reconnect=False,
             connect_timeout=info_request_s,
             max_reconnect_attempts=0,

@@ -70,6 +70,7 @@ import hashlib
 import json
 import logging
 import re
+import ssl
 import threading
 import time
 import uuid
@@ -275,11 +276,13 @@ class JetStreamLog(CommandLog):
         client_name: str = "coffer-log",
         connect_lazily: bool = False,
         credentials: dict[str, str] | None = None,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
         """``connect_lazily``: connect and open the stream on first use, not here (a node starts
         while NATS is unreachable and reports what it waits for); a failed first use raises
         :class:`LogUnavailableError` and the next one tries again. ``credentials``: how to sign
-        in, as :func:`read_credentials` gives them."""
+        in, as :func:`read_credentials` gives them; ``tls``: verify the servers with it (they speak
+        TLS: ``tls://`` URLs, or servers that require it)."""
         if not servers:
             raise ValueError("servers must name at least one nats:// URL")
         if not _stream_name_pattern.fullmatch(stream):
@@ -292,6 +295,7 @@ class JetStreamLog(CommandLog):
         self._servers = list(servers)
         self._client_name = client_name
         self._credentials = dict(credentials or {})
+        self._tls = tls
         self._append_timeout_s = append_timeout_s
         self._request_timeout_s = request_timeout_s
         self._api_timeout_s = api_timeout_s
@@ -871,6 +875,7 @@ class JetStreamLog(CommandLog):
             error_cb=self._on_error,
             disconnected_cb=self._on_disconnected,
             reconnected_cb=self._on_reconnected,
+            tls=self._tls,
             **self._credentials,  # type: ignore[arg-type]
         )
 

@@ -111,12 +111,17 @@ def is_loopback(host: str) -> bool:
 
 
 def open_log(
-    log_url: str | None, data_dir: Path, stream: str, replicas: int, nats_credentials: Path | None = None
+    log_url: str | None,
+    data_dir: Path,
+    stream: str,
+    replicas: int,
+    nats_credentials: Path | None = None,
+    nats_ca_file: Path | None = None,
 ) -> CommandLog:
     """The local WAL in the data directory, or a JetStream stream for ``nats://`` URLs."""
     if log_url is None:
-        if nats_credentials is not None:
-            raise ServeError("--nats-credentials goes with --log (a JetStream cluster)")
+        if nats_credentials is not None or nats_ca_file is not None:
+            raise ServeError("--nats-credentials and --nats-ca-file go with --log (a JetStream cluster)")
         return LocalWal(data_dir / "log")
     servers = [part.strip() for part in log_url.split(",") if part.strip()]
     if not servers or not all(server.startswith(("nats://", "tls://")) for server in servers):
@@ -129,8 +134,14 @@ def open_log(
             credentials = read_credentials(nats_credentials)
         except (OSError, UnicodeDecodeError, ValueError) as error:
             raise ServeError(f"cannot read the NATS credentials {nats_credentials}: {error}") from None
+    tls = None
+    if nats_ca_file is not None:
+        try:
+            tls = ssl.create_default_context(cafile=str(nats_ca_file))
+        except (OSError, ssl.SSLError) as error:
+            raise ServeError(f"cannot use the NATS CA file {nats_ca_file}: {error}") from None
     # Opened by recovery, which waits (and says so in /readyz) while NATS cannot be reached.
-    return JetStreamLog(servers, stream=stream, replicas=replicas, connect_lazily=True, credentials=credentials)
+    return JetStreamLog(servers, stream=stream, replicas=replicas, connect_lazily=True, credentials=credentials, tls=tls)
 
 
 def serve(
@@ -151,6 +162,7 @@ def serve(
     disk_budget_mb: int | None = None,
     cluster_secret_file: Path | None = None,
     nats_credentials: Path | None = None,
+    nats_ca_file: Path | None = None,
     tls_cert: Path | None = None,
     tls_key: Path | None = None,
     allow_plaintext: bool = False,
@@ -171,7 +183,7 @@ def serve(
     backlog = 4096
     listener = bind(host, port)
     try:
-        log = open_log(log_url, data_dir, stream, replicas, nats_credentials)
+        log = open_log(log_url, data_dir, stream, replicas, nats_credentials, nats_ca_file)
     except LogInUseError:
         listener.close()
         raise ServeError(f"the data directory {data_dir} is in use by another coffer serve", exit_codes.in_use) from None

@@ -2,6 +2,7 @@
 what a node of its stream needs: the cluster works with them, nothing else gets in."""
 
 import asyncio
+import ssl
 import time
 from pathlib import Path
 
@@ -12,7 +13,7 @@ import pytest
 
 from coffer.cluster.local import LocalCluster
 from coffer.cluster.nats_servers import node_permissions
-from coffer.log.jetstream import read_credentials
+from coffer.log.jetstream import JetStreamLog, read_credentials
 
 request_s = 2.0
 
@@ -89,3 +90,30 @@ def test_credentials_files_are_one_user_password_line_or_a_creds_file(tmp_path: 
     (tmp_path / "bad").write_text("c1\n")
     with pytest.raises(ValueError, match="user:password"):
         read_credentials(tmp_path / "bad")
+
+
+async def _connect_error(url: str, tls: ssl.SSLContext | None) -> str:
+    try:
+        connection = await nats.connect(url, allow_reconnect=False, max_reconnect_attempts=0, connect_timeout=request_s, tls=tls)
+    except (nats.errors.Error, OSError, ssl.SSLError) as error:
+        return repr(error)
+    await connection.close()
+    return ""
+
+
+def test_nats_over_tls_clients_and_routes(tmp_path: Path) -> None:
+    cluster = LocalCluster(tmp_path / "cluster", 3, die_with_parent=True, nats_tls=True)
+    cluster.up()
+    try:
+        created = httpx.post(f"{cluster.urls[0]}/v1/accounts", json={"dedup_id": "t1", "account_id": "t", "asset": "USD"})
+        assert created.status_code == 200, created.text
+        # Written through one node, read on another: the stream's replicas talk over TLS routes.
+        assert httpx.get(f"{cluster.urls[2]}/v1/accounts/t", params={"min_seq": created.json()["seq"]}).status_code == 200
+        assert "CERTIFICATE_VERIFY_FAILED" in asyncio.run(_connect_error(cluster.nats.urls[0], None))
+        assert asyncio.run(_connect_error(cluster.nats.urls[0], cluster.nats.tls_context())) == ""
+        config = cluster.nats.config_path(1).read_text()
+        assert config.count("tls {") == 2  # clients and routes
+        with JetStreamLog(cluster.nats.urls, stream=cluster.stream, replicas=3, tls=cluster.nats.tls_context()) as log:
+            assert log.last_index >= 1
+    finally:
+        cluster.down()
