@@ -2,6 +2,7 @@
 what a node of its stream needs: the cluster works with them, nothing else gets in."""
 
 import asyncio
+import json
 import ssl
 import time
 from pathlib import Path
@@ -10,7 +11,9 @@ import httpx
 import nats
 import nats.errors
 import pytest
+from click.testing import CliRunner
 
+from coffer.cli import main
 from coffer.cluster.local import LocalCluster
 from coffer.cluster.nats_servers import node_permissions
 from coffer.log.jetstream import JetStreamLog, read_credentials
@@ -117,3 +120,19 @@ def test_nats_over_tls_clients_and_routes(tmp_path: Path) -> None:
             assert log.last_index >= 1
     finally:
         cluster.down()
+
+
+def test_cluster_up_with_nats_tls_prints_no_password_and_stops(tmp_path: Path) -> None:
+    runner = CliRunner()
+    directory = tmp_path / "up"
+    started = runner.invoke(main, ["cluster", "up", "--nodes", "1", "--data-dir", str(directory), "--nats-tls"])
+    try:
+        assert started.exit_code == 0, (started.stdout, started.stderr)
+        passwords = json.loads((directory / "nats" / "credentials.json").read_text())
+        assert not any(password in started.stdout for password in passwords.values())
+        url = next(line.split("=", 1)[1] for line in started.stdout.splitlines() if line.startswith("COFFER_URL="))
+        assert httpx.get(f"{url}/readyz", timeout=5).status_code == 200
+        assert (directory / "nats" / "tls" / "ca.pem").exists() and (directory / "cluster-secret").stat().st_mode & 0o077 == 0
+    finally:
+        stopped = runner.invoke(main, ["cluster", "down", "--data-dir", str(directory)])
+    assert stopped.exit_code == 0 and "stopped 2 processes" in stopped.stdout, stopped.stdout
