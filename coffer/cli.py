@@ -79,7 +79,8 @@ def main() -> None:
 
     The commands that talk to a node take --url (env COFFER_URL, default
     http://127.0.0.1:8080; several comma-separated URLs are tried in turn),
-    --api-key (env COFFER_API_KEY) and --json (print JSON for scripts).
+    --api-key (env COFFER_API_KEY), --ca-file (env COFFER_CA_FILE: the CA of
+    https nodes) and --json (print JSON for scripts).
     Errors go to stderr as "error: CODE: message".
 
     \b
@@ -101,10 +102,16 @@ def main() -> None:
 
 
 @main.command()
-@click.option("--host", default="127.0.0.1", show_default=True, help="address to bind; other than loopback needs API keys")
+@click.option(
+    "--host", default="127.0.0.1", show_default=True, help="address to bind; other than loopback needs API keys and TLS"
+)
 @click.option("--port", default=8080, show_default=True, help="TCP port of the HTTP API, the console (/console) and the API docs (/docs)")
 @click.option("--data-dir", default="./data", show_default=True, type=click.Path(file_okay=False, path_type=Path))
-@click.option("--keys-file", type=click.Path(dir_okay=False, exists=True, path_type=Path), help="lines of 'ROLE KEY'")
+@click.option(
+    "--keys-file",
+    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    help="lines of 'ROLE sha256:HASH' (coffer keys add); re-read when it changes",
+)
 @click.option("--log-level", default="info", show_default=True, type=click.Choice(["debug", "info", "warning", "error"]))
 @click.option("--snapshot-entries", default=20_000, show_default=True, help="log entries between snapshots")
 @click.option("--log", "log_url", help="nats://host:port,... to join a JetStream cluster [default: local WAL in --data-dir]")
@@ -133,6 +140,28 @@ def main() -> None:
     "--write-requests-waiting-max", default=1024, show_default=True, help="write requests in the node, at most; past it 503 at once"
 )
 @click.option("--disk-budget-mb", type=click.IntRange(min=1), help="refuse writes (507, disk full) when --data-dir holds more")
+@click.option(
+    "--cluster-secret-file",
+    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    help="with --log: the cluster's secret (coffer cluster up writes one); checkpoints are signed with it, others ignored",
+)
+@click.option(
+    "--nats-credentials",
+    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    help="with --log: sign in to NATS with this 'user:password' file (coffer cluster up writes one a node) or a .creds file",
+)
+@click.option(
+    "--nats-ca-file",
+    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    help="with --log: speak TLS to NATS and trust this CA (PEM) for the servers' certificates",
+)
+@click.option("--tls-cert", type=click.Path(dir_okay=False, exists=True, path_type=Path), help="serve HTTPS: the certificate (PEM, chain)")
+@click.option("--tls-key", type=click.Path(dir_okay=False, exists=True, path_type=Path), help="serve HTTPS: the certificate's key (PEM)")
+@click.option(
+    "--insecure-allow-plaintext",
+    is_flag=True,
+    help="allow plain HTTP on an address other than loopback (a proxy in front terminates TLS)",
+)
 def serve(
     host: str,
     port: int,
@@ -155,6 +184,12 @@ def serve(
     connections_max: int,
     write_requests_waiting_max: int,
     disk_budget_mb: int | None,
+    cluster_secret_file: Path | None,
+    nats_credentials: Path | None,
+    nats_ca_file: Path | None,
+    tls_cert: Path | None,
+    tls_key: Path | None,
+    insecure_allow_plaintext: bool,
 ) -> None:
     """Run a node: on the local write-ahead log (the embedded default), or on a JetStream cluster."""
     from coffer.server.connections import ConnectionLimits
@@ -162,11 +197,27 @@ def serve(
     from coffer.server.serve import serve as run_server
 
     if shards > 1:
+        if tls_cert is not None or tls_key is not None:
+            raise click.UsageError("--shards serves plain HTTP for now: put a TLS proxy in front (and --insecure-allow-plaintext)")
+        from coffer.server.serve import is_loopback
+
+        if not is_loopback(host) and not insecure_allow_plaintext:
+            raise click.UsageError(f"refusing to bind {host} without TLS: --shards needs --insecure-allow-plaintext behind a TLS proxy")
         from coffer.txn.launcher import ClusterLog, default_node_name, serve_sharded
 
         cluster_log = None
         if log_url is not None:
-            cluster_log = ClusterLog(log_url, node_name or default_node_name(port), int(replicas), compaction_interval_s)
+            cluster_log = ClusterLog(
+                log_url,
+                node_name or default_node_name(port),
+                int(replicas),
+                compaction_interval_s,
+                cluster_secret_file=cluster_secret_file,
+                nats_credentials=nats_credentials,
+                nats_ca_file=nats_ca_file,
+            )
+        elif cluster_secret_file is not None or nats_credentials is not None or nats_ca_file is not None:
+            raise click.UsageError("--cluster-secret-file, --nats-credentials and --nats-ca-file go with --log (a JetStream cluster)")
         try:
             ports = [int(part) for part in shard_ports.split(",")] if shard_ports else None
             serve_sharded(host, port, data_dir, keys_file, log_level, snapshot_entries, shards, router_processes, cluster_log, ports)
@@ -177,7 +228,7 @@ def serve(
     if shard_id is None and (data_dir / "shardmap.json").exists():
         raise click.UsageError(f"{data_dir} holds a sharded ledger: start it with --shards (the number it was created with)")
     if shard_id is None and log_url is not None:
-        _refuse_a_sharded_cluster(log_url)
+        _refuse_a_sharded_cluster(log_url, nats_credentials, nats_ca_file)
     limits = ConnectionLimits(
         idle_timeout_s=idle_timeout_s,
         header_timeout_s=header_timeout_s,
@@ -201,21 +252,28 @@ def serve(
             write_requests_waiting_max,
             shard_id=shard_id,
             disk_budget_mb=disk_budget_mb,
+            cluster_secret_file=cluster_secret_file,
+            nats_credentials=nats_credentials,
+            nats_ca_file=nats_ca_file,
+            tls_cert=tls_cert,
+            tls_key=tls_key,
+            allow_plaintext=insecure_allow_plaintext,
         )
     except ServeError as error:
         click.echo(f"error: {error.message}", err=True)
         raise SystemExit(error.exit_code) from None
 
 
-def _refuse_a_sharded_cluster(log_url: str) -> None:
+def _refuse_a_sharded_cluster(log_url: str, nats_credentials: Path | None, nats_ca_file: Path | None) -> None:
     """A node without --shards on a cluster whose shard map has several would serve shard 0's
     stream as the whole ledger: refuse it. An unreachable bucket does not stop the start (the node
     waits for NATS in /readyz, as it always did)."""
+    from coffer.log.jetstream import connect_options
     from coffer.txn.shard_map_store import ShardMapUnavailable, read_shared, shard_map_bucket
 
     servers = [part.strip() for part in log_url.split(",") if part.strip()]
     try:
-        shard_map = read_shared(servers, wait_s_max=shard_map_check_s_max)
+        shard_map = read_shared(servers, wait_s_max=shard_map_check_s_max, connect_options=connect_options(nats_credentials, nats_ca_file))
     except ShardMapUnavailable:
         return
     if shard_map is not None and shard_map.shards != 1:
@@ -258,14 +316,15 @@ def _port_range(context: click.Context, parameter: click.Parameter, value: str |
 @click.option(
     "--shards", default=1, show_default=True, type=click.IntRange(1, 1024), help="shards (a stream each, R = nodes), hosted by every node"
 )
-def cluster_up(nodes: str, data_dir: Path, ports: object, disk_budget_mb: int | None, shards: int) -> None:
+@click.option("--nats-tls", is_flag=True, help="NATS clients and routes speak TLS (a private CA made in the data directory)")
+def cluster_up(nodes: str, data_dir: Path, ports: object, disk_budget_mb: int | None, shards: int, nats_tls: bool) -> None:
     """Start the servers and nodes, print the nodes' URLs, and leave them running."""
     from coffer.cluster.local import LocalCluster
 
     budget = disk_budget_mb * 1024 * 1024 if disk_budget_mb is not None else None
-    local = LocalCluster(data_dir, int(nodes), ports=ports, disk_budget_bytes=budget, shards=shards)  # type: ignore[arg-type]
+    local = LocalCluster(data_dir, int(nodes), ports=ports, disk_budget_bytes=budget, shards=shards, nats_tls=nats_tls)  # type: ignore[arg-type]
     local.up()
-    click.echo(f"NATS JetStream: {','.join(local.nats.urls)}")
+    click.echo(f"NATS JetStream: {','.join(local.nats.plain_urls)} (credentials in {local.nats.directory})")
     for node in local.nodes:
         click.echo(f"{node.name}  {node.url}")
     click.echo(f"COFFER_URL={','.join(local.urls)}")
@@ -504,16 +563,22 @@ def _talks_to_node(function: Callable[..., None]) -> Callable[..., None]:
         help="node base URL; several comma-separated are tried in turn [env COFFER_URL]",
     )
     @click.option("--api-key", envvar="COFFER_API_KEY", help="API key [env COFFER_API_KEY]")
+    @click.option(
+        "--ca-file",
+        envvar="COFFER_CA_FILE",
+        type=click.Path(dir_okay=False, exists=True, path_type=Path),
+        help="for https URLs: trust this CA (PEM) instead of the system's [env COFFER_CA_FILE]",
+    )
     @click.option("--json", "as_json", is_flag=True, help="print JSON for scripts")
     @functools.wraps(function)
-    def command(url: str, api_key: str | None, as_json: bool, **arguments: Any) -> None:
+    def command(url: str, api_key: str | None, ca_file: Path | None, as_json: bool, **arguments: Any) -> None:
         from coffer.client import Client, CofferError, NotAvailableError, TransportError
 
         urls = [part.strip() for part in url.split(",") if part.strip()]
         if not urls:
             raise click.UsageError("--url names no URL")
         try:
-            with Client(urls, api_key=api_key or None) as client:
+            with Client(urls, api_key=api_key or None, ca_file=ca_file) as client:
                 function(client, _Output(as_json), **arguments)
         except CofferError as error:
             if as_json:  # a script reads the outcome on stdout, success or not
@@ -1048,12 +1113,14 @@ def _register_query_commands() -> None:
     from coffer.flows.cli import register as register_flows
     from coffer.notify.cli import register as register_webhooks
     from coffer.query.cli import register
+    from coffer.server.keys_cli import register as register_keys
     from coffer.sim.cli import sim
 
     register(main, audit, bench)
     register_flows(main, account, bench)
     register_webhooks(main)
     main.add_command(sim)
+    register_keys(main)
     cli_operations.register(main, account, audit)
 
 

@@ -18,12 +18,14 @@ exactness, and so is ``int``, which is too easily meant as minor units (1050 for
 
 import asyncio
 import random
+import ssl
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
+from pathlib import Path
 from typing import Any, Generic, TypeVar
 from urllib.parse import quote
 
@@ -844,7 +846,9 @@ def _retry_after_s(headers: httpx.Headers) -> float | None:
 
 
 class _Base:
-    def __init__(self, urls: str | Sequence[str], api_key: str | None, retry: RetryPolicy | None) -> None:
+    def __init__(
+        self, urls: str | Sequence[str], api_key: str | None, retry: RetryPolicy | None, ca_file: str | Path | None = None
+    ) -> None:
         # One string may name several nodes, comma-separated, as COFFER_URL and --url do.
         urls = [part.strip() for part in urls.split(",") if part.strip()] if isinstance(urls, str) else list(urls)
         if not urls:
@@ -857,7 +861,10 @@ class _Base:
         self._current = 0  # the URL that answered last; failures move on to the next
         # Only https needs the CA bundle, and loading it costs about 0.1 s per client (every CLI
         # call would pay it). Plain http URLs never use TLS, and redirects are not followed.
-        self._verify_tls = any(url.startswith("https:") for url in self.urls)
+        self._verify_tls: bool | ssl.SSLContext = any(url.startswith("https:") for url in self.urls)
+        if ca_file is not None:
+            # A node with a certificate of a private CA (or self-signed): trust that CA only.
+            self._verify_tls = ssl.create_default_context(cafile=str(ca_file))
 
     def _attempts(self, call: _Call[Any]) -> int:
         return self.retry.attempts_max if call.retry else 1
@@ -881,6 +888,8 @@ class Client(_Base):
 
     Commands return :class:`CommandResult` or raise a :class:`CofferError`. Every command takes
     ``dedup_id``; without one a fresh id is drawn once per call and reused by its retries.
+    ``https://`` URLs are verified against the system's CAs, or only against ``ca_file`` (PEM)
+    when given: the CA that signed the nodes' certificates, or a node's self-signed one.
     """
 
     def __init__(
@@ -891,8 +900,9 @@ class Client(_Base):
         timeout_s: float = timeout_s_default,
         retry: RetryPolicy | None = None,
         transport: httpx.BaseTransport | None = None,
+        ca_file: str | Path | None = None,
     ) -> None:
-        super().__init__(urls, api_key, retry)
+        super().__init__(urls, api_key, retry, ca_file)
         self._http = httpx.Client(timeout=timeout_s, transport=transport, headers=self._headers, verify=self._verify_tls)
 
     def close(self) -> None:
@@ -1280,8 +1290,9 @@ class AsyncClient(_Base):
         timeout_s: float = timeout_s_default,
         retry: RetryPolicy | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
+        ca_file: str | Path | None = None,
     ) -> None:
-        super().__init__(urls, api_key, retry)
+        super().__init__(urls, api_key, retry, ca_file)
         self._http = httpx.AsyncClient(timeout=timeout_s, transport=transport, headers=self._headers, verify=self._verify_tls)
 
     async def aclose(self) -> None:

@@ -14,8 +14,19 @@ ledger's current one), so nodes of different releases in one cluster are seen at
 logs it and reports it in ``/readyz``. They cannot silently diverge: every entry says the protocol
 its writer ran and is judged by the ledger's protocol, and a node that meets a protocol newer than
 it understands stops instead of applying it.
+
+Only the cluster's own nodes are heard. With a cluster secret (``--cluster-secret-file``, written
+by ``coffer cluster up`` and given to every node), each checkpoint carries an HMAC-SHA256 of its
+subject and bytes under that secret; a checkpoint without a valid one — forged, replayed on
+another stream's subject, or from a node given another secret — is ignored and logged (once a
+minute at most, with a count), so no publisher without the secret can stop a node or hold back
+compaction. Without a secret checkpoints are neither signed nor checked, and the node warns at
+start that anyone who may publish on the subject can stop it; NATS servers started by Coffer
+also grant the checkpoint subjects to the nodes' users alone.
 """
 
+import hashlib
+import hmac
 import logging
 import time
 from collections import OrderedDict
@@ -27,6 +38,9 @@ logger = logging.getLogger(__name__)
 checkpoint_interval_s = 1.0
 heads_kept = 50_000  # recent log indexes whose head this node remembers, to compare late peers
 peer_checkpoint_age_s_max = 30.0  # a peer silent longer than this no longer counts for a majority
+signature_bytes = 32  # HMAC-SHA256, appended to the encoded checkpoint
+cluster_secret_bytes_min = 16  # 128 bits: beyond guessing
+ignored_log_interval_s = 60.0  # a flood of forged checkpoints makes one log line a minute
 
 
 class Checkpoint(msgspec.Struct, array_like=True):
@@ -48,9 +62,15 @@ class Divergence(RuntimeError):
 
 
 class CheckpointMonitor:
-    def __init__(self, node_name: str, subject: str) -> None:
+    def __init__(self, node_name: str, subject: str, secret: bytes | None = None) -> None:
+        """``secret``: the cluster's; checkpoints are then signed, and unsigned ones ignored."""
+        assert secret is None or len(secret) >= cluster_secret_bytes_min, "cluster secret too short"
         self.node_name = node_name
         self.subject = subject
+        self._secret = secret
+        self.ignored = 0  # checkpoints without a valid signature
+        self._ignored_logged_at: float | None = None
+        self._ignored_since_log = 0
         self._heads: OrderedDict[int, tuple[int, bytes]] = OrderedDict()
         self._pending: dict[int, list[Checkpoint]] = {}  # peers ahead of us, compared when we get there
         self._verdicts: dict[str, tuple[bool, float, int]] = {}  # peer -> (agrees, when, index)
@@ -87,10 +107,46 @@ class CheckpointMonitor:
         return Checkpoint(self.node_name, log_index, seq, head)
 
     def encode(self, checkpoint: Checkpoint) -> bytes:
-        return _encoder.encode(checkpoint)
+        data = _encoder.encode(checkpoint)
+        if self._secret is None:
+            return data
+        return data + self._signature(data)
+
+    def _signature(self, data: bytes) -> bytes:
+        assert self._secret is not None
+        return hmac.new(self._secret, self.subject.encode() + b"\0" + data, hashlib.sha256).digest()
+
+    def _authentic(self, data: bytes) -> bytes | None:
+        """The checkpoint's bytes without their signature, or None if it has no valid one."""
+        if self._secret is None:
+            return data
+        body, signature = data[:-signature_bytes], data[-signature_bytes:]
+        if len(data) > signature_bytes and hmac.compare_digest(signature, self._signature(body)):
+            return body
+        self._note_ignored()
+        return None
+
+    def _note_ignored(self) -> None:
+        self.ignored += 1
+        self._ignored_since_log += 1
+        now = time.monotonic()
+        if self._ignored_logged_at is None or now - self._ignored_logged_at >= ignored_log_interval_s:
+            logger.warning(
+                "ignored %d checkpoint(s) on %s without a valid signature of this cluster's secret: forged, "
+                "or from a node given another --cluster-secret-file (%d in all)",
+                self._ignored_since_log,
+                self.subject,
+                self.ignored,
+            )
+            self._ignored_logged_at = now
+            self._ignored_since_log = 0
 
     def receive(self, data: bytes) -> None:
         """A peer's checkpoint (on the event loop thread)."""
+        authentic = self._authentic(data)
+        if authentic is None:
+            return
+        data = authentic
         try:
             checkpoint = _decoder.decode(data)
         except msgspec.MsgspecError:

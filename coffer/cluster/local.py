@@ -14,16 +14,24 @@ nemesis can partition, slow down or reset them. ``disk_budget_bytes`` is split b
 processes: half for the NATS servers (JetStream's ``max_file_store``: beyond it the stream
 refuses writes), half for the nodes (``--disk-budget-mb``: beyond it a node refuses writes and
 says "disk full"), so a long run cannot fill the machine's disk.
+
+Trust. The cluster's secret (``<dir>/cluster-secret``, made once, readable by its owner only)
+is given to every node with ``--cluster-secret-file``: their checkpoints are signed with it, and
+nothing else is heard (:mod:`coffer.cluster.checkpoints`). The NATS servers require credentials:
+node ``cN`` signs in as user ``cN`` (``--nats-credentials``), allowed only what a node of the
+cluster's stream needs; tools here use :attr:`NatsCluster.urls`, which sign in as ``admin``
+(:mod:`coffer.cluster.nats_servers`).
 """
 
 import contextlib
 import json
 import os
+import secrets
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -33,8 +41,11 @@ from coffer.cluster.nats_servers import NatsCluster, die_with_parent_setup, stop
 from coffer.cluster.proxy import FaultProxy
 from coffer.disk_space import directory_bytes
 from coffer.ports import PortRange, free_port
+from coffer.txn.launcher import shard_stream
+from coffer.txn.shard_map_store import shard_map_bucket
 
 nodes_file_name = "coffer-nodes.json"
+cluster_secret_file_name = "cluster-secret"
 # A node restarted with its data, or wiped, with up to node_ready_entries entries to replay is
 # ready within node_ready_s_max; beyond, replay takes node_ready_s_per_entry more per entry
 # (about 3,300 entries/s on a loaded 2-core machine, a third of what an idle one does). The README
@@ -85,15 +96,27 @@ class LocalCluster:
         network_faults: bool = False,
         disk_budget_bytes: int | None = None,
         shards: int = 1,
+        nats_tls: bool = False,
     ) -> None:
         self.shards = shards
         self.directory = Path(directory).resolve()
         self.directory.mkdir(parents=True, exist_ok=True)
         self.stream = stream
         self.disk_budget_bytes = disk_budget_bytes
+        self.secret_file = make_cluster_secret(self.directory / cluster_secret_file_name)
         share = disk_budget_bytes // (2 * size) if disk_budget_bytes is not None else None
+        # A sharded node hosts every shard: it may use each shard's stream, and the shard map's bucket.
+        streams = [shard_stream(shard) for shard in range(shards)] if shards > 1 else [stream]
+        node_users: dict[str, str | Sequence[str]] = {f"c{number}": streams for number in range(1, size + 1)}
         self.nats = NatsCluster(
-            self.directory / "nats", size, die_with_parent=die_with_parent, ports=ports, store_bytes_max=share
+            self.directory / "nats",
+            size,
+            die_with_parent=die_with_parent,
+            ports=ports,
+            store_bytes_max=share,
+            node_users=node_users,
+            tls=nats_tls,
+            key_value_buckets=(shard_map_bucket,),
         )
         take = ports.take if ports is not None else free_port
         # A sharded node's shards get their ports here too: picked by the node itself, one could
@@ -132,7 +155,7 @@ class LocalCluster:
     def node_log_urls(self, number: int) -> list[str]:
         """The NATS URLs node ``number`` is given: through its proxies when there are any."""
         if self.proxy is None:
-            return self.nats.urls
+            return self.nats.plain_urls
         return [
             f"nats://127.0.0.1:{self.proxy.link(_client_link(number, server)).listen_port}"
             for server in range(1, self.nats.size + 1)
@@ -199,6 +222,9 @@ class LocalCluster:
             str(node.port),
             "--log-level",
             "warning",
+            "--cluster-secret-file",
+            str(self.secret_file),
+            *self._credentials_arguments(node.name),
             *self._node_arguments,
         ]
         log = open(self.directory / f"{node.name}.log", "ab")  # noqa: SIM115 - the child keeps it
@@ -217,6 +243,13 @@ class LocalCluster:
         self._write_state()
         if wait:
             self.wait_node(number)
+
+    def _credentials_arguments(self, node_name: str) -> list[str]:
+        credentials = self.nats.credentials_file(node_name)
+        arguments = [] if credentials is None else ["--nats-credentials", str(credentials)]
+        if self.nats.certificates is not None:
+            arguments += ["--nats-ca-file", str(self.nats.certificates.ca)]
+        return arguments
 
     def wait_node(
         self, number: int, timeout_s: float = node_ready_s_max, accept: Callable[[str], bool] | None = None
@@ -336,11 +369,22 @@ class LocalCluster:
                 {"name": node.name, "url": node.url, "pid": self.node_pid(node.number), "data_dir": str(node.data_dir)}
                 for node in self.nodes
             ],
-            "nats": self.nats.urls,
+            "nats": self.nats.plain_urls,
         }
         temporary = self.directory / (nodes_file_name + ".tmp")
         temporary.write_text(json.dumps(state, indent=2) + "\n")
         os.replace(temporary, self.directory / nodes_file_name)
+
+
+def make_cluster_secret(path: Path) -> Path:
+    """The cluster secret file at ``path``: made (256 random bits, hex, mode 0600) if missing."""
+    if not path.exists():
+        aside = path.with_name(f".{path.name}.tmp")
+        descriptor = os.open(aside, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(descriptor, "w") as file:
+            file.write(secrets.token_hex(32) + "\n")
+        os.replace(aside, path)
+    return path
 
 
 def _route_link(number: int, peer: int) -> str:

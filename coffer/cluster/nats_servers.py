@@ -33,6 +33,19 @@ Method.
   given, so that clusters of several people on one machine never collide; ``store_bytes_max``
   sets JetStream's ``max_file_store``, beyond which a server refuses writes instead of filling
   the disk.
+- Credentials (on unless ``credentials=False``): every client must sign in. ``credentials.json``
+  (mode 0600, kept across restarts) holds a random password for each user: ``admin`` may do
+  anything (tests and tools: :attr:`NatsCluster.urls` carry its name and password), each node
+  user of ``node_users`` (``{"c1": "coffer-shard-0"}``) only what a Coffer node of that stream
+  needs (:func:`node_permissions`), and ``route`` is what the servers present to each other, so
+  no process joins the cluster as a server to get around the permissions. Each node user's
+  ``credentials/<user>.credentials`` (``user:password``) is what ``coffer serve
+  --nats-credentials`` reads. Servers then advertise no client URLs: a client stays on the
+  addresses (and the credentials) it was given.
+- TLS (``tls=True``): clients and routes speak TLS only, with a certificate for 127.0.0.1 of a
+  private CA made in ``tls/`` (:mod:`coffer.cluster.certificates`); clients trust ``tls/ca.pem``
+  (:meth:`NatsCluster.tls_context`, ``coffer serve --nats-ca-file``), and servers check each
+  other's certificates on their routes.
 """
 
 import asyncio
@@ -41,21 +54,25 @@ import ctypes
 import importlib.metadata
 import json
 import os
+import secrets
 import shutil
 import signal
+import ssl
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
+from urllib.parse import quote
 
 import nats
 import nats.errors
 import nats.js.errors
 
+from coffer.cluster.certificates import CertificateFiles, make_loopback_certificates
 from coffer.ports import PortRange, free_port
 
 cluster_name_default = "coffer"
@@ -63,6 +80,13 @@ cluster_sizes_allowed = (1, 3, 5)  # JetStream quorums: 1 (no replication), R=3 
 state_file_name = "cluster.json"
 config_file_name = "nats.conf"
 server_log_file_name = "server.log"
+credentials_file_name = "credentials.json"
+credentials_directory_name = "credentials"
+admin_user = "admin"
+route_user = "route"
+password_bytes = 24  # 192 random bits
+tls_directory_name = "tls"
+tls_handshake_s_max = 5  # NATS's default half second fails on a loaded machine
 host = "127.0.0.1"  # the servers listen on loopback only
 # NATS's own default is 1 MiB, below the 1 MiB payloads the command log contract stores (plus
 # headers). 8 MiB is the largest value NATS recommends; larger messages hurt Raft replication.
@@ -75,6 +99,35 @@ info_request_s = 1.0  # one $JS.API.INFO request; a leaderless cluster may just 
 stop_s_max = 10.0  # a graceful shutdown flushes the stores; after this the server gets SIGKILL
 exit_poll_s = 0.02
 _pr_set_pdeathsig = 1  # prctl option, linux/prctl.h
+
+
+def node_permissions(*streams: str, key_value_buckets: Sequence[str] = ()) -> dict[str, Any]:
+    """What a Coffer node on ``streams`` (a sharded node: one per shard) may publish and subscribe
+    to, and nothing more.
+
+    Its command log (:mod:`coffer.log.jetstream`): the stream's subject, the JetStream API calls it
+    makes on that stream and on the stream of its shared snapshots (info, create, update, purge,
+    message gets, direct gets, its ephemeral consumers, a leader step-down; never a delete of a
+    stream), the snapshot objects' subjects, and the replies to its requests (``_INBOX.>``). The
+    checkpoints of its stream, both ways. The key-value ``key_value_buckets`` (the shard map): read,
+    create, and put.
+    """
+    publish = ["$JS.API.INFO"]
+    subscribe = ["_INBOX.>"]
+    for stream in streams:
+        bucket = f"{stream}-snapshots"
+        publish += [f"coffer.log.{stream}", f"coffer.checkpoints.{stream}", f"$O.{bucket}.>"]
+        for name in (stream, f"OBJ_{bucket}"):
+            publish += [f"$JS.API.STREAM.{operation}.{name}" for operation in ("INFO", "CREATE", "UPDATE", "PURGE", "MSG.GET")]
+            publish += [f"$JS.API.DIRECT.GET.{name}", f"$JS.API.DIRECT.GET.{name}.>"]
+            publish += [f"$JS.API.CONSUMER.*.{name}", f"$JS.API.CONSUMER.*.{name}.>", f"$JS.API.CONSUMER.MSG.NEXT.{name}.>"]
+        publish.append(f"$JS.API.STREAM.LEADER.STEPDOWN.{stream}")
+        subscribe.append(f"coffer.checkpoints.{stream}")
+    for bucket in key_value_buckets:
+        name = f"KV_{bucket}"
+        publish += [f"$JS.API.STREAM.{operation}.{name}" for operation in ("INFO", "CREATE", "UPDATE", "MSG.GET")]
+        publish += [f"$JS.API.DIRECT.GET.{name}", f"$JS.API.DIRECT.GET.{name}.>", f"$KV.{bucket}.>"]
+    return {"publish": {"allow": publish}, "subscribe": {"allow": subscribe}}
 
 
 class NatsClusterError(Exception):
@@ -142,7 +195,13 @@ class NatsCluster:
         binary: Path | None = None,
         ports: PortRange | None = None,
         store_bytes_max: int | None = None,
+        credentials: bool = True,
+        node_users: dict[str, str | Sequence[str]] | None = None,
+        tls: bool = False,
+        key_value_buckets: Sequence[str] = (),
     ) -> None:
+        """``node_users``: user name -> the stream (or streams, one per shard) it serves (see the
+        module docstring); ``key_value_buckets``: the buckets every node reads and writes."""
         if size not in cluster_sizes_allowed:
             raise ValueError(f"cluster size must be one of {cluster_sizes_allowed}, got {size}")
         self.directory = Path(directory).resolve()
@@ -163,6 +222,12 @@ class NatsCluster:
             raise NatsClusterError(f"servers recorded in {self.directory} still run (pids {running}): stop them first")
         self._servers = self._load_or_pick_ports(size)
         self.directory.mkdir(parents=True, exist_ok=True)
+        self._node_users = {user: (streams,) if isinstance(streams, str) else tuple(streams) for user, streams in (node_users or {}).items()}
+        self._key_value_buckets = tuple(key_value_buckets)
+        self._passwords: dict[str, str] | None = self._load_or_make_passwords() if credentials else None
+        self.certificates: CertificateFiles | None = (
+            make_loopback_certificates(self.directory / tls_directory_name, "coffer-nats") if tls else None
+        )
         for server in self._servers:
             self._write_config(server)
         self._write_state()
@@ -179,11 +244,37 @@ class NatsCluster:
 
     @property
     def urls(self) -> list[str]:
-        """``nats://127.0.0.1:port`` of every server, n1 first."""
+        """``nats://admin:PASSWORD@127.0.0.1:port`` of every server, n1 first: for tests and tools.
+
+        Without credentials, ``nats://127.0.0.1:port``. Nodes get :attr:`plain_urls` and their own
+        :meth:`credentials_file`.
+        """
+        return [self.url(server.number) for server in self._servers]
+
+    @property
+    def plain_urls(self) -> list[str]:
+        """``nats://127.0.0.1:port`` of every server: no credentials in them."""
         return [server.url for server in self._servers]
 
     def url(self, number: int) -> str:
-        return self._server(number).url
+        plain = self._server(number).url
+        if self._passwords is None:
+            return plain
+        return plain.replace("nats://", f"nats://{admin_user}:{quote(self._passwords[admin_user], safe='')}@", 1)
+
+    def tls_context(self) -> ssl.SSLContext | None:
+        """What a client verifies the servers with (None when they speak plain NATS)."""
+        if self.certificates is None:
+            return None
+        return ssl.create_default_context(cafile=str(self.certificates.ca))
+
+    def credentials_file(self, user: str) -> Path | None:
+        """The ``user:password`` file of a node user (None when the servers take anyone)."""
+        if self._passwords is None:
+            return None
+        if user not in self._node_users:
+            raise KeyError(f"no node user {user!r} in this cluster")
+        return self.directory / credentials_directory_name / f"{user}.credentials"
 
     def client_port(self, number: int) -> int:
         return self._server(number).client_port
@@ -288,7 +379,7 @@ class NatsCluster:
             for number in list(waiting):
                 if not self.is_running(number):
                     raise NatsClusterError(f"n{number} exited; its log:\n{self._log_tail(number)}")
-                if asyncio.run(_jetstream_answers(self.url(number))):
+                if asyncio.run(_jetstream_answers(self.url(number), self.tls_context())):
                     waiting.remove(number)
             if waiting and time.monotonic() > deadline:
                 names = ", ".join(f"n{number}" for number in waiting)
@@ -342,6 +433,41 @@ class NatsCluster:
         ordered = iter(sorted(ports))
         return [ServerSpec(number, next(ordered), next(ordered), next(ordered)) for number in range(1, size + 1)]
 
+    def _load_or_make_passwords(self) -> dict[str, str]:
+        """Every user's password: those of an earlier run in this directory, new ones for new users."""
+        path = self.directory / credentials_file_name
+        passwords: dict[str, str] = json.loads(path.read_text()) if path.exists() else {}
+        for user in (admin_user, route_user, *self._node_users):
+            passwords.setdefault(user, secrets.token_urlsafe(password_bytes))
+        _write_atomically(path, json.dumps(passwords, indent=2) + "\n", private=True)
+        directory = self.directory / credentials_directory_name
+        directory.mkdir(mode=0o700, exist_ok=True)
+        for user in self._node_users:
+            _write_atomically(directory / f"{user}.credentials", f"{user}:{passwords[user]}\n", private=True)
+        return passwords
+
+    def _authorization_lines(self) -> list[str]:
+        assert self._passwords is not None
+        users = [{"user": admin_user, "password": self._passwords[admin_user]}]
+        users += [
+            {"user": user, "password": self._passwords[user], "permissions": node_permissions(*streams, key_value_buckets=self._key_value_buckets)}
+            for user, streams in self._node_users.items()
+        ]
+        # The configuration format reads JSON; quoted strings keep their "$" (no variables).
+        return [f"authorization: {json.dumps({'users': users})}"]
+
+    def _tls_block(self, indent: str) -> list[str]:
+        assert self.certificates is not None
+        files = self.certificates
+        return [
+            f"{indent}tls {{",
+            f"{indent}  cert_file: {json.dumps(str(files.certificate))}",
+            f"{indent}  key_file: {json.dumps(str(files.key))}",
+            f"{indent}  ca_file: {json.dumps(str(files.ca))}",
+            f"{indent}  timeout: {tls_handshake_s_max}",
+            f"{indent}}}",
+        ]
+
     def _write_config(self, server: ServerSpec) -> None:
         directory = self._server_directory(server.number)
         directory.mkdir(parents=True, exist_ok=True)
@@ -359,10 +485,15 @@ class NatsCluster:
         if self.store_bytes_max is not None:
             lines.append(f"  max_file_store: {self.store_bytes_max}")
         lines.append("}")
+        if self._passwords is not None:
+            lines += self._authorization_lines()
+        if self.certificates is not None:
+            lines += self._tls_block("")
         if len(self._servers) > 1:
             route_port = self._route_port
+            sign_in = "" if self._passwords is None else f"{route_user}:{quote(self._passwords[route_user], safe='')}@"
             routes = ", ".join(
-                f"nats-route://{host}:{route_port(server.number, peer.number) if route_port else peer.cluster_port}"
+                f"nats-route://{sign_in}{host}:{route_port(server.number, peer.number) if route_port else peer.cluster_port}"
                 for peer in self._servers
                 if peer is not server
             )
@@ -372,10 +503,17 @@ class NatsCluster:
                 f"  listen: {host}:{server.cluster_port}",
                 f"  routes: [{routes}]",
             ]
+            if self._passwords is not None:
+                route_login = {"user": route_user, "password": self._passwords[route_user]}
+                lines.append(f"  authorization: {json.dumps(route_login)}")
+            if self.certificates is not None:
+                lines += self._tls_block("  ")
             if self._advertise_port is not None:
                 lines += [f"  advertise: {host}:{self._advertise_port}", "  no_advertise: true"]
+            elif self._passwords is not None:
+                lines.append("  no_advertise: true")
             lines.append("}")
-        _write_atomically(directory / config_file_name, "\n".join(lines) + "\n")
+        _write_atomically(directory / config_file_name, "\n".join(lines) + "\n", private=self._passwords is not None)
 
     def _write_state(self) -> None:
         state = {
@@ -516,9 +654,12 @@ def die_with_parent_setup() -> Callable[[], None] | None:
     return die_with_parent
 
 
-def _write_atomically(path: Path, text: str) -> None:
+def _write_atomically(path: Path, text: str, private: bool = False) -> None:
+    """Replace ``path`` at once; ``private``: readable by its owner only (it holds passwords)."""
     temporary = path.with_name(path.name + ".tmp")
-    temporary.write_text(text)
+    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600 if private else 0o644)
+    with os.fdopen(descriptor, "w") as file:
+        file.write(text)
     os.replace(temporary, path)
 
 
@@ -526,11 +667,12 @@ async def _quiet(_error: Exception) -> None:
     """nats-py logs every connection error by default; a readiness probe expects some."""
 
 
-async def _jetstream_answers(url: str) -> bool:
+async def _jetstream_answers(url: str, tls: ssl.SSLContext | None = None) -> bool:
     """Does JetStream answer ``$JS.API.INFO`` through the server at ``url``?"""
     try:
         connection = await nats.connect(
             servers=[url],
+            tls=tls,
             allow_reconnect=False,
             connect_timeout=info_request_s,
             max_reconnect_attempts=0,

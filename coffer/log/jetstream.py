@@ -70,11 +70,13 @@ import hashlib
 import json
 import logging
 import re
+import ssl
 import threading
 import time
 import uuid
 from collections.abc import Callable, Coroutine, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, TypeVar
 
 import nats
@@ -242,6 +244,32 @@ class _Follower:
     ready: list[_Stored] = field(default_factory=list)
 
 
+def read_credentials(path: Path) -> dict[str, str]:
+    """How a node signs in to NATS, from ``--nats-credentials``: keyword arguments of ``nats.connect``.
+
+    A ``.creds`` file (a user JWT and its NKey seed, as ``nsc`` writes them; nats-py reads it
+    itself and needs the ``nkeys`` package) is passed as ``user_credentials``; any other file holds
+    one line ``user:password`` (what ``coffer cluster up`` writes). ValueError if it holds neither.
+    """
+    if path.suffix == ".creds":
+        return {"user_credentials": str(path)}
+    lines = [line.strip() for line in path.read_text().splitlines() if line.strip() and not line.lstrip().startswith("#")]
+    user, separator, password = lines[0].partition(":") if len(lines) == 1 else ("", "", "")
+    if not separator or not user or not password:
+        raise ValueError(f"{path} must hold one line 'user:password' (or be a .creds file)")
+    return {"user": user, "password": password}
+
+
+def connect_options(credentials: Path | None, ca_file: Path | None) -> dict[str, Any]:
+    """Keyword arguments of ``nats.connect`` from ``--nats-credentials`` and ``--nats-ca-file``."""
+    options: dict[str, Any] = {}
+    if credentials is not None:
+        options.update(read_credentials(credentials))
+    if ca_file is not None:
+        options["tls"] = ssl.create_default_context(cafile=str(ca_file))
+    return options
+
+
 class JetStreamLog(CommandLog):
     """The command log of one shard on a JetStream stream (see the module docstring)."""
 
@@ -257,10 +285,14 @@ class JetStreamLog(CommandLog):
         api_timeout_s: float = api_timeout_s_default,
         client_name: str = "coffer-log",
         connect_lazily: bool = False,
+        credentials: dict[str, str] | None = None,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
         """``connect_lazily``: connect and open the stream on first use, not here (a node starts
         while NATS is unreachable and reports what it waits for); a failed first use raises
-        :class:`LogUnavailableError` and the next one tries again."""
+        :class:`LogUnavailableError` and the next one tries again. ``credentials``: how to sign
+        in, as :func:`read_credentials` gives them; ``tls``: verify the servers with it (they speak
+        TLS: ``tls://`` URLs, or servers that require it)."""
         if not servers:
             raise ValueError("servers must name at least one nats:// URL")
         if not _stream_name_pattern.fullmatch(stream):
@@ -272,6 +304,8 @@ class JetStreamLog(CommandLog):
         self.replicas = replicas
         self._servers = list(servers)
         self._client_name = client_name
+        self._credentials = dict(credentials or {})
+        self._tls = tls
         self._append_timeout_s = append_timeout_s
         self._request_timeout_s = request_timeout_s
         self._api_timeout_s = api_timeout_s
@@ -851,6 +885,8 @@ class JetStreamLog(CommandLog):
             error_cb=self._on_error,
             disconnected_cb=self._on_disconnected,
             reconnected_cb=self._on_reconnected,
+            tls=self._tls,
+            **self._credentials,  # type: ignore[arg-type]
         )
 
     async def _disconnect(self) -> None:

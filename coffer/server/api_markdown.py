@@ -147,11 +147,12 @@ whose answers say which `seq` they hold.
 
 ## Keys and roles
 
-Keys: `COFFER_API_KEYS="admin:KEY,operator:KEY,reader:KEY"` or `--keys-file` (lines of `ROLE KEY`);
-send one as `X-API-Key: KEY` or `Authorization: Bearer KEY`. Roles are ordered: `reader` reads,
+Keys: `COFFER_API_KEYS="admin:KEY,operator:KEY,reader:KEY"` or `--keys-file` (lines of
+`ROLE sha256:HASH`, written by `coffer keys add`; a node re-reads the file when it changes); send one as `X-API-Key: KEY` or `Authorization: Bearer KEY`. Roles are ordered: `reader` reads,
 `operator` also moves money, `admin` also manages accounts, the hierarchy and the log level. A node
 bound to loopback without keys treats every caller as admin; binding anything else without keys is
-refused. `/healthz`, `/readyz` and `/openapi.json` need no key.
+refused, and so is binding it without TLS (`--tls-cert`/`--tls-key`: the API over HTTPS) unless
+the node is told `--insecure-allow-plaintext`. `/healthz`, `/readyz` and `/openapi.json` need no key.
 
 ## Limits
 

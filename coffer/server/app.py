@@ -683,12 +683,17 @@ class FastCommandRoutes:
 
 
 def create_app(
-    replica: Replica, keys: ApiKeys, node_name: str | None = None, compaction_interval: float = compaction_interval_s
+    replica: Replica,
+    keys: ApiKeys,
+    node_name: str | None = None,
+    compaction_interval: float = compaction_interval_s,
+    cluster_secret: bytes | None = None,
 ) -> FlowRunFastPath:
     """The ASGI app; it recovers the replica and starts the pipeline when the server starts.
 
     With ``node_name`` the node is one of several on a shared log (a cluster): it applies the
-    log as it reads it back and compares checkpoints with its peers.
+    log as it reads it back and compares checkpoints with its peers, signed with
+    ``cluster_secret`` when there is one (see :mod:`coffer.cluster.checkpoints`).
     """
     api = Api(replica, keys)
 
@@ -712,7 +717,8 @@ def create_app(
             api.pipeline = Pipeline(replica, on_entry=api.on_entry)
         else:
             api.pipeline = FollowerPipeline(replica, node_name, on_entry=api.on_entry)
-            background.append(asyncio.get_running_loop().create_task(_watch_checkpoints(api, node_name, compaction_interval)))
+            watch = _watch_checkpoints(api, node_name, compaction_interval, cluster_secret)
+            background.append(asyncio.get_running_loop().create_task(watch))
         api.pipeline.start()
         background.append(asyncio.get_running_loop().create_task(api.flows.runner.recover(), name="coffer-flow-recovery"))
         await api.webhooks.start()
@@ -769,11 +775,17 @@ def _unauthenticated(handler: Callable[[Request, Role], Awaitable[Response]]) ->
     return endpoint
 
 
-async def _watch_checkpoints(api: "Api", node_name: str, compaction_interval: float) -> None:
+async def _watch_checkpoints(api: "Api", node_name: str, compaction_interval: float, cluster_secret: bytes | None) -> None:
     """Publish this replica's checkpoint every second and judge the peers' (cluster mode)."""
     log = api.replica.log
     subject = f"coffer.checkpoints.{getattr(log, 'stream', 'log')}"
-    monitor = CheckpointMonitor(node_name, subject)
+    monitor = CheckpointMonitor(node_name, subject, cluster_secret)
+    if cluster_secret is None:
+        logger.warning(
+            "checkpoints on %s are not authenticated: whoever may publish there can stop this node; "
+            "give every node the cluster's --cluster-secret-file",
+            subject,
+        )
     monitor.protocol_version_max = protocol_version_max
     api.checkpoints = monitor
     machine = api.replica.machine

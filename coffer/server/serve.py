@@ -15,12 +15,14 @@ import gc
 import ipaddress
 import logging
 import socket
+import ssl
 import sys
 from pathlib import Path
 
 import uvicorn
 
 from coffer import exit_codes
+from coffer.cluster.checkpoints import cluster_secret_bytes_min
 from coffer.log.base import CommandLog
 from coffer.log.wal import LocalWal, LogInUseError
 from coffer.replica import Replica
@@ -52,6 +54,37 @@ def load_keys(keys_file: Path | None) -> ApiKeys:
         raise ServeError(f"cannot read the keys file {keys_file}: {error}") from None
 
 
+def read_cluster_secret(path: Path | None) -> bytes | None:
+    """The cluster secret of ``--cluster-secret-file`` (its text, stripped); ServeError if unusable."""
+    if path is None:
+        return None
+    try:
+        secret = path.read_bytes().strip()
+    except OSError as error:
+        raise ServeError(f"cannot read the cluster secret file {path}: {error.strerror}") from None
+    if len(secret) < cluster_secret_bytes_min:
+        raise ServeError(f"the cluster secret in {path} is shorter than {cluster_secret_bytes_min} bytes")
+    return secret
+
+
+def check_tls(host: str, tls_cert: Path | None, tls_key: Path | None, allow_plaintext: bool) -> None:
+    """ServeError unless the TLS files make a usable server certificate, or plain HTTP is allowed
+    (loopback always; any other address only with ``--insecure-allow-plaintext``)."""
+    if (tls_cert is None) != (tls_key is None):
+        raise ServeError("--tls-cert and --tls-key go together")
+    if tls_cert is None or tls_key is None:
+        if not is_loopback(host) and not allow_plaintext:
+            raise ServeError(
+                f"refusing to bind {host} without TLS: give --tls-cert and --tls-key "
+                "(or --insecure-allow-plaintext, when a proxy in front of the node terminates TLS)"
+            )
+        return
+    try:
+        ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(tls_cert, tls_key)
+    except (OSError, ssl.SSLError) as error:
+        raise ServeError(f"cannot use the TLS certificate {tls_cert} with the key {tls_key}: {error}") from None
+
+
 def bind(host: str, port: int) -> socket.socket:
     """The server's socket, bound, not yet listening (uvicorn does that when it starts serving);
     ServeError (``in_use``) when another process has the port."""
@@ -77,18 +110,39 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def open_log(log_url: str | None, data_dir: Path, stream: str, replicas: int) -> CommandLog:
+def open_log(
+    log_url: str | None,
+    data_dir: Path,
+    stream: str,
+    replicas: int,
+    nats_credentials: Path | None = None,
+    nats_ca_file: Path | None = None,
+) -> CommandLog:
     """The local WAL in the data directory, or a JetStream stream for ``nats://`` URLs."""
     if log_url is None:
+        if nats_credentials is not None or nats_ca_file is not None:
+            raise ServeError("--nats-credentials and --nats-ca-file go with --log (a JetStream cluster)")
         # The replica decides whether a damaged tail may be cut: it knows what was acknowledged.
         return LocalWal(data_dir / "log", cut_damaged_tail=False)
     servers = [part.strip() for part in log_url.split(",") if part.strip()]
     if not servers or not all(server.startswith(("nats://", "tls://")) for server in servers):
         raise ServeError(f"--log takes nats:// URLs, comma-separated; got {log_url!r}")
-    from coffer.log.jetstream import JetStreamLog
+    from coffer.log.jetstream import JetStreamLog, read_credentials
 
+    credentials = None
+    if nats_credentials is not None:
+        try:
+            credentials = read_credentials(nats_credentials)
+        except (OSError, UnicodeDecodeError, ValueError) as error:
+            raise ServeError(f"cannot read the NATS credentials {nats_credentials}: {error}") from None
+    tls = None
+    if nats_ca_file is not None:
+        try:
+            tls = ssl.create_default_context(cafile=str(nats_ca_file))
+        except (OSError, ssl.SSLError) as error:
+            raise ServeError(f"cannot use the NATS CA file {nats_ca_file}: {error}") from None
     # Opened by recovery, which waits (and says so in /readyz) while NATS cannot be reached.
-    return JetStreamLog(servers, stream=stream, replicas=replicas, connect_lazily=True)
+    return JetStreamLog(servers, stream=stream, replicas=replicas, connect_lazily=True, credentials=credentials, tls=tls)
 
 
 def serve(
@@ -107,14 +161,22 @@ def serve(
     write_requests_waiting_max: int = admission.write_requests_waiting_max,
     shard_id: int | None = None,
     disk_budget_mb: int | None = None,
+    cluster_secret_file: Path | None = None,
+    nats_credentials: Path | None = None,
+    nats_ca_file: Path | None = None,
+    tls_cert: Path | None = None,
+    tls_key: Path | None = None,
+    allow_plaintext: bool = False,
 ) -> None:
     if not __debug__:
         # Assertions guard states that must be impossible; a ledger does not run without them.
         raise ServeError("coffer refuses to run with assertions stripped (python -O)")
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     keys = load_keys(keys_file)
+    cluster_secret = read_cluster_secret(cluster_secret_file)
     if not is_loopback(host) and not keys:
         raise ServeError(f"refusing to bind {host} without API keys: set --keys-file or COFFER_API_KEYS")
+    check_tls(host, tls_cert, tls_key, allow_plaintext)
     try:
         data_dir.mkdir(parents=True, exist_ok=True)
     except OSError as error:
@@ -122,10 +184,13 @@ def serve(
     backlog = 4096
     listener = bind(host, port)
     try:
-        log = open_log(log_url, data_dir, stream, replicas)
+        log = open_log(log_url, data_dir, stream, replicas, nats_credentials, nats_ca_file)
     except LogInUseError:
         listener.close()
         raise ServeError(f"the data directory {data_dir} is in use by another coffer serve", exit_codes.in_use) from None
+    except ServeError:
+        listener.close()
+        raise
     if shard_id is not None:
         views.shard_label = shard_id
     shared = log_url is not None
@@ -133,7 +198,7 @@ def serve(
     replica = Replica(data_dir, log, snapshot_entries=snapshot_entries, truncate_log=not shared, disk_budget_bytes=budget_bytes)
     if shared and node_name is None:
         node_name = f"{socket.gethostname()}:{port}"
-    app = create_app(replica, keys, node_name if shared else None, compaction_interval_s)
+    app = create_app(replica, keys, node_name if shared else None, compaction_interval_s, cluster_secret)
     # Millions of long-lived ledger objects: collect young garbage less often, and never rescan
     # what survived start-up.
     gc.set_threshold(50_000, 20, 100)
@@ -141,8 +206,9 @@ def serve(
     app.api.reserved_ids_allowed = shard_id is not None  # its only client is the router, which refuses them
     limits = limits or ConnectionLimits()
     limits = dataclasses.replace(limits, connections_max=connections_cap(limits.connections_max))
+    tls = {"ssl_certfile": str(tls_cert), "ssl_keyfile": str(tls_key)} if tls_cert is not None else {}
     config = server_config(
-        app, host, port, log_level, limits, app.api.admission, timeout_graceful_shutdown=10, backlog=backlog
+        app, host, port, log_level, limits, app.api.admission, timeout_graceful_shutdown=10, backlog=backlog, **tls
     )
     server = _Server(config)
     app.api.on_fatal = lambda: setattr(server, "should_exit", True)

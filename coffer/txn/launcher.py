@@ -27,10 +27,12 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import uvicorn
 
+from coffer.log.jetstream import connect_options
 from coffer.ports import free_port
 from coffer.server.auth import ApiKeys
 from coffer.server.serve import ServeError, is_loopback
@@ -58,6 +60,13 @@ class ClusterLog:
     node_name: str
     replicas: int
     compaction_interval_s: float
+    cluster_secret_file: Path | None = None
+    nats_credentials: Path | None = None
+    nats_ca_file: Path | None = None
+
+    def connect_options(self) -> dict[str, Any]:
+        """How to sign in to the servers (and verify them): keyword arguments of ``nats.connect``."""
+        return connect_options(self.nats_credentials, self.nats_ca_file)
 
     @property
     def servers(self) -> list[str]:
@@ -67,6 +76,9 @@ class ClusterLog:
         return [
             "--log", self.log_url, "--node-name", self.node_name, "--stream", shard_stream(shard),
             "--replicas", str(self.replicas), "--compaction-interval-s", str(self.compaction_interval_s),
+            *(["--cluster-secret-file", str(self.cluster_secret_file)] if self.cluster_secret_file else []),
+            *(["--nats-credentials", str(self.nats_credentials)] if self.nats_credentials else []),
+            *(["--nats-ca-file", str(self.nats_ca_file)] if self.nats_ca_file else []),
         ]  # fmt: skip
 
 
@@ -200,7 +212,7 @@ def _shard_map(data_dir: Path, shard_count: int, cluster_log: ClusterLog | None)
         from coffer.txn.shard_map_store import ShardMapUnavailable, load_or_create_shared
 
         try:
-            shard_map = load_or_create_shared(cluster_log.servers, shard_count, cluster_log.replicas)
+            shard_map = load_or_create_shared(cluster_log.servers, shard_count, cluster_log.replicas, connect_options=cluster_log.connect_options())
         except ShardMapUnavailable as error:
             raise ServeError(str(error)) from None
         write(data_dir, shard_map)

@@ -16,6 +16,7 @@ import asyncio
 import json
 import logging
 import time
+from typing import Any
 
 import nats
 import nats.errors
@@ -38,24 +39,26 @@ class ShardMapUnavailable(RuntimeError):
     """The bucket could not be reached or created within the wait."""
 
 
-def load_or_create_shared(servers: list[str], shards: int, replicas: int, wait_s_max: float = shard_map_wait_s_max) -> ShardMap:
+def load_or_create_shared(
+    servers: list[str], shards: int, replicas: int, wait_s_max: float = shard_map_wait_s_max, connect_options: dict[str, Any] | None = None
+) -> ShardMap:
     """The cluster's map; an even map of ``shards`` when the cluster has none yet.
 
     Raises :class:`ShardMapError` when the cluster's map has another number of shards, and
     :class:`ShardMapUnavailable` when JetStream does not answer within ``wait_s_max``.
     """
-    return asyncio.run(_load_or_create(servers, shards, replicas, wait_s_max))
+    return asyncio.run(_load_or_create(servers, shards, replicas, wait_s_max, connect_options or {}))
 
 
-def read_shared(servers: list[str], wait_s_max: float = shard_map_wait_s_max) -> ShardMap | None:
+def read_shared(servers: list[str], wait_s_max: float = shard_map_wait_s_max, connect_options: dict[str, Any] | None = None) -> ShardMap | None:
     """The cluster's map, or None if it has none."""
-    return asyncio.run(_read(servers, wait_s_max))
+    return asyncio.run(_read(servers, wait_s_max, connect_options or {}))
 
 
-async def _load_or_create(servers: list[str], shards: int, replicas: int, wait_s_max: float) -> ShardMap:
+async def _load_or_create(servers: list[str], shards: int, replicas: int, wait_s_max: float, connect_options: dict[str, Any]) -> ShardMap:
     wanted = ShardMap.even(shards)
     deadline = time.monotonic() + wait_s_max
-    connection = await _connect(servers, deadline)
+    connection = await _connect(servers, deadline, connect_options)
     try:
         last_error: Exception | None = None
         while time.monotonic() < deadline:
@@ -88,9 +91,9 @@ async def _load_or_create(servers: list[str], shards: int, replicas: int, wait_s
     return found
 
 
-async def _read(servers: list[str], wait_s_max: float) -> ShardMap | None:
+async def _read(servers: list[str], wait_s_max: float, connect_options: dict[str, Any]) -> ShardMap | None:
     deadline = time.monotonic() + wait_s_max
-    connection = await _connect(servers, deadline)
+    connection = await _connect(servers, deadline, connect_options)
     try:
         while True:
             try:
@@ -107,10 +110,12 @@ async def _read(servers: list[str], wait_s_max: float) -> ShardMap | None:
         await connection.close()
 
 
-async def _connect(servers: list[str], deadline: float) -> nats.NATS:
+async def _connect(servers: list[str], deadline: float, connect_options: dict[str, Any]) -> nats.NATS:
     while True:
         try:
-            return await nats.connect(servers=servers, connect_timeout=request_s_max, max_reconnect_attempts=1, allow_reconnect=True)
+            return await nats.connect(
+                servers=servers, connect_timeout=request_s_max, max_reconnect_attempts=1, allow_reconnect=True, **connect_options
+            )
         except (nats.errors.Error, TimeoutError, OSError) as error:
             if time.monotonic() >= deadline:
                 raise ShardMapUnavailable(f"no NATS server reached among {servers}: {error!r}") from None

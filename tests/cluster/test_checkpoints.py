@@ -1,12 +1,14 @@
 """Divergence between replicas is caught: by the monitor's rules, and by a real node."""
 
 import asyncio
+import logging
 import time
 from pathlib import Path
 
 import httpx
 import msgspec
 import nats
+import pytest
 
 from coffer.cluster.checkpoints import Checkpoint, CheckpointMonitor
 from coffer.cluster.local import LocalCluster
@@ -84,25 +86,53 @@ def test_checkpoints_say_which_protocol_each_node_runs() -> None:
     assert monitor.mixed_protocols()["c5"] == 0 and monitor.diverged is None
 
 
-def test_a_real_node_that_disagrees_with_its_peers_stops_serving(tmp_path: Path) -> None:
-    cluster = LocalCluster(tmp_path / "cluster", 1, die_with_parent=True)
+secret = b"s" * 32
+
+
+def test_with_a_secret_only_signed_checkpoints_are_heard(caplog: pytest.LogCaptureFixture) -> None:
+    monitor = CheckpointMonitor("c1", "coffer.checkpoints.s0", secret)
+    monitor.record(5, 9, head_a)
+    unsigned = CheckpointMonitor("x", "coffer.checkpoints.s0")
+    other_secret = CheckpointMonitor("x", "coffer.checkpoints.s0", b"t" * 32)
+    other_stream = CheckpointMonitor("x", "coffer.checkpoints.s1", secret)
+    with caplog.at_level(logging.WARNING, logger="coffer.cluster.checkpoints"):
+        for forger in (unsigned, other_secret, other_stream):
+            for peer in ("c2", "c3", "c4"):
+                monitor.receive(forger.encode(Checkpoint(peer, 5, 9, head_b, snapshot_index=0)))
+        monitor.receive(b"")
+    assert monitor.diverged is None and monitor.compared == 0 and monitor.peer_snapshots == {}
+    assert monitor.ignored == 10
+    assert len([record for record in caplog.records if "without a valid signature" in record.message]) == 1
+    _note(monitor, "c2", 5, 9, head_a)
+    assert monitor.compared == 1 and monitor.diverged is None
+
+
+def test_real_nodes_ignore_forged_checkpoints_and_stop_on_their_peers_disagreement(tmp_path: Path) -> None:
+    cluster = LocalCluster(tmp_path / "cluster", 3, die_with_parent=True)
     cluster.up()
     try:
         url = cluster.urls[0]
         assert httpx.post(f"{url}/v1/accounts", json={"dedup_id": "d1", "account_id": "a", "asset": "USD"}).status_code == 200
         head = httpx.get(f"{url}/v1/audit/head").json()
+        subject = f"coffer.checkpoints.{cluster.stream}"
 
-        async def forge() -> None:
-            # Two "peers" that applied the same index but hold another head.
+        async def publish(monitor: CheckpointMonitor) -> None:
+            # "Peers" that applied the same index but hold another head.
             connection = await nats.connect(cluster.nats.urls)
-            monitor = CheckpointMonitor("forger", f"coffer.checkpoints.{cluster.stream}")
-            for peer in ("x1", "x2"):
+            for peer in ("x1", "x2", "x3"):
                 note = monitor.encode(Checkpoint(peer, head["log_index"], head["seq"], b"\x00" * 32))
-                await connection.publish(monitor.subject, note)
+                await connection.publish(subject, note)
             await connection.flush()
             await connection.close()
 
-        asyncio.run(forge())
+        asyncio.run(publish(CheckpointMonitor("forger", subject)))
+        asyncio.run(publish(CheckpointMonitor("forger", subject, b"not the cluster's secret")))
+        time.sleep(3)  # several checkpoint rounds
+        for node in cluster.nodes:
+            assert httpx.get(f"{node.url}/readyz").status_code == 200, node.name
+            assert "without a valid signature" in (cluster.directory / f"{node.name}.log").read_text()
+        # The same from holders of the cluster's secret: three peers outvote the two real ones.
+        asyncio.run(publish(CheckpointMonitor("peer", subject, cluster.secret_file.read_bytes().strip())))
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline and httpx.get(f"{url}/readyz").status_code == 200:
             time.sleep(0.1)

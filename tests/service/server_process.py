@@ -3,6 +3,7 @@
 import os
 import resource
 import signal
+import ssl
 import subprocess
 import sys
 import time
@@ -32,13 +33,16 @@ class CofferServer:
         environment: dict[str, str] | None = None,
         arguments: Sequence[str] = (),
         descriptors_max: int | None = None,
+        ca_file: Path | None = None,
     ) -> None:
-        """``arguments`` go to ``coffer serve``; ``descriptors_max`` lowers its file descriptor limit."""
+        """``arguments`` go to ``coffer serve``; ``descriptors_max`` lowers its file descriptor limit;
+        ``ca_file``: the node serves HTTPS (give ``--tls-cert``/``--tls-key``) with a certificate of this CA."""
         self.data_dir = data_dir
         self.arguments = list(arguments)
         self.descriptors_max = descriptors_max
         self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
+        self.verify: bool | ssl.SSLContext = True if ca_file is None else ssl.create_default_context(cafile=str(ca_file))
+        self.url = f"{'http' if ca_file is None else 'https'}://127.0.0.1:{self.port}"
         self.log_path = data_dir.parent / f"{data_dir.name}.log"
         self._environment = {key: value for key, value in os.environ.items() if not key.startswith("COFFER_")}
         self._environment.update(environment or {})
@@ -66,7 +70,7 @@ class CofferServer:
             if self.process.poll() is not None:
                 break
             try:
-                if httpx.get(f"{self.url}/readyz", timeout=1.0).status_code == 200:
+                if httpx.get(f"{self.url}/readyz", timeout=1.0, verify=self.verify).status_code == 200:
                     return
             except httpx.TransportError:
                 pass

@@ -42,7 +42,8 @@ def assert_one_line(done: subprocess.CompletedProcess[str], exit_code: int, word
     [
         (None, {"COFFER_API_KEYS": "reader:short"}, "shorter than 16"),
         (b"reader \xff\xfe-key-0123456789\n", None, "cannot read the keys file"),
-        (b"reader\n", None, "expected 'ROLE KEY'"),
+        (b"reader\n", None, "expected 'ROLE sha256:HASH'"),
+        (b"reader sha256:00ff\n", None, "64 lower-case hex digits"),
         (b"boss key-0123456789abcdef\n", None, "unknown role"),
     ],
 )
@@ -83,3 +84,11 @@ def test_the_exit_codes_are_documented_in_help() -> None:
         (exit_codes.recovery_failed, "cannot be recovered"),
     ]:
         assert words in entries[code], entries
+
+
+def test_a_short_cluster_secret_is_one_line_and_exit_2(tmp_path: Path) -> None:
+    (tmp_path / "secret").write_text("short\n")
+    done = run_coffer(
+        "serve", "--data-dir", str(tmp_path / "data"), "--port", str(free_port()), "--cluster-secret-file", str(tmp_path / "secret")
+    )
+    assert_one_line(done, exit_codes.invalid, "shorter than 16 bytes")
