@@ -72,14 +72,19 @@ class TransactionLedger:
         """Whether an acknowledged cross-shard command is in the history of every shard it answered for."""
         txn_id = cross_shard_txn_id(answer, shard_map)
         shards = [int(shard) for shard in answer["shard_seqs"]]
+        # Read without adding: the ledger's keys are the transactions the histories hold.
         if path == "/v1/tcc/try":
-            return all(self.tried[txn_id][shard] == 1 for shard in shards)
+            tried = self.tried.get(txn_id, Counter())
+            return all(tried[shard] == 1 for shard in shards)
         outcome = "cancelled" if path == "/v1/tcc/cancel" else "confirmed"
-        return all(self.finished[txn_id][shard] == {outcome} for shard in shards)
+        finished = self.finished.get(txn_id, {})
+        return all(finished.get(shard) == {outcome} for shard in shards)
 
     def in_flight(self) -> list[str]:
         """Transactions tried on some shard that has not finished them."""
-        return sorted(txn_id for txn_id, shards in self.tried.items() if any(not self.finished[txn_id].get(shard) for shard in shards))
+        return sorted(
+            txn_id for txn_id, shards in self.tried.items() if any(not self.finished.get(txn_id, {}).get(shard) for shard in shards)
+        )
 
     def disagreements(self, urls: list[str], deadline: float) -> list[str]:
         """Every transaction finished as decided, the same way on every shard (see the module docstring)."""

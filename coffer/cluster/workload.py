@@ -305,6 +305,7 @@ class Verdict:
     chain_ok: bool
     events: int
     problems: list[str]
+    in_flight: int = 0  # cross-shard tries still open at the end: client-held, waiting for their confirm
 
     @property
     def ok(self) -> bool:
@@ -405,8 +406,10 @@ def check(
         lost = len(set(applied) - set(crossed) - seen)
         lost += sum(not ledger.holds(path, body, answer, workload.shard_map) for path, body, answer in crossed.values())
         problems += ledger.disagreements(urls, settle_by())
+        in_flight = len(ledger.in_flight())
     else:
         lost = len(set(applied) - seen)
+        in_flight = 0
     if duplicated:
         problems.append(f"{duplicated} transfers applied more than once")
     if lost:
@@ -449,6 +452,7 @@ def check(
         chain_ok=chain_ok,
         events=len(events),
         problems=problems,
+        in_flight=in_flight,
     )
 
 
