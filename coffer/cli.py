@@ -356,6 +356,13 @@ def cluster_down(data_dir: Path) -> None:
     help="faults stop and the run ends with its verdict when the cluster reaches it",
 )
 @click.option("--faults", "fault_names", help="comma-separated fault kinds [default: all]")
+@click.option(
+    "--shards",
+    default=1,
+    show_default=True,
+    type=click.IntRange(min=1, max=8),
+    help="shards (a stream each); with more than one, commands cross shards and kill-leaders joins the faults",
+)
 def chaos(
     minutes: float,
     nodes: str,
@@ -365,22 +372,25 @@ def chaos(
     ports: object,
     disk_budget_mb: int,
     fault_names: str | None,
+    shards: int,
 ) -> None:
     """Faults on a real local cluster under mixed load, then a check of everything acknowledged.
 
     Last line: chaos: requests= faults= lost= duplicated= invariant_violations= nodes_not_back=
-    verdict=ok|ended-early|problems. It is printed also when the run is interrupted (SIGINT, SIGTERM) or a node does
+    verdict=ok|ended-early|problems shards=N. It is printed also when the run is interrupted (SIGINT, SIGTERM) or a node does
     not come back. Exit 1 on a problem.
     """
-    from coffer.cluster.chaos import fault_kinds, run
+    from coffer.cluster.chaos import fault_kinds, run, shard_faults
 
-    kinds = fault_kinds
+    known = fault_kinds + (shard_faults if shards > 1 else ())
+    kinds = None
     if fault_names:
         kinds = tuple(name.strip() for name in fault_names.split(",") if name.strip())
-        unknown = [name for name in kinds if name not in fault_kinds]
+        unknown = [name for name in kinds if name not in known]
         if unknown or not kinds:
-            raise click.BadParameter(f"unknown fault kinds {unknown}; known: {', '.join(fault_kinds)}", param_hint="--faults")
-    if not run(minutes, int(nodes), threads, seed, data_dir, click.echo, ports=ports, disk_budget_mb=disk_budget_mb, kinds=kinds):  # type: ignore[arg-type]
+            raise click.BadParameter(f"unknown fault kinds {unknown}; known: {', '.join(known)}", param_hint="--faults")
+    ran = run(minutes, int(nodes), threads, seed, data_dir, click.echo, ports=ports, disk_budget_mb=disk_budget_mb, kinds=kinds, shards=shards)  # type: ignore[arg-type]
+    if not ran:
         raise SystemExit(1)
 
 

@@ -14,8 +14,14 @@ one fault at a time and heals it:
   node cut off from every server, two servers cut off from each other (a partial partition),
   every link of a server slowed down, every connection of a server reset.
 
+With ``shards`` > 1 the cluster runs that many shards (a stream each, every node hosts all of
+them), about half of the clients' transfers, batch operations and TCC tries cross shards, and the
+nemesis adds two faults: kill -9 of a Coffer node picked while it coordinates cross-shard
+commands (``kill-node``: the node with the most of them in flight), and kill -9 of the stream
+leaders of every shard at once (``kill-leaders``: the servers that lead them, one or more).
+
 At the end the checker of :mod:`coffer.cluster.workload` — fed only by acknowledged answers and
-the event history — counts what was lost, duplicated or wrong.
+the event history of every shard — counts what was lost, duplicated or wrong.
 
 A run always ends with a verdict, and its last line is always ``chaos: requests=… faults=…
 lost=… duplicated=… invariant_violations=…``: a node that does not come back within the
@@ -50,7 +56,9 @@ partition_s = (3.0, 12.0)
 delay_s = (0.05, 0.4)  # one way, per chunk, on every link of a slowed-down server
 process_faults = ("kill-server", "kill-leader", "pause-server", "planned-restart", "kill-node", "wipe-node")
 network_faults = ("partition-server", "partition-leader", "partition-node", "split-servers", "delay-server", "reset-server")
-fault_kinds = process_faults + network_faults
+fault_kinds = process_faults + network_faults  # a run of one shard draws from these
+shard_faults = ("kill-leaders",)  # a run of several shards draws from these too
+coordinator_wait_s = 3.0  # how long kill-node waits for a node to coordinate a cross-shard command
 settle_s = 120.0  # the checker's wait for every unknown command to settle and replicas to agree
 settle_after_interrupt_s = 30.0
 # The run stops its faults when the disk it uses reaches this share of the budget, so that the
@@ -76,16 +84,39 @@ class _Run:
     phase: str = "starting"
 
 
-def _leader(cluster: LocalCluster) -> int | None:
+def _streams(cluster: LocalCluster) -> list[str]:
+    return [cluster.stream] if cluster.shards == 1 else [f"coffer-shard-{shard}" for shard in range(cluster.shards)]
+
+
+def _leader(cluster: LocalCluster, stream: str | None = None) -> int | None:
     try:
-        with JetStreamLog(cluster.nats.urls, stream=cluster.stream, replicas=cluster.nats.size) as log:
+        with JetStreamLog(cluster.nats.urls, stream=stream or cluster.stream, replicas=cluster.nats.size) as log:
             name = log.leader()
     except Exception:
         return None
     return cluster.nats.number_of(name) if name else None
 
 
-def _inject(cluster: LocalCluster, kind: str, rng: random.Random) -> Callable[[], None]:
+def _busiest_coordinator(workload: Workload | None, cluster: LocalCluster, rng: random.Random) -> tuple[int, int]:
+    """The node with the most cross-shard commands in flight (waiting a moment for one), and how many."""
+    if workload is None or workload.shard_map is None:
+        return rng.randint(1, len(cluster.nodes)), 0
+    deadline = time.monotonic() + coordinator_wait_s
+    while True:
+        with workload._lock:
+            in_flight = {url: count for url, count in workload.cross_shard_in_flight.items() if count > 0}
+        if in_flight or time.monotonic() > deadline:
+            break
+        time.sleep(0.01)
+    if not in_flight:
+        return rng.randint(1, len(cluster.nodes)), 0
+    url = max(in_flight, key=lambda item: (in_flight[item], rng.random()))
+    return cluster.urls.index(url) + 1, in_flight[url]
+
+
+def _inject(
+    cluster: LocalCluster, kind: str, rng: random.Random, workload: Workload | None = None, echo: Callable[[str], None] = print
+) -> Callable[[], None]:
     """Break something; return how to heal it."""
     size = cluster.nats.size
     proxy = cluster.proxy
@@ -93,6 +124,22 @@ def _inject(cluster: LocalCluster, kind: str, rng: random.Random) -> Callable[[]
         number = (_leader(cluster) if kind == "kill-leader" else None) or rng.randint(1, size)
         cluster.nats.kill(number)
         return lambda: cluster.nats.start(number)
+    if kind == "kill-leaders":
+        leaders = {stream: _leader(cluster, stream) for stream in _streams(cluster)}
+        numbers = sorted({number for number in leaders.values() if number is not None})
+        if not numbers:
+            raise ClusterError(f"no stream has a leader now: {leaders}")
+        for number in numbers:
+            cluster.nats.kill(number)
+        echo(f"  {time.strftime('%H:%M:%S')} kill-leaders: killed {', '.join(f'n{number}' for number in numbers)} leading {leaders}")
+
+        def restart() -> None:
+            # All at once: a server that lost its majority with the others only gets ready with them.
+            for number in numbers:
+                cluster.nats.start(number, wait=False)
+            cluster.nats.wait_ready(numbers)
+
+        return restart
     if kind == "pause-server":
         number = rng.randint(1, size)
         cluster.nats.pause(number)
@@ -102,8 +149,10 @@ def _inject(cluster: LocalCluster, kind: str, rng: random.Random) -> Callable[[]
         cluster.restart_server(number)
         return lambda: None
     if kind in ("kill-node", "wipe-node"):
-        node = rng.randint(1, len(cluster.nodes))
+        node, coordinating = _busiest_coordinator(workload, cluster, rng) if kind == "kill-node" else (rng.randint(1, len(cluster.nodes)), 0)
         cluster.kill_node(node)
+        if coordinating:
+            echo(f"  {time.strftime('%H:%M:%S')} kill-node: c{node} killed with {coordinating} cross-shard commands in flight")
         if kind == "wipe-node":
             shutil.rmtree(cluster.node(node).data_dir, ignore_errors=True)
         return lambda: cluster.start_node(node, wait=False)
@@ -174,11 +223,15 @@ def _heal_everything(cluster: LocalCluster, run: _Run, echo: Callable[[str], Non
 
 
 def _stream_length(cluster: LocalCluster) -> int:
-    try:
-        with JetStreamLog(cluster.nats.urls, stream=cluster.stream, replicas=cluster.nats.size) as log:
-            return log.last_index
-    except Exception:
-        return 0
+    """The longest stream's length (a wiped node replays each of its shards' streams)."""
+    length = 0
+    for stream in _streams(cluster):
+        try:
+            with JetStreamLog(cluster.nats.urls, stream=stream, replicas=cluster.nats.size) as log:
+                length = max(length, log.last_index)
+        except Exception:
+            continue
+    return length
 
 
 def _ready_bound_s(cluster: LocalCluster) -> float:
@@ -248,9 +301,16 @@ def run(
     *,
     ports: PortRange | None = None,
     disk_budget_mb: int | None = None,
-    kinds: tuple[str, ...] = fault_kinds,
+    kinds: tuple[str, ...] | None = None,
+    shards: int = 1,
 ) -> bool:
-    """One chaos run; True when the verdict found nothing wrong (see the module docstring)."""
+    """One chaos run; True when the verdict found nothing wrong (see the module docstring).
+
+    ``kinds`` defaults to every fault kind the run's number of shards allows.
+    """
+    if kinds is None:
+        kinds = fault_kinds + (shard_faults if shards > 1 else ())
+    assert shards > 1 or not set(kinds) & set(shard_faults), "kill-leaders needs several shards"
     rng = random.Random(seed)
     state = _Run()
     verdict: Verdict | None = None
@@ -274,14 +334,16 @@ def run(
                 ports=ports,
                 network_faults=any(kind in network_faults for kind in kinds),
                 disk_budget_bytes=budget_bytes,
+                shards=shards,
             )
             echo(
-                f"chaos: {nodes} NATS servers, {nodes} Coffer nodes, {threads} clients, {minutes} min, seed {seed},"
+                f"chaos: {nodes} NATS servers, {nodes} Coffer nodes, {shards} shard{'s' if shards > 1 else ''},"
+                f" {threads} clients, {minutes} min, seed {seed},"
                 f" ports {ports or 'any'}, disk budget {f'{disk_budget_mb} MiB' if disk_budget_mb else 'none'}"
             )
             state.phase = "faults"
             cluster.up()
-            workload = Workload(cluster.urls, threads=threads, prefix="chaos", seed=seed, mixed=True)
+            workload = Workload(cluster.urls, threads=threads, prefix="chaos", seed=seed, mixed=True, shards=shards)
             workload.setup()
             workload.start()
             deadline = time.monotonic() + minutes * 60
@@ -294,7 +356,7 @@ def run(
                         break
                 kind = rng.choice(kinds)
                 try:
-                    heal = _inject(cluster, kind, rng)
+                    heal = _inject(cluster, kind, rng, workload, echo)
                 except Exception as error:
                     echo(f"  {time.strftime('%H:%M:%S')} {kind}: could not inject ({error})")
                     continue
@@ -322,12 +384,12 @@ def run(
                 workload.stop()
                 ready = [node.url for node in cluster.nodes if node.number not in state.unready_nodes]
                 if ready:
-                    servers, stream = cluster.nats.urls, cluster.stream
+                    servers, streams = cluster.nats.urls, _streams(cluster)
                     verdict = check(
                         workload,
                         ready,
                         settle_s=settle_after_interrupt_s if state.interrupts else settle_s,
-                        history=lambda: history_from_log(servers, stream),
+                        history=lambda shard: history_from_log(servers, streams[shard]),
                     )
                 else:
                     state.problems.append("no node is ready: nothing could be checked")
@@ -347,14 +409,18 @@ def run(
                     cluster.down()
                 except Exception as error:
                     state.problems.append(f"stopping the cluster: {error}")
-        return _verdict_lines(state, verdict, requests, echo, workload)
+        return _verdict_lines(state, verdict, requests, echo, workload, shards)
 
 
-def _verdict_lines(state: _Run, verdict: Verdict | None, requests: int, echo: Callable[[str], None], workload: Workload | None) -> bool:
+def _verdict_lines(
+    state: _Run, verdict: Verdict | None, requests: int, echo: Callable[[str], None], workload: Workload | None, shards: int
+) -> bool:
     """Print the verdict; the last line is always the ``chaos:`` line. True when all is well."""
     if state.stop_reason is not None:
         echo(f"the run ended early: {state.stop_reason}")
     echo(f"faults by kind: {dict(state.faults)}; client-side failures: {dict(workload.failures) if workload else {}}")
+    if workload is not None and workload.shard_map is not None:
+        echo(f"cross-shard: {workload.cross_shard_sent} sends of commands across shards")
     problems = list(state.problems)
     if verdict is not None:
         echo(f"checked: {verdict}")
@@ -374,6 +440,6 @@ def _verdict_lines(state: _Run, verdict: Verdict | None, requests: int, echo: Ca
     outcome = "problems" if verdict is None or problems else "ended-early" if state.stop_reason is not None else "ok"
     echo(
         f"chaos: requests={requests} faults={sum(state.faults.values())} lost={lost} duplicated={duplicated} "
-        f"invariant_violations={violations} nodes_not_back={state.faults['node-not-ready']} verdict={outcome}"
+        f"invariant_violations={violations} nodes_not_back={state.faults['node-not-ready']} verdict={outcome} shards={shards}"
     )
     return outcome == "ok"

@@ -14,6 +14,12 @@ The checker then proves, from the cluster's answers alone:
 - money is conserved: the balances add up to what was deposited;
 - every replica reports the same chain head at the same seq.
 
+With ``shards`` > 1 the cluster's nodes route every command to the shards that own its accounts
+(accounts land on every shard, so about half of the commands cross shards), and the checker
+holds every shard to the same rules, plus those of :mod:`coffer.cluster.shard_checks`: every
+cross-shard transaction finished the same way on every shard it touched, as its commit point
+decided, and nothing is in flight but client-held tries still waiting for their confirm.
+
 The history comes from a replica whose event store starts at seq 1; when every replica was
 rebuilt from a shared snapshot, from the stream itself, replayed through a fresh state machine
 (:func:`history_from_log`), whose head must then be the replicas' head.
@@ -30,6 +36,9 @@ from decimal import Decimal
 from typing import Any
 
 import httpx
+
+from coffer.cluster import shard_checks
+from coffer.txn.shard_map import ShardMap
 
 asset = "USD"
 # Every balance is beyond 64 bits (10^27 minor units), and now and then a transfer is too: the wide
@@ -58,6 +67,12 @@ class Workload:
     prefix: str = "w"
     seed: int = 1
     mixed: bool = False  # all kinds of commands, not only transfers
+    shards: int = 1  # the cluster's shards: with more than one, the map comes from GET /v1/shards
+    shard_map: ShardMap | None = None
+    # Per node URL: cross-shard commands sent to it and not yet answered (it coordinates them).
+    cross_shard_in_flight: Counter[str] = field(default_factory=Counter)
+    cross_shard_sent: int = 0
+    cross_shard_txns: set[str] = field(default_factory=set)  # client txn_ids of tries across shards
     acknowledged: dict[str, Acknowledged] = field(default_factory=dict)
     unknown: dict[str, tuple[str, dict[str, Any]]] = field(default_factory=dict)
     failures: Counter[str] = field(default_factory=Counter)
@@ -82,9 +97,26 @@ class Workload:
             for account_id in self.account_ids
         ]
         legs = [{"account_id": account_id, "amount": str(opening_amount), "asset": asset} for account_id in self.account_ids]
-        commands.append({"type": "batch_operation", "dedup_id": f"{self.prefix}-fund", "legs": legs})
-        status, answer, _ = self._send_until_answered("/v1/commands", {"commands": commands}, time.monotonic() + 60, 0)
-        assert status == 200 and all(result["status"] == 200 for result in answer["results"]), answer
+        fund = {"type": "batch_operation", "dedup_id": f"{self.prefix}-fund", "legs": legs}
+        # Across shards, a node runs a command that spans shards next to the others: the accounts
+        # must exist before the deposit that reaches every shard.
+        rounds = [[*commands, fund]] if self.shards == 1 else [commands, [fund]]
+        for items in rounds:
+            status, answer, _ = self._send_until_answered("/v1/commands", {"commands": items}, time.monotonic() + 60, 0)
+            assert status == 200 and all(result["status"] == 200 for result in answer["results"]), answer
+        if self.shards > 1:
+            self.shard_map = ShardMap.from_json(httpx.get(f"{self.urls[0]}/v1/shards", timeout=request_timeout_s).json()["map"])
+            assert self.shard_map.shards == self.shards, self.shard_map
+
+    def crosses_shards(self, path: str, body: dict[str, Any]) -> bool:
+        """Whether the command touches several shards (so the node it reaches coordinates it)."""
+        if self.shard_map is None:
+            return False
+        if path in ("/v1/tcc/confirm", "/v1/tcc/cancel"):
+            return body["txn_id"] in self.cross_shard_txns
+        ids = [body[key] for key in ("from_account_id", "to_account_id") if key in body]
+        ids += [leg["account_id"] for leg in body.get("legs", ())]
+        return len({self.shard_map.shard_of(account_id) for account_id in ids}) > 1
 
     def start(self) -> None:
         self._stop.clear()
@@ -141,6 +173,11 @@ class Workload:
         while True:
             url = self.urls[attempt % len(self.urls)]
             started = time.monotonic()
+            crossing = self.crosses_shards(path, body)
+            if crossing:
+                with self._lock:
+                    self.cross_shard_in_flight[url] += 1
+                    self.cross_shard_sent += 1
             try:
                 response = client.post(url + path, json=body)
                 if response.status_code in (200, 409):
@@ -153,6 +190,10 @@ class Workload:
             except httpx.TransportError as error:
                 self.failures[type(error).__name__] += 1
                 self.last_refusals[url] = type(error).__name__
+            finally:
+                if crossing:
+                    with self._lock:
+                        self.cross_shard_in_flight[url] -= 1
             attempt += 1
             if deadline is None and self._stop.is_set():
                 return None
@@ -242,6 +283,9 @@ class _Commands:
             return
         if path == "/v1/tcc/try":
             self.open_txn = body["txn_id"]
+            if self.workload.crosses_shards(path, body):
+                with self.workload._lock:
+                    self.workload.cross_shard_txns.add(body["txn_id"])
         elif path == "/v1/reservations":
             self.reserved.append((body["account_id"], body["reservation_id"]))
         elif path == "/v1/transfers":
@@ -261,6 +305,7 @@ class Verdict:
     chain_ok: bool
     events: int
     problems: list[str]
+    in_flight: int = 0  # cross-shard tries still open at the end: client-held, waiting for their confirm
 
     @property
     def ok(self) -> bool:
@@ -271,14 +316,14 @@ def check(
     workload: Workload,
     urls: list[str],
     settle_s: float = 60.0,
-    history: Callable[[], list[dict[str, Any]]] | None = None,
+    history: Callable[[int], list[dict[str, Any]]] | None = None,
 ) -> Verdict:
     """Hold the cluster to what it acknowledged (see the module docstring).
 
     ``settle_s`` bounds the wait for each answer (a long run resends hundreds of thousands of
     commands: a bound on the whole check would fail at the first 503 after it). ``history``
     gives the whole event history when no replica holds all of it (every one was rebuilt from a
-    shared snapshot): :func:`history_from_log` replays it from the stream.
+    shared snapshot) of the shard it is given: :func:`history_from_log` replays it from the stream.
     """
     problems: list[str] = []
 
@@ -286,7 +331,9 @@ def check(
         return time.monotonic() + settle_s
 
     changed = 0
-    applied: set[str] = set()
+    compensations = {dedup_id for dedup_id, entry in workload.acknowledged.items() if entry.path == "/v1/compensations"}
+    compensations |= {dedup_id for dedup_id, (path, _) in workload.unknown.items() if path == "/v1/compensations"}
+    applied: dict[str, tuple[str, dict[str, Any], Any]] = {}  # dedup_id -> (path, body, answer)
     rejected: set[str] = set()
     for dedup_id, entry in list(workload.acknowledged.items()):
         try:
@@ -297,7 +344,10 @@ def check(
         if (status, answer) != (entry.status, entry.answer):
             changed += 1
             problems.append(f"{dedup_id}: answered {entry.status} {entry.answer}, now {status} {answer}")
-        (applied if entry.status == 200 else rejected).add(dedup_id)
+        if entry.status == 200:
+            applied[dedup_id] = (entry.path, entry.body, entry.answer)
+        else:
+            rejected.add(dedup_id)
     for dedup_id, (path, body) in list(workload.unknown.items()):
         if problems:
             break
@@ -309,34 +359,68 @@ def check(
             break
         if first != again:
             problems.append(f"{dedup_id}: an unknown command answered {first} then {again}")
-        (applied if first[0] == 200 else rejected).add(dedup_id)
+        if first[0] == 200:
+            applied[dedup_id] = (path, body, first[1])
+        else:
+            rejected.add(dedup_id)
 
-    heads = _converged_heads(urls, settle_by())
-    replicas_agree = len({(head["seq"], head["hash"]) for head in heads}) == 1
-    if not replicas_agree:
-        problems.append(f"replicas disagree: {heads}")
-    events = _full_history(urls)
-    if (not events or events[0]["seq"] != 1) and history is not None:
-        events = history()
-        if events and replicas_agree and (events[-1]["seq"], events[-1]["hash"]) != (heads[0]["seq"], heads[0]["hash"]):
-            replicas_agree = False
-            problems.append(f"the replicas' head {heads[0]} is not the head of the stream's history {events[-1]['seq']}")
+    sharded = workload.shard_map is not None
+    if sharded:
+        # Coordinators' transactions a killed node left in doubt are finished by recovery.
+        problems += shard_checks.wait_for_recovery(urls, workload.shards, settle_by())
+    histories: list[list[dict[str, Any]]] = []
+    replicas_agree = chain_ok = True
+    for shard in range(workload.shards):
+        shard_param = shard if sharded else None
+        where = f"shard {shard}: " if sharded else ""
+        heads = _converged_heads(urls, settle_by(), shard_param)
+        agree = len({(head["seq"], head["hash"]) for head in heads}) == 1
+        if not agree:
+            problems.append(f"{where}replicas disagree: {heads}")
+        events = _full_history(urls, shard_param)
+        if (not events or events[0]["seq"] != 1) and history is not None:
+            events = history(shard)
+            if events and agree and (events[-1]["seq"], events[-1]["hash"]) != (heads[0]["seq"], heads[0]["hash"]):
+                agree = False
+                problems.append(f"{where}the replicas' head {heads[0]} is not the head of the stream's history {events[-1]['seq']}")
+        linked = [event["seq"] for event in events] == list(range(1, len(events) + 1)) and all(
+            later["prev_hash"] == earlier["hash"] for earlier, later in itertools.pairwise(events)
+        )
+        if not linked:
+            problems.append(f"{where}the event history is not a gapless chain")
+        replicas_agree = replicas_agree and agree
+        chain_ok = chain_ok and linked
+        histories.append(events)
+    events = [event for shard_events in histories for event in shard_events]
     own = f"{workload.prefix}-{workload.seed}-"
-    seen = Counter(event["dedup_id"] for event in events if (event["dedup_id"] or "").startswith(own))
-    duplicated = sum(count - 1 for count in seen.values() if count > 1)
-    lost = len(applied - set(seen))
+    # A dedup_id is unique per shard (each has its own dedup store): a compensation, sent to every
+    # shard, leaves a null compensation on each shard that never held its original.
+    seen_per_shard = [Counter(event["dedup_id"] for event in shard_events if (event["dedup_id"] or "").startswith(own)) for shard_events in histories]
+    seen = set().union(*seen_per_shard)
+    duplicated = sum(count - 1 for shard_seen in seen_per_shard for count in shard_seen.values() if count > 1)
+    if sharded:
+        assert workload.shard_map is not None
+        ledger = shard_checks.TransactionLedger.from_histories(histories)
+        duplicated += ledger.duplicated
+        crossed = {dedup_id: item for dedup_id, item in applied.items() if shard_checks.crossed_shards(item[2])}
+        lost = len(set(applied) - set(crossed) - seen)
+        lost += sum(not ledger.holds(path, body, answer, workload.shard_map) for path, body, answer in crossed.values())
+        problems += ledger.disagreements(urls, settle_by())
+        in_flight = len(ledger.in_flight())
+    else:
+        lost = len(set(applied) - seen)
+        in_flight = 0
     if duplicated:
         problems.append(f"{duplicated} transfers applied more than once")
     if lost:
         problems.append(f"{lost} acknowledged transfers are not in the history")
-    wrongly_applied = rejected & set(seen)
+    wrongly_applied = rejected & seen
+    if sharded:
+        # A compensation refused by the shard of its original may still be a null compensation on
+        # the others (see above): only the original's shard decides, so it is not counted here.
+        wrongly_applied -= {dedup_id for dedup_id in wrongly_applied if dedup_id in compensations}
     if wrongly_applied:
         problems.append(f"{len(wrongly_applied)} rejected transfers are in the history")
-    chain_ok = [event["seq"] for event in events] == list(range(1, len(events) + 1)) and all(
-        later["prev_hash"] == earlier["hash"] for earlier, later in itertools.pairwise(events)
-    )
-    if not chain_ok:
-        problems.append("the event history is not a gapless chain")
     outside = [
         (event["seq"], view["account_id"])
         for event in events
@@ -347,13 +431,15 @@ def check(
     if outside:
         problems.append(f"accounts outside their limits after events: {outside[:5]}")
     balances = httpx.get(f"{urls[0]}/v1/accounts", params={"ids": ",".join(workload.account_ids)}, timeout=10).json()["accounts"]
-    total = sum(
-        _units(view["available"]) + sum(map(_units, view["reservations"].values())) + sum(map(_units, view["pending_out"].values()))
-        for view in balances.values()
-    )
-    conservation_ok = total == workload.deposited
+    # Money in flight counts where it is held: a try's pending_out until its confirm or cancel.
+    totals: Counter[str] = Counter()
+    for view in balances.values():
+        totals[view["asset"]] += (
+            _units(view["available"]) + sum(map(_units, view["reservations"].values())) + sum(map(_units, view["pending_out"].values()))
+        )
+    conservation_ok = dict(totals) == {asset: workload.deposited} and len(balances) == workload.accounts
     if not conservation_ok:
-        problems.append(f"balances add up to {total}, deposited {workload.deposited}")
+        problems.append(f"balances add up to {dict(totals)} over {len(balances)} accounts, deposited {workload.deposited} {asset}")
     return Verdict(
         limit_violations=len(outside),
         acknowledged=len(workload.acknowledged),
@@ -366,6 +452,7 @@ def check(
         chain_ok=chain_ok,
         events=len(events),
         problems=problems,
+        in_flight=in_flight,
     )
 
 
@@ -380,13 +467,17 @@ def _total(view: dict[str, Any]) -> int:
     return _units(view["available"]) + sum(_units(amount) for section in sections for amount in section.values())
 
 
-def _converged_heads(urls: list[str], deadline: float) -> list[dict[str, Any]]:
-    """Every replica's head once they all reached the same seq (or the deadline passed)."""
+def _shard_params(shard: int | None) -> dict[str, int]:
+    return {} if shard is None else {"shard": shard}
+
+
+def _converged_heads(urls: list[str], deadline: float, shard: int | None = None) -> list[dict[str, Any]]:
+    """Every replica's head (of ``shard``) once they all reached the same seq (or the deadline passed)."""
     while True:
         heads = []
         for url in urls:
             try:
-                head = httpx.get(f"{url}/v1/audit/head", timeout=request_timeout_s).json()
+                head = httpx.get(f"{url}/v1/audit/head", params=_shard_params(shard), timeout=request_timeout_s).json()
             except (httpx.TransportError, ValueError):
                 head = None
             if not isinstance(head, dict) or "seq" not in head:
@@ -397,21 +488,22 @@ def _converged_heads(urls: list[str], deadline: float) -> list[dict[str, Any]]:
         time.sleep(0.2)
 
 
-def _all_events(url: str) -> list[dict[str, Any]]:
+def _all_events(url: str, shard: int | None = None) -> list[dict[str, Any]]:
     events: list[dict[str, Any]] = []
     while True:
         from_seq = events[-1]["seq"] + 1 if events else 1
-        page = httpx.get(f"{url}/v1/events", params={"from_seq": from_seq, "limit": 10000}, timeout=30).json()["events"]
+        params = {"from_seq": from_seq, "limit": 10000, **_shard_params(shard)}
+        page = httpx.get(f"{url}/v1/events", params=params, timeout=30).json()["events"]
         if not page:
             return events
         events.extend(page)
 
 
-def _full_history(urls: list[str]) -> list[dict[str, Any]]:
+def _full_history(urls: list[str], shard: int | None = None) -> list[dict[str, Any]]:
     """The history of a replica that holds all of it (one rebuilt from a shared snapshot does not)."""
     best: list[dict[str, Any]] = []
     for url in urls:
-        events = _all_events(url)
+        events = _all_events(url, shard)
         if events and events[0]["seq"] == 1:
             return events
         best = best or events

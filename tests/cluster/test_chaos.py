@@ -4,6 +4,8 @@
 a dozen faults. One run draws from every kind of fault, one only from network faults (through
 the fault proxy), and two make sure a run always ends with its verdict line: when nodes do not
 come back in time, and when the run is stopped with SIGTERM (which also stops every process).
+One runs two shards: cross-shard commands, a nemesis that also kills coordinating nodes and the
+leaders of both shards' streams, and the checker over every shard.
 """
 
 import json
@@ -21,6 +23,7 @@ from coffer.cluster.chaos import network_faults, run
 
 ci_minutes = 1.0
 partition_minutes = 0.75  # with start-up and the checker, under 2 minutes
+shards_minutes = 0.75
 
 
 def _fields(line: str) -> dict[str, str]:
@@ -47,6 +50,20 @@ def test_a_partition_nemesis_run_loses_and_duplicates_nothing(tmp_path: Path) ->
     fields = _fields(lines[-1])
     assert int(fields["faults"]) > 0 and fields["lost"] == fields["duplicated"] == fields["invariant_violations"] == "0"
     assert time.monotonic() - started < 120
+
+
+def test_a_two_shard_chaos_run_loses_and_duplicates_nothing_across_shards(tmp_path: Path) -> None:
+    lines: list[str] = []
+    # Only the faults aimed at cross-shard work, so that a short run draws both of them.
+    ok = run(shards_minutes, 3, 6, 11, tmp_path / "cluster", lines.append, kinds=("kill-node", "kill-leaders"), shards=2)
+    print("\n".join(lines))
+    assert ok, "\n".join(lines)
+    fields = _fields(lines[-1])
+    assert fields["verdict"] == "ok" and fields["shards"] == "2"
+    assert int(fields["requests"]) > 0 and int(fields["faults"]) > 0
+    assert fields["lost"] == fields["duplicated"] == fields["invariant_violations"] == "0"
+    assert any(line.startswith("cross-shard: ") and not line.startswith("cross-shard: 0 ") for line in lines)
+    assert any("cross-shard commands in flight" in line for line in lines) and any("kill-leaders: killed" in line for line in lines)
 
 
 def test_a_disk_budget_reached_stops_the_faults_and_ends_with_a_verdict(tmp_path: Path) -> None:
