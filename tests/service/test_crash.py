@@ -206,18 +206,21 @@ def test_corruption_in_the_middle_of_the_log_refuses_to_start(tmp_path: Path) ->
 def test_damage_to_the_last_acknowledged_record_is_not_cut_and_the_node_says_what_is_wrong(tmp_path: Path) -> None:
     server = CofferServer(tmp_path / "data")
     server.start()
-    last_seq = _write_some(server.url, "last", 5)[-1][1][1]["seq"]
-    deadline = time.monotonic() + 30
-    # Applied is not yet stored: the node's event store must hold the last record's events, which
-    # is what proves that record was acknowledged (a lagging store leaves that unprovable).
-    while not httpx.get(f"{server.url}/v1/events", params={"from_seq": last_seq, "limit": 1}).json()["events"]:
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
-    server.kill()
-    (segment,) = sorted((tmp_path / "data" / "log").glob("*.wal"))
-    data = bytearray(segment.read_bytes())
-    data[-3] ^= 0x40  # bit rot in the last, acknowledged, record
-    segment.write_bytes(bytes(data))
-    with pytest.raises(RuntimeError, match="was applied and acknowledged"):
-        server.start()
-    assert segment.read_bytes() == bytes(data)  # nothing was cut
+    try:
+        last_seq = _write_some(server.url, "last", 5)[-1][1][1]["seq"]
+        deadline = time.monotonic() + 30
+        # Applied is not yet stored: the node's event store must hold the last record's events,
+        # which is what proves that record was acknowledged (a lagging store leaves that unprovable).
+        while not httpx.get(f"{server.url}/v1/events", params={"from_seq": last_seq, "limit": 1}).json()["events"]:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        server.kill()
+        (segment,) = sorted((tmp_path / "data" / "log").glob("*.wal"))
+        data = bytearray(segment.read_bytes())
+        data[-3] ^= 0x40  # bit rot in the last, acknowledged, record
+        segment.write_bytes(bytes(data))
+        with pytest.raises(RuntimeError, match="was applied and acknowledged"):
+            server.start()
+        assert segment.read_bytes() == bytes(data)  # nothing was cut
+    finally:
+        server.stop()  # never left running, whatever failed
