@@ -1,0 +1,44 @@
+"""Memory peaks of a process tree, as the chaos run reports them (real processes, Linux /proc)."""
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from coffer.cluster.memory import MemoryPeaks, resident_bytes
+
+pytestmark = pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="needs Linux /proc")
+
+# A parent that starts a child holding 64 MiB, so only a walk of the tree sees the memory.
+parent_code = (
+    "import subprocess, sys, time\n"
+    "child = subprocess.Popen([sys.executable, '-c', "
+    "'import os, time; block = bytearray(64 * 2**20); print(os.getpid(), flush=True); time.sleep(60)'], stdout=sys.stdout)\n"
+    "time.sleep(60)\n"
+)
+
+
+def test_a_node_counts_the_memory_of_its_descendants_and_the_peak_outlives_the_process() -> None:
+    parent = subprocess.Popen([sys.executable, "-c", parent_code], stdout=subprocess.PIPE)
+    try:
+        assert parent.stdout is not None
+        child = int(parent.stdout.readline())  # the child holds its block now
+        peaks = MemoryPeaks(lambda: [("c1", parent.pid), ("gone", None)], interval_s=60)
+        peaks.sample()
+        assert peaks.peaks["c1"] >= 64 * 2**20 > resident_bytes(parent.pid)
+        assert "gone" not in peaks.peaks
+        peak = peaks.peaks["c1"]
+    finally:
+        parent.kill()
+        with contextlib.suppress(ProcessLookupError, NameError):
+            os.kill(child, signal.SIGKILL)
+        parent.wait()
+    time.sleep(0.2)
+    peaks.sample()  # the tree has ended: nothing new is measured, the peak stays
+    assert peaks.peaks["c1"] == peak
+    assert peaks.report().startswith("memory peaks") and "c1=" in peaks.report()
