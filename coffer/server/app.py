@@ -706,7 +706,7 @@ def create_app(
         except RecoveryStopped:
             return
         except BaseException as error:
-            logger.critical("recovery failed: %r", error)
+            logger.critical("recovery failed: %r", error, exc_info=error)
             api.fatal = repr(error)
             if api.on_fatal is not None:
                 api.on_fatal()  # the server stops; serve() exits non-zero

@@ -234,7 +234,7 @@ class Pipeline:
             raise
         except BaseException as error:
             # A bug, not an operating error: refuse writes loudly rather than hang them.
-            logger.critical("the write path stopped: %r", error)
+            logger.critical("the write path stopped: %r", error, exc_info=error)
             self.broken = error
             self._fail(list(self._pending), error)
             self._pending.clear()
@@ -452,7 +452,7 @@ class FollowerPipeline(Pipeline):
                 raise
             except BaseException as error:
                 self.follow_error = error
-                logger.critical("the log follower stopped: %r", error)
+                logger.critical("the log follower stopped: %r", error, exc_info=error)
                 raise
             for record in records:
                 if record.index < next_index:

@@ -313,3 +313,28 @@ def test_a_compensation_touching_a_deleted_account_is_rejected(machine) -> None:
     assert_ok(machine, transfer("carol", "alice", 100))
     assert_ok(machine, delete("carol"))
     assert_rejected(machine, compensate("pay"), ErrorCode.ACCOUNT_DELETED, "carol")
+
+
+# Amounts may reach the core as text (a node that did not know the asset's scale yet passes them
+# on; the core resolves them when it applies). The dedup record keeps the command as sent, so a
+# compensation must resolve them again — a text amount here once crashed every replica at apply.
+@pytest.mark.parametrize(
+    ("original", "undone"),
+    [
+        (transfer("alice", "bob", "10.00", dedup_id="orig"), {"alice": 10_000, "bob": 5_000}),  # type: ignore[arg-type]
+        (batch(leg("alice", "-30.00"), leg("bob", "30.00"), dedup_id="orig"), {"alice": 10_000, "bob": 5_000}),  # type: ignore[arg-type]
+        (reserve("alice", "r1", "25.50", dedup_id="orig"), {"alice": 10_000}),  # type: ignore[arg-type]
+    ],
+    ids=["transfer", "batch", "reserve"],
+)
+def test_compensate_an_original_whose_amounts_were_sent_as_text(machine, original, undone) -> None:
+    before = _accounts(machine)
+    assert_ok(machine, original)
+    assert _accounts(machine) != before
+    result, _ = assert_ok(machine, compensate("orig"))
+    assert result.compensation == Compensation.COMPENSATED
+    assert {account_id: machine.accounts[account_id].available for account_id in undone} == undone
+    assert all(not machine.accounts[account_id].reservations for account_id in undone)
+    after = _accounts(machine)
+    assert apply_one(machine, original).ok  # a retry answers its first outcome and moves nothing
+    assert _accounts(machine) == after

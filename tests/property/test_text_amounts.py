@@ -4,22 +4,27 @@ A command's amounts may travel as text when the node that took it did not know t
 coffer/core/commands.py). Random commands of every type that can carry such amounts — with text
 of any grammar-valid spelling, scale and sign, on known and unknown accounts and assets — must
 never raise (a raising command would stop the write path and, replayed, every restart), must keep
-every account within its limits, and must resolve exactly like the same command sent as integers
+every account within its limits — also when a later compensation, confirm or cancel acts on
+them as the dedup store recorded them —, and must resolve exactly like the same command sent as integers
 once the scale is known.
 """
 
 from decimal import Decimal
 
+import msgspec
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from coffer.core.commands import (
     BatchBalanceOperation,
+    Compensate,
     CreateAccount,
     Leg,
     Precondition,
     Release,
     Reserve,
+    TccCancel,
+    TccConfirm,
     TccTry,
     Transfer,
     UpdateLimits,
@@ -71,6 +76,10 @@ commands = st.one_of(
     st.builds(Reserve, dedup_id=dedup_ids, account_id=ids, reservation_id=st.just("r"), amount=positive),
     st.builds(Release, dedup_id=dedup_ids, account_id=ids, reservation_id=st.just("r"), amount=st.one_of(st.none(), positive)),
     st.builds(UpdateLimits, dedup_id=dedup_ids, account_id=ids, lower_limit=optional, upper_limit=optional),
+    # Commands that act on an earlier one as the dedup store recorded it (text amounts and all).
+    st.builds(Compensate, dedup_id=dedup_ids, original_dedup_id=dedup_ids),
+    st.builds(TccConfirm, dedup_id=dedup_ids, txn_id=st.sampled_from(["t1", "t2"])),
+    st.builds(TccCancel, dedup_id=dedup_ids, txn_id=st.sampled_from(["t1", "t2"])),
 )
 
 
@@ -105,3 +114,36 @@ def test_text_and_integers_of_one_amount_are_the_same_command() -> None:
     as_integers = TccTry(dedup_id="same", txn_id="t", legs=(Leg(account_id="u1", amount=-150, asset="USD"),), preconditions=(Precondition(account_id="u1", min_balance=100),))
     (again,), _ = machine.apply(4, 1_003, [as_integers])
     assert again == first
+
+
+# Compensable originals on existing accounts with their own asset, amounts as text of the asset's
+# scale or as integers: most of them apply, so the compensations below really undo something.
+def _usd(signed: bool) -> st.SearchStrategy[int | str]:
+    cents = st.integers(-5_000, 5_000).filter(bool) if signed else st.integers(1, 5_000)
+    return st.one_of(cents, cents.map(lambda value: f"{Decimal(value) / 100:.2f}"))
+
+
+compensable = st.one_of(
+    st.builds(Transfer, from_account_id=st.just("u1"), to_account_id=st.just("u2"), amount=_usd(False), asset=st.just("USD")),
+    st.builds(
+        BatchBalanceOperation,
+        legs=st.lists(st.builds(Leg, account_id=st.sampled_from(["u1", "u2"]), amount=_usd(True), asset=st.just("USD")), min_size=1, max_size=3).map(tuple),
+    ),
+    st.builds(Reserve, account_id=st.just("u1"), reservation_id=st.sampled_from(["r1", "r2", "r3"]), amount=_usd(False)),
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(originals=st.lists(compensable, min_size=1, max_size=6))
+def test_compensating_originals_sent_as_text_restores_the_balances(originals: list) -> None:
+    machine = StateMachine()
+    machine.apply(1, 1_000, [CreateAccount(dedup_id=f"open-{key}", account_id=key, asset="USD", scale=2) for key in ("u1", "u2")])
+    machine.apply(2, 1_001, [BatchBalanceOperation(dedup_id="fund", legs=(Leg(account_id="u1", amount=10**6, asset="USD"),))])
+    start = {key: (account.available, dict(account.reservations)) for key, account in machine.accounts.items()}
+    originals = [msgspec.structs.replace(command, dedup_id=f"o{number}") for number, command in enumerate(originals)]
+    results, _ = machine.apply(3, 1_002, originals)
+    # Undo in reverse order, so each compensation finds the balances its original left.
+    undo = [Compensate(dedup_id=f"u{number}", original_dedup_id=f"o{number}") for number in reversed(range(len(originals)))]
+    undone, _ = machine.apply(4, 1_003, undo)
+    assert all(result.ok for result in undone), undone
+    assert {key: (account.available, dict(account.reservations)) for key, account in machine.accounts.items()} == start, results
