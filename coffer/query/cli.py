@@ -128,7 +128,7 @@ def query() -> None:
 
 @query.command("serve")
 @click.option("--store", "store_dsn", required=True, help=_store_help)
-@click.option("--host", default="127.0.0.1", show_default=True, help="address to bind; other than loopback needs API keys")
+@click.option("--host", default="127.0.0.1", show_default=True, help="address to bind; other than loopback needs API keys and TLS")
 @click.option("--port", default=8090, show_default=True)
 @click.option("--keys-file", type=click.Path(dir_okay=False, exists=True, path_type=Path), help="lines of 'ROLE sha256:HASH' (coffer keys add)")
 @click.option("--wait-s", default=2.0, show_default=True, help="how long a question about a seq not stored yet waits, then 503")
