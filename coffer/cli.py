@@ -18,6 +18,7 @@ import click
 from coffer import exit_codes
 from coffer.bench.figures import Recorder, json_option
 from coffer.core.errors import ErrorCode
+from coffer.tls_options import ca_file_option, server_tls_options
 
 if TYPE_CHECKING:
     from coffer.client import AccountView, Client, CommandResult
@@ -155,13 +156,7 @@ def main() -> None:
     type=click.Path(dir_okay=False, exists=True, path_type=Path),
     help="with --log: speak TLS to NATS and trust this CA (PEM) for the servers' certificates",
 )
-@click.option("--tls-cert", type=click.Path(dir_okay=False, exists=True, path_type=Path), help="serve HTTPS: the certificate (PEM, chain)")
-@click.option("--tls-key", type=click.Path(dir_okay=False, exists=True, path_type=Path), help="serve HTTPS: the certificate's key (PEM)")
-@click.option(
-    "--insecure-allow-plaintext",
-    is_flag=True,
-    help="allow plain HTTP on an address other than loopback (a proxy in front terminates TLS)",
-)
+@server_tls_options
 def serve(
     host: str,
     port: int,
@@ -573,12 +568,7 @@ def _talks_to_node(function: Callable[..., None]) -> Callable[..., None]:
         help="node base URL; several comma-separated are tried in turn [env COFFER_URL]",
     )
     @click.option("--api-key", envvar="COFFER_API_KEY", help="API key [env COFFER_API_KEY]")
-    @click.option(
-        "--ca-file",
-        envvar="COFFER_CA_FILE",
-        type=click.Path(dir_okay=False, exists=True, path_type=Path),
-        help="for https URLs: trust this CA (PEM) instead of the system's [env COFFER_CA_FILE]",
-    )
+    @ca_file_option
     @click.option("--json", "as_json", is_flag=True, help="print JSON for scripts")
     @functools.wraps(function)
     def command(url: str, api_key: str | None, ca_file: Path | None, as_json: bool, **arguments: Any) -> None:

@@ -8,6 +8,7 @@ Layout. One directory per cluster::
 
     <directory>/cluster.json        names, ports, PIDs (so a later process can stop them)
     <directory>/n1/nats.conf        the server's configuration
+    <directory>/n1/routes.conf      its routes to the other servers (with credentials: mode 0600)
     <directory>/n1/jetstream/       its JetStream store (streams, Raft logs; the server names it)
     <directory>/n1/server.log       its standard output and error, appended across restarts
 
@@ -42,6 +43,11 @@ Method.
   ``credentials/<user>.credentials`` (``user:password``) is what ``coffer serve
   --nats-credentials`` reads. Servers then advertise no client URLs: a client stays on the
   addresses (and the credentials) it was given.
+- ``nats.conf`` holds bcrypt hashes of the passwords, never the passwords: the server checks a
+  sign-in against the hash, so reading a configuration (a backup, a support bundle) gives no way
+  in. The one secret a server must hold in clear is the route password it presents to its peers
+  (a server is their client); it lives in ``routes.conf`` beside ``nats.conf`` (mode 0600), which
+  the configuration includes.
 - TLS (``tls=True``): clients and routes speak TLS only, with a certificate for 127.0.0.1 of a
   private CA made in ``tls/`` (:mod:`coffer.cluster.certificates`); clients trust ``tls/ca.pem``
   (:meth:`NatsCluster.tls_context`, ``coffer serve --nats-ca-file``), and servers check each
@@ -68,6 +74,7 @@ from types import TracebackType
 from typing import Any, Self
 from urllib.parse import quote
 
+import bcrypt
 import nats
 import nats.errors
 import nats.js.errors
@@ -79,12 +86,17 @@ cluster_name_default = "coffer"
 cluster_sizes_allowed = (1, 3, 5)  # JetStream quorums: 1 (no replication), R=3 or R=5
 state_file_name = "cluster.json"
 config_file_name = "nats.conf"
+routes_file_name = "routes.conf"  # the outgoing routes: they carry the route password in clear
 server_log_file_name = "server.log"
 credentials_file_name = "credentials.json"
 credentials_directory_name = "credentials"
 admin_user = "admin"
 route_user = "route"
 password_bytes = 24  # 192 random bits
+# bcrypt's cost slows the guessing of passwords people choose; ours are 192 random bits, beyond
+# guessing at any cost, and the server pays the cost on every sign-in (readiness probes sign in
+# ten times a second), so the lowest cost bcrypt allows. "$2a$" is the prefix NATS documents.
+password_hash_cost = 4
 tls_directory_name = "tls"
 tls_handshake_s_max = 5  # NATS's default half second fails on a loaded machine
 host = "127.0.0.1"  # the servers listen on loopback only
@@ -128,6 +140,11 @@ def node_permissions(*streams: str, key_value_buckets: Sequence[str] = ()) -> di
         publish += [f"$JS.API.STREAM.{operation}.{name}" for operation in ("INFO", "CREATE", "UPDATE", "MSG.GET")]
         publish += [f"$JS.API.DIRECT.GET.{name}", f"$JS.API.DIRECT.GET.{name}.>", f"$KV.{bucket}.>"]
     return {"publish": {"allow": publish}, "subscribe": {"allow": subscribe}}
+
+
+def password_hash(password: str) -> str:
+    """The bcrypt hash of ``password`` as ``nats.conf`` takes it (``$2a$04$…``)."""
+    return bcrypt.hashpw(password.encode(), bcrypt.gensalt(rounds=password_hash_cost, prefix=b"2a")).decode()
 
 
 class NatsClusterError(Exception):
@@ -225,6 +242,8 @@ class NatsCluster:
         self._node_users = {user: (streams,) if isinstance(streams, str) else tuple(streams) for user, streams in (node_users or {}).items()}
         self._key_value_buckets = tuple(key_value_buckets)
         self._passwords: dict[str, str] | None = self._load_or_make_passwords() if credentials else None
+        # Hashed once: a new salt on each configuration written would change the file for nothing.
+        self._password_hashes = {user: password_hash(password) for user, password in (self._passwords or {}).items()}
         self.certificates: CertificateFiles | None = (
             make_loopback_certificates(self.directory / tls_directory_name, "coffer-nats") if tls else None
         )
@@ -448,9 +467,10 @@ class NatsCluster:
 
     def _authorization_lines(self) -> list[str]:
         assert self._passwords is not None
-        users = [{"user": admin_user, "password": self._passwords[admin_user]}]
+        hashes = self._password_hashes
+        users = [{"user": admin_user, "password": hashes[admin_user]}]
         users += [
-            {"user": user, "password": self._passwords[user], "permissions": node_permissions(*streams, key_value_buckets=self._key_value_buckets)}
+            {"user": user, "password": hashes[user], "permissions": node_permissions(*streams, key_value_buckets=self._key_value_buckets)}
             for user, streams in self._node_users.items()
         ]
         # The configuration format reads JSON; quoted strings keep their "$" (no variables).
@@ -501,10 +521,13 @@ class NatsCluster:
                 "cluster {",
                 f"  name: {self.cluster_name}",
                 f"  listen: {host}:{server.cluster_port}",
-                f"  routes: [{routes}]",
             ]
-            if self._passwords is not None:
-                route_login = {"user": route_user, "password": self._passwords[route_user]}
+            if self._passwords is None:
+                lines.append(f"  routes: [{routes}]")
+            else:
+                _write_atomically(directory / routes_file_name, f"routes: [{routes}]\n", private=True)
+                lines.append(f"  include {json.dumps(routes_file_name)}")  # resolved beside nats.conf
+                route_login = {"user": route_user, "password": self._password_hashes[route_user]}
                 lines.append(f"  authorization: {json.dumps(route_login)}")
             if self.certificates is not None:
                 lines += self._tls_block("  ")

@@ -24,6 +24,7 @@ files: PKCS#8 PEM for the private key (mode 0600), SubjectPublicKeyInfo PEM for 
 """
 
 import os
+import ssl
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -188,10 +189,11 @@ def store_events(store: SqlStore) -> Iterator[tuple[EventRecord, EventRow, list[
 class Node:
     """The few node endpoints the audit reads, over plain httpx."""
 
-    def __init__(self, url: str, api_key: str | None = None) -> None:
+    def __init__(self, url: str, api_key: str | None = None, tls: ssl.SSLContext | None = None) -> None:
+        """``tls``: verify an https node with it (default: the system's CAs)."""
         headers = {"x-api-key": api_key} if api_key else {}
         self.url = url.rstrip("/")
-        self.client = httpx.Client(base_url=self.url, headers=headers, timeout=request_timeout_s)
+        self.client = httpx.Client(base_url=self.url, headers=headers, timeout=request_timeout_s, verify=tls or True)
 
     def _get(self, path: str, **params: Any) -> Any:
         response = self.client.get(path, params=params)

@@ -23,6 +23,7 @@ from typing import Any
 import click
 
 from coffer.bench.figures import Recorder, json_option
+from coffer.tls_options import ca_context, ca_file_option, server_tls_options, uvicorn_tls
 
 exit_history_bad = 1  # the chain or the balances do not verify: a finding, not a failure to run
 exit_unavailable = 4
@@ -55,17 +56,45 @@ def _open_store(dsn: str) -> Any:
 @click.option("--nats", "nats_url", help="nats://host:port,… : also publish every event to coffer.events.<shard> (JetStream)")
 @click.option("--shard", default=0, show_default=True, help="the shard the source serves (NATS subject suffix)")
 @click.option("--api-key", envvar="COFFER_API_KEY", help="a reader key of the source node")
+@ca_file_option
+@click.option(
+    "--nats-credentials",
+    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    help="with --nats: sign in with this 'user:password' file or a .creds file",
+)
+@click.option(
+    "--nats-ca-file",
+    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    help="with --nats: speak TLS to NATS and trust this CA (PEM) for the servers' certificates",
+)
 @click.option("--until-seq", type=int, help="stop once this seq is stored (and published) [default: run forever]")
 @click.option("--log-level", default="info", show_default=True, type=click.Choice(["debug", "info", "warning", "error"]))
 def project(
-    source: str, store_dsn: str, nats_url: str | None, shard: int, api_key: str | None, until_seq: int | None, log_level: str
+    source: str,
+    store_dsn: str,
+    nats_url: str | None,
+    shard: int,
+    api_key: str | None,
+    ca_file: Path | None,
+    nats_credentials: Path | None,
+    nats_ca_file: Path | None,
+    until_seq: int | None,
+    log_level: str,
 ) -> None:
     """Follow a node's event feed into a SQL store, verifying seq and hash chain; stop on a broken chain."""
+    from coffer.log.jetstream import connect_options
     from coffer.query.projector import ProjectionError, Projector
 
+    if nats_url is None and (nats_credentials is not None or nats_ca_file is not None):
+        raise click.UsageError("--nats-credentials and --nats-ca-file go with --nats")
+    tls = ca_context(ca_file)
+    try:
+        nats_options = connect_options(nats_credentials, nats_ca_file)
+    except (OSError, ValueError) as error:  # ssl.SSLError is an OSError
+        raise click.UsageError(f"cannot sign in to NATS with these files: {error}") from None
     _logging(log_level)
     store = _open_store(store_dsn)
-    projector = Projector(source, store, api_key=api_key, nats_url=nats_url, shard=shard)
+    projector = Projector(source, store, api_key=api_key, nats_url=nats_url, shard=shard, tls=tls, nats_options=nats_options)
 
     async def run() -> None:
         task = asyncio.current_task()
@@ -99,31 +128,44 @@ def query() -> None:
 
 @query.command("serve")
 @click.option("--store", "store_dsn", required=True, help=_store_help)
-@click.option("--host", default="127.0.0.1", show_default=True, help="address to bind; other than loopback needs API keys")
+@click.option("--host", default="127.0.0.1", show_default=True, help="address to bind; other than loopback needs API keys and TLS")
 @click.option("--port", default=8090, show_default=True)
 @click.option("--keys-file", type=click.Path(dir_okay=False, exists=True, path_type=Path), help="lines of 'ROLE sha256:HASH' (coffer keys add)")
 @click.option("--wait-s", default=2.0, show_default=True, help="how long a question about a seq not stored yet waits, then 503")
 @click.option("--log-level", default="info", show_default=True, type=click.Choice(["debug", "info", "warning", "error"]))
-def query_serve(store_dsn: str, host: str, port: int, keys_file: Path | None, wait_s: float, log_level: str) -> None:
+@server_tls_options
+def query_serve(
+    store_dsn: str,
+    host: str,
+    port: int,
+    keys_file: Path | None,
+    wait_s: float,
+    log_level: str,
+    tls_cert: Path | None,
+    tls_key: Path | None,
+    insecure_allow_plaintext: bool,
+) -> None:
     """Serve history, balances in the past, statements and the hierarchy over HTTP (the node's shapes, docs/api.md)."""
     import uvicorn
 
     from coffer.query.query_app import create_query_app
     from coffer.server.connections import ConnectionLimits, connections_cap, server_config
-    from coffer.server.serve import ServeError, bind, is_loopback, load_keys
+    from coffer.server.serve import ServeError, bind, check_tls, is_loopback, load_keys
 
     _logging(log_level)
     try:
         keys = load_keys(keys_file)
         if not is_loopback(host) and not keys:
             raise click.UsageError(f"refusing to bind {host} without API keys: set --keys-file or COFFER_API_KEYS")
+        check_tls(host, tls_cert, tls_key, insecure_allow_plaintext)
         listener = bind(host, port)
     except ServeError as error:
         click.echo(f"error: {error.message}", err=True)
         sys.exit(error.exit_code)
     app = create_query_app(_open_store(store_dsn), keys, wait_s)
     limits = ConnectionLimits(connections_max=connections_cap())
-    uvicorn.Server(server_config(app, host, port, log_level, limits, timeout_graceful_shutdown=5)).run(sockets=[listener])
+    config = server_config(app, host, port, log_level, limits, timeout_graceful_shutdown=5, **uvicorn_tls(tls_cert, tls_key))
+    uvicorn.Server(config).run(sockets=[listener])
 
 
 def _verdict_out(verdict: Any) -> None:
@@ -137,6 +179,7 @@ def _verdict_out(verdict: Any) -> None:
 @click.option("--store", "store_dsn", help=_store_help + " [default: the node's own history, with --url]")
 @click.option("--url", envvar="COFFER_URL", help="the live node to compare the final balances and the chain head with")
 @click.option("--api-key", envvar="COFFER_API_KEY", help="a reader key of the node")
+@ca_file_option
 @click.option(
     "--checkpoint", type=click.Path(dir_okay=False, exists=True, path_type=Path), help="also check this signed checkpoint"
 )
@@ -144,7 +187,12 @@ def _verdict_out(verdict: Any) -> None:
     "--public-key", type=click.Path(dir_okay=False, exists=True, path_type=Path), help="the checkpoint signer's public key"
 )
 def audit_verify(
-    store_dsn: str | None, url: str | None, api_key: str | None, checkpoint: Path | None, public_key: Path | None
+    store_dsn: str | None,
+    url: str | None,
+    api_key: str | None,
+    ca_file: Path | None,
+    checkpoint: Path | None,
+    public_key: Path | None,
 ) -> None:
     """Recompute the chain and the balances from the events alone; compare with the node. Last line: verdict=…"""
     from coffer.query.audit import Node, verify
@@ -153,8 +201,9 @@ def audit_verify(
         raise click.UsageError("give --store, --url or both")
     if (checkpoint is None) != (public_key is None):
         raise click.UsageError("--checkpoint and --public-key go together")
+    tls = ca_context(ca_file)
     store = _open_store(store_dsn) if store_dsn is not None else None
-    node = Node(url, api_key) if url is not None else None
+    node = Node(url, api_key, tls) if url is not None else None
     try:
         signed = json.loads(checkpoint.read_text()) if checkpoint is not None else None
         verdict = verify(store, node, signed, public_key.read_bytes() if public_key is not None else None)
@@ -170,6 +219,7 @@ def audit_verify(
 @click.option("--store", "store_dsn", help=_store_help)
 @click.option("--url", envvar="COFFER_URL", help="the node (its history is verified through its event feed without --store)")
 @click.option("--api-key", envvar="COFFER_API_KEY", help="a reader key of the node")
+@ca_file_option
 @click.option(
     "--key",
     "key_path",
@@ -185,14 +235,17 @@ def audit_verify(
     help="where to write the checkpoint (JSON)",
 )
 @click.option("--shard", default=0, show_default=True)
-def audit_export(store_dsn: str | None, url: str | None, api_key: str | None, key_path: Path, out_path: Path, shard: int) -> None:
+def audit_export(
+    store_dsn: str | None, url: str | None, api_key: str | None, ca_file: Path | None, key_path: Path, out_path: Path, shard: int
+) -> None:
     """Verify the history, then write a signed checkpoint (seq, hash) of its head."""
     from coffer.query.audit import AuditFailed, Node, export_checkpoint, verify
 
     if store_dsn is None and url is None:
         raise click.UsageError("give --store, --url or both")
+    tls = ca_context(ca_file)
     store = _open_store(store_dsn) if store_dsn is not None else None
-    node = Node(url, api_key) if url is not None else None
+    node = Node(url, api_key, tls) if url is not None else None
     try:
         verdict = verify(store, node)
     finally:

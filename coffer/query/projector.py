@@ -32,6 +32,7 @@ import asyncio
 import concurrent.futures
 import contextlib
 import logging
+import ssl
 import time
 from collections.abc import Callable
 from hashlib import sha256
@@ -181,7 +182,11 @@ class Projector:
         nats_url: str | None = None,
         shard: int = 0,
         on_progress: Callable[[str], None] | None = None,
+        tls: ssl.SSLContext | None = None,
+        nats_options: dict[str, Any] | None = None,
     ) -> None:
+        """``tls``: verify https sources with it (default: the system's CAs); ``nats_options``: more
+        keyword arguments of ``nats.connect`` (credentials, TLS: :func:`coffer.log.jetstream.connect_options`)."""
         self.sources = [part.strip().rstrip("/") for part in source.split(",") if part.strip()]
         if not self.sources:
             raise ValueError("the projector needs a source URL")
@@ -189,6 +194,8 @@ class Projector:
         self.api_key = api_key
         self.nats_url = nats_url
         self.shard = shard
+        self.tls = tls
+        self.nats_options = nats_options or {}
         self.on_progress = on_progress or logger.info
         self.stored_seq = 0
         self.published_seq = 0
@@ -245,7 +252,7 @@ class Projector:
         timeout = httpx.Timeout(connect=connect_timeout_s, read=silence_s_max, write=connect_timeout_s, pool=connect_timeout_s)
         delay = reconnect_delay_s_first
         attempt = 0
-        async with httpx.AsyncClient(timeout=timeout, headers=headers) as client:
+        async with httpx.AsyncClient(timeout=timeout, headers=headers, verify=self.tls or True) as client:
             while True:
                 source = self.sources[attempt % len(self.sources)]
                 attempt += 1
@@ -300,7 +307,7 @@ class Projector:
     # ------------------------------------------------------------------ publishing
 
     async def _publish(self, until_seq: int | None) -> None:
-        publisher = NatsPublisher(self.nats_url or "", self.shard)
+        publisher = NatsPublisher(self.nats_url or "", self.shard, self.nats_options)
         await publisher.connect()
         try:
             progress = await self._in_publisher_thread(self.store.progress, f"{published_progress_name}.{self.shard}")
@@ -350,9 +357,10 @@ class Projector:
 class NatsPublisher:
     """Acknowledged, ordered publishing of events to ``coffer.events.<shard>`` (JetStream)."""
 
-    def __init__(self, url: str, shard: int) -> None:
+    def __init__(self, url: str, shard: int, connect_options: dict[str, Any] | None = None) -> None:
         self.urls = [part.strip() for part in url.split(",") if part.strip()]
         self.shard = shard
+        self.connect_options = connect_options or {}
         self.subject = f"coffer.events.{shard}"
         self.stream = f"COFFER_EVENTS_{shard}"
         self._connection: Any = None
@@ -362,7 +370,9 @@ class NatsPublisher:
         import nats
         import nats.js.errors
 
-        self._connection = await nats.connect(servers=self.urls, max_reconnect_attempts=-1, connect_timeout=connect_timeout_s)
+        self._connection = await nats.connect(
+            servers=self.urls, max_reconnect_attempts=-1, connect_timeout=connect_timeout_s, **self.connect_options
+        )
         self._jetstream = self._connection.jetstream(timeout=publish_ack_s_max)
         manager = self._connection.jsm(timeout=publish_ack_s_max)
         try:

@@ -31,6 +31,7 @@ from coffer.server.app import create_app
 from coffer.server.auth import ApiKeys, KeyConfigError
 from coffer.server.connections import ConnectionLimits, connections_cap, server_config
 from coffer.server.feed import close_streams
+from coffer.tls_options import uvicorn_tls
 
 logger = logging.getLogger("coffer")
 
@@ -206,7 +207,7 @@ def serve(
     app.api.reserved_ids_allowed = shard_id is not None  # its only client is the router, which refuses them
     limits = limits or ConnectionLimits()
     limits = dataclasses.replace(limits, connections_max=connections_cap(limits.connections_max))
-    tls = {"ssl_certfile": str(tls_cert), "ssl_keyfile": str(tls_key)} if tls_cert is not None else {}
+    tls = uvicorn_tls(tls_cert, tls_key)
     config = server_config(
         app, host, port, log_level, limits, app.api.admission, timeout_graceful_shutdown=10, backlog=backlog, **tls
     )

@@ -66,6 +66,10 @@ def test_servers_refuse_clients_without_credentials_and_limit_each_node(tmp_path
         assert asyncio.run(_refused(plain, **credentials)) == ""
         config = cluster.nats.config_path(1)
         assert config.stat().st_mode & 0o077 == 0
+        passwords = json.loads((cluster.nats.directory / "credentials.json").read_text())
+        config_text = config.read_text()
+        assert not any(password in config_text for password in passwords.values())
+        assert config_text.count('"password": "$2a$') == 2  # admin and c1, as bcrypt hashes
         refused = asyncio.run(_node_user_limits(plain, credentials, cluster.stream))
         said = " ".join(refused).lower()
         assert sum("permissions violation" in error.lower() for error in refused) == 4, refused
@@ -116,6 +120,10 @@ def test_nats_over_tls_clients_and_routes(tmp_path: Path) -> None:
         assert asyncio.run(_connect_error(cluster.nats.urls[0], cluster.nats.tls_context())) == ""
         config = cluster.nats.config_path(1).read_text()
         assert config.count("tls {") == 2  # clients and routes
+        route_password = json.loads((cluster.nats.directory / "credentials.json").read_text())["route"]
+        routes_file = cluster.nats.directory_of(1) / "routes.conf"
+        assert route_password not in config and route_password in routes_file.read_text()
+        assert routes_file.stat().st_mode & 0o077 == 0
         with JetStreamLog(cluster.nats.urls, stream=cluster.stream, replicas=3, tls=cluster.nats.tls_context()) as log:
             assert log.last_index >= 1
     finally:
