@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from coffer.server.inputs import refuse_duplicate_keys
+from coffer.http.inputs import refuse_duplicate_keys
 from tests.service.query_process import QueryServer
 from tests.service.raw_http import RawConnection
 from tests.service.server_process import CofferServer
@@ -173,7 +173,7 @@ def test_a_repeated_key_in_commands_legs_or_the_envelope_is_422(server: CofferSe
     ],
 )
 def test_the_duplicate_check_is_exact(text: bytes, repeats: bool) -> None:
-    from coffer.server.inputs import InputError
+    from coffer.http.inputs import InputError
 
     if repeats:
         with pytest.raises(InputError):
