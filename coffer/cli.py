@@ -6,31 +6,30 @@ JSON with ``--json``), report errors on stderr as ``error: CODE: message``, and 
 error types into the exit codes listed in ``coffer --help``.
 """
 
-import functools
 import re
 from collections.abc import Callable, Sequence
-from decimal import Decimal
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import click
 
-from coffer import exit_codes
 from coffer.bench.figures import Recorder, json_option
-from coffer.core.errors import ErrorCode
-from coffer.tls_options import ca_file_option, server_tls_options
+from coffer.cli_node import (
+    Output,
+    account_card,
+    accounts_table,
+    dedup_option,
+    exit_not_found,
+    print_result,
+    table,
+    talks_to_node,
+    total,
+)
+from coffer.tls_options import server_tls_options
 
 if TYPE_CHECKING:
-    from coffer.client import AccountView, Client, CommandResult
+    from coffer.client import Client
 
-default_url = "http://127.0.0.1:8080"  # coffer.client.default_url, without importing httpx for `coffer serve`
-
-exit_rejected = exit_codes.rejected
-exit_invalid = exit_codes.invalid  # the same code as click's usage errors: the request itself is wrong
-exit_not_found = exit_codes.not_found
-exit_unavailable = exit_codes.unavailable
-exit_auth = exit_codes.auth
-exit_other = exit_codes.other
 
 
 _negative_number = re.compile(r"-(\d+(\.\d*)?|\.\d+)")
@@ -508,98 +507,6 @@ def bench_restart(account_count: int, transfer_count: int, entry_size: int, data
     run(account_count, transfer_count, entry_size, data_dir, recorder.echo)
 
 
-# ------------------------------------------------------------------------------ talking to a node
-
-
-class _Output:
-    """Where a command prints: a table for people, or JSON for scripts."""
-
-    def __init__(self, as_json: bool) -> None:
-        self.as_json = as_json
-
-    def json(self, value: Any) -> None:
-        import msgspec
-
-        click.echo(msgspec.json.format(msgspec.json.encode(value), indent=2))
-
-
-# One exit code per error code, whatever the command: ACCOUNT_NOT_FOUND is a 404 for a read and a
-# 409 for a command, and is "not found" (3) for both. Codes not listed map by their HTTP status.
-exit_codes_by_error_code: dict[str, int] = {
-    **{code.value: exit_rejected for code in ErrorCode},
-    ErrorCode.ACCOUNT_NOT_FOUND: exit_not_found,
-    ErrorCode.FLOW_NOT_FOUND: exit_not_found,
-    ErrorCode.FLOW_RUN_NOT_FOUND: exit_not_found,
-    ErrorCode.WEBHOOK_NOT_FOUND: exit_not_found,
-    ErrorCode.INVALID_AMOUNT: exit_invalid,
-    ErrorCode.INVALID_REQUEST: exit_invalid,
-    ErrorCode.NOT_AVAILABLE: exit_unavailable,
-    ErrorCode.UNAUTHORIZED: exit_auth,
-    ErrorCode.FORBIDDEN: exit_auth,
-    "TRANSPORT_ERROR": exit_unavailable,  # coffer.client.transport_error_code: no answer
-}
-
-
-def _exit_code(error: Exception) -> int:
-    from coffer import client
-
-    by_code = exit_codes_by_error_code.get(getattr(error, "code", ""))
-    if by_code is not None:
-        return by_code
-    codes: list[tuple[type[Exception], int]] = [
-        (client.RejectedError, exit_rejected),
-        (client.InvalidRequestError, exit_invalid),
-        (client.NotFoundError, exit_not_found),
-        (client.NotAvailableError, exit_unavailable),
-        (client.TransportError, exit_unavailable),
-        (client.AuthError, exit_auth),
-    ]
-    return next((code for error_type, code in codes if isinstance(error, error_type)), exit_other)
-
-
-def _talks_to_node(function: Callable[..., None]) -> Callable[..., None]:
-    """Add --url, --api-key and --json; call ``function(client, output, **arguments)``; errors to exit codes."""
-
-    @click.option(
-        "--url",
-        envvar="COFFER_URL",
-        default=default_url,
-        show_default=True,
-        help="node base URL; several comma-separated are tried in turn [env COFFER_URL]",
-    )
-    @click.option("--api-key", envvar="COFFER_API_KEY", help="API key [env COFFER_API_KEY]")
-    @ca_file_option
-    @click.option("--json", "as_json", is_flag=True, help="print JSON for scripts")
-    @functools.wraps(function)
-    def command(url: str, api_key: str | None, ca_file: Path | None, as_json: bool, **arguments: Any) -> None:
-        from coffer.client import Client, CofferError, NotAvailableError, TransportError
-
-        urls = [part.strip() for part in url.split(",") if part.strip()]
-        if not urls:
-            raise click.UsageError("--url names no URL")
-        try:
-            with Client(urls, api_key=api_key or None, ca_file=ca_file) as client:
-                function(client, _Output(as_json), **arguments)
-        except CofferError as error:
-            if as_json:  # a script reads the outcome on stdout, success or not
-                detail = {"code": error.code, "message": error.message, "status": error.status}
-                if error.account_id is not None:
-                    detail["account_id"] = error.account_id
-                if error.dedup_id is not None:
-                    detail["dedup_id"] = error.dedup_id
-                _Output(as_json).json({"error": detail})
-            click.echo(f"error: {error}", err=True)
-            if error.dedup_id and isinstance(error, NotAvailableError | TransportError):
-                click.echo(f"the command may or may not be applied: retry it with --dedup-id {error.dedup_id}", err=True)
-            click.get_current_context().exit(_exit_code(error))
-
-    return command
-
-
-def _dedup_option(function: Callable[..., None]) -> Callable[..., None]:
-    return click.option("--dedup-id", help="idempotency key: resending it never applies twice [default: a fresh one]")(function)
-
-
 def _meta_option(function: Callable[..., None]) -> Callable[..., None]:
     return click.option("--meta", "metadata", multiple=True, metavar="KEY=VALUE", help="metadata entry (repeatable)")(function)
 
@@ -645,99 +552,6 @@ def _pages(fetch: "Callable[[str | None], tuple[Sequence[Any], str | None]]", cu
             return items
 
 
-# ------------------------------------------------------------------------------------ formatting
-
-
-def _table(headers: Sequence[str], rows: Sequence[Sequence[str]], right: frozenset[int] = frozenset()) -> str:
-    """Plain aligned columns; the columns in ``right`` (amounts, numbers) align right."""
-    widths = [max([len(header), *(len(row[column]) for row in rows)]) for column, header in enumerate(headers)]
-
-    def line(cells: Sequence[str]) -> str:
-        padded = (cell.rjust(widths[i]) if i in right else cell.ljust(widths[i]) for i, cell in enumerate(cells))
-        return "  ".join(padded).rstrip()
-
-    return "\n".join([line(headers), *(line(row) for row in rows)])
-
-
-def _total(amounts: dict[str, str], scale: int) -> str:
-    return f"{sum((Decimal(amount) for amount in amounts.values()), Decimal(0)):.{scale}f}"
-
-
-def _entries(amounts: dict[str, str]) -> str:
-    return ", ".join(f"{key}={value}" for key, value in amounts.items())
-
-
-_account_headers = (
-    "ACCOUNT",
-    "ASSET",
-    "STATE",
-    "AVAILABLE",
-    "RESERVED",
-    "PENDING_IN",
-    "PENDING_OUT",
-    "LOWER",
-    "UPPER",
-    "VERSION",
-)
-_account_numbers = frozenset({3, 4, 5, 6, 7, 8, 9})
-
-
-def _account_row(account: "AccountView") -> list[str]:
-    return [
-        account.account_id,
-        account.asset,
-        account.state,
-        account.available,
-        _total(account.reservations, account.scale),
-        _total(account.pending_in, account.scale),
-        _total(account.pending_out, account.scale),
-        account.lower_limit,
-        "-" if account.upper_limit is None else account.upper_limit,
-        str(account.version),
-    ]
-
-
-def _accounts_table(accounts: Sequence["AccountView"]) -> str:
-    return _table(_account_headers, [_account_row(account) for account in accounts], _account_numbers)
-
-
-def _account_card(account: "AccountView") -> str:
-    """One account, field by field, with every reservation and pending entry."""
-
-    def section(amounts: dict[str, str]) -> str:
-        total = _total(amounts, account.scale)
-        return f"{total}  ({_entries(amounts)})" if amounts else total
-
-    fields = [
-        ("account_id", account.account_id),
-        ("asset", f"{account.asset} (scale {account.scale})"),
-        ("state", account.state),
-        ("available", account.available),
-        ("reserved", section(account.reservations)),
-        ("pending_in", section(account.pending_in)),
-        ("pending_out", section(account.pending_out)),
-        ("lower_limit", account.lower_limit),
-        ("upper_limit", "none" if account.upper_limit is None else account.upper_limit),
-        ("version", str(account.version)),
-        ("seq", str(account.seq)),
-    ]
-    if account.metadata:
-        fields.append(("metadata", _entries(account.metadata)))
-    width = max(len(name) for name, _ in fields)
-    return "\n".join(f"{name.ljust(width)}  {value}" for name, value in fields)
-
-
-def _print_result(output: _Output, result: "CommandResult") -> None:
-    if output.as_json:
-        output.json(result)
-        return
-    click.echo(f"applied: seq {result.seq}, log index {result.log_index}, dedup_id {result.dedup_id}")
-    if result.compensation is not None:
-        click.echo(f"compensation: {result.compensation}")
-    if result.accounts:
-        click.echo(_accounts_table(result.accounts))
-
-
 # -------------------------------------------------------------------------------------- accounts
 
 
@@ -753,11 +567,11 @@ def account() -> None:
 @click.option("--lower-limit", help="lowest available balance [default: 0]")
 @click.option("--upper-limit", help="highest total balance [default: none]")
 @_meta_option
-@_dedup_option
-@_talks_to_node
+@dedup_option
+@talks_to_node
 def account_create(
     client: "Client",
-    output: _Output,
+    output: Output,
     account_id: str,
     asset: str,
     scale: int,
@@ -776,7 +590,7 @@ def account_create(
         metadata=_metadata(metadata),
         dedup_id=dedup_id,
     )
-    _print_result(output, result)
+    print_result(output, result)
 
 
 @account.command("show")
@@ -784,10 +598,10 @@ def account_create(
 @click.option("--min-seq", type=click.IntRange(min=0), help="fail (exit 4) rather than show a state older than this seq")
 @click.option("--at-seq", type=click.IntRange(min=0), help="show the accounts as of this seq")
 @click.option("--at-time", help="show the accounts as of the last event at or before this time (RFC 3339 or Unix seconds)")
-@_talks_to_node
+@talks_to_node
 def account_show(
     client: "Client",
-    output: _Output,
+    output: Output,
     account_ids: tuple[str, ...],
     min_seq: int | None,
     at_seq: int | None,
@@ -801,7 +615,7 @@ def account_show(
         if output.as_json:
             output.json(view)
         else:
-            click.echo(_account_card(view))
+            click.echo(account_card(view))
         return
     if min_seq is not None:
         raise click.UsageError("--min-seq takes one account; use --at-seq for several")
@@ -810,7 +624,7 @@ def account_show(
         output.json(accounts)
     else:
         click.echo(f"as of seq {accounts.seq}")
-        click.echo(_accounts_table([accounts.accounts[key] for key in account_ids if key in accounts.accounts]))
+        click.echo(accounts_table([accounts.accounts[key] for key in account_ids if key in accounts.accounts]))
     if accounts.missing:
         click.echo(f"error: ACCOUNT_NOT_FOUND: no account {', '.join(accounts.missing)}", err=True)
         click.get_current_context().exit(exit_not_found)
@@ -819,10 +633,10 @@ def account_show(
 def _account_command(name: str, method: str, summary: str) -> None:
     @account.command(name, help=summary)
     @click.argument("account_id")
-    @_dedup_option
-    @_talks_to_node
-    def command(client: "Client", output: _Output, account_id: str, dedup_id: str | None) -> None:
-        _print_result(output, getattr(client, method)(account_id, dedup_id=dedup_id))
+    @dedup_option
+    @talks_to_node
+    def command(client: "Client", output: Output, account_id: str, dedup_id: str | None) -> None:
+        print_result(output, getattr(client, method)(account_id, dedup_id=dedup_id))
 
 
 _account_command("lock", "lock_account", "Lock ACCOUNT_ID: no balance operation until unlocked (admin).")
@@ -835,11 +649,11 @@ _account_command("delete", "delete_account", "Delete ACCOUNT_ID, forever; it mus
 @click.option("--lower-limit", help="new lowest available balance")
 @click.option("--upper-limit", help="new highest total balance")
 @click.option("--no-upper-limit", is_flag=True, help="remove the upper limit")
-@_dedup_option
-@_talks_to_node
+@dedup_option
+@talks_to_node
 def account_limits(
     client: "Client",
-    output: _Output,
+    output: Output,
     account_id: str,
     lower_limit: str | None,
     upper_limit: str | None,
@@ -854,7 +668,7 @@ def account_limits(
     if lower_limit is None and upper_limit is None and not no_upper_limit:
         raise click.UsageError("give --lower-limit, --upper-limit or --no-upper-limit")
     upper: str | msgspec.UnsetType | None = None if no_upper_limit else (msgspec.UNSET if upper_limit is None else upper_limit)
-    _print_result(output, client.update_limits(account_id, lower_limit=lower_limit, upper_limit=upper, dedup_id=dedup_id))
+    print_result(output, client.update_limits(account_id, lower_limit=lower_limit, upper_limit=upper, dedup_id=dedup_id))
 
 
 # ------------------------------------------------------------------------------------ money moves
@@ -868,11 +682,11 @@ def account_limits(
 @click.option("--expected-from-balance", help="only if FROM_ACCOUNT_ID's available balance is exactly this")
 @click.option("--expected-to-balance", help="only if TO_ACCOUNT_ID's available balance is exactly this")
 @_meta_option
-@_dedup_option
-@_talks_to_node
+@dedup_option
+@talks_to_node
 def transfer(
     client: "Client",
-    output: _Output,
+    output: Output,
     from_account_id: str,
     to_account_id: str,
     amount: str,
@@ -893,31 +707,31 @@ def transfer(
         expected_to_balance=expected_to_balance,
         dedup_id=dedup_id,
     )
-    _print_result(output, result)
+    print_result(output, result)
 
 
 @main.command("reserve")
 @click.argument("account_id")
 @click.argument("reservation_id")
 @click.argument("amount")
-@_dedup_option
-@_talks_to_node
-def reserve(client: "Client", output: _Output, account_id: str, reservation_id: str, amount: str, dedup_id: str | None) -> None:
+@dedup_option
+@talks_to_node
+def reserve(client: "Client", output: Output, account_id: str, reservation_id: str, amount: str, dedup_id: str | None) -> None:
     """Freeze AMOUNT of ACCOUNT_ID's available balance under RESERVATION_ID (adds to it if it exists)."""
-    _print_result(output, client.reserve(account_id, reservation_id, amount, dedup_id=dedup_id))
+    print_result(output, client.reserve(account_id, reservation_id, amount, dedup_id=dedup_id))
 
 
 @main.command("release")
 @click.argument("account_id")
 @click.argument("reservation_id")
 @click.argument("amount", required=False)
-@_dedup_option
-@_talks_to_node
+@dedup_option
+@talks_to_node
 def release(
-    client: "Client", output: _Output, account_id: str, reservation_id: str, amount: str | None, dedup_id: str | None
+    client: "Client", output: Output, account_id: str, reservation_id: str, amount: str | None, dedup_id: str | None
 ) -> None:
     """Unfreeze AMOUNT of RESERVATION_ID back to available; all of it without AMOUNT."""
-    _print_result(output, client.release(account_id, reservation_id, amount, dedup_id=dedup_id))
+    print_result(output, client.release(account_id, reservation_id, amount, dedup_id=dedup_id))
 
 
 # ---------------------------------------------------------------------------------------- reading
@@ -926,10 +740,10 @@ def release(
 @main.command("events")
 @_range_options
 @click.option("--last", type=click.IntRange(1, 10_000), help="the last N events, up to the chain head")
-@_talks_to_node
+@talks_to_node
 def events(
     client: "Client",
-    output: _Output,
+    output: Output,
     from_seq: int | None,
     to_seq: int | None,
     from_time: str | None,
@@ -965,16 +779,16 @@ def events(
         ]
         for event in found
     ]
-    click.echo(_table(("SEQ", "TIME", "TYPE", "DEDUP_ID", "ACCOUNTS (AVAILABLE)"), rows, frozenset({0})))
+    click.echo(table(("SEQ", "TIME", "TYPE", "DEDUP_ID", "ACCOUNTS (AVAILABLE)"), rows, frozenset({0})))
 
 
 @main.command("history")
 @click.argument("account_id")
 @_range_options
-@_talks_to_node
+@talks_to_node
 def history(
     client: "Client",
-    output: _Output,
+    output: Output,
     account_id: str,
     from_seq: int | None,
     to_seq: int | None,
@@ -1003,14 +817,14 @@ def history(
             str(version.version),
             version.state,
             version.available,
-            _total(version.reservations, version.scale),
-            _total(version.pending_in, version.scale),
-            _total(version.pending_out, version.scale),
+            total(version.reservations, version.scale),
+            total(version.pending_in, version.scale),
+            total(version.pending_out, version.scale),
         ]
         for version in versions
     ]
     headers = ("SEQ", "TIME", "VERSION", "STATE", "AVAILABLE", "RESERVED", "PENDING_IN", "PENDING_OUT")
-    click.echo(_table(headers, rows, frozenset({0, 2, 4, 5, 6, 7})))
+    click.echo(table(headers, rows, frozenset({0, 2, 4, 5, 6, 7})))
 
 
 @main.command("statement")
@@ -1020,10 +834,10 @@ def history(
 @click.option("--from-seq", type=click.IntRange(min=0), help="period start as a seq (inclusive)")
 @click.option("--to-seq", type=click.IntRange(min=0), help="period end as a seq (exclusive)")
 @click.option("--limit", type=click.IntRange(min=1), help="changes per request [server default 1000]")
-@_talks_to_node
+@talks_to_node
 def statement(
     client: "Client",
-    output: _Output,
+    output: Output,
     account_id: str,
     from_time: str | None,
     to_time: str | None,
@@ -1050,7 +864,7 @@ def statement(
     if output.as_json:
         output.json(whole)
         return
-    zero = _total({}, whole.scale)
+    zero = total({}, whole.scale)
     click.echo(f"statement of {whole.account_id} ({whole.asset}), seqs {whole.from_seq} to {whole.to_seq} (exclusive)")
     opening = zero if whole.opening is None else whole.opening.available
     click.echo(f"opening available  {opening}" + ("  (the account did not exist yet)" if whole.opening is None else ""))
@@ -1062,14 +876,14 @@ def statement(
             "-" if change.dedup_id is None else change.dedup_id,
             change.available_delta,
             change.available,
-            _total(change.reservations, whole.scale),
-            _total(change.pending_in, whole.scale),
-            _total(change.pending_out, whole.scale),
+            total(change.reservations, whole.scale),
+            total(change.pending_in, whole.scale),
+            total(change.pending_out, whole.scale),
         ]
         for change in changes
     ]
     headers = ("SEQ", "TIME", "TYPE", "DEDUP_ID", "CHANGE", "AVAILABLE", "RESERVED", "PENDING_IN", "PENDING_OUT")
-    click.echo(_table(headers, rows, frozenset({0, 4, 5, 6, 7, 8})))
+    click.echo(table(headers, rows, frozenset({0, 4, 5, 6, 7, 8})))
     closing = zero if whole.closing is None else whole.closing.available
     click.echo(f"closing available  {closing}")
 
@@ -1097,8 +911,8 @@ def audit() -> None:
 
 
 @audit.command("head")
-@_talks_to_node
-def audit_head(client: "Client", output: _Output) -> None:
+@talks_to_node
+def audit_head(client: "Client", output: Output) -> None:
     """The chain head: the last event seq and its hash. Anyone holding it can verify the history."""
     head = client.audit_head()
     if output.as_json:

@@ -17,13 +17,13 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from coffer import cli
-from coffer.cli import _dedup_option, _Output, _print_result, _table, _talks_to_node
+from coffer import cli_node
+from coffer.cli_node import Output, dedup_option, print_result, table, talks_to_node
+from coffer.http.limits import commands_per_request_max
 
 if TYPE_CHECKING:
     from coffer.client import Client, Leg
 
-commands_per_request_max = 8190  # the node's limit for POST /v1/commands
 
 
 def _legs(entries: Sequence[str], asset: str, option: str = "--leg") -> list["Leg"]:
@@ -58,7 +58,7 @@ def _conditions(**given: Sequence[str]) -> list[Any]:
     return [Precondition(account_id=account_id, **fields) for account_id, fields in by_account.items()]
 
 
-def _echo_json(output: _Output, value: Any, text: str | None = None) -> None:
+def _echo_json(output: Output, value: Any, text: str | None = None) -> None:
     if output.as_json or text is None:
         output.json(value)
     else:
@@ -73,13 +73,13 @@ def _one_leg_command(name: str, sign: str, summary: str) -> click.Command:
     @click.argument("account_id")
     @click.argument("amount")
     @click.option("--asset", required=True, help="the account's asset, e.g. USD")
-    @_dedup_option
-    @_talks_to_node
-    def command(client: "Client", output: _Output, account_id: str, amount: str, asset: str, dedup_id: str | None) -> None:
+    @dedup_option
+    @talks_to_node
+    def command(client: "Client", output: Output, account_id: str, amount: str, asset: str, dedup_id: str | None) -> None:
         if amount.startswith(("-", "+")):
             raise click.BadParameter("give the amount without a sign", param_hint="AMOUNT")
         (leg,) = _legs([f"{account_id}={sign}{amount}"], asset)
-        _print_result(output, client.batch_operation([leg], dedup_id=dedup_id))
+        print_result(output, client.batch_operation([leg], dedup_id=dedup_id))
 
     return command
 
@@ -95,11 +95,11 @@ withdraw = _one_leg_command("withdraw", "-", "Take AMOUNT out of ACCOUNT_ID, out
 @click.option("--min-balance", multiple=True, metavar="ACCOUNT=AMOUNT", help="only if available is at least this")
 @click.option("--max-balance", multiple=True, metavar="ACCOUNT=AMOUNT", help="only if available is at most this")
 @click.option("--expected-version", multiple=True, metavar="ACCOUNT=N", help="only if the account's version is N")
-@_dedup_option
-@_talks_to_node
+@dedup_option
+@talks_to_node
 def batch(
     client: "Client",
-    output: _Output,
+    output: Output,
     legs: tuple[str, ...],
     asset: str,
     expected_balance: tuple[str, ...],
@@ -116,19 +116,19 @@ def batch(
         expected_balance=expected_balance, min_balance=min_balance, max_balance=max_balance, expected_version=expected_version
     )
     result = client.batch_operation(_legs(legs, asset), preconditions=preconditions or None, dedup_id=dedup_id)
-    _print_result(output, result)
+    print_result(output, result)
 
 
 @click.command("compensate")
 @click.argument("original_dedup_id")
-@_dedup_option
-@_talks_to_node
-def compensate(client: "Client", output: _Output, original_dedup_id: str, dedup_id: str | None) -> None:
+@dedup_option
+@talks_to_node
+def compensate(client: "Client", output: Output, original_dedup_id: str, dedup_id: str | None) -> None:
     """Undo the transfer, batch operation or reservation sent with ORIGINAL_DEDUP_ID.
 
     If it was never seen, a null compensation is recorded and the original is refused if it comes later.
     """
-    _print_result(output, client.compensate(original_dedup_id, dedup_id=dedup_id))
+    print_result(output, client.compensate(original_dedup_id, dedup_id=dedup_id))
 
 
 # ------------------------------------------------------------------------------------ two-phase
@@ -144,37 +144,37 @@ def tcc() -> None:
 @click.option("--leg", "legs", multiple=True, required=True, metavar="ACCOUNT=AMOUNT", help="negative: held out; positive: booked in")
 @click.option("--asset", required=True, help="the legs' asset, e.g. USD")
 @click.option("--timeout-s", type=click.IntRange(min=1), help="cancel by itself this many seconds (log time) later")
-@_dedup_option
-@_talks_to_node
+@dedup_option
+@talks_to_node
 def tcc_try(
-    client: "Client", output: _Output, txn_id: str, legs: tuple[str, ...], asset: str, timeout_s: int | None, dedup_id: str | None
+    client: "Client", output: Output, txn_id: str, legs: tuple[str, ...], asset: str, timeout_s: int | None, dedup_id: str | None
 ) -> None:
     """Hold TXN_ID's money: negative legs move available to pending_out, positive legs book pending_in."""
-    _print_result(output, client.tcc_try(txn_id, _legs(legs, asset), timeout_s=timeout_s, dedup_id=dedup_id))
+    print_result(output, client.tcc_try(txn_id, _legs(legs, asset), timeout_s=timeout_s, dedup_id=dedup_id))
 
 
 @tcc.command("confirm")
 @click.argument("txn_id")
-@_dedup_option
-@_talks_to_node
-def tcc_confirm(client: "Client", output: _Output, txn_id: str, dedup_id: str | None) -> None:
+@dedup_option
+@talks_to_node
+def tcc_confirm(client: "Client", output: Output, txn_id: str, dedup_id: str | None) -> None:
     """Confirm TXN_ID: pending_out leaves, pending_in becomes available."""
-    _print_result(output, client.tcc_confirm(txn_id, dedup_id=dedup_id))
+    print_result(output, client.tcc_confirm(txn_id, dedup_id=dedup_id))
 
 
 @tcc.command("cancel")
 @click.argument("txn_id")
-@_dedup_option
-@_talks_to_node
-def tcc_cancel(client: "Client", output: _Output, txn_id: str, dedup_id: str | None) -> None:
+@dedup_option
+@talks_to_node
+def tcc_cancel(client: "Client", output: Output, txn_id: str, dedup_id: str | None) -> None:
     """Cancel TXN_ID: pending_out goes back to available, pending_in is dropped."""
-    _print_result(output, client.tcc_cancel(txn_id, dedup_id=dedup_id))
+    print_result(output, client.tcc_cancel(txn_id, dedup_id=dedup_id))
 
 
 @tcc.command("show")
 @click.argument("txn_id")
-@_talks_to_node
-def tcc_show(client: "Client", output: _Output, txn_id: str) -> None:
+@talks_to_node
+def tcc_show(client: "Client", output: Output, txn_id: str) -> None:
     """TXN_ID as the node holds it: state, deadline, legs, and its decision at a commit point."""
     view = client.request("GET", f"/v1/transactions/{txn_id}")
     if output.as_json:
@@ -187,7 +187,7 @@ def tcc_show(client: "Client", output: _Output, txn_id: str) -> None:
         click.echo(f"{where}state {part['state']}, deadline {part['deadline'] or 'none'}")
         rows = [[leg["account_id"], leg["asset"], leg["amount_out"], leg["amount_in"]] for leg in part["legs"]]
         if rows:
-            click.echo(_table(("ACCOUNT", "ASSET", "OUT", "IN"), rows, frozenset({2, 3})))
+            click.echo(table(("ACCOUNT", "ASSET", "OUT", "IN"), rows, frozenset({2, 3})))
         if part.get("decision"):
             decision = part["decision"]
             click.echo(f"decision: {'commit' if decision['commit'] else 'abort'} at seq {decision['seq']} ({decision['time']})")
@@ -197,8 +197,8 @@ def tcc_show(client: "Client", output: _Output, txn_id: str) -> None:
 @click.option("--prefix", default="", help="only ids that start with this")
 @click.option("--limit", type=click.IntRange(1, 10_000), default=1000, show_default=True)
 @click.option("--shard", type=click.IntRange(min=0), help="a sharded node: which shard")
-@_talks_to_node
-def tcc_list(client: "Client", output: _Output, prefix: str, limit: int, shard: int | None) -> None:
+@talks_to_node
+def tcc_list(client: "Client", output: Output, prefix: str, limit: int, shard: int | None) -> None:
     """The tries still open, oldest first."""
     params: dict[str, Any] = {"open": "true", "prefix": prefix, "limit": limit}
     if shard is not None:
@@ -225,8 +225,8 @@ def _read_lines(source: Any) -> Iterator[tuple[int, dict[str, Any]]]:
 
 @click.command("commands")
 @click.argument("file", type=click.File("r"))
-@_talks_to_node
-def commands(client: "Client", output: _Output, file: Any) -> None:
+@talks_to_node
+def commands(client: "Client", output: Output, file: Any) -> None:
     """Send the commands of FILE (JSON lines, '-' for stdin) through POST /v1/commands, in order.
 
     Each line is {"type": T, ...the fields of T's own endpoint}, T one of create_account,
@@ -256,10 +256,10 @@ def commands(client: "Client", output: _Output, file: Any) -> None:
             ]
             for number, outcome in outcomes
         ]
-        click.echo(_table(("LINE", "STATUS", "DEDUP_ID", "OUTCOME"), rows, frozenset({0, 1})))
+        click.echo(table(("LINE", "STATUS", "DEDUP_ID", "OUTCOME"), rows, frozenset({0, 1})))
         click.echo(f"{len(outcomes) - failed} applied, {failed} not applied")
     if failed:
-        click.get_current_context().exit(cli.exit_rejected)
+        click.get_current_context().exit(cli_node.exit_rejected)
 
 
 def _outcome_json(outcome: Any) -> dict[str, Any]:
@@ -276,8 +276,8 @@ def _outcome_json(outcome: Any) -> dict[str, Any]:
 @click.option("--limit", type=click.IntRange(1, 1000), default=50, show_default=True, help="accounts per page")
 @click.option("--after", help="continue after this account id (the next of a page)")
 @click.option("--all", "all_pages", is_flag=True, help="follow the pages to the end")
-@_talks_to_node
-def account_search(client: "Client", output: _Output, prefix: str, limit: int, after: str | None, all_pages: bool) -> None:
+@talks_to_node
+def account_search(client: "Client", output: Output, prefix: str, limit: int, after: str | None, all_pages: bool) -> None:
     """The accounts whose id starts with PREFIX, in id order (all accounts without PREFIX)."""
     found: list[dict[str, Any]] = []
     while True:
@@ -294,12 +294,12 @@ def account_search(client: "Client", output: _Output, prefix: str, limit: int, a
         output.json(found)
         return
     rows = [[view["account_id"], view["asset"], view["state"], view["available"], str(view["version"])] for view in found]
-    click.echo(_table(("ACCOUNT", "ASSET", "STATE", "AVAILABLE", "VERSION"), rows, frozenset({3, 4})))
+    click.echo(table(("ACCOUNT", "ASSET", "STATE", "AVAILABLE", "VERSION"), rows, frozenset({3, 4})))
 
 
 @click.command("shards")
-@_talks_to_node
-def shards(client: "Client", output: _Output) -> None:
+@talks_to_node
+def shards(client: "Client", output: Output) -> None:
     """The node's shards: each one's chain head and readiness (one shard on a node that is not sharded)."""
     found = client.request("GET", "/v1/shards")
     if output.as_json:
@@ -315,26 +315,26 @@ def shards(client: "Client", output: _Output) -> None:
         ]
         for entry in found["shards"]
     ]
-    click.echo(_table(("SHARD", "STATE", "SEQ", "HEAD HASH", "URL"), rows, frozenset({0, 2})))
+    click.echo(table(("SHARD", "STATE", "SEQ", "HEAD HASH", "URL"), rows, frozenset({0, 2})))
     if found["map"] is not None:
         click.echo(f"shard map version {found['map'].get('version', '?')}")
 
 
 @click.command("whoami")
-@_talks_to_node
-def whoami(client: "Client", output: _Output) -> None:
+@talks_to_node
+def whoami(client: "Client", output: Output) -> None:
     """The role and key id of your API key on this node."""
     who = client.request("GET", "/v1/whoami")
     if who["role"] is None:
         _echo_json(output, who, "no role: no API key given, or not one of this node's keys")
-        click.get_current_context().exit(cli.exit_auth)
+        click.get_current_context().exit(cli_node.exit_auth)
     _echo_json(output, who, f"{who['role']} (key {who['key_id']})" if who["key_id"] else f"{who['role']} (this node has no keys)")
 
 
 @click.command("check")
 @click.option("--shard", type=click.IntRange(min=0), help="a sharded node: which shard")
-@_talks_to_node
-def audit_check(client: "Client", output: _Output, shard: int | None) -> None:
+@talks_to_node
+def audit_check(client: "Client", output: Output, shard: int | None) -> None:
     """Ask the node to re-verify its own stored chain up to its head (GET /v1/audit/verify).
 
     Every hash, seq and link, and the accounts the events fold to against the live ones. Last
@@ -353,12 +353,12 @@ def audit_check(client: "Client", output: _Output, shard: int | None) -> None:
             click.echo(f"FAILED at seq {verdict['first_bad_seq']}: {verdict['problem']}")
             click.echo(f"verdict=FAILED first_bad_seq={verdict['first_bad_seq'] or 0}")
     if not verdict["ok"]:
-        click.get_current_context().exit(cli.exit_rejected)
+        click.get_current_context().exit(cli_node.exit_rejected)
 
 
 @click.command("status")
-@_talks_to_node
-def status(client: "Client", output: _Output) -> None:
+@talks_to_node
+def status(client: "Client", output: Output) -> None:
     """Is the node alive (GET /healthz) and ready (GET /readyz)? Exit 4 when not ready."""
     from coffer.client import NotAvailableError
 
@@ -369,14 +369,14 @@ def status(client: "Client", output: _Output) -> None:
         ready = {"status": f"not ready: {error}"}
     _echo_json(output, {"health": alive, "ready": ready}, f"alive: {alive['status']}\nready: {json.dumps(ready)}")
     if ready.get("status") != "ready":
-        click.get_current_context().exit(cli.exit_unavailable)
+        click.get_current_context().exit(cli_node.exit_unavailable)
 
 
 @click.command("metrics")
 @click.option("--shard", type=click.IntRange(min=0), help="a sharded node: which shard")
 @click.option("--grep", "pattern", help="only the lines that contain this")
-@_talks_to_node
-def metrics(client: "Client", output: _Output, shard: int | None, pattern: str | None) -> None:
+@talks_to_node
+def metrics(client: "Client", output: Output, shard: int | None, pattern: str | None) -> None:
     """The node's Prometheus metrics (text format)."""
     text = client.metrics() if shard is None else client.request("GET", "/metrics", params={"shard": shard})
     for line in text.splitlines():
@@ -386,8 +386,8 @@ def metrics(client: "Client", output: _Output, shard: int | None, pattern: str |
 
 @click.command("log-level")
 @click.argument("level", type=click.Choice(["debug", "info", "warning", "error", "critical"]))
-@_talks_to_node
-def log_level(client: "Client", output: _Output, level: str) -> None:
+@talks_to_node
+def log_level(client: "Client", output: Output, level: str) -> None:
     """Change the node's log level now (admin); a restart goes back to --log-level."""
     _echo_json(output, {"level": client.set_log_level(level)}, f"log level {level}")
 
@@ -404,8 +404,8 @@ def hierarchy() -> None:
 @click.argument("node_id")
 @click.argument("children", nargs=-1, required=True)
 @click.option("--parent", "parent_id", help="the node above this one")
-@_talks_to_node
-def hierarchy_put(client: "Client", output: _Output, node_id: str, children: tuple[str, ...], parent_id: str | None) -> None:
+@talks_to_node
+def hierarchy_put(client: "Client", output: Output, node_id: str, children: tuple[str, ...], parent_id: str | None) -> None:
     """Create or replace NODE_ID with exactly these CHILDREN (account ids or node ids) (admin)."""
     body: dict[str, Any] = {"node_id": node_id, "children": list(children)}
     if parent_id is not None:
@@ -416,20 +416,20 @@ def hierarchy_put(client: "Client", output: _Output, node_id: str, children: tup
 
 @hierarchy.command("show")
 @click.argument("node_id")
-@_talks_to_node
-def hierarchy_show(client: "Client", output: _Output, node_id: str) -> None:
+@talks_to_node
+def hierarchy_show(client: "Client", output: Output, node_id: str) -> None:
     """NODE_ID's parent and children."""
     node = client.request("GET", f"/v1/hierarchy/nodes/{node_id}")
     rows = [[child["id"], child["kind"]] for child in node["children"]]
-    _echo_json(output, node, f"node {node['node_id']} (parent {node['parent_id'] or 'none'})\n" + _table(("CHILD", "KIND"), rows))
+    _echo_json(output, node, f"node {node['node_id']} (parent {node['parent_id'] or 'none'})\n" + table(("CHILD", "KIND"), rows))
 
 
 @hierarchy.command("balance")
 @click.argument("node_id")
 @click.option("--root-only", is_flag=True, help="only NODE_ID itself, not every node below it")
 @click.option("--at-seq", type=click.IntRange(min=0), help="as of this seq")
-@_talks_to_node
-def hierarchy_balance(client: "Client", output: _Output, node_id: str, root_only: bool, at_seq: int | None) -> None:
+@talks_to_node
+def hierarchy_balance(client: "Client", output: Output, node_id: str, root_only: bool, at_seq: int | None) -> None:
     """Available balance per asset of NODE_ID (the sum over its subtree) and of the nodes below it."""
     params: dict[str, Any] = {"root_only": "true" if root_only else "false"}
     if at_seq is not None:
@@ -441,7 +441,7 @@ def hierarchy_balance(client: "Client", output: _Output, node_id: str, root_only
         for node in nodes
         for asset, amount in sorted(node["available"].items())
     ]
-    _echo_json(output, balance, f"as of seq {balance['seq']}\n" + _table(("NODE", "ASSET", "AVAILABLE"), rows, frozenset({2})))
+    _echo_json(output, balance, f"as of seq {balance['seq']}\n" + table(("NODE", "ASSET", "AVAILABLE"), rows, frozenset({2})))
 
 
 def register(main: click.Group, account: click.Group, audit: click.Group) -> None:

@@ -67,7 +67,6 @@ Time = datetime | str | int  # RFC 3339 text, an aware datetime, or Unix epoch s
 
 default_url = "http://127.0.0.1:8080"
 timeout_s_default = 10.0  # longer than the server's own waits (min_seq 2 s, event store 5 s)
-commands_per_request_max = 8190  # POST /v1/commands takes 1 to 8190 commands
 transport_error_code = "TRANSPORT_ERROR"  # client-side only: the server was not reached or did not answer
 invalid_response_code = "INVALID_RESPONSE"  # client-side only: a 2xx answer that is not the API's shape
 

@@ -58,9 +58,9 @@ from coffer.core.snapshot import restore_snapshot, take_snapshot
 from coffer.core.state_machine import StateMachine, protocol_version_max
 from coffer.disk import Disk, local_disk
 from coffer.disk_space import DiskSpace, is_disk_full
+from coffer.history.event_store import EventStore
 from coffer.log.base import CommandLog, LogError, LogRecord, LogTruncatedError
 from coffer.progress import progress, shows_progress
-from coffer.query.event_store import EventStore
 
 logger = logging.getLogger(__name__)
 

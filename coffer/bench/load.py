@@ -86,6 +86,7 @@ from urllib.parse import urlsplit
 import msgspec
 
 from coffer.bench import figures
+from coffer.http.limits import commands_per_request_max
 from coffer.progress import progress_over
 from coffer.txn.shard_map import ShardMap
 
@@ -712,8 +713,8 @@ def run(
         raise BenchError(f"mode is single or batch, not {mode!r}")
     if concurrency < 1 or processes < 1 or duration_s <= 0:
         raise BenchError("concurrency, processes and duration must be positive")
-    if not 1 <= batch <= 8190:
-        raise BenchError("batch is 1 to 8190 transfers (the limit of POST /v1/commands)")
+    if not 1 <= batch <= commands_per_request_max:
+        raise BenchError(f"batch is 1 to {commands_per_request_max} transfers (the limit of POST /v1/commands)")
     if not 0.0 <= hot <= 1.0:
         raise BenchError("hot is a share between 0 and 1")
     if accounts < 2:

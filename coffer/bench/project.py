@@ -25,10 +25,10 @@ from pathlib import Path
 
 import httpx
 
+from coffer.http.limits import commands_per_request_max
 from coffer.query.projector import Projector
 from coffer.query.sql_store import SqlStore
 
-commands_per_request = 8190  # the most one POST /v1/commands takes
 legs_per_batch_max = 1024  # the ledger's most legs in one batch operation
 start_s_max = 60.0
 stop_s_max = 15.0
@@ -48,7 +48,7 @@ def _free_port() -> int:
 def _start_node(data_dir: Path) -> tuple[subprocess.Popen[bytes], str]:
     port = _free_port()
     url = f"http://127.0.0.1:{port}"
-    command = [sys.executable, "-c", "from coffer.server.feed import main_with_feed; main_with_feed()", "serve"]
+    command = [sys.executable, "-c", "from coffer.cli import main; main()", "serve"]
     command += ["--data-dir", str(data_dir), "--port", str(port), "--log-level", "warning"]
     log = (data_dir.parent / "node.log").open("ab")
     process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
@@ -102,8 +102,8 @@ def _load(url: str, command_count: int, account_count: int) -> int:
             }
         )
     with httpx.Client(base_url=url, timeout=120.0) as client:
-        for start in range(0, len(commands), commands_per_request):
-            response = client.post("/v1/commands", json={"commands": commands[start : start + commands_per_request]})
+        for start in range(0, len(commands), commands_per_request_max):
+            response = client.post("/v1/commands", json={"commands": commands[start : start + commands_per_request_max]})
             if response.status_code != 200:
                 raise BenchError(f"the node refused the commands: {response.status_code} {response.text[:300]}")
             failed = [result for result in response.json()["results"] if result["status"] != 200]

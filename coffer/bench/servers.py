@@ -43,10 +43,10 @@ snapshot_entries = 20_000  # as coffer serve's default
 
 def node_app() -> Any:
     """A node on the local write-ahead log in ``$COFFER_BENCH_DATA_DIR``, as ``coffer serve`` builds it."""
+    from coffer.http.auth import ApiKeys
     from coffer.log.wal import LocalWal
     from coffer.replica import Replica
     from coffer.server.app import create_app
-    from coffer.server.auth import ApiKeys
 
     data_dir = Path(os.environ[data_dir_variable])
     data_dir.mkdir(parents=True, exist_ok=True)

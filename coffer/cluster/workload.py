@@ -518,8 +518,8 @@ def history_from_log(servers: list[str], stream: str) -> list[dict[str, Any]]:
     """
     from coffer.core.entries import decode_entry
     from coffer.core.state_machine import StateMachine
+    from coffer.http.views import event_view
     from coffer.log.jetstream import JetStreamLog
-    from coffer.server.views import event_view
 
     machine = StateMachine()
     events: list[dict[str, Any]] = []

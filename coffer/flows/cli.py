@@ -7,16 +7,11 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
+from coffer import cli_node  # the helpers of every command that talks to a node
 from coffer.bench.figures import Recorder, json_option
 
 if TYPE_CHECKING:
     from coffer.client import Client
-
-
-def _cli() -> Any:
-    from coffer import cli  # the main command's helpers (options, output, exit codes)
-
-    return cli
 
 
 @click.group("flows")
@@ -35,8 +30,7 @@ def _param(values: tuple[str, ...]) -> dict[str, Any]:
 
 
 def register(main: click.Group, account: click.Group, bench: click.Group) -> None:
-    cli = _cli()
-    talks, dedup = cli._talks_to_node, cli._dedup_option
+    talks, dedup = cli_node.talks_to_node, cli_node.dedup_option
 
     @flows.command("apply")
     @click.argument("files", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path))
@@ -84,7 +78,7 @@ def register(main: click.Group, account: click.Group, bench: click.Group) -> Non
             output.json(found)
             return
         rows = [[flow.name, str(flow.version), flow.mode or "", flow.description[:60]] for flow in found]
-        click.echo(cli._table(["flow", "version", "mode", "description"], rows, frozenset({1})))
+        click.echo(cli_node.table(["flow", "version", "mode", "description"], rows, frozenset({1})))
 
     @flows.command("show")
     @click.argument("name")
@@ -118,7 +112,7 @@ def register(main: click.Group, account: click.Group, bench: click.Group) -> Non
         result = client.run_flow(name, values, dedup_id=dedup_id, version=version, dry_run=dry_run)
         _print_run(output, result)
         if not result.ok:
-            click.get_current_context().exit(cli.exit_rejected)
+            click.get_current_context().exit(cli_node.exit_rejected)
 
     @flows.command("run-status")
     @click.argument("run_id")
@@ -174,7 +168,7 @@ def register(main: click.Group, account: click.Group, bench: click.Group) -> Non
             debits_per_day=debits_per_day,
             dedup_id=dedup_id,
         )
-        cli._print_result(output, result)
+        cli_node.print_result(output, result)
 
     @bench.command("flows")
     @click.option("--url", help="a running node [default: start one on a temporary data directory]")

@@ -25,10 +25,11 @@ from coffer.flows import definition
 from coffer.flows.compiler import derived_dedup_id
 from coffer.flows.definition import FlowInvalid
 from coffer.flows.runner import Answer, FlowRunner, StoredRun, StoredVersion
+from coffer.http.auth import Role
+from coffer.http.responses import read_body
+from coffer.http.views import error_body, rejection_body
 from coffer.server import requests as bodies
-from coffer.server.auth import Role
 from coffer.server.pipeline import LogUnavailable
-from coffer.server.views import error_body, rejection_body
 
 if TYPE_CHECKING:
     from coffer.server.app import Api
@@ -268,8 +269,6 @@ class FlowRunFastPath:
         if not name or "/" in name or scope["method"] != "POST" or not is_flow_name(name):
             await self.app(scope, receive, send)
             return
-        from coffer.server.app import read_body
-
         headers = {key.decode("latin-1"): value.decode("latin-1") for key, value in scope["headers"]}
 
         async def chunks() -> Any:

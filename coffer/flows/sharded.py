@@ -22,7 +22,8 @@ from coffer.flows import definition
 from coffer.flows.compiler import derived_dedup_id
 from coffer.flows.http import decode_run, is_flow_name
 from coffer.flows.runner import Answer, FlowRunner, StoredRun, StoredVersion
-from coffer.server.auth import Role
+from coffer.http.auth import Role
+from coffer.http.responses import HttpError, json_response, read_body
 from coffer.server.requests import RequestError
 
 if TYPE_CHECKING:
@@ -82,7 +83,6 @@ class RouterLedger:
         return {asset: found[asset] for asset in assets if asset in found}
 
     async def send(self, kind: str, body: dict[str, Any]) -> Answer:
-        from coffer.txn.router import _Refused
         from coffer.txn.shards import ShardUnavailable
 
         path = {"transfer": "/v1/transfers", "batch_operation": "/v1/batch-operations", "reserve": "/v1/reservations"}
@@ -90,7 +90,7 @@ class RouterLedger:
         path |= {"tcc_cancel": "/v1/tcc/cancel", "compensate": "/v1/compensations"}
         try:
             return await self.router.command(kind, body, None, path[kind])
-        except _Refused as refused:
+        except HttpError as refused:
             return refused.status, {"error": {"code": refused.code, "message": refused.message}}
         except ShardUnavailable as error:
             return 503, {"error": {"code": ErrorCode.NOT_AVAILABLE.value, "message": str(error)}}
@@ -133,8 +133,6 @@ class RouterFlows:
         return await self.router._forward(registry_shard, request, content)
 
     async def run(self, request: Request, role: Role) -> Response:
-        from coffer.server.app import json_response, read_body
-
         try:
             body = decode_run(await read_body(request.headers, request.stream()))
         except RequestError as error:

@@ -4,6 +4,8 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
+from coffer import cli_node  # the helpers of every command that talks to a node
+
 if TYPE_CHECKING:
     from coffer.client import Client
 
@@ -14,9 +16,7 @@ def webhooks() -> None:
 
 
 def register(main: click.Group) -> None:
-    from coffer import cli
-
-    talks = cli._talks_to_node
+    talks = cli_node.talks_to_node
 
     @webhooks.command("add")
     @click.argument("target", metavar="URL")
@@ -60,7 +60,7 @@ def register(main: click.Group) -> None:
             output.json(found)
             return
         rows = [[item["id"], item["url"], str(item["cursor_seq"])] for item in found]
-        click.echo(cli._table(["id", "url", "delivered to seq"], rows, frozenset({2})))
+        click.echo(cli_node.table(["id", "url", "delivered to seq"], rows, frozenset({2})))
 
     @webhooks.command("deliveries")
     @click.argument("subscription_id")
@@ -73,7 +73,7 @@ def register(main: click.Group) -> None:
             output.json(found)
             return
         rows = [[str(row["seq"]), str(row["attempt"]), row["outcome"], str(row["http_status"] or "-"), row["error"] or ""] for row in found]
-        click.echo(cli._table(["seq", "attempt", "outcome", "status", "error"], rows, frozenset({0, 1})))
+        click.echo(cli_node.table(["seq", "attempt", "outcome", "status", "error"], rows, frozenset({0, 1})))
 
     @webhooks.command("replay")
     @click.argument("subscription_id")

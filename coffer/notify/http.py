@@ -23,12 +23,13 @@ from starlette.routing import Route
 from coffer.core.amounts import AmountError, format_amount, parse_amount
 from coffer.core.errors import ErrorCode
 from coffer.core.events import EventType
+from coffer.http.auth import Role
+from coffer.http.responses import read_body
+from coffer.http.views import error_body
 from coffer.notify.matcher import Item
 from coffer.notify.notifier import EventSource, Notifier, item_of
 from coffer.notify.store import Cursor, NotifyStore
 from coffer.server import requests as bodies
-from coffer.server.auth import Role
-from coffer.server.views import error_body
 
 if TYPE_CHECKING:
     from coffer.server.app import Api
@@ -293,8 +294,3 @@ class WebhookRoutes:
 
 _encode = msgspec.json.Encoder().encode
 
-
-async def read_body(headers: Any, chunks: Any) -> bytes:
-    from coffer.server.app import read_body as bounded  # the node's one body reader (its size bound)
-
-    return await bounded(headers, chunks)

@@ -30,9 +30,9 @@ import httpx
 import msgspec
 
 from coffer.core.events import EventRecord
+from coffer.http.views import event_view
 from coffer.notify.matcher import Filter, Item, Threshold, matches
 from coffer.notify.store import Cursor, NotifyStore
-from coffer.server.views import event_view
 
 
 def item_of(record: EventRecord) -> Item:

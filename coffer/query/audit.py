@@ -38,10 +38,10 @@ import msgspec
 from coffer.core.accounts import Account
 from coffer.core.commands import BatchBalanceOperation
 from coffer.core.events import Event, EventRecord, event_decoder, genesis_hash
+from coffer.http.feed_lines import line_decoder, stream_path
+from coffer.http.views import account_view
 from coffer.progress import progress
 from coffer.query.sql_store import EventRow, SqlStore, VersionRow, rows_of
-from coffer.server.feed import line_decoder, stream_path
-from coffer.server.views import account_view
 
 page_events = 10_000  # events read and checked per round trip
 accounts_per_request = 500  # ids per GET /v1/accounts: keeps the URL far below common limits

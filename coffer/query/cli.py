@@ -150,6 +150,7 @@ def query_serve(
 
     from coffer.query.query_app import create_query_app
     from coffer.server.connections import ConnectionLimits, connections_cap, server_config
+    from coffer.server.openapi import query_openapi_document
     from coffer.server.serve import ServeError, bind, check_tls, is_loopback, load_keys
 
     _logging(log_level)
@@ -162,7 +163,7 @@ def query_serve(
     except ServeError as error:
         click.echo(f"error: {error.message}", err=True)
         sys.exit(error.exit_code)
-    app = create_query_app(_open_store(store_dsn), keys, wait_s)
+    app = create_query_app(_open_store(store_dsn), keys, query_openapi_document(), wait_s)
     limits = ConnectionLimits(connections_max=connections_cap())
     config = server_config(app, host, port, log_level, limits, timeout_graceful_shutdown=5, **uvicorn_tls(tls_cert, tls_key))
     uvicorn.Server(config).run(sockets=[listener])

@@ -18,10 +18,10 @@ from typing import Any, Protocol
 import msgspec
 
 from coffer.core.errors import ErrorCode
+from coffer.http import inputs
 from coffer.query import hierarchy
 from coffer.query.reads import ReadError
 from coffer.query.sql_store import ChildRow
-from coffer.server import inputs
 
 id_pattern = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 

@@ -42,9 +42,9 @@ import httpx
 import msgspec
 
 from coffer.core.events import EventRecord, index_event
+from coffer.http.feed_lines import heartbeat_interval_s, line_decoder, stream_path
 from coffer.progress import Progress, progress
 from coffer.query.sql_store import EventRow, SqlStore, VersionRow
-from coffer.server.feed import heartbeat_interval_s, line_decoder, stream_path
 
 logger = logging.getLogger(__name__)
 
@@ -384,7 +384,7 @@ class NatsPublisher:
 
     async def publish(self, records: list[EventRecord]) -> None:
         """Publish in seq order, pipelined; return once every message is acknowledged."""
-        from coffer.server.views import event_view
+        from coffer.http.views import event_view
 
         encoder = msgspec.json.Encoder()
         acknowledgements = []

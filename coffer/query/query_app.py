@@ -23,7 +23,6 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection
 from typing import Any
 
-import msgspec
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect, Request
@@ -31,38 +30,23 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from coffer.core.errors import ErrorCode
+from coffer.http import inputs
+from coffer.http.auth import ApiKeys, Role
+from coffer.http.inputs import query_parameters
+from coffer.http.responses import HttpError, error_response, json_response, read_body
 from coffer.query import hierarchy, hierarchy_service, reads
 from coffer.query.sql_store import SqlStore
-from coffer.server import inputs
-from coffer.server.auth import ApiKeys, Role
-from coffer.server.openapi import query_openapi_document, query_parameters
-from coffer.server.views import error_body
 
 request_bytes_max = 4 * 1024 * 1024  # a hierarchy node of 10,000 children of 128 characters fits
 store_wait_s_max = 2.0  # how long a question about a seq waits for the projector
 store_poll_s = 0.02
 
-_json = msgspec.json.Encoder()
-
-
-class HttpError(Exception):
-    def __init__(self, status: int, code: str, message: str, subject_id: str | None = None) -> None:
-        super().__init__(message)
-        self.status = status
-        self.code = code
-        self.message = message
-        self.subject_id = subject_id
-
-
-def json_response(body: Any, status: int = 200) -> Response:
-    headers = {"Retry-After": "1"} if status == 503 else None
-    return Response(_json.encode(body), status_code=status, media_type="application/json", headers=headers)
-
 
 class QueryApi:
-    def __init__(self, store: SqlStore, keys: ApiKeys, store_wait_s: float = store_wait_s_max) -> None:
+    def __init__(self, store: SqlStore, keys: ApiKeys, document: dict[str, Any], store_wait_s: float = store_wait_s_max) -> None:
         self.store = store
         self.keys = keys
+        self.document = document
         self.store_wait_s = store_wait_s
 
     # ------------------------------------------------------------------ plumbing
@@ -88,9 +72,9 @@ class QueryApi:
         query: Collection[str] | None = None,
     ) -> Route:
         """A route answering ``method`` on ``path``; ``query`` names every query parameter it takes
-        (by default, the ones its operation lists in the query server's OpenAPI document)."""
+        (by default, the ones its operation lists in the query server's OpenAPI document, ``document``)."""
         if query is None:
-            query = query_parameters(query_openapi_document(), path, method)
+            query = query_parameters(self.document, path, method)
 
         async def endpoint(request: Request) -> Response:
             try:
@@ -103,13 +87,13 @@ class QueryApi:
             except ClientDisconnect:
                 return Response(status_code=499)  # nobody is left to read it; uvicorn drops it
             except inputs.InputError as error:
-                return json_response(error_body(error.code, error.message), 422)
+                return error_response(422, error.code, error.message)
             except HttpError as error:
-                return json_response(error_body(error.code, error.message, error.subject_id), error.status)
+                return error_response(error.status, error.code, error.message, error.account_id)
             except reads.ReadError as error:
-                return json_response(error_body(error.code, error.message, error.subject_id), error.status)
+                return error_response(error.status, error.code, error.message, error.subject_id)
             except hierarchy.HierarchyError as error:
-                return json_response(error_body(error.code, error.message, error.subject_id), 409)
+                return error_response(409, error.code, error.message, error.subject_id)
 
         return Route(path, endpoint, methods=[method])
 
@@ -128,16 +112,6 @@ class QueryApi:
                     503, ErrorCode.NOT_AVAILABLE, f"the query store has not reached seq {seq} yet (it holds {last_seq})"
                 )
             await asyncio.sleep(store_poll_s)
-
-    async def _body(self, request: Request) -> bytes:
-        chunks = []
-        size = 0
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > request_bytes_max:
-                raise HttpError(413, ErrorCode.INVALID_REQUEST, f"request body is larger than {request_bytes_max} bytes")
-            chunks.append(chunk)
-        return b"".join(chunks)
 
     # ------------------------------------------------------------------ history
 
@@ -170,7 +144,7 @@ class QueryApi:
     # ------------------------------------------------------------------ hierarchy
 
     async def put_node(self, request: Request) -> Response:
-        body = hierarchy_service.decode_node(await self._body(request))
+        body = hierarchy_service.decode_node(await read_body(request.headers, request.stream(), request_bytes_max))
         return json_response(await self._store(hierarchy_service.put_node, self.store, body))
 
     async def get_node(self, request: Request) -> Response:
@@ -199,7 +173,7 @@ class QueryApi:
         return json_response({"status": "ready", "seq": seq})
 
     async def openapi(self, request: Request) -> Response:
-        return json_response(query_openapi_document())
+        return json_response(self.document)
 
     def routes(self) -> list[Route]:
         reader, admin = Role.READER, Role.ADMIN
@@ -219,14 +193,17 @@ class QueryApi:
         ]
 
 
-def create_query_app(store: SqlStore, keys: ApiKeys, store_wait_s: float = store_wait_s_max) -> Starlette:
-    api = QueryApi(store, keys, store_wait_s)
+def create_query_app(store: SqlStore, keys: ApiKeys, document: dict[str, Any], store_wait_s: float = store_wait_s_max) -> Starlette:
+    """The query server on ``store``; ``document`` is its OpenAPI document
+    (:func:`coffer.server.openapi.query_openapi_document`, handed in by ``coffer query serve``):
+    it answers ``GET /openapi.json`` and says which query parameters each route takes."""
+    api = QueryApi(store, keys, document, store_wait_s)
 
     async def http_error(request: Request, error: Exception) -> Response:
         status = getattr(error, "status_code", 500)
         # An unknown route or method is a malformed request in the contract's terms.
         message = f"{request.method} {request.url.path}: {getattr(error, 'detail', 'error')}"
-        response = json_response(error_body(ErrorCode.INVALID_REQUEST, message), status)
+        response = error_response(status, ErrorCode.INVALID_REQUEST, message)
         if status == 405:
             response.headers["Allow"] = inputs.allowed_methods(app.routes, request.scope)
         return response

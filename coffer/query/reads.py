@@ -33,11 +33,9 @@ from coffer.core.accounts import Account
 from coffer.core.amounts import format_amount
 from coffer.core.errors import ErrorCode
 from coffer.core.events import EventRecord
-from coffer.server.views import account_view, event_view, time_text
+from coffer.http.limits import query_integer_max, query_limit_default, query_limit_max
+from coffer.http.views import account_view, event_view, time_text
 
-query_limit_default = 1000  # a page holds this many items unless ``limit`` says otherwise
-query_limit_max = 10_000  # a page never holds more: bounds the memory and the time of one answer
-query_integer_max = 2**63 - 1  # seqs and times are stored as signed 64-bit integers
 time_text_length_max = 64  # the longest RFC 3339 text or epoch number worth parsing
 cursor_length_max = 200  # a cursor we issue is under 60 characters; anything longer is not ours
 cursor_version = "c1"

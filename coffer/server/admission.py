@@ -21,10 +21,12 @@ Method: two counters of the event loop thread, no lock.
 import contextlib
 from collections.abc import Iterator
 
+from coffer.http.limits import commands_per_request_max
+
 # A 2-core node answers ~6,000 single transfers/s: 1,024 waiting is ~170 ms of queue, and the group
 # commit alone keeps a few hundred in flight at full speed (measured: fewer costs throughput).
 write_requests_waiting_max = 1024
-write_commands_waiting_max = 4 * 8190  # four full entries: the group commit keeps one written and one gathering
+write_commands_waiting_max = 4 * commands_per_request_max  # four full entries: the group commit keeps one written and one gathering
 
 
 class Overloaded(Exception):

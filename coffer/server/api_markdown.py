@@ -14,9 +14,10 @@ from coffer.core import commands
 from coffer.core.amounts import amount_max, scale_max
 from coffer.core.errors import ErrorCode
 from coffer.flows import definition, expressions
+from coffer.http import limits
 from coffer.notify import notifier
 from coffer.query import reads
-from coffer.server import app, openapi
+from coffer.server import openapi
 
 _methods = ("get", "post", "put", "delete")
 
@@ -85,7 +86,7 @@ path): `coffer openapi --markdown > docs/api.md`. A test fails when the two disa
 | 403 | the key's role may not use this route (`FORBIDDEN`) |
 | 404 | a GET of an unknown account or hierarchy node (`ACCOUNT_NOT_FOUND`), or of an account as of a time or seq before it existed |
 | 409 | a ledger rule rejected the command; nothing changed. A retry of the same `dedup_id` answers the same 409 |
-| 413 | the body is larger than {app.request_bytes_max // (1024 * 1024)} MiB |
+| 413 | the body is larger than {limits.request_bytes_max // (1024 * 1024)} MiB |
 | 422 | malformed request (schema, amount, id, parameter, cursor); it never reaches the log and does not use up its `dedup_id` |
 | 503 | `NOT_AVAILABLE`: not applied (or stored) that far yet, or the log is unreachable; has `Retry-After`. Retrying a command with the same `dedup_id` is safe |
 
@@ -158,8 +159,8 @@ the node is told `--insecure-allow-plaintext`. `/healthz`, `/readyz` and `/opena
 
 | what | limit |
 |---|---|
-| request body | {app.request_bytes_max // (1024 * 1024)} MiB (413 beyond) |
-| commands in one `POST /v1/commands` | 1 to {app.commands_per_request_max} |
+| request body | {limits.request_bytes_max // (1024 * 1024)} MiB (413 beyond) |
+| commands in one `POST /v1/commands` | 1 to {limits.commands_per_request_max} |
 | accounts in one `GET /v1/accounts?ids=` | {reads.query_limit_max} |
 | items per page (`limit`) | {reads.query_limit_max} |
 | ids (accounts, reservations, transactions, hierarchy nodes) | 1 to 128 characters of `A-Za-z0-9._:-` |

@@ -31,31 +31,29 @@ from coffer.core.errors import ErrorCode
 from coffer.core.events import Actor
 from coffer.core.state_machine import protocol_version_max
 from coffer.flows.http import FlowRoutes, FlowRunFastPath
+from coffer.http import inputs
+from coffer.http.auth import ApiKeys, Role
+from coffer.http.inputs import query_parameters
+from coffer.http.limits import commands_per_request_max, query_limit_max
+from coffer.http.responses import HttpError, encoded_answer, json_response, read_body, retry_after
+from coffer.http.views import account_view, error_body, rejection_body, velocity_view
 from coffer.notify.http import NodeHost, WebhookRoutes
 from coffer.query import hierarchy, hierarchy_service, reads
 from coffer.replica import RecoveryStopped, Replica
-from coffer.server import inputs, transactions
 from coffer.server import requests as bodies
+from coffer.server import transactions
 from coffer.server.admission import Admission, Overloaded
-from coffer.server.auth import ApiKeys, Role
 from coffer.server.feed import event_stream
 from coffer.server.node_reads import NodeHierarchy, NodeReads
-from coffer.server.openapi import openapi_document, query_parameters
+from coffer.server.openapi import openapi_document
 from coffer.server.operator_api import HttpMetrics, NodeTools
 from coffer.server.pipeline import DiskFull, FollowerPipeline, LogUnavailable, Outcome, Pipeline
-from coffer.server.views import account_view, error_body, rejection_body, velocity_view
 
 logger = logging.getLogger(__name__)
 
-request_bytes_max = 16 * 1024 * 1024  # a full POST /v1/commands of 8190 commands fits with room
-commands_per_request_max = 8190
-query_limit_max = 10_000
 store_wait_s_max = 5.0
 submit_wait_s_max = 20.0
 compaction_interval_s = 30.0  # cluster: how often a node tries to purge the stream below all snapshots  # no request hangs: past this the outcome is unknown (503, retry safely)  # a history read waits this long for the event store to catch up
-
-_json = msgspec.json.Encoder()
-
 
 # Who sent the request being handled (set by Api._role, read when its commands are submitted).
 _caller: contextvars.ContextVar[Actor | None] = contextvars.ContextVar("coffer_caller", default=None)
@@ -66,50 +64,7 @@ class _CommandsBody(msgspec.Struct, forbid_unknown_fields=True):
 
 _commands_decoder = msgspec.json.Decoder(_CommandsBody)
 _commands_msgpack_decoder = msgspec.msgpack.Decoder(_CommandsBody)
-_msgpack = msgspec.msgpack.Encoder()
 _log_level_decoder = msgspec.json.Decoder(dict[str, str])
-
-
-class HttpError(Exception):
-    def __init__(self, status: int, code: ErrorCode, message: str, account_id: str | None = None) -> None:
-        super().__init__(message)
-        self.status = status
-        self.code = code
-        self.message = message
-        self.account_id = account_id
-
-
-def json_response(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
-    return Response(_json.encode(body), status_code=status, media_type="application/json", headers=headers)
-
-
-def encoded_answer(body: Any, binary: bool) -> tuple[bytes, bytes]:
-    """The answer's bytes and media type: MessagePack when ``binary`` (POST /v1/commands), else JSON."""
-    if binary:
-        return _msgpack.encode(body), inputs.msgpack_media_type.encode()
-    return _json.encode(body), b"application/json"
-
-
-_retry_after = {"Retry-After": "1"}
-
-
-def error_response(status: int, code: str, message: str, account_id: str | None = None) -> Response:
-    return json_response(error_body(code, message, account_id), status, _retry_after if status == 503 else None)
-
-
-async def read_body(headers: Mapping[str, str], chunks: AsyncIterator[bytes]) -> bytes:
-    """The request body, refused early (413) when it is larger than ``request_bytes_max``."""
-    declared = headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > request_bytes_max:
-        raise HttpError(413, ErrorCode.INVALID_REQUEST, f"request body is larger than {request_bytes_max} bytes")
-    parts = []
-    size = 0
-    async for chunk in chunks:
-        size += len(chunk)
-        if size > request_bytes_max:
-            raise HttpError(413, ErrorCode.INVALID_REQUEST, f"request body is larger than {request_bytes_max} bytes")
-        parts.append(chunk)
-    return b"".join(parts)
 
 
 class Metrics:
@@ -120,7 +75,7 @@ class Metrics:
         self.entry_commands = Histogram(
             "coffer_entry_commands",
             "Commands per log entry (group commit size)",
-            buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096, 8190),
+            buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096, commands_per_request_max),
             registry=self.registry,
         )
         self.append_seconds = Histogram(
@@ -255,7 +210,7 @@ class Api:
             if isinstance(answer, Response):
                 return answer
             status, body = answer
-            return json_response(body, status, _retry_after if status == 503 else None)
+            return json_response(body, status, retry_after if status == 503 else None)
 
         route = Route(path, endpoint, methods=[method])
         route.query_parameters = frozenset(query)  # type: ignore[attr-defined]  # read by the OpenAPI agreement test
@@ -535,7 +490,7 @@ class Api:
             waiting_for = f"free disk space: {self.replica.disk_space.full}"
         if waiting_for is not None:
             body = {"ready": False, "waiting_for": waiting_for, **error_body(ErrorCode.NOT_AVAILABLE, f"not ready: {waiting_for}")}
-            return json_response(body, 503, _retry_after)
+            return json_response(body, 503, retry_after)
         ready: dict[str, Any] = {
             "status": "ready",
             "ready": True,

@@ -23,8 +23,8 @@ from typing import Any
 
 from coffer.core.events import Event, EventRecord, genesis_hash
 from coffer.core.state_machine import StateMachine
+from coffer.history.event_store import EventStore
 from coffer.query.audit import AuditFailed, Replay
-from coffer.query.event_store import EventStore
 
 events_per_read = 10_000  # one store read per this many events: memory stays flat on long histories
 accounts_per_slice = 5_000  # accounts compared between two yields to the event loop

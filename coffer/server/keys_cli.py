@@ -1,4 +1,4 @@
-"""``coffer keys``: the API keys of a keys file, kept as hashes (see :mod:`coffer.server.auth`).
+"""``coffer keys``: the API keys of a keys file, kept as hashes (see :mod:`coffer.http.auth`).
 
 ``add`` makes a key, writes only its hash and prints the key once; ``remove`` revokes by key id;
 ``list`` shows roles and key ids. A running node reads the changed file within a second or so.
@@ -9,7 +9,7 @@ from pathlib import Path
 import click
 
 from coffer import exit_codes
-from coffer.server.auth import KeyConfigError, Role, add_key, parse_keys_file, remove_key
+from coffer.http.auth import KeyConfigError, Role, add_key, parse_keys_file, remove_key
 
 _keys_file_option = click.option(
     "--keys-file", required=True, type=click.Path(dir_okay=False, path_type=Path), help="the node's --keys-file"

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from coffer.core.errors import ErrorCode
-from coffer.query.event_store import EventStore
+from coffer.history.event_store import EventStore
 from coffer.query.reads import HistoryStore, ReadError
 from coffer.query.sql_store import ChildRow, SqlStore
 

@@ -482,12 +482,6 @@ query_server_routes = {
 }
 
 
-def query_parameters(document: dict[str, Any], path: str, method: str) -> frozenset[str]:
-    """The query parameters an operation of ``document`` lists: what its route accepts, and only that."""
-    operation = document["paths"].get(path, {}).get(method.lower(), {})
-    return frozenset(parameter["name"] for parameter in operation.get("parameters", []) if parameter.get("in") == "query")
-
-
 @functools.cache
 def openapi_document() -> dict[str, Any]:
     """The node's document (``GET /openapi.json`` of ``coffer serve``)."""

@@ -30,11 +30,11 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from coffer.core.errors import ErrorCode
+from coffer.http.auth import ApiKeys, Role
+from coffer.http.views import account_view
 from coffer.query import reads
 from coffer.server.account_search import AccountIndex, account_id_pattern, search_limit_default, search_limit_max
-from coffer.server.auth import ApiKeys, Role
 from coffer.server.chain_audit import ChainAudit
-from coffer.server.views import account_view
 
 if TYPE_CHECKING:
     from coffer.server.app import Api

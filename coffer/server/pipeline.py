@@ -39,12 +39,13 @@ from coffer.core.commands import Command
 from coffer.core.entries import EntryFormatError, decode_entry, encode_entry
 from coffer.core.events import Actor, EventRecord
 from coffer.core.state_machine import protocol_version_max
+from coffer.http.limits import commands_per_request_max
 from coffer.log.base import LogDiskFullError, LogError, LogRecord, LogTruncatedError
 from coffer.replica import Replica, store_backlog_events_max
 
 logger = logging.getLogger(__name__)
 
-entry_commands_max = 8190  # one entry holds at most one full POST /v1/commands
+entry_commands_max = commands_per_request_max  # one entry holds at most one full POST /v1/commands
 min_seq_wait_s_max = 2.0  # how long a read waits for this node to reach min_seq before 503
 follow_wait_s = 0.25  # one follow call waits this long for new records before looping
 appends_in_flight_max = 4  # cluster: entries published and not yet acknowledged, per node

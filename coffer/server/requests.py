@@ -4,7 +4,7 @@ Method: msgspec decodes a body strictly into one of the structs below (unknown f
 types are refused), then :func:`to_command` turns decimal-string amounts into integers of the
 asset's minor unit with :func:`coffer.core.amounts.parse_amount`. Anything malformed raises
 :class:`RequestError` (HTTP 422) and never reaches the log; a body that is not JSON, not UTF-8,
-nested too deep or repeats a key is refused before that by :mod:`coffer.server.inputs`.
+nested too deep or repeats a key is refused before that by :mod:`coffer.http.inputs`.
 
 Parsing an amount needs its asset's scale, which this node knows from its applied state: the
 asset of a transfer or leg, or the account of a reservation or limit change. A command that names
@@ -21,7 +21,7 @@ import msgspec
 from coffer.core import commands as core
 from coffer.core.amounts import AmountError, amount_sign, parse_amount
 from coffer.core.errors import ErrorCode
-from coffer.server import inputs
+from coffer.http import inputs
 
 dedup_id_length_max = core.id_length_max
 

@@ -23,12 +23,13 @@ import uvicorn
 
 from coffer import exit_codes
 from coffer.cluster.checkpoints import cluster_secret_bytes_min
+from coffer.http import views
+from coffer.http.auth import ApiKeys, KeyConfigError
 from coffer.log.base import CommandLog
 from coffer.log.wal import LocalWal, LogInUseError
 from coffer.replica import Replica
-from coffer.server import admission, views
+from coffer.server import admission
 from coffer.server.app import create_app
-from coffer.server.auth import ApiKeys, KeyConfigError
 from coffer.server.connections import ConnectionLimits, connections_cap, server_config
 from coffer.server.feed import close_streams
 from coffer.tls_options import uvicorn_tls

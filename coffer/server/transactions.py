@@ -9,7 +9,7 @@ from typing import Any
 
 from coffer.core.amounts import format_amount
 from coffer.core.state_machine import StateMachine
-from coffer.server.views import time_text
+from coffer.http.views import time_text
 
 open_transactions_limit_max = 10_000
 

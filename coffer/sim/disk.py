@@ -14,7 +14,7 @@ Method.
 - The simulator may arm a countdown (``crash_countdown``): the n-th mutating operation from then
   raises :class:`SimulatedCrash` before it takes effect — or, for a write, after only a prefix of
   the bytes reached the disk.
-- The event store is the real :class:`coffer.query.event_store.EventStore` (its SQL, its checks
+- The event store is the real :class:`coffer.history.event_store.EventStore` (its SQL, its checks
   on replayed events) on an in-memory SQLite database that this disk keeps across crashes. A commit
   is durable when it returns, as with ``synchronous=FULL`` in the service, so a crash loses only
   what the store writer had not committed yet — that lives in the replica's memory, not here. Each
@@ -31,7 +31,7 @@ from pathlib import Path
 
 from coffer.core.events import EventRecord
 from coffer.disk import Disk
-from coffer.query.event_store import EventStore
+from coffer.history.event_store import EventStore
 
 
 class SimulatedCrash(BaseException):

@@ -40,9 +40,9 @@ from coffer.core.accounts import Result
 from coffer.core.errors import ErrorCode
 from coffer.core.events import EventRecord
 from coffer.core.state_machine import StateMachine
+from coffer.http.views import account_view, rejection_body
 from coffer.server import requests as bodies
 from coffer.server import transactions
-from coffer.server.views import account_view, rejection_body
 from coffer.txn import coordinator as txn
 from coffer.txn.coordinator import Coordinator, txn_prefix
 from coffer.txn.shard_map import ShardMap

@@ -2,7 +2,7 @@
 
 Job. Run the code the service runs — :class:`coffer.replica.Replica` (recovery from snapshot plus
 log replay, apply, the rules that start and activate snapshots, the store writer feeding the real
-:class:`coffer.query.event_store.EventStore`), the log entries of :mod:`coffer.core.entries`, and
+:class:`coffer.history.event_store.EventStore`), the log entries of :mod:`coffer.core.entries`, and
 the group commit's batching of :mod:`coffer.server.pipeline` — with its time, storage and log
 injected, in one process, driven by one seeded ``random.Random``: no wall clock, no thread, no
 fork, no file. Inject the faults a deployment meets and let :class:`coffer.sim.checker.Auditor`

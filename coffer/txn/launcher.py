@@ -32,9 +32,9 @@ from typing import Any
 import httpx
 import uvicorn
 
+from coffer.http.auth import ApiKeys
 from coffer.log.jetstream import connect_options
 from coffer.ports import free_port
-from coffer.server.auth import ApiKeys
 from coffer.server.serve import ServeError, is_loopback
 from coffer.txn.router import Router, create_router_app, router_config_variable
 from coffer.txn.shard_map import ShardMap, ShardMapError, load_or_create, write

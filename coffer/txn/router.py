@@ -32,12 +32,13 @@ from starlette.routing import Route
 
 from coffer.core.errors import ErrorCode
 from coffer.flows.sharded import RouterFlows
+from coffer.http import inputs
+from coffer.http.auth import ApiKeys, Role
+from coffer.http.limits import commands_per_request_max
+from coffer.http.responses import HttpError, encoded_answer, error_response, json_response, read_body
 from coffer.notify.http import WebhookRoutes
 from coffer.notify.sharded import RouterHost
-from coffer.server import inputs
 from coffer.server import requests as bodies
-from coffer.server.app import encoded_answer, error_response, json_response, read_body
-from coffer.server.auth import ApiKeys, Role
 from coffer.server.openapi import openapi_document
 from coffer.server.requests import RequestError, admin_command_types, internal_command_types, refuse_reserved_command_ids
 from coffer.txn import coordinator, router_tools
@@ -70,14 +71,6 @@ _path_of_kind = {kind: path for path, kind, path_account in command_routes if no
 _broadcast_kinds = {"tcc_confirm", "tcc_cancel"}
 
 
-class _Refused(Exception):
-    def __init__(self, status: int, code: str, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.code = code
-        self.message = message
-
-
 class Router:
     def __init__(self, shard_map: ShardMap, shards: ShardClients, keys: ApiKeys) -> None:
         self.shard_map = shard_map
@@ -97,7 +90,7 @@ class Router:
             presented = authorization[7:].strip()
         role = self.keys.role_of(presented)
         if role is None:
-            raise _Refused(401, ErrorCode.UNAUTHORIZED, "missing or unknown API key")
+            raise HttpError(401, ErrorCode.UNAUTHORIZED, "missing or unknown API key")
         return role
 
     def route(self, path: str, method: str, needed: Role, handler: Callable[[Request, Role], Awaitable[Response]]) -> Route:
@@ -105,9 +98,9 @@ class Router:
             try:
                 role = self._role(request)
                 if role < needed:
-                    raise _Refused(403, ErrorCode.FORBIDDEN, f"this route needs the {needed.name.lower()} role")
+                    raise HttpError(403, ErrorCode.FORBIDDEN, f"this route needs the {needed.name.lower()} role")
                 return await handler(request, role)
-            except _Refused as refused:
+            except HttpError as refused:
                 return error_response(refused.status, refused.code, refused.message)
             except ShardUnavailable as error:
                 return error_response(503, ErrorCode.NOT_AVAILABLE, f"{error}; retry with the same dedup_id")
@@ -134,7 +127,7 @@ class Router:
         """The ``shard=`` of a per-shard read, and the other parameters (to forward)."""
         values = request.query_params.getlist("shard")
         if len(values) != 1 or not values[0].isdigit() or int(values[0]) >= self.shards.count:
-            raise _Refused(422, ErrorCode.INVALID_REQUEST, f"this node has {self.shards.count} shards: pass shard=0..{self.shards.count - 1}")
+            raise HttpError(422, ErrorCode.INVALID_REQUEST, f"this node has {self.shards.count} shards: pass shard=0..{self.shards.count - 1}")
         rest = [(key, value) for key, value in request.query_params.multi_items() if key != "shard"]
         return int(values[0]), rest
 
@@ -169,7 +162,7 @@ class Router:
                 bodies.convert_body(bodies.body_types[kind], body)
                 tcc = coordinator.plan_tcc(body, self.shard_map)
             except PlanError as error:
-                raise _Refused(422, ErrorCode.INVALID_REQUEST, str(error)) from None
+                raise HttpError(422, ErrorCode.INVALID_REQUEST, str(error)) from None
             except (bodies.RequestError, KeyError, TypeError):
                 tcc = None  # malformed: the shard below answers the precise 422
             if tcc is not None:
@@ -179,7 +172,7 @@ class Router:
             try:
                 plan = coordinator.plan(kind, body, self.shard_map)
             except PlanError as error:
-                raise _Refused(422, ErrorCode.INVALID_REQUEST, str(error)) from None
+                raise HttpError(422, ErrorCode.INVALID_REQUEST, str(error)) from None
             except (KeyError, TypeError):
                 plan = None  # malformed: the shard below answers the precise 422
             if plan is not None:
@@ -326,14 +319,14 @@ class Router:
         except msgspec.DecodeError:
             return await self._forward(0, request, data)
         items = envelope.get("commands") if isinstance(envelope, dict) else None
-        if not isinstance(items, list) or not 1 <= len(items) <= 8190 or set(envelope) != {"commands"}:
+        if not isinstance(items, list) or not 1 <= len(items) <= commands_per_request_max or set(envelope) != {"commands"}:
             return await self._forward(0, request, data)
         return await self._commands(envelope, role, binary)
 
     async def _commands(self, envelope: dict[str, Any], role: Role, binary: bool) -> Response:
         items = envelope["commands"]
-        if not 1 <= len(items) <= 8190:
-            message = "commands must hold 1 to 8190 items"
+        if not 1 <= len(items) <= commands_per_request_max:
+            message = f"commands must hold 1 to {commands_per_request_max} items"
             return _encoded(binary, {"error": {"code": ErrorCode.INVALID_REQUEST.value, "message": message}}, 422)
         results: list[dict[str, Any] | None] = [None] * len(items)
         per_shard: dict[int, list[int]] = {}
@@ -348,7 +341,7 @@ class Router:
                 continue
             try:
                 _refuse_reserved_ids(item)
-            except _Refused as refused:
+            except HttpError as refused:
                 results[position] = {"status": refused.status, "error": {"code": refused.code, "message": refused.message}}
                 continue
             shards = self._shards_of(kind, item)
@@ -374,7 +367,7 @@ class Router:
                 return
             try:
                 status, answer = await self.command(kind, item, None, _path_of_kind.get(kind, "/v1/commands"))
-            except _Refused as refused:
+            except HttpError as refused:
                 status, answer = refused.status, {"error": {"code": refused.code, "message": refused.message}}
             except ShardUnavailable as error:
                 status, answer = 503, {"error": {"code": ErrorCode.NOT_AVAILABLE.value, "message": str(error)}}
@@ -398,9 +391,9 @@ class Router:
                     raise ValueError(part)
                 seqs[int(shard)] = int(seq)
         except ValueError:
-            raise _Refused(422, ErrorCode.INVALID_REQUEST, "token is shard:seq pairs, comma-separated, as a write answers it") from None
+            raise HttpError(422, ErrorCode.INVALID_REQUEST, "token is shard:seq pairs, comma-separated, as a write answers it") from None
         if len(values) > 1 or "min_seq" in request.query_params:
-            raise _Refused(422, ErrorCode.INVALID_REQUEST, "give one token, or min_seq, not both")
+            raise HttpError(422, ErrorCode.INVALID_REQUEST, "give one token, or min_seq, not both")
         return seqs
 
     def _with_min_seq(self, request: Request, shard: int, seqs: dict[int, int], drop: tuple[str, ...] = ()) -> list[tuple[str, str]]:
@@ -444,7 +437,7 @@ class Router:
             shard = next(iter(groups), 0)
             return await self._forward(shard, request, params=self._with_min_seq(request, shard, seqs) if seqs else None)
         if "at_seq" in params or "min_seq" in params:
-            raise _Refused(422, ErrorCode.INVALID_REQUEST, "at_seq and min_seq are per shard: these ids span shards (use at_time or token)")
+            raise HttpError(422, ErrorCode.INVALID_REQUEST, "at_seq and min_seq are per shard: these ids span shards (use at_time or token)")
         answers = await asyncio.gather(
             *(
                 self.shards.get(shard, "/v1/accounts", [*self._with_min_seq(request, shard, seqs, ("ids",)), ("ids", ",".join(group))])
@@ -499,7 +492,7 @@ class Router:
                 decision = decision or view.get("decision")
         found = {shard: view for shard, view in parts.items() if "error" not in view}
         if not found:
-            raise _Refused(404, ErrorCode.TXN_NOT_FOUND, f"no shard holds transaction {txn_id}")
+            raise HttpError(404, ErrorCode.TXN_NOT_FOUND, f"no shard holds transaction {txn_id}")
         states = {view["state"] for view in found.values() if view["state"] is not None}
         if decision is not None:
             state = "COMMITTED" if decision["commit"] else "ABORTED"
@@ -547,7 +540,7 @@ def _refuse_reserved_ids(body: dict[str, Any]) -> None:
     try:
         refuse_reserved_command_ids(body.get("dedup_id"), body.get("txn_id"))
     except RequestError as error:
-        raise _Refused(422, error.code.value, error.message) from None
+        raise HttpError(422, error.code.value, error.message) from None
 
 
 def _code(answer: dict[str, Any]) -> str | None:

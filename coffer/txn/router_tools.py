@@ -14,8 +14,8 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from coffer import console
-from coffer.server.app import error_response, json_response
-from coffer.server.auth import Role
+from coffer.http.auth import Role
+from coffer.http.responses import error_response, json_response
 from coffer.server.operator_api import SearchError, search_params, search_path, whoami
 
 if TYPE_CHECKING:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from coffer.core.commands import BatchBalanceOperation, CreateAccount, Leg, Transfer
 from coffer.core.state_machine import StateMachine
-from coffer.query.event_store import EventStore
+from coffer.history.event_store import EventStore
 from coffer.server.chain_audit import ChainAudit
 
 start_time_ms = 1_700_000_000_000

@@ -17,8 +17,8 @@ from coffer.core.state_machine import StateMachine
 from coffer.flows import definition
 from coffer.flows.files import library
 from coffer.flows.runner import Answer, FlowRunner, StoredRun, StoredVersion
+from coffer.http.views import rejection_body
 from coffer.server import requests as bodies
-from coffer.server.views import rejection_body
 
 start_time_ms = 1_700_000_000_000
 

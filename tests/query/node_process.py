@@ -1,35 +1,26 @@
 """Real processes for the query tests: a node that serves the event feed, and ledger workloads.
 
-:class:`FeedNode` is :class:`tests.service.server_process.CofferServer` started through
-:func:`coffer.server.feed.main_with_feed`, which routes ``GET /v1/events/stream`` whether or not
-:mod:`coffer.server.app` does yet; everything else (ports, readiness, stop, kill) is the parent's.
+:class:`FeedNode` is :class:`tests.service.server_process.CofferServer`: every node serves
+``GET /v1/events/stream``, so the parent's ``coffer serve`` is all a feed needs.
 """
 
 import asyncio
 import random
-import subprocess
-import sys
 from dataclasses import dataclass
 from typing import Any
 
 import httpx
 
+from coffer.http.limits import commands_per_request_max
 from coffer.query.projector import Projector
 from coffer.query.sql_store import SqlStore
 from tests.service.server_process import CofferServer
 
-commands_per_request = 8190
 legs_per_batch_max = 1024  # the ledger's limit on the legs of one batch operation
 
 
 class FeedNode(CofferServer):
-    def start(self) -> None:
-        assert self.process is None, "already running"
-        command = [sys.executable, "-c", "from coffer.server.feed import main_with_feed; main_with_feed()", "serve"]
-        command += ["--data-dir", str(self.data_dir), "--port", str(self.port), "--log-level", "warning"]
-        with self.log_path.open("ab") as log:
-            self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=self._environment)
-        self._wait_ready()
+    """A node the query tests follow through its event feed."""
 
 
 @dataclass
@@ -55,8 +46,8 @@ def send(url: str, commands: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """POST the commands in requests of at most 8190; every one must be applied (200)."""
     results: list[dict[str, Any]] = []
     with httpx.Client(base_url=url, timeout=120.0) as client:
-        for start in range(0, len(commands), commands_per_request):
-            response = client.post("/v1/commands", json={"commands": commands[start : start + commands_per_request]})
+        for start in range(0, len(commands), commands_per_request_max):
+            response = client.post("/v1/commands", json={"commands": commands[start : start + commands_per_request_max]})
             assert response.status_code == 200, response.text[:500]
             results.extend(response.json()["results"])
     failed = [result for result in results if result["status"] != 200]

@@ -8,7 +8,7 @@ from typing import Any
 
 import httpx
 
-from coffer.server.feed import heartbeat_interval_s
+from coffer.http.feed_lines import heartbeat_interval_s
 from tests.query.node_process import LoadedNode
 
 

@@ -14,10 +14,10 @@ from pathlib import Path
 import httpx
 import pytest
 
+from coffer.http.views import account_view
 from coffer.query.audit import Node, verify
 from coffer.query.projector import ProjectionError, Projector
 from coffer.query.sql_store import SqlStore
-from coffer.server.views import account_view
 from tests.query.node_process import FeedNode, LoadedNode, head, project, send, transfers_workload
 from tests.service.server_process import free_port
 

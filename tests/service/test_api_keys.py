@@ -9,7 +9,7 @@ import httpx
 from click.testing import CliRunner
 
 from coffer.cli import main
-from coffer.server.auth import ApiKeys, KeyConfigError, Role, add_key, keys_file_check_interval_s, parse_keys_file
+from coffer.http.auth import ApiKeys, KeyConfigError, Role, add_key, keys_file_check_interval_s, parse_keys_file
 from tests.service.server_process import CofferServer
 
 reload_s_max = keys_file_check_interval_s + 5.0

@@ -896,7 +896,7 @@ def test_account_not_found_is_one_exit_code_for_every_command(cli: Callable[...,
 
 
 def test_every_error_code_has_one_exit_code() -> None:
-    from coffer.cli import exit_codes_by_error_code
+    from coffer.cli_node import exit_codes_by_error_code
     from coffer.core.errors import ErrorCode
 
     assert {code.value for code in ErrorCode} <= set(exit_codes_by_error_code)

@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from coffer.server.inputs import refuse_duplicate_keys
+from coffer.http.inputs import refuse_duplicate_keys
 from tests.service.query_process import QueryServer
 from tests.service.raw_http import RawConnection
 from tests.service.server_process import CofferServer
@@ -173,7 +173,7 @@ def test_a_repeated_key_in_commands_legs_or_the_envelope_is_422(server: CofferSe
     ],
 )
 def test_the_duplicate_check_is_exact(text: bytes, repeats: bool) -> None:
-    from coffer.server.inputs import InputError
+    from coffer.http.inputs import InputError
 
     if repeats:
         with pytest.raises(InputError):
@@ -285,6 +285,10 @@ def test_account_ids_dot_and_dot_dot_are_refused(
     ("method", "target", "body"),
     [
         ("GET", f"/v1/events?limit={huge_digits}", None),
+        ("GET", "/v1/events?limit=99999999999999999999", None),  # 20 digits: past the signed 64-bit bound
+        ("GET", "/v1/events?from_seq=9223372036854775808", None),  # 2**63: one past it
+        ("GET", "/v1/accounts/a/history?to_seq=99999999999999999999", None),
+        ("GET", "/v1/hierarchy/nodes/n/balance?at_seq=9223372036854775808", None),
         ("GET", f"/v1/events?from_seq={huge_digits}", None),
         ("GET", f"/v1/events?to_seq={huge_digits}", None),
         ("GET", f"/v1/events?min_seq={huge_digits}", None),
@@ -311,6 +315,15 @@ def test_account_ids_dot_and_dot_dot_are_refused(
 )
 def test_the_query_server_refuses_the_same_input(query_server: QueryServer, method: str, target: str, body: bytes | None) -> None:
     refused(query_server.url, method, target, body)
+
+
+def test_the_query_server_takes_integers_up_to_the_signed_64_bit_bound(query_server: QueryServer) -> None:
+    with RawConnection(query_server.url) as connection:
+        answer = connection.request("GET", "/v1/events?from_seq=9223372036854775807", None)
+        assert answer.status == 200, answer.json()
+        assert answer.json()["events"] == []
+    error = refused(query_server.url, "GET", "/v1/events?from_seq=9223372036854775808")
+    assert "9223372036854775807" in str(error["message"]), error
 
 
 def test_the_query_server_405_names_the_allowed_methods(query_server: QueryServer) -> None:

@@ -17,7 +17,7 @@ import msgspec
 import pytest
 
 from coffer import Client
-from coffer.server import inputs
+from coffer.http import inputs
 from tests.service.raw_http import RawConnection
 from tests.service.server_process import CofferServer
 

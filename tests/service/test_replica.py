@@ -15,8 +15,8 @@ from coffer.core.entries import encode_entry
 from coffer.core.events import verify_chain
 from coffer.core.snapshot import take_snapshot
 from coffer.core.state_machine import StateMachine
+from coffer.history.event_store import EventStore
 from coffer.log.wal import LocalWal
-from coffer.query.event_store import EventStore
 from coffer.replica import Replica, SnapshotCorrupt, SnapshotJob, SnapshotWriter, read_snapshot_file
 
 account_count = 20

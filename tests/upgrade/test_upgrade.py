@@ -17,7 +17,7 @@ import httpx
 import pytest
 
 from coffer.core.events import event_format
-from coffer.query.event_store import EventStore
+from coffer.history.event_store import EventStore
 from tests.service.server_process import CofferServer
 
 fixture_dir = Path(__file__).parent / "f317832"

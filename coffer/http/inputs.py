@@ -46,11 +46,11 @@ import msgspec
 from starlette.routing import BaseRoute, Match
 
 from coffer.core.errors import ErrorCode
+from coffer.http.limits import query_integer_max
 
 T = TypeVar("T")
 
 json_depth_max = 32  # the deepest valid body (POST /v1/commands: item, legs, leg, metadata) has 6 levels
-query_integer_max = 2**63 - 1  # seqs, limits and times are stored as signed 64-bit integers
 query_integer_digits_max = len(str(query_integer_max))  # longer text is out of range whatever it says
 query_time_text_length_max = 64  # the longest RFC 3339 time with nanoseconds and an offset is 35 characters
 reserved_ids = frozenset({".", ".."})  # path segments with a meaning of their own: never an account
@@ -286,6 +286,12 @@ def _refuse_duplicate_msgpack_keys(data: bytes) -> None:
 
 
 # ----------------------------------------------------------------------------- query parameters
+
+
+def query_parameters(document: Mapping[str, Any], path: str, method: str) -> frozenset[str]:
+    """The query parameters an operation of an OpenAPI ``document`` lists: what its route accepts, and only that."""
+    operation = document["paths"].get(path, {}).get(method.lower(), {})
+    return frozenset(parameter["name"] for parameter in operation.get("parameters", []) if parameter.get("in") == "query")
 
 
 class Parameters:
