@@ -127,6 +127,15 @@ def main() -> None:
     help="shards, each in its own process with its own log (a local WAL, or with --log the stream coffer-shard-K); "
     "a data directory, or a cluster's shard map, keeps its number",
 )
+@click.option(
+    "--host-shards",
+    help="with --shards and --log: the shards this node runs, comma-separated (such as 0,1) [default: all]; "
+    "requests for the others go to a node that runs them",
+)
+@click.option(
+    "--advertise-url",
+    help="with --host-shards: this node's API address as other nodes reach it [default: http://HOST:PORT]",
+)
 @click.option("--shard-id", type=click.IntRange(0, 1023), hidden=True, help="run as shard K of a sharded node (started by --shards)")
 @click.option("--shard-ports", hidden=True, help="with --shards: the shards' loopback ports, comma-separated [default: any free]")
 @click.option(
@@ -169,6 +178,8 @@ def serve(
     replicas: str,
     compaction_interval_s: float,
     shards: int,
+    host_shards: str | None,
+    advertise_url: str | None,
     shard_id: int | None,
     shard_ports: str | None,
     router_processes: int,
@@ -214,11 +225,16 @@ def serve(
             raise click.UsageError("--cluster-secret-file, --nats-credentials and --nats-ca-file go with --log (a JetStream cluster)")
         try:
             ports = [int(part) for part in shard_ports.split(",")] if shard_ports else None
-            serve_sharded(host, port, data_dir, keys_file, log_level, snapshot_entries, shards, router_processes, cluster_log, ports)
+            serve_sharded(
+                host, port, data_dir, keys_file, log_level, snapshot_entries, shards, router_processes, cluster_log, ports,
+                host_shards=host_shards, advertise_url=advertise_url,
+            )  # fmt: skip
         except ServeError as error:
             click.echo(f"error: {error.message}", err=True)
             raise SystemExit(error.exit_code) from None
         return
+    if host_shards is not None or advertise_url is not None:
+        raise click.UsageError("--host-shards and --advertise-url go with --shards (a sharded node)")
     if shard_id is None and (data_dir / "shardmap.json").exists():
         raise click.UsageError(f"{data_dir} holds a sharded ledger: start it with --shards (the number it was created with)")
     if shard_id is None and log_url is not None:
@@ -308,15 +324,24 @@ def _port_range(context: click.Context, parameter: click.Parameter, value: str |
     help="split between the processes: each NATS server and each node refuses writes beyond its share",
 )
 @click.option(
-    "--shards", default=1, show_default=True, type=click.IntRange(1, 1024), help="shards (a stream each, R = nodes), hosted by every node"
+    "--shards", default=1, show_default=True, type=click.IntRange(1, 1024), help="shards (a stream each, R = nodes)"
+)
+@click.option(
+    "--placement",
+    default="all",
+    show_default=True,
+    type=click.Choice(["all", "spread"]),
+    help="with --shards: every node runs every shard (all), or each shard runs on two nodes (spread); any node takes any request",
 )
 @click.option("--nats-tls", is_flag=True, help="NATS clients and routes speak TLS (a private CA made in the data directory)")
-def cluster_up(nodes: str, data_dir: Path, ports: object, disk_budget_mb: int | None, shards: int, nats_tls: bool) -> None:
+def cluster_up(nodes: str, data_dir: Path, ports: object, disk_budget_mb: int | None, shards: int, placement: str, nats_tls: bool) -> None:
     """Start the servers and nodes, print the nodes' URLs, and leave them running."""
     from coffer.cluster.local import LocalCluster
 
     budget = disk_budget_mb * 1024 * 1024 if disk_budget_mb is not None else None
-    local = LocalCluster(data_dir, int(nodes), ports=ports, disk_budget_bytes=budget, shards=shards, nats_tls=nats_tls)  # type: ignore[arg-type]
+    local = LocalCluster(
+        data_dir, int(nodes), ports=ports, disk_budget_bytes=budget, shards=shards, nats_tls=nats_tls, placement=placement  # type: ignore[arg-type]
+    )
     local.up()
     click.echo(f"NATS JetStream: {','.join(local.nats.plain_urls)} (credentials in {local.nats.directory})")
     for node in local.nodes:

@@ -3,9 +3,11 @@
 Job: ``coffer cluster up`` / ``down``, and the fault tests and benchmarks that need real
 processes to kill. Each Coffer node is ``coffer serve --log nats://…`` with its own data
 directory and port; the stream is replicated over all NATS servers (R = N). With ``shards`` > 1
-every node is ``coffer serve --shards S --log nats://…``: it hosts all S shards (a stream each,
-``coffer-shard-<k>``, R = N) behind its router, so any node reaches every shard on loopback. Every process is
-recorded with its PID in ``<dir>/coffer-nodes.json`` and stopped by that PID only.
+every node is ``coffer serve --shards S --log nats://…`` (a stream per shard, ``coffer-shard-<k>``,
+R = N). With ``placement="all"`` (the default) every node hosts all S shards behind its router and
+reaches each on loopback; with ``placement="spread"`` each shard runs on two nodes
+(:func:`spread_placement`, ``--host-shards``) and a node forwards the others' requests to them.
+Every process is recorded with its PID in ``<dir>/coffer-nodes.json`` and stopped by that PID only.
 
 Options. ``ports`` takes every port from one range, so clusters of several people on one machine
 never collide. ``network_faults`` puts a :class:`~coffer.cluster.proxy.FaultProxy` on every path
@@ -42,6 +44,7 @@ from coffer.cluster.proxy import FaultProxy
 from coffer.disk_space import directory_bytes
 from coffer.ports import PortRange, free_port
 from coffer.txn.launcher import shard_stream
+from coffer.txn.node_directory import node_bucket
 from coffer.txn.shard_map_store import shard_map_bucket
 
 nodes_file_name = "coffer-nodes.json"
@@ -97,17 +100,23 @@ class LocalCluster:
         disk_budget_bytes: int | None = None,
         shards: int = 1,
         nats_tls: bool = False,
+        placement: str = "all",
     ) -> None:
+        assert placement in placements, placement
         self.shards = shards
+        self.placement = placement
         self.directory = Path(directory).resolve()
         self.directory.mkdir(parents=True, exist_ok=True)
         self.stream = stream
         self.disk_budget_bytes = disk_budget_bytes
         self.secret_file = make_cluster_secret(self.directory / cluster_secret_file_name)
         share = disk_budget_bytes // (2 * size) if disk_budget_bytes is not None else None
-        # A sharded node hosts every shard: it may use each shard's stream, and the shard map's bucket.
-        streams = [shard_stream(shard) for shard in range(shards)] if shards > 1 else [stream]
-        node_users: dict[str, str | Sequence[str]] = {f"c{number}": streams for number in range(1, size + 1)}
+        # A sharded node may use the streams of the shards it hosts, the shard map's bucket and the
+        # directory of live routers.
+        node_users: dict[str, str | Sequence[str]] = {
+            f"c{number}": [shard_stream(shard) for shard in self.hosted_shards(number, size)] if shards > 1 else [stream]
+            for number in range(1, size + 1)
+        }
         self.nats = NatsCluster(
             self.directory / "nats",
             size,
@@ -116,7 +125,7 @@ class LocalCluster:
             store_bytes_max=share,
             node_users=node_users,
             tls=nats_tls,
-            key_value_buckets=(shard_map_bucket,),
+            key_value_buckets=(shard_map_bucket, node_bucket),
         )
         take = ports.take if ports is not None else free_port
         # A sharded node's shards get their ports here too: picked by the node itself, one could
@@ -213,6 +222,11 @@ class LocalCluster:
                 ["--shards", str(self.shards), "--shard-ports", ",".join(map(str, node.shard_ports))]
                 if self.shards > 1
                 else ["--stream", self.stream]
+            ),
+            *(
+                ["--host-shards", ",".join(map(str, self.hosted_shards(number, len(self.nodes))))]
+                if self.shards > 1 and self.placement != "all"
+                else []
             ),
             "--replicas",
             str(self.nats.size),
@@ -355,6 +369,12 @@ class LocalCluster:
         if errors:
             raise ClusterError(f"stopping the cluster: {errors}")
 
+    def hosted_shards(self, number: int, size: int) -> list[int]:
+        """The shards node ``c<number>`` runs, of a cluster of ``size`` nodes."""
+        if self.placement == "all":
+            return list(range(self.shards))
+        return spread_placement(self.shards, size)[number - 1]
+
     def disk_usage(self) -> dict[str, int]:
         """Bytes on disk now, per NATS server (``n1``…: its JetStream store) and per node (``c1``…)."""
         usage = {f"n{number}": directory_bytes(self.nats.directory_of(number)) for number in range(1, self.nats.size + 1)}
@@ -365,8 +385,15 @@ class LocalCluster:
         state = {
             "stream": self.stream,
             "shards": self.shards,
+            "placement": self.placement,
             "nodes": [
-                {"name": node.name, "url": node.url, "pid": self.node_pid(node.number), "data_dir": str(node.data_dir)}
+                {
+                    "name": node.name,
+                    "url": node.url,
+                    "pid": self.node_pid(node.number),
+                    "data_dir": str(node.data_dir),
+                    "shards": self.hosted_shards(node.number, len(self.nodes)),
+                }
                 for node in self.nodes
             ],
             "nats": self.nats.plain_urls,
@@ -374,6 +401,20 @@ class LocalCluster:
         temporary = self.directory / (nodes_file_name + ".tmp")
         temporary.write_text(json.dumps(state, indent=2) + "\n")
         os.replace(temporary, self.directory / nodes_file_name)
+
+
+placements = ("all", "spread")
+spread_hosts_per_shard = 2  # a shard stays reachable when one of its hosts dies
+
+
+def spread_placement(shards: int, nodes: int) -> list[list[int]]:
+    """Each shard on ``spread_hosts_per_shard`` consecutive nodes (fewer when there are fewer
+    nodes), round the ring: shard k on nodes k, k+1, … modulo the number of nodes."""
+    hosted: list[list[int]] = [[] for _ in range(nodes)]
+    for shard in range(shards):
+        for step in range(min(spread_hosts_per_shard, nodes)):
+            hosted[(shard + step) % nodes].append(shard)
+    return [sorted(shards_of_node) for shards_of_node in hosted]
 
 
 def make_cluster_secret(path: Path) -> Path:

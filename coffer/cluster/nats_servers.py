@@ -121,8 +121,9 @@ def node_permissions(*streams: str, key_value_buckets: Sequence[str] = ()) -> di
     makes on that stream and on the stream of its shared snapshots (info, create, update, purge,
     message gets, direct gets, its ephemeral consumers, a leader step-down; never a delete of a
     stream), the snapshot objects' subjects, and the replies to its requests (``_INBOX.>``). The
-    checkpoints of its stream, both ways. The key-value ``key_value_buckets`` (the shard map): read,
-    create, and put.
+    checkpoints of its stream, both ways. The key-value ``key_value_buckets`` (the shard map, the
+    directory of live routers): read, create, put, and watch (an ordered consumer reads a whole
+    bucket, with its flow control).
     """
     publish = ["$JS.API.INFO"]
     subscribe = ["_INBOX.>"]
@@ -139,6 +140,7 @@ def node_permissions(*streams: str, key_value_buckets: Sequence[str] = ()) -> di
         name = f"KV_{bucket}"
         publish += [f"$JS.API.STREAM.{operation}.{name}" for operation in ("INFO", "CREATE", "UPDATE", "MSG.GET")]
         publish += [f"$JS.API.DIRECT.GET.{name}", f"$JS.API.DIRECT.GET.{name}.>", f"$KV.{bucket}.>"]
+        publish += [f"$JS.API.CONSUMER.*.{name}", f"$JS.API.CONSUMER.*.{name}.>", f"$JS.FC.{name}.>"]
     return {"publish": {"allow": publish}, "subscribe": {"allow": subscribe}}
 
 

@@ -382,12 +382,27 @@ _shards = {
                 "required": ["shard", "ready"],
                 "properties": {
                     "shard": {"type": "integer"},
-                    "url": {"type": ["string", "null"], "description": "the shard process's loopback URL; null: this process"},
+                    "url": {
+                        "type": ["string", "null"],
+                        "description": "the shard process's loopback URL; null: this process, or (hosted_here false) another node",
+                    },
+                    "hosted_here": {"type": "boolean", "description": "this node runs the shard's process (--host-shards)"},
                     "head": _ref_audit_head,
                     "ready": {"type": "boolean"},
                     "error": {"type": "string"},
                 },
             },
+        },
+        "recovery_scans": {
+            "type": "array",
+            "items": {"type": "integer"},
+            "description": "the shards this router scans for cross-shard transactions left in doubt",
+        },
+        "router_id": {"type": "string", "description": "over a cluster: this router's key in the coffer-nodes bucket"},
+        "routers": {
+            "type": ["object", "null"],
+            "additionalProperties": {"type": "array", "items": {"type": "integer"}},
+            "description": "over a cluster: the live routers and the shards each one's node runs; null: no fresh view (every shard is scanned)",
         },
     },
 }

@@ -30,7 +30,12 @@ import click
     is_flag=True,
     help="with --shards: count the work of every shared component (routers, recovery, shard map) at several total rates",
 )
-@click.option("--rates", default="64,256,1024", show_default=True, help="--scale-report: total rates, transfers per tick")
+@click.option(
+    "--rates",
+    default="128,512,2048",
+    show_default=True,
+    help="--scale-report: total rates, transfers per tick (from 128: two routers, so every shard has its full set of recovery scanners)",
+)
 @click.option("--ticks", default=4, show_default=True, type=click.IntRange(min=1), help="--scale-report: ticks (recovery rounds) per rate")
 def sim(
     seed: int | None,

@@ -13,7 +13,9 @@ shard shares:
 - the **shard map**: read from the key-value bucket once by every router when it starts, then
   looked up in memory; counted: bucket reads per transfer, lookups per transfer;
 - **coordinator recovery**: every router runs one recovery round per tick (a tick is the recovery
-  interval, one second); counted: requests each round sends, and scans each shard receives per tick;
+  interval, one second) over the shards the registry of live routers gives it (rendezvous hashing,
+  :mod:`coffer.txn.scanners`: a bounded number of scanners per shard); counted: requests each
+  round sends, and scans each shard receives per tick;
 - the **shards**: requests the busiest shard receives per tick, over the rate's share per shard.
 
 Method. One seeded ``random.Random`` draws the transfers (a share ``cross_shard`` between two
@@ -34,6 +36,7 @@ from coffer.server import transactions
 from coffer.sim.shards import SimShard
 from coffer.txn import coordinator as txn
 from coffer.txn.coordinator import Coordinator, txn_prefix
+from coffer.txn.scanners import LiveRouters, RendezvousScope
 from coffer.txn.shard_map import ShardMap
 
 router_transfers_per_tick_max = 64  # one router's capacity in the simulation's unit of time
@@ -132,12 +135,18 @@ class ScaleSimulation:
         self.loop = asyncio.new_event_loop()
         self._open_accounts()
         router_count = math.ceil(rate_per_tick / router_transfers_per_tick_max)
+        # The registry of live routers as every router reads it: none hosts a shard process here.
+        self.live: dict[str, frozenset[int] | None] = {f"router-{number}": frozenset() for number in range(router_count)}
         self.routers = []
-        for _ in range(router_count):
+        for number in range(router_count):
             shard_map = CountingShardMap(self.shard_map)  # one read of the bucket, at the router's start
             shards = CountingShards(self.shards)
-            self.routers.append(SimRouter(shard_map, shards, Coordinator(shards, shard_map)))  # type: ignore[arg-type]
+            scope = RendezvousScope(f"router-{number}", self._live_routers)
+            self.routers.append(SimRouter(shard_map, shards, Coordinator(shards, shard_map, scope=scope)))  # type: ignore[arg-type]
         self.map_reads = router_count
+
+    def _live_routers(self) -> LiveRouters:
+        return self.live
 
     def _open_accounts(self) -> None:
         number = 0

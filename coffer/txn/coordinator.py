@@ -21,8 +21,9 @@ Coordinators keep no state: every shard-level ``dedup_id`` derives from the clie
 (``<txn_id>.try``, ``.decide``, ``.confirm``, ``.cancel``), so a retry of the same command, also
 after a coordinator crashed between any two steps, replays each step and answers the outcome that
 was decided; nothing moves twice. A recovery task (:meth:`Coordinator.recover`) looks for tries
-open longer than a bound on every shard, proposes abort at the commit point (which only wins if
-nothing was decided), and finishes the transaction as decided. No participant ever decides alone.
+open longer than a bound on its shards (each shard is scanned by a bounded set of routers, see
+:mod:`coffer.txn.scanners`), proposes abort at the commit point (which only wins if nothing was
+decided), and finishes the transaction as decided. No participant ever decides alone.
 
 **Client-held TCC tries across shards.** A client's ``tcc/try`` whose legs span shards runs the
 same machinery, split in time: the try answers once every participant holds its part, and the
@@ -60,6 +61,7 @@ from typing import Any
 
 from coffer.core.commands import transaction_id_prefix
 from coffer.core.errors import ErrorCode
+from coffer.txn.scanners import EveryShard, RecoveryScope
 from coffer.txn.shard_map import ShardMap
 from coffer.txn.shards import ShardClients, ShardUnavailable
 
@@ -237,9 +239,14 @@ class Outcome:
 
 
 class Coordinator:
-    def __init__(self, shards: ShardClients, shard_map: ShardMap, clock_ms: Callable[[], int] = _wall_clock_ms) -> None:
+    def __init__(
+        self, shards: ShardClients, shard_map: ShardMap, clock_ms: Callable[[], int] = _wall_clock_ms, scope: RecoveryScope | None = None
+    ) -> None:
         self.shards = shards
         self.shard_map = shard_map
+        # Which shards this coordinator's recovery scans: all of them, unless a registry of routers
+        # shares the shards out (see :mod:`coffer.txn.scanners`).
+        self.scope: RecoveryScope = scope if scope is not None else EveryShard()
         # The clock a client's timeout is judged by; the commit point's log time starts it.
         self.clock_ms = clock_ms
         self._first_seen: dict[tuple[int, str], float] = {}
@@ -532,11 +539,12 @@ class Coordinator:
     # ------------------------------------------------------------------ recovery
 
     async def recover(self, in_doubt_s: float = in_doubt_after_s) -> int:
-        """One round: finish every cross-shard try open longer than ``in_doubt_s``; how many."""
+        """One round: finish every cross-shard try open longer than ``in_doubt_s`` on the shards
+        this coordinator scans (its :attr:`scope`); how many."""
         now = time.monotonic()
         finished = 0
         seen: set[tuple[int, str]] = set()
-        for shard in range(self.shards.count):
+        for shard in self.scope.shards_to_scan(self.shards.count):
             try:
                 status, answer = await self.shards.get(
                     shard, "/v1/transactions", {"open": "true", "prefix": txn_prefix, "limit": recovery_batch_max}

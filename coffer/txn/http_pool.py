@@ -103,19 +103,21 @@ class _Connection(asyncio.Protocol):
 class HttpPool:
     """Keep-alive connections to one server (``host``, ``port``)."""
 
-    def __init__(self, host: str, port: int, timeout_s: float) -> None:
+    def __init__(self, host: str, port: int, timeout_s: float, headers: dict[str, str] | None = None) -> None:
         self.host = host
         self.port = port
         self.timeout_s = timeout_s
         self._idle: list[_Connection] = []
         self._host_header = f"{host}:{port}".encode()
+        # Sent with every request of this pool (another node's router: the cluster's forwarding token).
+        self._headers = [f"{name}: {value}".encode("latin-1") for name, value in (headers or {}).items()]
 
     async def _connect(self) -> _Connection:
         _, protocol = await asyncio.get_running_loop().create_connection(_Connection, self.host, self.port)
         return protocol
 
     def _encode(self, method: str, target: str, body: bytes | None, content_type: str | None) -> bytes:
-        head = [f"{method} {target} HTTP/1.1".encode(), b"host: " + self._host_header]
+        head = [f"{method} {target} HTTP/1.1".encode(), b"host: " + self._host_header, *self._headers]
         if body is not None:
             head.append(b"content-length: " + str(len(body)).encode())
             if content_type is not None:

@@ -11,6 +11,10 @@ shard's head and health; ``GET /v1/transactions/{id}`` a cross-shard transaction
 Reads take ``token=0:12,1:40`` (the per-shard seqs a cross-shard write answers; for a write on one
 shard, its ``seq`` on the account's ``shard``) to read one's own writes on every shard they touched.
 
+Over a cluster, a node may run only some shards (``--host-shards``): requests for the others go,
+as they are, to a node that runs them (:mod:`coffer.txn.shards`), whose router takes them under
+``/v1/internal/shards/<k>/…`` and hands them to its own shard process, never further.
+
 The router checks API keys and roles; the shards listen on loopback only and trust it. It keeps
 no state of its own beyond the recovery task's "first seen" times, so it may crash at any point:
 a client retries with the same ``dedup_id`` (which replays every step of a cross-shard command),
@@ -18,6 +22,7 @@ and the recovery task finishes what no client comes back for.
 """
 
 import asyncio
+import hmac
 import logging
 from collections.abc import Awaitable, Callable
 from decimal import Decimal
@@ -43,8 +48,10 @@ from coffer.server.openapi import openapi_document
 from coffer.server.requests import RequestError, admin_command_types, internal_command_types, refuse_reserved_command_ids
 from coffer.txn import coordinator, router_tools
 from coffer.txn.coordinator import Coordinator, PlanError, txn_prefix
+from coffer.txn.node_directory import NodeDirectory
+from coffer.txn.scanners import RendezvousScope
 from coffer.txn.shard_map import ShardMap
-from coffer.txn.shards import ShardClients, ShardUnavailable
+from coffer.txn.shards import ShardClients, ShardUnavailable, forward_token_header, not_hosted_header
 
 logger = logging.getLogger(__name__)
 
@@ -72,11 +79,23 @@ _broadcast_kinds = {"tcc_confirm", "tcc_cancel"}
 
 
 class Router:
-    def __init__(self, shard_map: ShardMap, shards: ShardClients, keys: ApiKeys) -> None:
+    def __init__(
+        self,
+        shard_map: ShardMap,
+        shards: ShardClients,
+        keys: ApiKeys,
+        directory: NodeDirectory | None = None,
+        forward_token: str | None = None,
+    ) -> None:
         self.shard_map = shard_map
         self.shards = shards
         self.keys = keys
-        self.coordinator = Coordinator(shards, shard_map)
+        # The cluster's live routers (None on one machine): where shards hosted elsewhere are, and
+        # which shards this router's recovery scans.
+        self.directory = directory
+        self.forward_token = forward_token  # what other nodes present to forward to this one's shards
+        scope = RendezvousScope(directory.entry.router_id, directory.live_routers) if directory is not None else None
+        self.coordinator = Coordinator(shards, shard_map, scope=scope)
         self.data_dir: Path | None = None  # where the router keeps its own files (webhooks); set by the launcher
 
     # ------------------------------------------------------------------ plumbing
@@ -413,18 +432,10 @@ class Router:
 
     async def stream(self, request: Request, role: Role) -> Response:
         shard, rest = self._shard_param(request)
-        client = self.shards.streaming[shard]
-        upstream = client.build_request("GET", request.url.path, params=rest)
+        client, prefix = self.shards.stream_client(shard)
+        upstream = client.build_request("GET", prefix + request.url.path, params=rest)
         response = await client.send(upstream, stream=True)
-
-        async def body() -> Any:
-            try:
-                async for chunk in response.aiter_raw():
-                    yield chunk
-            finally:
-                await response.aclose()
-
-        return StreamingResponse(body(), status_code=response.status_code, media_type=response.headers.get("content-type"))
+        return StreamingResponse(_relay(response), status_code=response.status_code, media_type=response.headers.get("content-type"))
 
     async def accounts(self, request: Request, role: Role) -> Response:
         params = request.query_params
@@ -508,7 +519,7 @@ class Router:
 
     async def list_shards(self, request: Request, role: Role) -> Response:
         async def one(shard: int) -> dict[str, Any]:
-            entry: dict[str, Any] = {"shard": shard, "url": self.shards.urls[shard]}
+            entry: dict[str, Any] = {"shard": shard, "url": self.shards.urls[shard], "hosted_here": self.shards.hosted(shard)}
             try:
                 _, entry["head"] = await self.shards.get(shard, "/v1/audit/head")
                 response = await self.shards.send(shard, "GET", "/readyz")
@@ -519,7 +530,14 @@ class Router:
             return entry
 
         shards = await asyncio.gather(*(one(shard) for shard in range(self.shards.count)))
-        return json_response({"map": self.shard_map.to_json(), "shards": list(shards)})
+        body: dict[str, Any] = {"map": self.shard_map.to_json(), "shards": list(shards)}
+        # Which shards this router's recovery scans, and the live routers it chose them among.
+        body["recovery_scans"] = self.coordinator.scope.shards_to_scan(self.shards.count)
+        if self.directory is not None:
+            live = self.directory.live_routers()
+            body["router_id"] = self.directory.entry.router_id
+            body["routers"] = None if live is None else {router_id: sorted(hosted or ()) for router_id, hosted in sorted(live.items())}
+        return json_response(body)
 
     async def readyz(self, request: Request) -> Response:
         for shard in range(self.shards.count):
@@ -530,6 +548,53 @@ class Router:
             if response.status_code != 200:
                 return error_response(503, ErrorCode.NOT_AVAILABLE, f"shard {shard} is not ready")
         return json_response({"status": "ready", "shards": self.shards.count})
+
+    async def forwarded(self, request: Request) -> Response:
+        """Another node's request for a shard this node hosts: to the shard process as it is.
+
+        Only nodes of the cluster may: with API keys, the request must carry the cluster's
+        forwarding token (a node without keys listens on loopback and trusts its callers, as its
+        shard processes do). A shard not hosted here answers 503 with ``x-coffer-not-hosted``, so
+        the sender tries another host; it is never sent on again from here (no forwarding loops).
+        """
+        if self.keys:
+            presented = request.headers.get(forward_token_header, "")
+            if self.forward_token is None or not hmac.compare_digest(presented.encode(), self.forward_token.encode()):
+                return error_response(403, ErrorCode.FORBIDDEN, "forwarding between nodes needs the cluster's forwarding token")
+        shard = request.path_params["shard"]
+        if shard >= self.shards.count or not self.shards.hosted(shard):
+            answer = error_response(503, ErrorCode.NOT_AVAILABLE, f"this node does not host shard {shard}")
+            answer.headers[not_hosted_header] = "1"
+            return answer
+        path = "/" + request.path_params["path"]
+        if request.method == "GET" and path == "/v1/events/stream":
+            client, _ = self.shards.stream_client(shard)
+            upstream = await client.send(client.build_request("GET", path, params=request.query_params.multi_items()), stream=True)
+            return StreamingResponse(_relay(upstream), status_code=upstream.status_code, media_type=upstream.headers.get("content-type"))
+        try:
+            content = await read_body(request.headers, request.stream()) if request.method == "POST" else None
+        except HttpError as error:
+            return error_response(error.status, error.code, error.message)
+        try:
+            response = await self.shards.send(
+                shard,
+                request.method,
+                path,
+                content=content,
+                params=request.query_params.multi_items(),
+                content_type=request.headers.get("content-type") if content is not None else None,
+            )
+        except ShardUnavailable as error:
+            return error_response(503, ErrorCode.NOT_AVAILABLE, str(error))
+        return self._answer(response)
+
+
+async def _relay(response: Any) -> Any:
+    try:
+        async for chunk in response.aiter_raw():
+            yield chunk
+    finally:
+        await response.aclose()
 
 
 def _encoded(binary: bool, body: Any, status: int = 200) -> Response:
@@ -565,6 +630,7 @@ def create_router_app(router: Router) -> Starlette:
         router.route("/v1/transactions", "GET", reader, router.per_shard),
         router.route("/v1/transactions/{txn_id}", "GET", reader, router.transaction),
         router.route("/v1/shards", "GET", reader, router.list_shards),
+        Route("/v1/internal/shards/{shard:int}/{path:path}", router.forwarded, methods=["GET", "POST"]),
         Route("/healthz", lambda request: json_response({"status": "ok"}), methods=["GET"]),
         Route("/readyz", router.readyz, methods=["GET"]),
         Route("/openapi.json", lambda request: json_response(openapi_document()), methods=["GET"]),
@@ -579,6 +645,9 @@ def create_router_app(router: Router) -> Starlette:
 
     async def lifespan(app: Starlette) -> Any:
         task = asyncio.get_running_loop().create_task(router.coordinator.run_recovery(), name="coffer-txn-recovery")
+        directory_task = None
+        if router.directory is not None:
+            directory_task = asyncio.get_running_loop().create_task(router.directory.run(), name="coffer-node-directory")
         flow_task = asyncio.get_running_loop().create_task(flows.runner.recover(), name="coffer-flow-recovery")
         if webhooks is not None:
             await webhooks.start()
@@ -587,6 +656,9 @@ def create_router_app(router: Router) -> Starlette:
         finally:
             task.cancel()
             flow_task.cancel()
+            if directory_task is not None:
+                directory_task.cancel()
+                await router.directory.leave()  # type: ignore[union-attr]
             if webhooks is not None:
                 await webhooks.close()
             await router.shards.close()
@@ -595,15 +667,3 @@ def create_router_app(router: Router) -> Starlette:
 
 
 router_config_variable = "COFFER_ROUTER_CONFIG"  # JSON: shard urls, shard map, keys file (router worker processes)
-
-
-def app_from_environment() -> Starlette:
-    """The router app of one worker process, configured by the launcher through the environment."""
-    import json
-    import os
-    from pathlib import Path
-
-    config = json.loads(os.environ[router_config_variable])
-    keys_file = config.get("keys_file")
-    keys = ApiKeys.load(Path(keys_file) if keys_file else None)
-    return create_router_app(Router(ShardMap.from_json(config["map"]), ShardClients(config["urls"]), keys))

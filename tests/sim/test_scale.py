@@ -2,10 +2,12 @@
 the total rate; what grows is the number of routers, each as busy as before."""
 
 from coffer.sim.scale import router_transfers_per_tick_max, scale_report
+from coffer.txn.scanners import recovery_scanners_per_shard
 
 
 def test_shared_work_per_transfer_stays_flat_as_the_total_rate_grows() -> None:
-    low, high = scale_report(seed=7, shard_count=64, rates=[64, 512], ticks=3)
+    # From two routers up, every shard has its full set of recovery scanners.
+    low, high = scale_report(seed=7, shard_count=64, rates=[128, 1024], ticks=3)
     assert high.rate_per_tick == 8 * low.rate_per_tick and high.committed == high.transfers
     # Routers: more of them, never a busier one.
     assert high.routers == 8 * low.routers
@@ -16,9 +18,11 @@ def test_shared_work_per_transfer_stays_flat_as_the_total_rate_grows() -> None:
     # The shard map: one bucket read per router start, in-memory lookups per transfer constant.
     assert high.map_reads_per_transfer == low.map_reads_per_transfer
     assert abs(high.map_lookups_per_transfer - low.map_lookups_per_transfer) < 0.25
-    # Recovery: a round costs one scan per shard whatever the rate (nothing left in doubt here) ...
-    assert low.recovery_requests_per_router_round == high.recovery_requests_per_router_round == 64
-    # ... but every router scans every shard: a shard's scans per tick follow the number of routers.
-    assert high.recovery_scans_per_shard_tick == 8 * low.recovery_scans_per_shard_tick
+    # Recovery: each shard is scanned by a bounded set of routers, whatever their number (nothing is
+    # left in doubt here, so a scan is one request) ...
+    assert low.recovery_scans_per_shard_tick == high.recovery_scans_per_shard_tick == recovery_scanners_per_shard
+    # ... so the routers share the scans out: a round costs fewer requests as routers are added.
+    for figures in (low, high):
+        assert figures.recovery_requests_per_router_round * figures.routers == 64 * recovery_scanners_per_shard
     # The busiest shard takes its share of the rate, no more as the rate grows (it evens out).
     assert high.busiest_shard_load <= low.busiest_shard_load

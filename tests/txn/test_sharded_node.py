@@ -274,3 +274,28 @@ def test_the_router_reads_and_answers_msgpack_batches(node: ShardedServer, http:
         assert msgspec.msgpack.decode(refused.content)["error"]["code"] == "INVALID_REQUEST"
     shapeless = http.post("/v1/commands", content=msgspec.msgpack.encode({"commands": "x"}), headers=headers)
     assert shapeless.status_code == 422 and msgspec.msgpack.decode(shapeless.content)["error"]["code"] == "INVALID_REQUEST"
+
+
+def test_the_route_other_nodes_forward_through_reaches_only_the_shards_this_node_runs(node: ShardedServer, http: httpx.Client) -> None:
+    # A node without API keys listens on loopback and trusts its callers, as its shard processes do.
+    assert _ok(http.get("/v1/internal/shards/1/readyz"))["status"] == "ready"
+    (a,) = node.ids_on(1, 1, "fw")
+    _open(http, a, "3")
+    assert _ok(http.get(f"/v1/internal/shards/1/v1/accounts/{a}"))["available"] == "3.00"
+    # The shard holds no such account: the request went to shard 0 as it is, not to a's shard.
+    assert http.get(f"/v1/internal/shards/0/v1/accounts/{a}").status_code == 404
+    refused = http.get("/v1/internal/shards/2/readyz")
+    assert refused.status_code == 503 and refused.headers["x-coffer-not-hosted"] == "1"
+
+
+def test_forwarding_to_a_node_with_api_keys_needs_the_cluster_token(tmp_path: Path) -> None:
+    admin_key = "k" * 32
+    keyed = ShardedServer(tmp_path / "data", 2, {"COFFER_API_KEYS": f"admin:{admin_key}"})
+    keyed.start()
+    try:
+        # Not even an admin key opens it: only a node of the cluster (none here, with no cluster secret).
+        for headers in ({}, {"x-api-key": admin_key}, {"x-coffer-forward-token": "guess"}):
+            answer = httpx.get(f"{keyed.url}/v1/internal/shards/0/readyz", headers=headers, timeout=10)
+            assert answer.status_code == 403 and answer.json()["error"]["code"] == "FORBIDDEN", answer.text
+    finally:
+        keyed.stop()
