@@ -52,9 +52,9 @@ transaction_id_prefix = "cx:"  # a cross-shard transaction's txn_id and its step
 stripe_id_prefix = "st:"
 reserved_id_prefixes = (flow_dedup_id_prefix, flow_hashed_dedup_id_prefix, transaction_id_prefix, stripe_id_prefix)
 reserved_account_id_prefixes = (stripe_id_prefix,)
-# A striped account spreads its credits over this many accounts at most: one per shard of a large
-# machine, and few enough that a sweep (one transaction over every stripe) stays a small command.
-stripes_max = 64
+# A striped account spreads its credits over this many accounts at most: about one per shard of the
+# largest ledger (shards_max), and a sweep (every stripe and the target, in one batch) is one command.
+stripes_max = legs_max - 1
 
 
 def reserved_id_refusal(name: str, identifier: str) -> str | None:

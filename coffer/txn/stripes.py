@@ -63,7 +63,7 @@ from coffer.txn.coordinator import Coordinator, Plan
 from coffer.txn.shard_map import ShardMap
 from coffer.txn.shards import ShardClients, ShardUnavailable
 
-definition_key = "coffer.stripes"  # the record's metadata key: "K:n0,n1,…"
+definition_key = "coffer.stripes"  # the record's metadata key: "K:n0,n1,…", continued under definition_key.1, .2, …
 stripe_of_key = "coffer.stripe_of"  # a stripe's metadata: the striped account it belongs to
 digest_length = 24  # hex digits of SHA-256 in a stripe's id: 96 bits, no two accounts share stripes
 directory_entries_max = 100_000  # accounts a router remembers (definitions never change; re-read when dropped)
@@ -104,16 +104,24 @@ def stripe_id(account_id: str, number: int) -> str:
 
 
 def place(account_id: str, count: int, shard_map: ShardMap) -> tuple[int, ...]:
-    """The numbers of ``count`` stripes of ``account_id``, spread over the map's shards."""
+    """The numbers of ``count`` stripes of ``account_id``, spread over the map's shards.
+
+    Every shard gets ``count // shards`` stripes and ``count % shards`` shards one more: a
+    candidate is kept while its shard is below that share. Fewer stripes than shards land on as
+    many different shards; at least as many leave no shard without one.
+    """
     assert 2 <= count <= core.stripes_max, count
-    per_shard_max = -(-count // shard_map.shards)
+    share, extra = divmod(count, shard_map.shards)
     held: dict[int, int] = {}
+    above_share = 0  # shards holding share + 1
     numbers: list[int] = []
     number = 0
     while len(numbers) < count:
         shard = shard_map.shard_of(stripe_id(account_id, number))
-        if held.get(shard, 0) < per_shard_max:
-            held[shard] = held.get(shard, 0) + 1
+        already = held.get(shard, 0)
+        if already < share or (already == share and above_share < extra):
+            above_share += already == share
+            held[shard] = already + 1
             numbers.append(number)
         number += 1
     return tuple(numbers)
@@ -131,19 +139,36 @@ class Striped:
     def stripe_ids(self) -> list[str]:
         return [stripe_id(self.account_id, number) for number in self.numbers]
 
-    def text(self) -> str:
-        return f"{len(self.numbers)}:{','.join(str(number) for number in self.numbers)}"
+    def metadata(self) -> dict[str, str]:
+        """The definition as the record's metadata: cut into values a metadata value can hold."""
+        text = f"{len(self.numbers)}:{','.join(str(number) for number in self.numbers)}"
+        size = core.metadata_value_length_max
+        chunks = [text[start : start + size] for start in range(0, len(text), size)]
+        return {_chunk_key(index): chunk for index, chunk in enumerate(chunks)}
 
     @classmethod
     def from_view(cls, view: dict[str, Any]) -> "Striped | None":
         """The definition a record's view holds, or None for an ordinary account."""
-        text = view.get("metadata", {}).get(definition_key)
-        if text is None:
+        metadata = view.get("metadata", {})
+        if definition_key not in metadata:
             return None
-        count, _, numbers = text.partition(":")
+        chunks = []
+        index = 0
+        while _chunk_key(index) in metadata:
+            chunks.append(metadata[_chunk_key(index)])
+            index += 1
+        count, _, numbers = "".join(chunks).partition(":")
         parsed = tuple(int(number) for number in numbers.split(","))
-        assert len(parsed) == int(count), text
+        assert len(parsed) == int(count), (view["account_id"], count)
         return cls(view["account_id"], view["asset"], parsed)
+
+
+def _chunk_key(index: int) -> str:
+    return definition_key if index == 0 else f"{definition_key}.{index}"
+
+
+def is_definition_key(key: str) -> bool:
+    return key in (definition_key, stripe_of_key) or key.startswith(f"{definition_key}.")
 
 
 def account_ids_of(kind: str, body: dict[str, Any]) -> list[str]:
@@ -283,13 +308,15 @@ class Stripes:
         if request.lower_limit is not None or request.upper_limit is not None:
             return 422, _striped_refusal(account_id, "it takes no limits (it is never debited, and its credits spread over shards)").answer()
         metadata = dict(request.metadata or {})
-        if definition_key in metadata or stripe_of_key in metadata:
-            message = f"the metadata keys {definition_key!r} and {stripe_of_key!r} are kept for striped accounts' own use"
-            return 422, StripeRefused(422, ErrorCode.INVALID_REQUEST, message, account_id).answer()
-        if len(metadata) >= core.metadata_keys_max:
-            message = f"a striped account keeps one metadata key of its own: give at most {core.metadata_keys_max - 1}"
+        if any(is_definition_key(key) for key in metadata):
+            message = f"metadata keys {definition_key!r}, {definition_key + '.N'!r} and {stripe_of_key!r} are kept for striped accounts' own use"
             return 422, StripeRefused(422, ErrorCode.INVALID_REQUEST, message, account_id).answer()
         striped = Striped(account_id, request.asset, place(account_id, request.stripes, self.shard_map))
+        definition = striped.metadata()
+        if len(metadata) + len(definition) > core.metadata_keys_max:
+            room = core.metadata_keys_max - len(definition)
+            message = f"a striped account of {request.stripes} stripes keeps {len(definition)} metadata keys of its own: give at most {room}"
+            return 422, StripeRefused(422, ErrorCode.INVALID_REQUEST, message, account_id).answer()
         home = self.shard_map.shard_of(account_id)
         status, _ = await self.shards.get(home, f"/v1/accounts/{account_id}")
         if status == 404:
@@ -304,7 +331,7 @@ class Stripes:
             "scale": request.scale,
             "lower_limit": "0",
             "upper_limit": "0",
-            "metadata": {**metadata, definition_key: striped.text()},
+            "metadata": {**metadata, **definition},
         }
         status, answer = await self.shards.post(home, "/v1/accounts", record)
         if status == 200:
@@ -412,7 +439,7 @@ class Stripes:
             whole[section] = {key: str(amount) for key, amount in sorted(merged.items())}
         whole["upper_limit"] = None
         whole["version"] = view["version"] + sum(part["version"] for part in present)
-        whole["metadata"] = {key: value for key, value in view["metadata"].items() if key != definition_key}
+        whole["metadata"] = {key: value for key, value in view["metadata"].items() if not is_definition_key(key)}
         whole["stripes"] = self._stripe_list(striped, views)
         whole["stripe_seqs"] = shard_seqs
         return whole

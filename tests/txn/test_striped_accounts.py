@@ -142,7 +142,7 @@ def test_what_a_striped_account_refuses(node: ShardedServer, http: httpx.Client)
     _refused(http.post("/v1/accounts/refuser/delete", json={"dedup_id": dedup()}), 422, striped)
     limited = {"dedup_id": dedup(), "account_id": "limited", "asset": "USD", "stripes": 2, "upper_limit": "100"}
     _refused(http.post("/v1/accounts", json=limited), 422, striped)
-    too_many = {"dedup_id": dedup(), "account_id": "many", "asset": "USD", "stripes": 65}
+    too_many = {"dedup_id": dedup(), "account_id": "many", "asset": "USD", "stripes": 1024}
     _refused(http.post("/v1/accounts", json=too_many), 422, "INVALID_REQUEST")
     # A stripe's id is the router's to name: never a client's, in any command.
     stripe = _stripes_of(node, "refuser", 3)[0]
@@ -164,6 +164,24 @@ def test_what_a_striped_account_refuses(node: ShardedServer, http: httpx.Client)
     ]
     assert results[1]["accounts"][1]["shard"] == 0  # the credit went to the stripe on the payer's shard
     assert _ok(http.get("/v1/accounts/refuser"))["available"] == "12.00"
+
+
+def test_many_stripes_share_the_shards_evenly(node: ShardedServer, http: httpx.Client) -> None:
+    # 300 stripes on 3 shards: 100 on each, and a definition longer than one metadata value holds.
+    created = _ok(http.post("/v1/accounts", json={"dedup_id": dedup(), "account_id": "wide", "asset": "USD", "stripes": 300}))
+    shards = [entry["shard"] for entry in created["stripes"]]
+    assert [shards.count(shard) for shard in range(3)] == [100, 100, 100]
+    assert len(created["accounts"][0]["metadata"]) > 1  # the record's definition, cut over several keys
+    (payer,) = node.ids_on(1, 1, "wide-payer")
+    _open(http, payer, "10")
+    moved = _ok(_transfer(http, payer, "wide", "4"))
+    assert "txn_id" not in moved and moved["accounts"][1]["shard"] == 1
+    view = _ok(http.get("/v1/accounts/wide"))
+    assert view["available"] == "4.00" and len(view["stripes"]) == 300 and view["metadata"] == {}
+    full = {"dedup_id": dedup(), "account_id": "crowded", "asset": "USD", "stripes": 300, "metadata": {f"k{n}": "v" for n in range(31)}}
+    assert "give at most" in _refused(http.post("/v1/accounts", json=full), 422, "INVALID_REQUEST")["message"]
+    mine = {"dedup_id": dedup(), "account_id": "forged", "asset": "USD", "metadata": {definition_key: "2:0,1"}}
+    _refused(http.post("/v1/accounts", json={**mine, "stripes": 2}), 422, "INVALID_REQUEST")
 
 
 def test_a_sweep_moves_every_stripe_at_once_and_exactly_once(node: ShardedServer, http: httpx.Client) -> None:
