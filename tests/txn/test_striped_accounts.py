@@ -252,3 +252,35 @@ def test_a_single_node_refuses_stripes(tmp_path_factory: pytest.TempPathFactory)
             _refused(http.post("/v1/accounts", json={"dedup_id": dedup(), "account_id": "st:x", "asset": "USD"}), 422, "INVALID_REQUEST")
     finally:
         server.stop()
+
+
+def test_the_client_and_the_cli_create_and_sweep_striped_accounts(node: ShardedServer, http: httpx.Client) -> None:
+    from click.testing import CliRunner
+
+    from coffer.cli import main
+    from coffer.client import Client
+
+    (payer,) = node.ids_on(0, 1, "client-payer")
+    (treasury,) = node.ids_on(2, 1, "client-treasury")
+    _open(http, payer, "20")
+    _open(http, treasury)
+    with Client(node.url) as client:
+        created = client.create_account("client-striped", "USD", stripes=2)
+        assert created.accounts[0].account_id == "client-striped"
+        client.transfer(payer, "client-striped", "7", "USD")
+        view = client.get_account("client-striped")
+        assert view.available == "7.00" and view.stripes is not None and len(view.stripes) == 2
+        dedup_id = dedup()
+        swept = client.sweep("client-striped", treasury, dedup_id=dedup_id)
+        assert swept.swept == "7.00" and client.sweep("client-striped", treasury, dedup_id=dedup_id).swept == "7.00"
+    runner = CliRunner()
+    environment = {"COFFER_URL": node.url}
+    made = runner.invoke(main, ["account", "create", "cli-striped", "--asset", "USD", "--stripes", "3"], env=environment)
+    assert made.exit_code == 0, made.output
+    _ok(_transfer(http, payer, "cli-striped", "2"))
+    moved = runner.invoke(main, ["account", "sweep", "cli-striped", "--to", treasury], env=environment)
+    assert moved.exit_code == 0, moved.output
+    assert "swept: 2.00" in moved.stdout
+    assert _ok(http.get(f"/v1/accounts/{treasury}"))["available"] == "9.00"
+    refused = runner.invoke(main, ["account", "create", "x", "--asset", "USD", "--stripes", "1"], env=environment)
+    assert refused.exit_code != 0 and "--stripes" in refused.output
