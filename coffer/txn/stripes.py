@@ -171,6 +171,15 @@ def is_definition_key(key: str) -> bool:
     return key in (definition_key, stripe_of_key) or key.startswith(f"{definition_key}.")
 
 
+def stripe_for(striped: Striped, shard_map: ShardMap, near: int | None, dedup_id: str) -> str:
+    """The stripe a credit goes to: the (first) one on shard ``near`` if any, else one the dedup_id picks."""
+    stripes = striped.stripe_ids
+    for candidate in stripes:
+        if shard_map.shard_of(candidate) == near:
+            return candidate
+    return stripes[int(_digest(dedup_id)[:8], 16) % len(stripes)]
+
+
 def account_ids_of(kind: str, body: dict[str, Any]) -> list[str]:
     """The account ids a command's body names (what is not a string is left to the shard's 422)."""
     named: list[Any] = []
@@ -267,7 +276,7 @@ class Stripes:
             raise _striped_refusal(source, "a transfer from it is refused")
         if body.get("expected_to_balance") is not None:
             raise _striped_refusal(target, "its balance is spread over shards, so expected_to_balance is refused")
-        return {**body, "to_account_id": self.stripe_for(striped[target], self.shard_map.shard_of(source), dedup_id)}
+        return {**body, "to_account_id": stripe_for(striped[target], self.shard_map, self.shard_map.shard_of(source), dedup_id)}
 
     def _batch(self, body: dict[str, Any], striped: dict[str, Striped], dedup_id: str) -> dict[str, Any]:
         legs = body.get("legs")
@@ -285,17 +294,10 @@ class Stripes:
                 amount = leg.get("amount")
                 if not isinstance(amount, str) or amount.startswith("-"):
                     raise _striped_refusal(account_id, "a batch leg taking money from it is refused")
-                leg = {**leg, "account_id": self.stripe_for(striped[account_id], near, dedup_id)}
+                leg = {**leg, "account_id": stripe_for(striped[account_id], self.shard_map, near, dedup_id)}
             rewritten.append(leg)
         return {**body, "legs": rewritten}
 
-    def stripe_for(self, striped: Striped, near: int | None, dedup_id: str) -> str:
-        """The stripe a credit goes to: the one on shard ``near`` if any, else one the dedup_id picks."""
-        stripes = striped.stripe_ids
-        for candidate in stripes:
-            if self.shard_map.shard_of(candidate) == near:
-                return candidate
-        return stripes[int(_digest(dedup_id)[:8], 16) % len(stripes)]
 
     async def create(self, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
         """Create a striped account: its stripes, then its record (the client's dedup_id)."""
@@ -387,21 +389,18 @@ class Stripes:
             if response.status_code != 200 or definition_key.encode() not in response.body:
                 return response  # the ordinary case costs one search in the answer's bytes
             answer = msgspec.json.decode(response.body)
+            views: dict[str, Any] = answer["accounts"] if "accounts" in answer else {answer["account_id"]: answer}
+            striped = {account_id: view for account_id, view in views.items() if Striped.from_view(view) is not None}
+            if not striped:
+                return response  # the key's name was only in some metadata value
             params = request.query_params
             if "at_seq" in params:
-                return json_response(
-                    StripeRefused(
-                        422, ErrorCode.INVALID_REQUEST, "at_seq is per shard and a striped account spans shards (use at_time or token)"
-                    ).answer(),
-                    422,
-                )
+                message = "at_seq is per shard and a striped account spans shards (use at_time or token)"
+                return json_response(StripeRefused(422, ErrorCode.INVALID_REQUEST, message).answer(), 422)
             extra = [(key, value) for key, value in params.multi_items() if key in ("at_time", "token")]
-            if "accounts" in answer:
-                for account_id, view in answer["accounts"].items():
-                    answer["accounts"][account_id] = await self._whole(view, extra)
-            else:
-                answer = await self._whole(answer, extra)
-            return json_response(answer)
+            for account_id, view in striped.items():
+                views[account_id] = await self._whole(view, extra)
+            return json_response(answer if "accounts" in answer else views[answer["account_id"]])
 
         return read
 

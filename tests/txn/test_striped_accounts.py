@@ -96,8 +96,14 @@ def test_credits_from_every_shard_stay_on_the_payers_shard_and_read_as_one_balan
     assert sorted((entry["shard"], entry["available"]) for entry in view["stripes"]) == [(0, "1.25"), (1, "2.25"), (2, "3.25")]
     many = _ok(http.get("/v1/accounts", params={"ids": f"merchant,{payers[0]}"}))["accounts"]
     assert many["merchant"]["available"] == "6.75" and many[payers[0]]["available"] == "98.75"
-    # The record itself never holds money: every credit went to a stripe.
-    assert _ok(http.get("/v1/accounts", params={"ids": "merchant"}))["accounts"]["merchant"]["stripes"]
+    at_time = _ok(http.get("/v1/accounts/merchant", params={"at_time": "2999-01-01T00:00:00Z"}))
+    assert at_time["available"] == "6.75"
+    error = _refused(http.get("/v1/accounts/merchant", params={"at_seq": view["seq"]}), 422, "INVALID_REQUEST")
+    assert "at_time or token" in error["message"]
+    # An ordinary account that only mentions the key in a value reads as it is.
+    _open(http, "mentions", metadata={"note": definition_key})
+    plain = _ok(http.get("/v1/accounts/mentions", params={"at_seq": _ok(http.get("/v1/accounts/mentions"))["seq"]}))
+    assert plain["metadata"] == {"note": definition_key} and "stripes" not in plain
 
 
 def test_a_retry_reaches_the_same_stripe(node: ShardedServer, http: httpx.Client) -> None:
