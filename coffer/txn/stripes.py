@@ -9,14 +9,15 @@ two-phase commit), and its balance is the sum of its stripes.
 What it is, durably. A striped account ``S`` (``POST /v1/accounts`` with ``"stripes": K``) is:
 
 * ``K`` stripe accounts ``st:<d>:<n>``, ``d`` the first 24 hex digits of SHA-256(``S``), ``n`` a
-  number. Numbers are tried from 0 up; a candidate is kept when its shard holds fewer than
-  ceil(K / shards) of the stripes kept so far, so K stripes on at least K shards land on K
-  different shards, and more spread evenly. Clients can never name an ``st:`` account in a command
+  number. Numbers are tried from 0 up; a candidate is kept while its shard holds less than its
+  equal share (:func:`place`), so K stripes on at least K shards land on K different shards, and
+  more leave no shard without one. Clients can never name an ``st:`` account in a command
   (``core.reserved_account_id_prefixes``): only this module credits and sweeps stripes.
 * ``S`` itself, an ordinary account on its own shard, the *record*: its metadata key
-  :data:`definition_key` holds ``K:n0,n1,…``, from which the stripe ids follow (never from the
-  map again). Its limits are 0 and 0, so no money can ever rest on it, whatever path a command
-  takes. The record is written last, with the client's ``dedup_id``: it is what makes ``S`` exist,
+  :data:`definition_key` holds ``K:n0,n1,…`` (continued under ``.1``, ``.2``, … when longer than
+  one metadata value), from which the stripe ids follow (never from the map again, so a later map
+  cannot lose them). Its limits are 0 and 0, so no money can ever rest on it, whatever path a
+  command takes. The record is written last, with the client's ``dedup_id``: it is what makes ``S`` exist,
   and its answer (a replay on a retry) is the creation's answer. The stripes' creations take ids
   derived from the client's (``st:c:<SHA-256>:<n>``), so a retry replays them too.
 
