@@ -25,6 +25,7 @@ from coffer.cli_node import (
     talks_to_node,
     total,
 )
+from coffer.core.commands import stripes_max
 from coffer.tls_options import server_tls_options
 
 if TYPE_CHECKING:
@@ -591,6 +592,11 @@ def account() -> None:
 @click.option("--scale", type=click.IntRange(0, 18), default=2, show_default=True, help="digits after the point")
 @click.option("--lower-limit", help="lowest available balance [default: 0]")
 @click.option("--upper-limit", help="highest total balance [default: none]")
+@click.option(
+    "--stripes",
+    type=click.IntRange(2, stripes_max),
+    help="sharded nodes: a credit-only account spread over this many shards, read as one balance",
+)
 @_meta_option
 @dedup_option
 @talks_to_node
@@ -602,6 +608,7 @@ def account_create(
     scale: int,
     lower_limit: str | None,
     upper_limit: str | None,
+    stripes: int | None,
     metadata: tuple[str, ...],
     dedup_id: str | None,
 ) -> None:
@@ -614,8 +621,22 @@ def account_create(
         upper_limit=upper_limit,
         metadata=_metadata(metadata),
         dedup_id=dedup_id,
+        stripes=stripes,
     )
     print_result(output, result)
+
+
+@account.command("sweep")
+@click.argument("account_id")
+@click.option("--to", "to_account_id", required=True, help="the ordinary account that receives the money")
+@dedup_option
+@talks_to_node
+def account_sweep(client: "Client", output: Output, account_id: str, to_account_id: str, dedup_id: str | None) -> None:
+    """Move every stripe's available of striped ACCOUNT_ID to another account, all or nothing."""
+    result = client.sweep(account_id, to_account_id, dedup_id=dedup_id)
+    print_result(output, result)
+    if not output.as_json:
+        click.echo(f"swept: {result.swept}")
 
 
 @account.command("show")

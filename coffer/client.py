@@ -157,6 +157,7 @@ class AccountView(msgspec.Struct, frozen=True, kw_only=True):
     metadata: dict[str, str] = {}
     time: str | None = None  # only on the versions of an account's history
     velocity: dict[str, Any] | None = None  # caps and current usage; only with caps, only on the latest view
+    stripes: list[dict[str, Any]] | None = None  # a striped account only: each stripe's id, shard and available
 
 
 class CommandResult(msgspec.Struct, frozen=True, kw_only=True):
@@ -166,6 +167,7 @@ class CommandResult(msgspec.Struct, frozen=True, kw_only=True):
     log_index: int
     accounts: list[AccountView]
     compensation: str | None = None  # "COMPENSATED" or "NULL_COMPENSATED", for compensate only
+    swept: str | None = None  # sweep only: the money moved out of the striped account's stripes
     dedup_id: str = ""  # not in the answer: the id this client sent, kept for compensate()
 
 
@@ -568,6 +570,7 @@ def _create_account(
     upper_limit: Amount | None,
     metadata: Mapping[str, str] | None,
     dedup_id: str | None,
+    stripes: int | None = None,
 ) -> _Call[CommandResult]:
     fields = _without_none(
         {
@@ -577,9 +580,14 @@ def _create_account(
             "lower_limit": _optional_amount(lower_limit),
             "upper_limit": _optional_amount(upper_limit),
             "metadata": None if metadata is None else dict(metadata),
+            "stripes": stripes,
         }
     )
     return _command("/v1/accounts", fields, dedup_id)
+
+
+def _sweep(account_id: str, to_account_id: str, dedup_id: str | None) -> _Call[CommandResult]:
+    return _command(_account_path(account_id, "sweep"), {"to_account_id": to_account_id}, dedup_id)
 
 
 def _update_limits(
@@ -950,9 +958,17 @@ class Client(_Base):
         upper_limit: Amount | None = None,
         metadata: Mapping[str, str] | None = None,
         dedup_id: str | None = None,
+        stripes: int | None = None,
     ) -> CommandResult:
-        """Open an account (admin). ``lower_limit`` defaults to 0, ``upper_limit`` to none."""
-        return self._run(_create_account(account_id, asset, scale, lower_limit, upper_limit, metadata, dedup_id))
+        """Open an account (admin). ``lower_limit`` defaults to 0, ``upper_limit`` to none.
+
+        ``stripes`` (sharded nodes): a credit-only account spread over that many shards, read as one balance.
+        """
+        return self._run(_create_account(account_id, asset, scale, lower_limit, upper_limit, metadata, dedup_id, stripes))
+
+    def sweep(self, account_id: str, to_account_id: str, *, dedup_id: str | None = None) -> CommandResult:
+        """Move every stripe's available of a striped account to an ordinary account, all or nothing."""
+        return self._run(_sweep(account_id, to_account_id, dedup_id))
 
     def update_limits(
         self,
@@ -1342,8 +1358,17 @@ class AsyncClient(_Base):
         upper_limit: Amount | None = None,
         metadata: Mapping[str, str] | None = None,
         dedup_id: str | None = None,
+        stripes: int | None = None,
     ) -> CommandResult:
-        return await self._run(_create_account(account_id, asset, scale, lower_limit, upper_limit, metadata, dedup_id))
+        """Open an account (admin). ``lower_limit`` defaults to 0, ``upper_limit`` to none.
+
+        ``stripes`` (sharded nodes): a credit-only account spread over that many shards, read as one balance.
+        """
+        return await self._run(_create_account(account_id, asset, scale, lower_limit, upper_limit, metadata, dedup_id, stripes))
+
+    async def sweep(self, account_id: str, to_account_id: str, *, dedup_id: str | None = None) -> CommandResult:
+        """Move every stripe's available of a striped account to an ordinary account, all or nothing."""
+        return await self._run(_sweep(account_id, to_account_id, dedup_id))
 
     async def update_limits(
         self,

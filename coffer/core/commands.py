@@ -47,7 +47,14 @@ flow_outcome_bytes_max = 64 * 1024
 flow_dedup_id_prefix = "fl:"  # a flow run's steps: fl:<run_id>:<step>
 flow_hashed_dedup_id_prefix = "fh:"  # the same for a long run id: fh:<hash of the run_id>:<step>
 transaction_id_prefix = "cx:"  # a cross-shard transaction's txn_id and its steps' dedup_ids
-reserved_id_prefixes = (flow_dedup_id_prefix, flow_hashed_dedup_id_prefix, transaction_id_prefix)
+# A striped account's stripes (st:<digest of its id>:<n>) and the steps that create them: a
+# client that could name a stripe could debit it past the striped account's credit-only rule.
+stripe_id_prefix = "st:"
+reserved_id_prefixes = (flow_dedup_id_prefix, flow_hashed_dedup_id_prefix, transaction_id_prefix, stripe_id_prefix)
+reserved_account_id_prefixes = (stripe_id_prefix,)
+# A striped account spreads its credits over this many accounts at most: about one per shard of the
+# largest ledger (shards_max), and a sweep (every stripe and the target, in one batch) is one command.
+stripes_max = legs_max - 1
 
 
 def reserved_id_refusal(name: str, identifier: str) -> str | None:
@@ -57,7 +64,17 @@ def reserved_id_refusal(name: str, identifier: str) -> str | None:
         return None
     return (
         f"{name} {identifier!r} starts with {prefix!r}: {name}s starting with {', '.join(reserved_id_prefixes)} are reserved "
-        "for the ids that flow runs and cross-shard transactions derive for their own commands"
+        "for the ids that flow runs, cross-shard transactions and striped accounts derive for their own commands"
+    )
+
+
+def reserved_account_id_refusal(account_id: str) -> str | None:
+    """Why a client may not name ``account_id`` in a command (it is a stripe's), or None."""
+    if not account_id.startswith(reserved_account_id_prefixes):
+        return None
+    return (
+        f"account_id {account_id!r} starts with {stripe_id_prefix!r}: such ids are reserved for the stripes of striped accounts, "
+        "which only credits routed by a sharded node and sweeps may touch"
     )
 
 AccountId = Annotated[str, msgspec.Meta(min_length=1, max_length=id_length_max, pattern=r"^[A-Za-z0-9._:-]+$")]

@@ -47,6 +47,9 @@ class ErrorCode(StrEnum):
     FLOW_CHECK_FAILED = "FLOW_CHECK_FAILED"
     # No webhook subscription by that id on this node (404).
     WEBHOOK_NOT_FOUND = "WEBHOOK_NOT_FOUND"
+    # A command a striped account does not take (a debit, a hold, a limit, a precondition...): it
+    # is credit-only, and its money leaves by a sweep (422, never reaches a log).
+    STRIPED_ACCOUNT = "STRIPED_ACCOUNT"
     INVALID_AMOUNT = "INVALID_AMOUNT"
     # A balance would leave the range every amount lives in (|x| < 2^127 minor units), with no
     # limit of the account's own in the way: not a limit the user set, so not *_LIMIT_EXCEEDED.

@@ -54,6 +54,10 @@ error_meanings: dict[ErrorCode, tuple[int, str]] = {
     ErrorCode.WEBHOOK_NOT_FOUND: (404, "no webhook subscription by that id on this node"),
     ErrorCode.TXN_ABORTED: (409, "a cross-shard transaction was aborted by recovery: a participant stayed in doubt too long"),
     ErrorCode.TXN_ALREADY_DECIDED: (409, "a cross-shard transaction's commit point already holds the other decision"),
+    ErrorCode.STRIPED_ACCOUNT: (
+        422,
+        "a striped account takes credits only: no debit, hold, two-phase leg, limit, lock or precondition; sweep moves its money out",
+    ),
     ErrorCode.INVALID_AMOUNT: (422, "an amount outside the grammar, the scale or the bounds below"),
     ErrorCode.BALANCE_OUT_OF_RANGE: (
         409,
@@ -71,6 +75,7 @@ def _prose() -> str:
         f"| `{code.value}` | {status} | {meaning} |" for code, (status, meaning) in error_meanings.items()
     )
     reserved = ", ".join(f"`{prefix}`" for prefix in commands.reserved_id_prefixes)
+    reserved_accounts = ", ".join(f"`{prefix}`" for prefix in commands.reserved_account_id_prefixes)
     return f"""# Coffer HTTP API v1
 
 JSON over HTTP. This file is generated from the OpenAPI document that every node serves at
@@ -180,12 +185,15 @@ run replays instead of applying again.
 
 ## Reserved ids
 
-Flow runs and cross-shard transactions derive the ids of the commands they send from the caller's
-(`fl:` and `fh:` for a run's steps, `cx:` for a transaction's id and its steps), so those belong to
-them: a `dedup_id` (of a command, a `/v1/commands` item, a flow run or a flow registration) or a
-`txn_id` (also one a flow makes from its params) starting with {reserved} is `422 INVALID_REQUEST`
-on a single node and on a sharded one. Naming such an id is fine where it is read, e.g. as the
-`original_dedup_id` of a compensation.
+Flow runs, cross-shard transactions and striped accounts derive the ids of the commands they send
+from the caller's (`fl:` and `fh:` for a run's steps, `cx:` for a transaction's id and its steps,
+`st:` for the steps that create a striped account's stripes), so those belong to them: a
+`dedup_id` (of a command, a `/v1/commands` item, a flow run or a flow registration) or a `txn_id`
+(also one a flow makes from its params) starting with {reserved} is `422 INVALID_REQUEST` on a
+single node and on a sharded one. Naming such an id is fine where it is read, e.g. as the
+`original_dedup_id` of a compensation. An `account_id` starting with {reserved_accounts} is a
+stripe's (see Striped accounts): a command that names one is `422 INVALID_REQUEST`; reading one is
+fine.
 
 ## Velocity limits
 
@@ -196,6 +204,33 @@ back if the try is cancelled or expires within the same window); reservations, c
 and compensations are not debits. A debit past a cap is `409 VELOCITY_LIMIT_EXCEEDED`, checked with
 the movement after the balance limits; usage counts from when caps were set, and `GET
 /v1/accounts/{{account_id}}` shows the caps and the current usage under `velocity`.
+
+## Striped accounts
+
+On a sharded node (`coffer serve --shards N`) an account that receives a large share of all
+transfers can be created with `"stripes": K` (2 to {commands.stripes_max}): its credits then land
+on K stripe accounts on different shards, so they spread over K shards' logs instead of one. On a
+single node `stripes` is `422 INVALID_REQUEST` (one ledger has one log to spread over). A striped
+account is credit-only:
+
+* a transfer to it goes to its stripe on the paying account's shard (one shard, no two-phase
+  commit), else to the stripe its `dedup_id` picks, so a retry reaches the same stripe; the answer
+  shows the stripe that took the credit. A batch operation's credit to it is placed the same way;
+* a transfer or batch leg from it, a reservation, release or TCC leg on it, a precondition or
+  expected balance on it, limits (at creation too), velocity caps, lock, unlock and delete are
+  `422 STRIPED_ACCOUNT`;
+* `POST /v1/accounts/{{account_id}}/sweep` with `{{"dedup_id", "to_account_id"}}` moves every
+  stripe's available to an ordinary account in one cross-shard transaction (all or nothing); the
+  answer is a cross-shard command's (`txn_id`, `shard_seqs`, `token`) with `swept`, the amount
+  moved (`"0"` when the stripes were empty). A retry with the same `dedup_id` answers the same and
+  moves nothing again; one arriving while the first attempt is still in flight is `503`, retry.
+
+`GET /v1/accounts/{{account_id}}` (and `?ids=`) answers one balance: the money sections are the
+stripes' sums, `upper_limit` is null, `stripes` lists each stripe's id, shard and available, and
+`stripe_seqs` the seq each of their shards answered; `at_seq` is `422` for a striped account (it
+is per shard: use `at_time` or `token`). Stripes' ids start with {reserved_accounts}: they can be read but
+not named in a command. The account's own record (its id, on its own shard) holds the definition in
+its metadata and limits 0 and 0, so no money ever rests on it.
 
 ## Webhooks
 

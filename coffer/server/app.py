@@ -301,10 +301,18 @@ class Api:
             body = bodies.decode_body(body_type, data)
         if not self.reserved_ids_allowed:
             bodies.refuse_reserved_command_ids(body.dedup_id, getattr(body, "txn_id", None))
+            bodies.refuse_reserved_account_ids(body)
         # An account this node has not seen still goes to the log: its outcome there is final.
         command = bodies.to_command(kind, body, self._scales())
         (outcome,) = await self._submit([command])
         return await self._outcome_body(outcome)
+
+    async def sweep(self, request: Request, role: Role) -> Response:
+        """A sweep empties a striped account's stripes; one ledger holds no striped account."""
+        bodies.decode_body(bodies.SweepBody, await self._body(request))  # a malformed body: its precise 422 first
+        account_id = request.path_params["account_id"]
+        message = f"account {account_id} is not striped: striped accounts live on a sharded node (coffer serve --shards N)"
+        raise bodies.RequestError(ErrorCode.INVALID_REQUEST, message, account_id)
 
     async def commands(self, request: Request, role: Role) -> Response:
         binary = inputs.is_msgpack(request.headers.get("content-type"))
@@ -339,6 +347,7 @@ class Api:
                 body = bodies.convert_body(bodies.body_types[kind], fields)
                 if not self.reserved_ids_allowed:
                     bodies.refuse_reserved_command_ids(body.dedup_id, getattr(body, "txn_id", None))
+                    bodies.refuse_reserved_account_ids(body)
                 command = bodies.to_command(kind, body, scales)
             except bodies.RequestError as error:
                 answers.append({"status": 422, **error_body(error.code, error.message, error.account_id)})
@@ -546,6 +555,7 @@ class Api:
             self.route("/v1/accounts/{account_id}/unlock", "POST", admin, command("unlock_account", path_account=True)),
             self.route("/v1/accounts/{account_id}/delete", "POST", admin, command("delete_account", path_account=True)),
             self.route("/v1/accounts/{account_id}/velocity-limits", "POST", admin, command("set_velocity_limits", path_account=True)),
+            self.route("/v1/accounts/{account_id}/sweep", "POST", operator, self.sweep),
             self.route("/v1/transfers", "POST", operator, command("transfer")),
             self.route("/v1/batch-operations", "POST", operator, command("batch_operation")),
             self.route("/v1/reservations", "POST", operator, command("reserve")),

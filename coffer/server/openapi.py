@@ -75,6 +75,9 @@ _field_notes = {
     ("CreateAccountBody", "upper_limit"): "highest available + reserved + pending; absent means none",
     ("UpdateLimitsBody", "lower_limit"): "absent: unchanged",
     ("UpdateLimitsBody", "upper_limit"): "null: no upper limit; absent: unchanged",
+    ("CreateAccountBody", "stripes"): "sharded nodes only: a credit-only account spread over this many stripes on different"
+    " shards, read as one balance (no limits; 422 on a single node)",
+    ("SweepBody", "to_account_id"): "the ordinary account that receives every stripe's available",
     ("AccountBody", "account_id"): "from the path; if given here it must be the same",
     ("TransferBody", "expected_from_balance"): "only if the from account's available is exactly this",
     ("TransferBody", "expected_to_balance"): "only if the to account's available is exactly this",
@@ -131,6 +134,16 @@ _account = {
             " that hold the ledger's time",
         },
         "time": {**_time_out, "description": "history only: the time of the event that made this version"},
+        "stripes": {
+            "type": "array",
+            "description": "a striped account only: its stripes (account_id, shard, available); the money sections are their sums",
+            "items": {"type": "object"},
+        },
+        "stripe_seqs": {
+            "type": "object",
+            "description": "a striped account only: the seq each shard holding stripes answered, by shard",
+            "additionalProperties": {"type": "integer"},
+        },
     },
 }
 _error = {
@@ -500,7 +513,7 @@ query_server_routes = {
 @functools.cache
 def openapi_document() -> dict[str, Any]:
     """The node's document (``GET /openapi.json`` of ``coffer serve``)."""
-    structs = sorted(set(bodies.body_types.values()), key=lambda struct: struct.__name__)
+    structs = sorted({*bodies.body_types.values(), bodies.SweepBody}, key=lambda struct: struct.__name__)
     (_, *_), components = msgspec.json.schema_components(structs, ref_template="#/components/schemas/{name}")
     # Amount fields are strings of a strict grammar: say so rather than a bare "string".
     for struct, schema in components.items():
@@ -631,6 +644,11 @@ def openapi_document() -> dict[str, Any]:
             "VelocityLimitsBody",
             "Set (replace) an account's velocity caps: money and debits leaving it per UTC hour and day",
             role="admin",
+            path_account=True,
+        ),
+        "/v1/accounts/{account_id}/sweep": command(
+            "SweepBody",
+            "Sharded nodes: move every stripe's available of a striped account to an ordinary account, in one transaction",
             path_account=True,
         ),
         "/v1/transfers": command("TransferBody", "Move money between two accounts"),

@@ -75,6 +75,18 @@ def refuse_reserved_command_ids(dedup_id: object, txn_id: object = None) -> None
             raise RequestError(ErrorCode.INVALID_REQUEST, refusal)
 
 
+def refuse_reserved_account_ids(body: "_Body") -> None:
+    """A client's command may not name a stripe of a striped account (``core.stripe_id_prefix``):
+    only the sharded node's router credits and sweeps stripes. Reading one is fine."""
+    named = [getattr(body, name, None) for name in ("account_id", "from_account_id", "to_account_id")]
+    for group in ("legs", "preconditions"):
+        named.extend(item.account_id for item in getattr(body, group, ()))
+    for account_id in named:
+        refusal = core.reserved_account_id_refusal(account_id) if isinstance(account_id, str) else None
+        if refusal is not None:
+            raise RequestError(ErrorCode.INVALID_REQUEST, refusal, account_id)
+
+
 def _refuse_reserved_ids(*account_ids: str) -> None:
     # Raised in __post_init__, a ValueError becomes the decoder's ValidationError (422).
     for account_id in account_ids:
@@ -92,6 +104,9 @@ class CreateAccountBody(_Body):
     lower_limit: AmountText | None = None
     upper_limit: AmountText | None = None
     metadata: MetadataMap | None = None
+    # A striped account (sharded nodes only, see coffer.txn.stripes): its credits spread over
+    # this many accounts on different shards, read as one balance.
+    stripes: Annotated[int, msgspec.Meta(ge=2, le=core.stripes_max)] | None = None
 
     def __post_init__(self) -> None:
         _refuse_reserved_ids(self.account_id)
@@ -219,6 +234,12 @@ class StartFlowRunBody(_Body):
     params: Annotated[str, msgspec.Meta(max_length=core.flow_params_bytes_max)]  # JSON text
 
 
+class SweepBody(_Body):
+    """``POST /v1/accounts/{account_id}/sweep``: every stripe's available, to one ordinary account."""
+
+    to_account_id: Id
+
+
 class FinishFlowRunBody(_Body):
     run_id: Id
     outcome: Annotated[str, msgspec.Meta(max_length=core.flow_outcome_bytes_max)]  # JSON text
@@ -250,7 +271,8 @@ admin_command_types = frozenset(
     {"create_account", "update_limits", "lock_account", "unlock_account", "delete_account", "set_velocity_limits"}
 ) | internal_command_types
 
-_decoders = {body_type: msgspec.json.Decoder(body_type) for body_type in set(body_types.values())}
+# A sweep is no command of its own (the router runs it as a batch across shards), but its body is read the same way.
+_decoders = {body_type: msgspec.json.Decoder(body_type) for body_type in {*body_types.values(), SweepBody}}
 
 
 def _schema_error(error: msgspec.ValidationError) -> RequestError:
@@ -369,6 +391,11 @@ def to_command(kind: str, body: _Body, scales: Scales) -> core.Command:
             expected_to_balance=_amount(body.expected_to_balance, scale, signed=True),
         )
     if isinstance(body, CreateAccountBody):
+        if body.stripes is not None:
+            # The router of a sharded node creates striped accounts; one ledger cannot spread them.
+            raise RequestError(
+                ErrorCode.INVALID_REQUEST, "stripes need a sharded node (coffer serve --shards N): one shard is one ledger", body.account_id
+            )
         lower = _amount(body.lower_limit, body.scale, signed=True)
         command = core.CreateAccount(
             dedup_id=body.dedup_id,

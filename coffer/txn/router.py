@@ -52,6 +52,7 @@ from coffer.txn.node_directory import NodeDirectory
 from coffer.txn.scanners import RendezvousScope
 from coffer.txn.shard_map import ShardMap
 from coffer.txn.shards import ShardClients, ShardUnavailable, forward_token_header, not_hosted_header
+from coffer.txn.stripes import StripeRefused, Stripes
 
 logger = logging.getLogger(__name__)
 
@@ -96,6 +97,7 @@ class Router:
         self.forward_token = forward_token  # what other nodes present to forward to this one's shards
         scope = RendezvousScope(directory.entry.router_id, directory.live_routers) if directory is not None else None
         self.coordinator = Coordinator(shards, shard_map, scope=scope)
+        self.stripes = Stripes(shards, shard_map, self.coordinator)  # striped accounts: see coffer.txn.stripes
         self.data_dir: Path | None = None  # where the router keeps its own files (webhooks); set by the launcher
 
     # ------------------------------------------------------------------ plumbing
@@ -175,6 +177,14 @@ class Router:
             return await self._compensate(body)
         if kind in _broadcast_kinds:
             return await self._broadcast(kind, body)
+        if kind == "create_account" and body.get("stripes") is not None:
+            return await self.stripes.create(body)
+        try:
+            aimed = await self.stripes.prepare(kind, body)
+        except StripeRefused as refused:
+            return refused.status, refused.answer()
+        if aimed is not body:  # a credit to a striped account, aimed at one of its stripes
+            body, raw = aimed, None
         shards = self._shards_of(kind, body)
         if len(shards) > 1 and kind == "tcc_try":
             try:
@@ -350,6 +360,7 @@ class Router:
         results: list[dict[str, Any] | None] = [None] * len(items)
         per_shard: dict[int, list[int]] = {}
         singles: list[int] = []
+        striped = await self.stripes.striped_in(items)
         for position, item in enumerate(items):
             kind = item.get("type") if isinstance(item, dict) else None
             if not isinstance(item, dict) or not isinstance(kind, str):
@@ -364,7 +375,13 @@ class Router:
                 results[position] = {"status": refused.status, "error": {"code": refused.code, "message": refused.message}}
                 continue
             shards = self._shards_of(kind, item)
-            if kind in _broadcast_kinds or kind == "compensate" or len(shards) > 1 or kind in internal_command_types:
+            if (
+                kind in _broadcast_kinds
+                or kind == "compensate"
+                or len(shards) > 1
+                or kind in internal_command_types
+                or self.stripes.needs_router(kind, item, striped)
+            ):
                 singles.append(position)
             else:
                 per_shard.setdefault(shards[0] if shards else 0, []).append(position)
@@ -620,8 +637,9 @@ def create_router_app(router: Router) -> Starlette:
         routes.append(router.route(path, "POST", admin if kind in admin_command_types else operator, router.command_handler(kind, path_account)))
     routes += [
         router.route("/v1/commands", "POST", operator, router.commands),
-        router.route("/v1/accounts", "GET", reader, router.accounts),
-        router.route("/v1/accounts/{account_id}", "GET", reader, router.by_account),
+        router.route("/v1/accounts", "GET", reader, router.stripes.reading(router.accounts)),
+        router.route("/v1/accounts/{account_id}", "GET", reader, router.stripes.reading(router.by_account)),
+        router.route("/v1/accounts/{account_id}/sweep", "POST", operator, router.stripes.sweep_handler),
         router.route("/v1/accounts/{account_id}/history", "GET", reader, router.by_account),
         router.route("/v1/accounts/{account_id}/statement", "GET", reader, router.by_account),
         router.route("/v1/events", "GET", reader, router.per_shard),

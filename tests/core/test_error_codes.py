@@ -32,7 +32,8 @@ from .conftest import (
 
 edge_only_codes = {ErrorCode.NOT_AVAILABLE, ErrorCode.UNAUTHORIZED, ErrorCode.FORBIDDEN}
 # Decided by the transaction layer (a recovery task's reason for an abort), never by one shard's rules.
-txn_layer_codes = {ErrorCode.TXN_ABORTED}
+# Striped accounts live in the transaction layer too: its router refuses what they do not take.
+txn_layer_codes = {ErrorCode.TXN_ABORTED, ErrorCode.STRIPED_ACCOUNT}
 # The access layer judges flow definitions and a run's params against its flow before anything
 # reaches the log (422); the core keeps definitions and params as opaque bytes and never reads them.
 access_layer_codes = {ErrorCode.FLOW_INVALID, ErrorCode.FLOW_CHECK_FAILED}

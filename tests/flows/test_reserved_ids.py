@@ -8,6 +8,7 @@ import pytest
 from coffer.core.commands import reserved_id_prefixes, reserved_id_refusal
 from coffer.flows.compiler import derived_dedup_id
 from coffer.txn.coordinator import txn_id_of
+from coffer.txn.stripes import stripe_id
 
 from .conftest import Book
 
@@ -21,6 +22,7 @@ cancel_by_reference = {
 
 def test_every_derived_id_starts_with_a_reserved_prefix() -> None:
     derived = [derived_dedup_id("order-7", "pay"), derived_dedup_id("x" * 128, "pay.undo"), txn_id_of("order-7", 3), f"{txn_id_of('order-7', 3)}.try"]
+    derived.append(stripe_id("merchant-7", 0))  # a stripe's id, and the prefix of the steps that create it
     for identifier in derived:
         assert reserved_id_refusal("dedup_id", identifier) is not None, identifier
     assert {identifier[:3] for identifier in derived} == set(reserved_id_prefixes)

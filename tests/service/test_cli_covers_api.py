@@ -29,6 +29,7 @@ command_of_operation = {
     ("POST", "/v1/accounts/{account_id}/lock"): "account lock",
     ("POST", "/v1/accounts/{account_id}/unlock"): "account unlock",
     ("POST", "/v1/accounts/{account_id}/delete"): "account delete",
+    ("POST", "/v1/accounts/{account_id}/sweep"): "account sweep",
     ("POST", "/v1/transfers"): "transfer",
     ("POST", "/v1/batch-operations"): "batch",  # also deposit and withdraw
     ("POST", "/v1/reservations"): "reserve",
