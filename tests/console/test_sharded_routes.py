@@ -6,17 +6,12 @@ import httpx
 import pytest
 
 from coffer.client import Client
-from tests.txn.sharded_process import ShardedServer
+from tests.txn.sharded_process import ShardedServer, running
 
 
 @pytest.fixture(scope="module")
 def sharded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ShardedServer]:
-    node = ShardedServer(tmp_path_factory.mktemp("sharded-console") / "data", 2)
-    node.start()
-    try:
-        yield node
-    finally:
-        node.stop()
+    yield from running(tmp_path_factory, "sharded-console", 2)
 
 
 def test_search_merges_every_shard_in_id_order(sharded: ShardedServer) -> None:

@@ -1,8 +1,14 @@
 """A real sharded node (``coffer serve --shards N``) for the tests, and account ids per shard."""
 
+import itertools
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
 
 from coffer.txn.shard_map import ShardMap
 from tests.service.server_process import CofferServer
@@ -32,3 +38,37 @@ class ShardedServer(CofferServer):
                 found.append(candidate)
             number += 1
         return found
+
+
+def running(tmp_path_factory: pytest.TempPathFactory, name: str, shards: int) -> Iterator[ShardedServer]:
+    """A sharded node for a module's tests (its fixture yields from this), stopped afterwards."""
+    server = ShardedServer(tmp_path_factory.mktemp(name) / "data", shards)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+class DedupIds:
+    """Fresh dedup ids under one prefix per test module, so modules never collide on a node."""
+
+    def __init__(self, prefix: str) -> None:
+        self._prefix = prefix
+        self._numbers = itertools.count(1)
+
+    def __call__(self) -> str:
+        return f"{self._prefix}-{next(self._numbers)}"
+
+
+def ok(response: httpx.Response) -> dict[str, Any]:
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def refused(response: httpx.Response, status: int, code: str) -> dict[str, Any]:
+    """The error body of a refusal with this status and code."""
+    assert response.status_code == status, response.text
+    error = response.json()["error"]
+    assert error["code"] == code, error
+    return error

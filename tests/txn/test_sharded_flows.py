@@ -9,17 +9,12 @@ import pytest
 from coffer import Client
 from coffer.client import CofferError, Leg
 from coffer.flows.files import library
-from tests.txn.sharded_process import ShardedServer
+from tests.txn.sharded_process import ShardedServer, running
 
 
 @pytest.fixture(scope="module")
 def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ShardedServer]:
-    server = ShardedServer(tmp_path_factory.mktemp("sharded-flows") / "data", 2)
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
+    yield from running(tmp_path_factory, "sharded-flows", 2)
 
 
 def test_a_payment_across_shards_runs_as_one_transaction(node: ShardedServer) -> None:

@@ -1,6 +1,5 @@
 """A sharded node over HTTP: routing, atomic movements across shards, exactly-once, and what it refuses."""
 
-import itertools
 from collections.abc import Iterator
 from decimal import Decimal
 from pathlib import Path
@@ -9,41 +8,21 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.txn.sharded_process import ShardedServer
+from tests.txn.sharded_process import DedupIds, ShardedServer, ok, running
 
-_numbers = itertools.count(1)
-
-
-def dedup() -> str:
-    return f"sh-{next(_numbers)}"
+dedup = DedupIds("sh")
 
 
 @pytest.fixture(scope="module")
 def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ShardedServer]:
-    server = ShardedServer(tmp_path_factory.mktemp("sharded") / "data", 2)
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
-@pytest.fixture
-def http(node: ShardedServer) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=node.url, timeout=30) as client:
-        yield client
-
-
-def _ok(response: httpx.Response) -> dict[str, Any]:
-    assert response.status_code == 200, response.text
-    return response.json()
+    yield from running(tmp_path_factory, "sharded", 2)
 
 
 def _open(http: httpx.Client, account_id: str, deposit: str | None = None, **fields: Any) -> None:
-    _ok(http.post("/v1/accounts", json={"dedup_id": dedup(), "account_id": account_id, "asset": "USD", **fields}))
+    ok(http.post("/v1/accounts", json={"dedup_id": dedup(), "account_id": account_id, "asset": "USD", **fields}))
     if deposit is not None:
         legs = [{"account_id": account_id, "amount": deposit, "asset": "USD"}]
-        _ok(http.post("/v1/batch-operations", json={"dedup_id": dedup(), "legs": legs}))
+        ok(http.post("/v1/batch-operations", json={"dedup_id": dedup(), "legs": legs}))
 
 
 def _money(view: dict[str, Any]) -> Decimal:
@@ -55,10 +34,10 @@ def test_single_shard_commands_go_straight_to_their_shard(node: ShardedServer, h
     a, b = node.ids_on(1, 2, "one")
     _open(http, a, "100")
     _open(http, b)
-    moved = _ok(http.post("/v1/transfers", json={"dedup_id": dedup(), "from_account_id": a, "to_account_id": b, "amount": "1", "asset": "USD"}))
+    moved = ok(http.post("/v1/transfers", json={"dedup_id": dedup(), "from_account_id": a, "to_account_id": b, "amount": "1", "asset": "USD"}))
     assert [view["shard"] for view in moved["accounts"]] == [1, 1]
     assert "txn_id" not in moved  # no two-phase commit for one shard
-    assert _ok(http.get(f"/v1/accounts/{b}"))["available"] == "1.00"
+    assert ok(http.get(f"/v1/accounts/{b}"))["available"] == "1.00"
 
 
 def test_a_transfer_across_shards_is_atomic_and_exactly_once(node: ShardedServer, http: httpx.Client) -> None:
@@ -67,24 +46,24 @@ def test_a_transfer_across_shards_is_atomic_and_exactly_once(node: ShardedServer
     _open(http, a, "100")
     _open(http, b)
     body = {"dedup_id": dedup(), "from_account_id": a, "to_account_id": b, "amount": "30.25", "asset": "USD"}
-    first = _ok(http.post("/v1/transfers", json=body))
+    first = ok(http.post("/v1/transfers", json=body))
     assert [(view["account_id"], view["available"], view["shard"]) for view in first["accounts"]] == [
         (a, "69.75", 0),
         (b, "30.25", 1),
     ]
     assert first["txn_id"].startswith("cx:") and set(first["shard_seqs"]) == {"0", "1"}
-    again = _ok(http.post("/v1/transfers", json=body))
+    again = ok(http.post("/v1/transfers", json=body))
     assert again == first  # a retry replays every step and moves nothing twice
     token = first["token"]
     assert token == ",".join(f"{shard}:{seq}" for shard, seq in sorted(first["shard_seqs"].items()))
-    assert _ok(http.get(f"/v1/accounts/{b}", params={"token": token}))["available"] == "30.25"
+    assert ok(http.get(f"/v1/accounts/{b}", params={"token": token}))["available"] == "30.25"
     too_far = ",".join(f"{shard}:{seq + 1000}" for shard, seq in first["shard_seqs"].items())
     assert http.get(f"/v1/accounts/{b}", params={"token": too_far}).status_code == 503
     assert http.get(f"/v1/accounts/{b}", params={"token": "x"}).status_code == 422
-    views = _ok(http.get("/v1/accounts", params={"ids": f"{a},{b}"}))
+    views = ok(http.get("/v1/accounts", params={"ids": f"{a},{b}"}))
     assert {key: view["available"] for key, view in views["accounts"].items()} == {a: "69.75", b: "30.25"}
     assert set(views["seqs"]) == {"0", "1"}
-    txn = _ok(http.get(f"/v1/transactions/{first['txn_id']}"))
+    txn = ok(http.get(f"/v1/transactions/{first['txn_id']}"))
     assert txn["state"] == "COMMITTED" and txn["decision"]["commit"] is True
     assert {shard: part["state"] for shard, part in txn["shards"].items() if part["state"]} == {"0": "CONFIRMED", "1": "CONFIRMED"}
     # Reusing the dedup_id for another payload is refused, as on one shard.
@@ -105,7 +84,7 @@ def test_a_rejected_cross_shard_command_changes_nothing_anywhere(node: ShardedSe
         "account_id": b,
     }
     assert http.post("/v1/transfers", json=body).json() == answer.json()  # the same rejection, for good
-    views = _ok(http.get("/v1/accounts", params={"ids": f"{a},{b}"}))["accounts"]
+    views = ok(http.get("/v1/accounts", params={"ids": f"{a},{b}"}))["accounts"]
     assert (views[a]["available"], views[a]["pending_out"], views[b]["pending_in"]) == ("10.00", {}, {})
 
 
@@ -123,9 +102,9 @@ def test_a_batch_operation_across_shards_is_all_or_nothing_with_its_precondition
     failing = {"dedup_id": dedup(), "legs": legs, "preconditions": [{"account_id": b, "expected_balance": "1"}]}
     answer = http.post("/v1/batch-operations", json=failing)
     assert answer.status_code == 409 and answer.json()["error"]["code"] == "PRECONDITION_FAILED"
-    assert _ok(http.get(f"/v1/accounts/{a}"))["available"] == "50.00"
+    assert ok(http.get(f"/v1/accounts/{a}"))["available"] == "50.00"
     passing = {"dedup_id": dedup(), "legs": legs, "preconditions": [{"account_id": b, "expected_balance": "0"}]}
-    done = _ok(http.post("/v1/batch-operations", json=passing))
+    done = ok(http.post("/v1/batch-operations", json=passing))
     assert [view["available"] for view in done["accounts"]] == ["30.00", "15.00", "4.00"]
     # A precondition on a shard the command moves nothing on cannot be held: refused up front.
     (lonely,) = node.ids_on(1, 1, "batch-lonely")
@@ -146,7 +125,7 @@ def test_money_is_conserved_over_cross_shard_traffic(node: ShardedServer, http: 
         if source == target:
             continue
         http.post("/v1/transfers", json={"dedup_id": dedup(), "from_account_id": source, "to_account_id": target, "amount": "7", "asset": "USD"})
-    views = _ok(http.get("/v1/accounts", params={"ids": ",".join(accounts)}))["accounts"]
+    views = ok(http.get("/v1/accounts", params={"ids": ",".join(accounts)}))["accounts"]
     assert sum(_money(view) for view in views.values()) == Decimal(600)
     assert all(not view["pending_in"] and not view["pending_out"] for view in views.values())
 
@@ -158,36 +137,36 @@ def test_compensations_across_shards(node: ShardedServer, http: httpx.Client) ->
     _open(http, b)
     # Compensated before it arrived: the cross-shard original is then refused, for good.
     early = dedup()
-    null = _ok(http.post("/v1/compensations", json={"dedup_id": dedup(), "original_dedup_id": early}))
+    null = ok(http.post("/v1/compensations", json={"dedup_id": dedup(), "original_dedup_id": early}))
     assert null["compensation"] == "NULL_COMPENSATED"
     late = http.post("/v1/transfers", json={"dedup_id": early, "from_account_id": a, "to_account_id": b, "amount": "1", "asset": "USD"})
     assert late.status_code == 409 and late.json()["error"]["code"] == "ALREADY_COMPENSATED"
-    assert _ok(http.get(f"/v1/accounts/{a}"))["available"] == "10.00"
+    assert ok(http.get(f"/v1/accounts/{a}"))["available"] == "10.00"
     # A committed cross-shard original is undone by a reversing cross-shard transaction, once.
     moved = dedup()
-    _ok(http.post("/v1/transfers", json={"dedup_id": moved, "from_account_id": a, "to_account_id": b, "amount": "1", "asset": "USD"}))
+    ok(http.post("/v1/transfers", json={"dedup_id": moved, "from_account_id": a, "to_account_id": b, "amount": "1", "asset": "USD"}))
     compensation = {"dedup_id": dedup(), "original_dedup_id": moved}
-    undone = _ok(http.post("/v1/compensations", json=compensation))
+    undone = ok(http.post("/v1/compensations", json=compensation))
     assert undone["compensation"] == "COMPENSATED" and undone["txn_id"].startswith("cx:")
     assert {view["account_id"]: view["available"] for view in undone["accounts"]} == {a: "10.00", b: "0.00"}
-    assert _ok(http.post("/v1/compensations", json=compensation)) == undone
+    assert ok(http.post("/v1/compensations", json=compensation)) == undone
     again = http.post("/v1/compensations", json={"dedup_id": dedup(), "original_dedup_id": moved})
     assert again.status_code == 409 and again.json()["error"]["code"] == "ALREADY_COMPENSATED"
-    assert _ok(http.get(f"/v1/accounts/{a}"))["available"] == "10.00"
+    assert ok(http.get(f"/v1/accounts/{a}"))["available"] == "10.00"
     # A single-shard original is compensated on its shard.
     (c,) = node.ids_on(0, 1, "comp-c")
     _open(http, c)
     single = dedup()
-    _ok(http.post("/v1/transfers", json={"dedup_id": single, "from_account_id": a, "to_account_id": c, "amount": "2", "asset": "USD"}))
-    undone = _ok(http.post("/v1/compensations", json={"dedup_id": dedup(), "original_dedup_id": single}))
+    ok(http.post("/v1/transfers", json={"dedup_id": single, "from_account_id": a, "to_account_id": c, "amount": "2", "asset": "USD"}))
+    undone = ok(http.post("/v1/compensations", json={"dedup_id": dedup(), "original_dedup_id": single}))
     assert undone["compensation"] == "COMPENSATED"
 
 
 def test_confirm_and_cancel_find_the_shard_of_a_single_shard_try(node: ShardedServer, http: httpx.Client) -> None:
     (a,) = node.ids_on(1, 1, "tcc-a")
     _open(http, a, "10")
-    _ok(http.post("/v1/tcc/try", json={"dedup_id": dedup(), "txn_id": "t-one", "legs": [{"account_id": a, "amount": "-3", "asset": "USD"}]}))
-    confirmed = _ok(http.post("/v1/tcc/confirm", json={"dedup_id": dedup(), "txn_id": "t-one"}))
+    ok(http.post("/v1/tcc/try", json={"dedup_id": dedup(), "txn_id": "t-one", "legs": [{"account_id": a, "amount": "-3", "asset": "USD"}]}))
+    confirmed = ok(http.post("/v1/tcc/confirm", json={"dedup_id": dedup(), "txn_id": "t-one"}))
     assert confirmed["accounts"][0]["available"] == "7.00"
     missing = http.post("/v1/tcc/cancel", json={"dedup_id": dedup(), "txn_id": "t-none"})
     assert missing.status_code == 409 and missing.json()["error"]["code"] == "TXN_NOT_FOUND"
@@ -207,9 +186,9 @@ def test_what_a_sharded_node_refuses(node: ShardedServer, http: httpx.Client) ->
     assert answer.status_code == 422 and "reserved" in answer.json()["error"]["message"]
     answer = http.get("/v1/events")
     assert answer.status_code == 422 and "shard=" in answer.json()["error"]["message"]
-    assert _ok(http.get("/v1/events", params={"shard": 1, "limit": 2}))["events"]
-    assert _ok(http.get("/v1/audit/head", params={"shard": 0}))["seq"] > 0
-    shards = _ok(http.get("/v1/shards"))
+    assert ok(http.get("/v1/events", params={"shard": 1, "limit": 2}))["events"]
+    assert ok(http.get("/v1/audit/head", params={"shard": 0}))["seq"] > 0
+    shards = ok(http.get("/v1/shards"))
     assert shards["map"]["shards"] == 2 and all(entry["ready"] for entry in shards["shards"])
 
 
@@ -221,10 +200,10 @@ def test_commands_in_one_request_span_shards(node: ShardedServer, http: httpx.Cl
         {"type": "create_account", "dedup_id": dedup(), "account_id": b, "asset": "USD"},
         {"type": "batch_operation", "dedup_id": dedup(), "legs": [{"account_id": a, "amount": "5", "asset": "USD"}]},
     ]
-    results = _ok(http.post("/v1/commands", json={"commands": commands}))["results"]
+    results = ok(http.post("/v1/commands", json={"commands": commands}))["results"]
     assert [result["status"] for result in results] == [200, 200, 200]
     cross = [{"type": "transfer", "dedup_id": dedup(), "from_account_id": a, "to_account_id": b, "amount": "2", "asset": "USD"}]
-    (result,) = _ok(http.post("/v1/commands", json={"commands": cross}))["results"]
+    (result,) = ok(http.post("/v1/commands", json={"commands": cross}))["results"]
     assert result["status"] == 200 and result["txn_id"].startswith("cx:")
 
 
@@ -264,7 +243,7 @@ def test_the_router_reads_and_answers_msgpack_batches(node: ShardedServer, http:
     assert answer.status_code == 200 and answer.headers["content-type"] == "application/msgpack", answer.content
     results = msgspec.msgpack.decode(answer.content)["results"]
     assert [result["status"] for result in results] == [200, 200, 422], results
-    assert _ok(http.get(f"/v1/accounts/{c}"))["available"] == "1.00"
+    assert ok(http.get(f"/v1/accounts/{c}"))["available"] == "1.00"
 
     # Malformed MessagePack is a 422 in the documented shape, in MessagePack, from the router itself.
     repeated = b"\x81\xa8commands\x91\x82\xa4type\xablock_account\xa4type\xablock_account"
@@ -278,10 +257,10 @@ def test_the_router_reads_and_answers_msgpack_batches(node: ShardedServer, http:
 
 def test_the_route_other_nodes_forward_through_reaches_only_the_shards_this_node_runs(node: ShardedServer, http: httpx.Client) -> None:
     # A node without API keys listens on loopback and trusts its callers, as its shard processes do.
-    assert _ok(http.get("/v1/internal/shards/1/readyz"))["status"] == "ready"
+    assert ok(http.get("/v1/internal/shards/1/readyz"))["status"] == "ready"
     (a,) = node.ids_on(1, 1, "fw")
     _open(http, a, "3")
-    assert _ok(http.get(f"/v1/internal/shards/1/v1/accounts/{a}"))["available"] == "3.00"
+    assert ok(http.get(f"/v1/internal/shards/1/v1/accounts/{a}"))["available"] == "3.00"
     # The shard holds no such account: the request went to shard 0 as it is, not to a's shard.
     assert http.get(f"/v1/internal/shards/0/v1/accounts/{a}").status_code == 404
     refused = http.get("/v1/internal/shards/2/readyz")
