@@ -17,6 +17,7 @@ from coffer.core.state_machine import StateMachine
 from coffer.flows import definition
 from coffer.flows.files import library
 from coffer.flows.runner import Answer, FlowRunner, StoredRun, StoredVersion
+from coffer.server import command_table
 from coffer.server import requests as bodies
 from coffer.server.views import rejection_body
 
@@ -56,7 +57,7 @@ class MachineLedger:
         return bodies.Scales(account_scale, machine.asset_scales.get)
 
     def command(self, kind: str, body: dict[str, Any]) -> core.Command:
-        return bodies.to_command(kind, bodies.convert_body(bodies.body_types[kind], body), self.scales_view())
+        return command_table.to_command(kind, bodies.convert_body(command_table.routes_by_kind[kind].body_type, body), self.scales_view())
 
     async def flow_version(self, name: str, version: int | None) -> StoredVersion | None:
         versions = self.machine.flows.get(name)
