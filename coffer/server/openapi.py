@@ -1,12 +1,13 @@
 """The OpenAPI 3.1 documents of the API: the node's, and the query server's subset.
 
-Request schemas come from msgspec, so the document cannot drift from what the server accepts;
-response shapes are written out here once. Amounts have three schemas, as the server reads them:
-positive (transfer, reserve, release), signed and non-zero (legs), and signed (limits,
-conditions, balances); a test checks each pattern against the server's own parser. Magnitude
-bounds (``coffer.core.amounts.amount_max`` minor units) depend on the asset's scale, which a
-pattern cannot know: the schemas say so in words. ``docs/api.md`` is generated from the node's
-document (:mod:`coffer.server.api_markdown`).
+The command routes (path, role, summary, body) come from the command table
+(:mod:`coffer.server.command_table`) and their request schemas from msgspec, so the document
+cannot drift from what the server routes and accepts; response shapes are written out here once.
+Amounts have three schemas, as the server reads them: positive (transfer, reserve, release),
+signed and non-zero (legs), and signed (limits, conditions, balances); a test checks each pattern
+against the server's own parser. Magnitude bounds (``coffer.core.amounts.amount_max`` minor
+units) depend on the asset's scale, which a pattern cannot know: the schemas say so in words.
+``docs/api.md`` is generated from the node's document (:mod:`coffer.server.api_markdown`).
 """
 
 import functools
