@@ -28,6 +28,7 @@ from coffer.flows.runner import Answer, FlowRunner, StoredRun, StoredVersion
 from coffer.http.auth import Role
 from coffer.http.responses import read_body
 from coffer.http.views import error_body, rejection_body
+from coffer.server import command_table
 from coffer.server import requests as bodies
 from coffer.server.pipeline import LogUnavailable
 
@@ -138,8 +139,8 @@ class NodeLedger:
         return {asset: known[asset] for asset in assets if asset in known}
 
     def _command(self, kind: str, body: dict[str, Any]) -> core.Command:
-        converted = bodies.convert_body(bodies.body_types[kind], body)
-        return bodies.to_command(kind, converted, self.api._scales())
+        converted = bodies.convert_body(command_table.routes_by_kind[kind].body_type, body)
+        return command_table.to_command(kind, converted, self.api._scales())
 
     async def _submit(self, commands: list[core.Command]) -> list[Answer]:
         try:

@@ -24,6 +24,7 @@ from coffer.flows.http import decode_run, is_flow_name
 from coffer.flows.runner import Answer, FlowRunner, StoredRun, StoredVersion
 from coffer.http.auth import Role
 from coffer.http.responses import HttpError, json_response, read_body
+from coffer.server.command_table import routes_by_kind
 from coffer.server.requests import RequestError
 
 if TYPE_CHECKING:
@@ -85,11 +86,10 @@ class RouterLedger:
     async def send(self, kind: str, body: dict[str, Any]) -> Answer:
         from coffer.txn.shards import ShardUnavailable
 
-        path = {"transfer": "/v1/transfers", "batch_operation": "/v1/batch-operations", "reserve": "/v1/reservations"}
-        path |= {"release": "/v1/releases", "tcc_try": "/v1/tcc/try", "tcc_confirm": "/v1/tcc/confirm"}
-        path |= {"tcc_cancel": "/v1/tcc/cancel", "compensate": "/v1/compensations"}
+        path = routes_by_kind[kind].path
+        assert path is not None, kind  # a flow step is a command a client could send
         try:
-            return await self.router.command(kind, body, None, path[kind])
+            return await self.router.command(kind, body, None, path)
         except HttpError as refused:
             return refused.status, {"error": {"code": refused.code, "message": refused.message}}
         except ShardUnavailable as error:

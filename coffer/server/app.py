@@ -43,6 +43,7 @@ from coffer.replica import RecoveryStopped, Replica
 from coffer.server import requests as bodies
 from coffer.server import transactions
 from coffer.server.admission import Admission, Overloaded
+from coffer.server.command_table import CommandRoute, routes_by_kind, routes_by_path, to_command
 from coffer.server.feed import event_stream
 from coffer.server.node_reads import NodeHierarchy, NodeReads
 from coffer.server.openapi import openapi_document
@@ -277,7 +278,8 @@ class Api:
         except TimeoutError:
             raise LogUnavailable(f"no outcome within {submit_wait_s_max} s; retry with the same dedup_id") from None
 
-    def command_handler(self, kind: str, path_account: bool = False) -> Callable[[Request, Role], Awaitable[Response]]:
+    def command_handler(self, route: CommandRoute) -> Callable[[Request, Role], Awaitable[Response]]:
+        kind, path_account = route.kind, route.path_account
 
         async def handle(request: Request, role: Role) -> Response:
             path_id = request.path_params["account_id"] if path_account else None
@@ -288,7 +290,7 @@ class Api:
 
     async def run_command(self, kind: str, data: bytes, path_id: str | None = None) -> tuple[int, dict[str, Any]]:
         """One command of type ``kind`` from its JSON body: decode, translate, submit, answer."""
-        body_type = bodies.body_types[kind]
+        body_type = routes_by_kind[kind].body_type
         if path_id is not None:
             inputs.refuse_reserved_id(path_id)
             fields = inputs.decode_json(data)
@@ -303,7 +305,7 @@ class Api:
             bodies.refuse_reserved_command_ids(body.dedup_id, getattr(body, "txn_id", None))
             bodies.refuse_reserved_account_ids(body)
         # An account this node has not seen still goes to the log: its outcome there is final.
-        command = bodies.to_command(kind, body, self._scales())
+        command = to_command(kind, body, self._scales())
         (outcome,) = await self._submit([command])
         return await self._outcome_body(outcome)
 
@@ -340,15 +342,16 @@ class Api:
             fields = dict(item)
             kind = fields.pop("type", None)
             try:
-                if not isinstance(kind, str) or kind not in bodies.body_types:
+                route = routes_by_kind.get(kind) if isinstance(kind, str) else None
+                if route is None:
                     raise bodies.RequestError(ErrorCode.INVALID_REQUEST, f"unknown command type {kind!r}")
-                if kind in bodies.admin_command_types and role < Role.ADMIN:
-                    raise HttpError(403, ErrorCode.FORBIDDEN, f"{kind} needs the admin role")
-                body = bodies.convert_body(bodies.body_types[kind], fields)
+                if role < route.role:
+                    raise HttpError(403, ErrorCode.FORBIDDEN, f"{kind} needs the {route.role.name.lower()} role")
+                body = bodies.convert_body(route.body_type, fields)
                 if not self.reserved_ids_allowed:
                     bodies.refuse_reserved_command_ids(body.dedup_id, getattr(body, "txn_id", None))
                     bodies.refuse_reserved_account_ids(body)
-                command = bodies.to_command(kind, body, scales)
+                command = to_command(route.kind, body, scales)
             except bodies.RequestError as error:
                 answers.append({"status": 422, **error_body(error.code, error.message, error.account_id)})
                 continue
@@ -543,27 +546,13 @@ class Api:
 
     def routes(self) -> list[Route]:
         reader, operator, admin = Role.READER, Role.OPERATOR, Role.ADMIN
-        command = self.command_handler
         return [
-            self.route("/v1/accounts", "POST", admin, command("create_account")),
+            *(self.route(path, route.method, route.role, self.command_handler(route)) for path, route in routes_by_path.items()),
             self.route("/v1/accounts", "GET", reader, self.get_accounts),
             self.route("/v1/accounts/{account_id}", "GET", reader, self.get_account),
             self.route("/v1/accounts/{account_id}/history", "GET", reader, self.history),
             self.route("/v1/accounts/{account_id}/statement", "GET", reader, self.statement),
-            self.route("/v1/accounts/{account_id}/limits", "POST", admin, command("update_limits", path_account=True)),
-            self.route("/v1/accounts/{account_id}/lock", "POST", admin, command("lock_account", path_account=True)),
-            self.route("/v1/accounts/{account_id}/unlock", "POST", admin, command("unlock_account", path_account=True)),
-            self.route("/v1/accounts/{account_id}/delete", "POST", admin, command("delete_account", path_account=True)),
-            self.route("/v1/accounts/{account_id}/velocity-limits", "POST", admin, command("set_velocity_limits", path_account=True)),
             self.route("/v1/accounts/{account_id}/sweep", "POST", operator, self.sweep),
-            self.route("/v1/transfers", "POST", operator, command("transfer")),
-            self.route("/v1/batch-operations", "POST", operator, command("batch_operation")),
-            self.route("/v1/reservations", "POST", operator, command("reserve")),
-            self.route("/v1/releases", "POST", operator, command("release")),
-            self.route("/v1/tcc/try", "POST", operator, command("tcc_try")),
-            self.route("/v1/tcc/confirm", "POST", operator, command("tcc_confirm")),
-            self.route("/v1/tcc/cancel", "POST", operator, command("tcc_cancel")),
-            self.route("/v1/compensations", "POST", operator, command("compensate")),
             self.route("/v1/commands", "POST", operator, self.commands),
             self.route("/v1/events", "GET", reader, self.events),
             self.route("/v1/events/stream", "GET", reader, lambda request, role: event_stream(request, self)),
@@ -582,22 +571,16 @@ class Api:
 
 
 class FastCommandRoutes:
-    """An ASGI front for the hot command routes: plain POSTs without path parameters.
+    """An ASGI front for the hot command routes: the operators' POSTs without path parameters.
 
     They are answered here, without the framework's routing, request and response objects,
     middleware and exception layers (a third of the CPU a small request costs); everything else
     goes to the Starlette app. Behaviour is the same as through :meth:`Api.route`.
     """
 
+    # path -> the command kind it takes ("" for POST /v1/commands, whose items name their own)
     routes: ClassVar[dict[str, str]] = {
-        "/v1/transfers": "transfer",
-        "/v1/batch-operations": "batch_operation",
-        "/v1/reservations": "reserve",
-        "/v1/releases": "release",
-        "/v1/tcc/try": "tcc_try",
-        "/v1/tcc/confirm": "tcc_confirm",
-        "/v1/tcc/cancel": "tcc_cancel",
-        "/v1/compensations": "compensate",
+        **{path: route.kind for path, route in routes_by_path.items() if not route.path_account and route.role is Role.OPERATOR},
         "/v1/commands": "",
     }
 
@@ -636,7 +619,7 @@ class FastCommandRoutes:
             return await self.api.run_command(kind, data)
 
         try:
-            status, body = await self.api.guarded(Role.OPERATOR, headers, work)
+            status, body = await self.api.guarded(routes_by_kind[kind].role if kind else Role.OPERATOR, headers, work)
         except ClientDisconnect:
             return  # nobody is left to answer
         encoded, media_type = encoded_answer(body, kind == "" and inputs.answers_msgpack(headers))

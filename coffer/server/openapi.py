@@ -1,12 +1,13 @@
 """The OpenAPI 3.1 documents of the API: the node's, and the query server's subset.
 
-Request schemas come from msgspec, so the document cannot drift from what the server accepts;
-response shapes are written out here once. Amounts have three schemas, as the server reads them:
-positive (transfer, reserve, release), signed and non-zero (legs), and signed (limits,
-conditions, balances); a test checks each pattern against the server's own parser. Magnitude
-bounds (``coffer.core.amounts.amount_max`` minor units) depend on the asset's scale, which a
-pattern cannot know: the schemas say so in words. ``docs/api.md`` is generated from the node's
-document (:mod:`coffer.server.api_markdown`).
+The command routes (path, role, summary, body) come from the command table
+(:mod:`coffer.server.command_table`) and their request schemas from msgspec, so the document
+cannot drift from what the server routes and accepts; response shapes are written out here once.
+Amounts have three schemas, as the server reads them: positive (transfer, reserve, release),
+signed and non-zero (legs), and signed (limits, conditions, balances); a test checks each pattern
+against the server's own parser. Magnitude bounds (``coffer.core.amounts.amount_max`` minor
+units) depend on the asset's scale, which a pattern cannot know: the schemas say so in words.
+``docs/api.md`` is generated from the node's document (:mod:`coffer.server.api_markdown`).
 """
 
 import functools
@@ -20,6 +21,7 @@ from coffer.core.errors import ErrorCode
 from coffer.flows.openapi import flow_components, flow_paths
 from coffer.notify.openapi import webhook_components, webhook_paths
 from coffer.server import requests as bodies
+from coffer.server.command_table import COMMAND_ROUTES, CommandRoute, routes_by_path
 
 unsigned_amount_pattern = rf"^(0|[1-9][0-9]*)(\.[0-9]{{1,{scale_max}}})?$"
 signed_amount_pattern = rf"^-?(0|[1-9][0-9]*)(\.[0-9]{{1,{scale_max}}})?$"
@@ -513,7 +515,7 @@ query_server_routes = {
 @functools.cache
 def openapi_document() -> dict[str, Any]:
     """The node's document (``GET /openapi.json`` of ``coffer serve``)."""
-    structs = sorted({*bodies.body_types.values(), bodies.SweepBody}, key=lambda struct: struct.__name__)
+    structs = sorted({*(route.body_type for route in COMMAND_ROUTES), bodies.SweepBody}, key=lambda struct: struct.__name__)
     (_, *_), components = msgspec.json.schema_components(structs, ref_template="#/components/schemas/{name}")
     # Amount fields are strings of a strict grammar: say so rather than a bare "string".
     for struct, schema in components.items():
@@ -553,21 +555,24 @@ def openapi_document() -> dict[str, Any]:
         }
     )
 
-    def command(body: str, description: str, role: str = "operator", path_account: bool = False) -> dict[str, Any]:
+    def command(route: CommandRoute) -> dict[str, Any]:
+        return post(route.summary, route.role.name.lower(), route.body_type.__name__, route.path_account)
+
+    def post(summary: str, role: str, body: str, path_account: bool) -> dict[str, Any]:
         operation: dict[str, Any] = {
-            "summary": description,
+            "summary": summary,
             "x-coffer-role": role,
             "requestBody": {"required": True, "content": {"application/json": {"schema": _ref(body)}}},
             "responses": {"200": _json(_ref("CommandResult")), **_errors(401, 403, 409, 413, 422, 503, 507)},
         }
         if path_account:
             operation["parameters"] = [_account_path]
-        return {"post": operation}
+        return operation
 
     commands_item = {
         "type": "object",
         "required": ["type"],
-        "properties": {"type": {"type": "string", "enum": sorted(bodies.body_types)}},
+        "properties": {"type": {"type": "string", "enum": sorted(route.kind for route in COMMAND_ROUTES)}},
     }
     commands_body = {
         "type": "object",
@@ -590,19 +595,16 @@ def openapi_document() -> dict[str, Any]:
         },
     }
     paths: dict[str, Any] = {
-        "/v1/accounts": {
-            **command("CreateAccountBody", "Create an account", role="admin"),
-            **_read(
-                "reader",
-                "Many accounts, all as of one seq (the latest, at_seq, or the last event at or before at_time)",
-                [_query("ids", {"type": "string"}, "comma-separated account ids", required=True), _at_seq, _at_time, _min_seq],
-                _ref("AccountsAsOf"),
-                401,
-                403,
-                422,
-                503,
-            ),
-        },
+        "/v1/accounts": _read(
+            "reader",
+            "Many accounts, all as of one seq (the latest, at_seq, or the last event at or before at_time)",
+            [_query("ids", {"type": "string"}, "comma-separated account ids", required=True), _at_seq, _at_time, _min_seq],
+            _ref("AccountsAsOf"),
+            401,
+            403,
+            422,
+            503,
+        ),
         "/v1/accounts/{account_id}": _read(
             "reader",
             "One account with all sections: the latest, or as of at_seq or at_time (404 if it did not exist then)",
@@ -636,35 +638,20 @@ def openapi_document() -> dict[str, Any]:
             422,
             503,
         ),
-        "/v1/accounts/{account_id}/limits": command("UpdateLimitsBody", "Change limits", role="admin", path_account=True),
-        "/v1/accounts/{account_id}/lock": command("AccountBody", "Lock an account", role="admin", path_account=True),
-        "/v1/accounts/{account_id}/unlock": command("AccountBody", "Unlock an account", role="admin", path_account=True),
-        "/v1/accounts/{account_id}/delete": command("AccountBody", "Delete an empty account", role="admin", path_account=True),
-        "/v1/accounts/{account_id}/velocity-limits": command(
-            "VelocityLimitsBody",
-            "Set (replace) an account's velocity caps: money and debits leaving it per UTC hour and day",
-            role="admin",
-            path_account=True,
-        ),
-        "/v1/accounts/{account_id}/sweep": command(
-            "SweepBody",
-            "Sharded nodes: move every stripe's available of a striped account to an ordinary account, in one transaction",
-            path_account=True,
-        ),
-        "/v1/transfers": command("TransferBody", "Move money between two accounts"),
-        "/v1/batch-operations": command("BatchOperationBody", "Signed legs on many accounts, all or nothing"),
-        "/v1/reservations": command("ReserveBody", "Freeze money"),
-        "/v1/releases": command("ReleaseBody", "Unfreeze money"),
-        "/v1/tcc/try": command("TccTryBody", "Two-phase: hold"),
-        "/v1/tcc/confirm": command("TxnBody", "Two-phase: confirm"),
-        "/v1/tcc/cancel": command("TxnBody", "Two-phase: cancel"),
-        "/v1/compensations": command("CompensateBody", "Undo a command by its dedup_id"),
+    }
+    # The command routes, from the table: after the account reads, the POST before the GET of a path.
+    for path, route in routes_by_path.items():
+        paths[path] = {"post": command(route), **paths.get(path, {})}
+    # Not a command of the core: the sharded router's sweep of a striped account (coffer.txn.stripes).
+    sweep_summary = "Sharded nodes: move every stripe's available of a striped account to an ordinary account, in one transaction"
+    paths["/v1/accounts/{account_id}/sweep"] = {"post": post(sweep_summary, "operator", "SweepBody", True)}
+    paths |= {
         "/v1/commands": {
             "post": {
                 "summary": "Up to 8190 commands in one request, each answered on its own",
                 "description": (
                     "Each item is `{\"type\": T, …}` with T one of "
-                    + ", ".join(f"`{kind}`" for kind in sorted(bodies.body_types))
+                    + ", ".join(f"`{kind}`" for kind in sorted(route.kind for route in COMMAND_ROUTES))
                     + ", and the fields of T's own endpoint, its dedup_id included (a path parameter becomes"
                     " the field `account_id`). The answer has one result per command, in order, each"
                     " `{\"status\": 200 | 409 | 422 | 403, …the body T's endpoint would answer}`; each command is"

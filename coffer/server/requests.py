@@ -1,8 +1,9 @@
 """Request bodies of the HTTP API and their translation into core commands.
 
 Method: msgspec decodes a body strictly into one of the structs below (unknown fields and wrong
-types are refused), then :func:`to_command` turns decimal-string amounts into integers of the
-asset's minor unit with :func:`coffer.core.amounts.parse_amount`. Anything malformed raises
+types are refused), then the kind's converter (:mod:`coffer.server.command_table` names it) turns
+decimal-string amounts into integers of the asset's minor unit with
+:func:`coffer.core.amounts.parse_amount`. Anything malformed raises
 :class:`RequestError` (HTTP 422) and never reaches the log; a body that is not JSON, not UTF-8,
 nested too deep or repeats a key is refused before that by :mod:`coffer.http.inputs`.
 
@@ -13,6 +14,7 @@ an account or asset this node has never seen is answered here with what the ledg
 the dedup store, so a retry after the account exists is applied.
 """
 
+import functools
 from collections.abc import Callable
 from typing import Annotated, Any
 
@@ -75,7 +77,7 @@ def refuse_reserved_command_ids(dedup_id: object, txn_id: object = None) -> None
             raise RequestError(ErrorCode.INVALID_REQUEST, refusal)
 
 
-def refuse_reserved_account_ids(body: "_Body") -> None:
+def refuse_reserved_account_ids(body: "CommandBody") -> None:
     """A client's command may not name a stripe of a striped account (``core.stripe_id_prefix``):
     only the sharded node's router credits and sweeps stripes. Reading one is fine."""
     named = [getattr(body, name, None) for name in ("account_id", "from_account_id", "to_account_id")]
@@ -93,11 +95,13 @@ def _refuse_reserved_ids(*account_ids: str) -> None:
         inputs.refuse_reserved_id(account_id)
 
 
-class _Body(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+class CommandBody(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """What every command's body has; each command's own body adds its fields."""
+
     dedup_id: DedupId
 
 
-class CreateAccountBody(_Body):
+class CreateAccountBody(CommandBody):
     account_id: Id
     asset: AssetName
     scale: Annotated[int, msgspec.Meta(ge=0, le=18)] = 2
@@ -112,7 +116,7 @@ class CreateAccountBody(_Body):
         _refuse_reserved_ids(self.account_id)
 
 
-class UpdateLimitsBody(_Body):
+class UpdateLimitsBody(CommandBody):
     account_id: Id
     lower_limit: AmountText | None = None
     upper_limit: AmountText | msgspec.UnsetType | None = msgspec.UNSET
@@ -121,7 +125,7 @@ class UpdateLimitsBody(_Body):
         _refuse_reserved_ids(self.account_id)
 
 
-class AccountBody(_Body):
+class AccountBody(CommandBody):
     """Lock, unlock and delete: the account comes from the path."""
 
     account_id: Id
@@ -130,7 +134,7 @@ class AccountBody(_Body):
         _refuse_reserved_ids(self.account_id)
 
 
-class TransferBody(_Body):
+class TransferBody(CommandBody):
     from_account_id: Id
     to_account_id: Id
     amount: AmountText
@@ -167,12 +171,12 @@ class PreconditionBody(msgspec.Struct, forbid_unknown_fields=True, kw_only=True)
 Legs = Annotated[list[LegBody], msgspec.Meta(min_length=1, max_length=core.legs_max)]
 
 
-class BatchOperationBody(_Body):
+class BatchOperationBody(CommandBody):
     legs: Legs
     preconditions: Annotated[list[PreconditionBody], msgspec.Meta(max_length=core.legs_max)] = []
 
 
-class ReserveBody(_Body):
+class ReserveBody(CommandBody):
     account_id: Id
     reservation_id: Id
     amount: AmountText
@@ -181,7 +185,7 @@ class ReserveBody(_Body):
         _refuse_reserved_ids(self.account_id)
 
 
-class ReleaseBody(_Body):
+class ReleaseBody(CommandBody):
     account_id: Id
     reservation_id: Id
     amount: AmountText | None = None
@@ -190,22 +194,22 @@ class ReleaseBody(_Body):
         _refuse_reserved_ids(self.account_id)
 
 
-class TccTryBody(_Body):
+class TccTryBody(CommandBody):
     txn_id: Id
     legs: Legs
     timeout_s: Annotated[int, msgspec.Meta(ge=1, le=core.timeout_s_max)] | None = None
     preconditions: Annotated[list[PreconditionBody], msgspec.Meta(max_length=core.legs_max)] = []
 
 
-class TxnBody(_Body):
+class TxnBody(CommandBody):
     txn_id: Id
 
 
-class CompensateBody(_Body):
+class CompensateBody(CommandBody):
     original_dedup_id: DedupId
 
 
-class DecideBody(_Body):
+class DecideBody(CommandBody):
     """The decision of a cross-shard transaction at its commit point (the transaction layer's)."""
 
     txn_id: Id
@@ -216,7 +220,7 @@ class DecideBody(_Body):
     reason_account_id: Id | None = None
 
 
-class VelocityLimitsBody(_Body):
+class VelocityLimitsBody(CommandBody):
     """Replace an account's velocity caps (absent or null: no cap); the account comes from the path."""
 
     account_id: Id
@@ -226,7 +230,7 @@ class VelocityLimitsBody(_Body):
     debits_per_day: Annotated[int, msgspec.Meta(ge=1, le=2**63 - 1)] | None = None
 
 
-class StartFlowRunBody(_Body):
+class StartFlowRunBody(CommandBody):
     """A flow run's start record (the flows' runner on a sharded node's router sends it to shard 0)."""
 
     flow: Annotated[str, msgspec.Meta(min_length=1, max_length=core.flow_name_length_max)]
@@ -234,45 +238,17 @@ class StartFlowRunBody(_Body):
     params: Annotated[str, msgspec.Meta(max_length=core.flow_params_bytes_max)]  # JSON text
 
 
-class SweepBody(_Body):
-    """``POST /v1/accounts/{account_id}/sweep``: every stripe's available, to one ordinary account."""
+class SweepBody(CommandBody):
+    """``POST /v1/accounts/{account_id}/sweep``: every stripe's available, to one ordinary account.
+    A sweep is no command of its own (the router runs it as a batch across shards), but its body is
+    read the same way."""
 
     to_account_id: Id
 
 
-class FinishFlowRunBody(_Body):
+class FinishFlowRunBody(CommandBody):
     run_id: Id
     outcome: Annotated[str, msgspec.Meta(max_length=core.flow_outcome_bytes_max)]  # JSON text
-
-
-# The command types of POST /v1/commands, each with the body of its own endpoint.
-body_types: dict[str, type[_Body]] = {
-    "create_account": CreateAccountBody,
-    "update_limits": UpdateLimitsBody,
-    "lock_account": AccountBody,
-    "unlock_account": AccountBody,
-    "delete_account": AccountBody,
-    "transfer": TransferBody,
-    "batch_operation": BatchOperationBody,
-    "reserve": ReserveBody,
-    "release": ReleaseBody,
-    "tcc_try": TccTryBody,
-    "tcc_confirm": TxnBody,
-    "tcc_cancel": TxnBody,
-    "compensate": CompensateBody,
-    "decide": DecideBody,
-    "set_velocity_limits": VelocityLimitsBody,
-    "start_flow_run": StartFlowRunBody,
-    "finish_flow_run": FinishFlowRunBody,
-}
-# The layers above a shard (transactions, flows) record their own steps with these.
-internal_command_types = frozenset({"decide", "start_flow_run", "finish_flow_run"})
-admin_command_types = frozenset(
-    {"create_account", "update_limits", "lock_account", "unlock_account", "delete_account", "set_velocity_limits"}
-) | internal_command_types
-
-# A sweep is no command of its own (the router runs it as a batch across shards), but its body is read the same way.
-_decoders = {body_type: msgspec.json.Decoder(body_type) for body_type in {*body_types.values(), SweepBody}}
 
 
 def _schema_error(error: msgspec.ValidationError) -> RequestError:
@@ -284,14 +260,19 @@ def _schema_error(error: msgspec.ValidationError) -> RequestError:
     return RequestError(ErrorCode.INVALID_REQUEST, message)
 
 
-def decode_body(body_type: type[_Body], data: bytes) -> _Body:
+@functools.cache
+def _decoder(body_type: type[CommandBody]) -> msgspec.json.Decoder[CommandBody]:
+    return msgspec.json.Decoder(body_type)
+
+
+def decode_body(body_type: type[CommandBody], data: bytes) -> CommandBody:
     try:
-        return inputs.decode_json(data, _decoders[body_type].decode)
+        return inputs.decode_json(data, _decoder(body_type).decode)
     except msgspec.ValidationError as error:
         raise _schema_error(error) from None
 
 
-def convert_body(body_type: type[_Body], data: dict[str, Any]) -> _Body:
+def convert_body(body_type: type[CommandBody], data: dict[str, Any]) -> CommandBody:
     """A body from an already-parsed JSON object (one item of POST /v1/commands)."""
     try:
         return msgspec.convert(data, body_type, strict=True)
@@ -376,111 +357,145 @@ def _preconditions(conditions: list[PreconditionBody], scales: Scales) -> tuple[
     return tuple(converted)
 
 
-def to_command(kind: str, body: _Body, scales: Scales) -> core.Command:
-    """The core command for a decoded body of type ``kind`` (a key of :data:`body_types`)."""
-    if isinstance(body, TransferBody):
-        scale = scales.asset(body.asset)
-        return core.Transfer(
-            dedup_id=body.dedup_id,
-            from_account_id=body.from_account_id,
-            to_account_id=body.to_account_id,
-            amount=_amount(body.amount, scale, positive=True),  # type: ignore[arg-type]
-            asset=body.asset,
-            metadata=body.metadata,
-            expected_from_balance=_amount(body.expected_from_balance, scale, signed=True),
-            expected_to_balance=_amount(body.expected_to_balance, scale, signed=True),
+# ---------------------------------------------------------------- one converter per command kind
+# Each turns its decoded body into the core command; :mod:`coffer.server.command_table` names the
+# converter of every kind.
+
+
+def create_account_command(body: CreateAccountBody, scales: Scales) -> core.Command:
+    if body.stripes is not None:
+        # The router of a sharded node creates striped accounts; one ledger cannot spread them.
+        raise RequestError(
+            ErrorCode.INVALID_REQUEST, "stripes need a sharded node (coffer serve --shards N): one shard is one ledger", body.account_id
         )
-    if isinstance(body, CreateAccountBody):
-        if body.stripes is not None:
-            # The router of a sharded node creates striped accounts; one ledger cannot spread them.
-            raise RequestError(
-                ErrorCode.INVALID_REQUEST, "stripes need a sharded node (coffer serve --shards N): one shard is one ledger", body.account_id
-            )
-        lower = _amount(body.lower_limit, body.scale, signed=True)
-        command = core.CreateAccount(
-            dedup_id=body.dedup_id,
-            account_id=body.account_id,
-            asset=body.asset,
-            scale=body.scale,
-            lower_limit=0 if lower is None else lower,
-            upper_limit=_amount(body.upper_limit, body.scale, signed=True),
-            metadata=body.metadata,
-        )
-        scales.created(body.account_id, body.asset, body.scale)
-        return command
-    if isinstance(body, UpdateLimitsBody):
-        scale = scales.account(body.account_id)
-        keep_upper = body.upper_limit is msgspec.UNSET
-        return core.UpdateLimits(
-            dedup_id=body.dedup_id,
-            account_id=body.account_id,
-            lower_limit=_amount(body.lower_limit, scale, signed=True),
-            upper_limit=None if keep_upper else _amount(body.upper_limit, scale, signed=True),  # type: ignore[arg-type]
-            keep_upper_limit=keep_upper,
-        )
-    if isinstance(body, AccountBody):
-        account_command = {
-            "lock_account": core.LockAccount,
-            "unlock_account": core.UnlockAccount,
-            "delete_account": core.DeleteAccount,
-        }
-        return account_command[kind](dedup_id=body.dedup_id, account_id=body.account_id)
-    if isinstance(body, BatchOperationBody):
-        legs = _legs(body.legs, scales)
-        return core.BatchBalanceOperation(dedup_id=body.dedup_id, legs=legs, preconditions=_preconditions(body.preconditions, scales))
-    if isinstance(body, ReserveBody):
-        scale = scales.account(body.account_id)
-        return core.Reserve(
-            dedup_id=body.dedup_id,
-            account_id=body.account_id,
-            reservation_id=body.reservation_id,
-            amount=_amount(body.amount, scale, positive=True),  # type: ignore[arg-type]
-        )
-    if isinstance(body, ReleaseBody):
-        scale = scales.account(body.account_id)
-        return core.Release(
-            dedup_id=body.dedup_id,
-            account_id=body.account_id,
-            reservation_id=body.reservation_id,
-            amount=_amount(body.amount, scale, positive=True),
-        )
-    if isinstance(body, TccTryBody):
-        return core.TccTry(
-            dedup_id=body.dedup_id,
-            txn_id=body.txn_id,
-            legs=_legs(body.legs, scales),
-            timeout_s=body.timeout_s,
-            preconditions=_preconditions(body.preconditions, scales),
-        )
-    if isinstance(body, DecideBody):
-        return core.Decide(
-            dedup_id=body.dedup_id,
-            txn_id=body.txn_id,
-            commit=body.commit,
-            participants=tuple(body.participants),
-            reason_code=body.reason_code,
-            reason_message=body.reason_message,
-            reason_account_id=body.reason_account_id,
-        )
-    if isinstance(body, VelocityLimitsBody):
-        scale = scales.account(body.account_id)
-        return core.SetVelocityLimits(
-            dedup_id=body.dedup_id,
-            account_id=body.account_id,
-            amount_per_hour=_amount(body.amount_per_hour, scale, positive=True),
-            amount_per_day=_amount(body.amount_per_day, scale, positive=True),
-            debits_per_hour=body.debits_per_hour,
-            debits_per_day=body.debits_per_day,
-        )
-    if isinstance(body, StartFlowRunBody):
-        return core.StartFlowRun(dedup_id=body.dedup_id, flow=body.flow, version=body.version, params=body.params.encode())
-    if isinstance(body, FinishFlowRunBody):
-        return core.FinishFlowRun(dedup_id=body.dedup_id, run_id=body.run_id, outcome=body.outcome.encode())
-    if isinstance(body, TxnBody):
-        txn_command = core.TccConfirm if kind == "tcc_confirm" else core.TccCancel
-        return txn_command(dedup_id=body.dedup_id, txn_id=body.txn_id)
-    if isinstance(body, CompensateBody):
-        if body.original_dedup_id == body.dedup_id:
-            raise RequestError(ErrorCode.INVALID_REQUEST, "a command cannot compensate itself")
-        return core.Compensate(dedup_id=body.dedup_id, original_dedup_id=body.original_dedup_id)
-    raise AssertionError(f"no command for {type(body).__name__}")
+    lower = _amount(body.lower_limit, body.scale, signed=True)
+    command = core.CreateAccount(
+        dedup_id=body.dedup_id,
+        account_id=body.account_id,
+        asset=body.asset,
+        scale=body.scale,
+        lower_limit=0 if lower is None else lower,
+        upper_limit=_amount(body.upper_limit, body.scale, signed=True),
+        metadata=body.metadata,
+    )
+    scales.created(body.account_id, body.asset, body.scale)  # later commands of the same request see it
+    return command
+
+
+def update_limits_command(body: UpdateLimitsBody, scales: Scales) -> core.Command:
+    scale = scales.account(body.account_id)
+    keep_upper = body.upper_limit is msgspec.UNSET
+    return core.UpdateLimits(
+        dedup_id=body.dedup_id,
+        account_id=body.account_id,
+        lower_limit=_amount(body.lower_limit, scale, signed=True),
+        upper_limit=None if keep_upper else _amount(body.upper_limit, scale, signed=True),  # type: ignore[arg-type]
+        keep_upper_limit=keep_upper,
+    )
+
+
+def account_command(
+    command_type: type[core.LockAccount | core.UnlockAccount | core.DeleteAccount],
+) -> Callable[[AccountBody, Scales], core.Command]:
+    """The converter of lock, unlock or delete: one body (the account), a different command each."""
+
+    def convert(body: AccountBody, scales: Scales) -> core.Command:
+        return command_type(dedup_id=body.dedup_id, account_id=body.account_id)
+
+    return convert
+
+
+def transfer_command(body: TransferBody, scales: Scales) -> core.Command:
+    scale = scales.asset(body.asset)
+    return core.Transfer(
+        dedup_id=body.dedup_id,
+        from_account_id=body.from_account_id,
+        to_account_id=body.to_account_id,
+        amount=_amount(body.amount, scale, positive=True),  # type: ignore[arg-type]
+        asset=body.asset,
+        metadata=body.metadata,
+        expected_from_balance=_amount(body.expected_from_balance, scale, signed=True),
+        expected_to_balance=_amount(body.expected_to_balance, scale, signed=True),
+    )
+
+
+def batch_operation_command(body: BatchOperationBody, scales: Scales) -> core.Command:
+    legs = _legs(body.legs, scales)
+    return core.BatchBalanceOperation(dedup_id=body.dedup_id, legs=legs, preconditions=_preconditions(body.preconditions, scales))
+
+
+def reserve_command(body: ReserveBody, scales: Scales) -> core.Command:
+    scale = scales.account(body.account_id)
+    return core.Reserve(
+        dedup_id=body.dedup_id,
+        account_id=body.account_id,
+        reservation_id=body.reservation_id,
+        amount=_amount(body.amount, scale, positive=True),  # type: ignore[arg-type]
+    )
+
+
+def release_command(body: ReleaseBody, scales: Scales) -> core.Command:
+    scale = scales.account(body.account_id)
+    return core.Release(
+        dedup_id=body.dedup_id,
+        account_id=body.account_id,
+        reservation_id=body.reservation_id,
+        amount=_amount(body.amount, scale, positive=True),
+    )
+
+
+def tcc_try_command(body: TccTryBody, scales: Scales) -> core.Command:
+    return core.TccTry(
+        dedup_id=body.dedup_id,
+        txn_id=body.txn_id,
+        legs=_legs(body.legs, scales),
+        timeout_s=body.timeout_s,
+        preconditions=_preconditions(body.preconditions, scales),
+    )
+
+
+def txn_command(command_type: type[core.TccConfirm | core.TccCancel]) -> Callable[[TxnBody, Scales], core.Command]:
+    """The converter of confirm or cancel: one body (the transaction), a different command each."""
+
+    def convert(body: TxnBody, scales: Scales) -> core.Command:
+        return command_type(dedup_id=body.dedup_id, txn_id=body.txn_id)
+
+    return convert
+
+
+def compensate_command(body: CompensateBody, scales: Scales) -> core.Command:
+    if body.original_dedup_id == body.dedup_id:
+        raise RequestError(ErrorCode.INVALID_REQUEST, "a command cannot compensate itself")
+    return core.Compensate(dedup_id=body.dedup_id, original_dedup_id=body.original_dedup_id)
+
+
+def decide_command(body: DecideBody, scales: Scales) -> core.Command:
+    return core.Decide(
+        dedup_id=body.dedup_id,
+        txn_id=body.txn_id,
+        commit=body.commit,
+        participants=tuple(body.participants),
+        reason_code=body.reason_code,
+        reason_message=body.reason_message,
+        reason_account_id=body.reason_account_id,
+    )
+
+
+def velocity_limits_command(body: VelocityLimitsBody, scales: Scales) -> core.Command:
+    scale = scales.account(body.account_id)
+    return core.SetVelocityLimits(
+        dedup_id=body.dedup_id,
+        account_id=body.account_id,
+        amount_per_hour=_amount(body.amount_per_hour, scale, positive=True),
+        amount_per_day=_amount(body.amount_per_day, scale, positive=True),
+        debits_per_hour=body.debits_per_hour,
+        debits_per_day=body.debits_per_day,
+    )
+
+
+def start_flow_run_command(body: StartFlowRunBody, scales: Scales) -> core.Command:
+    return core.StartFlowRun(dedup_id=body.dedup_id, flow=body.flow, version=body.version, params=body.params.encode())
+
+
+def finish_flow_run_command(body: FinishFlowRunBody, scales: Scales) -> core.Command:
+    return core.FinishFlowRun(dedup_id=body.dedup_id, run_id=body.run_id, outcome=body.outcome.encode())

@@ -43,6 +43,7 @@ from coffer.core.state_machine import StateMachine
 from coffer.http.views import account_view, rejection_body
 from coffer.server import requests as bodies
 from coffer.server import transactions
+from coffer.server.command_table import routes_by_kind, routes_by_path, to_command
 from coffer.txn import coordinator as txn
 from coffer.txn.coordinator import Coordinator, txn_prefix
 from coffer.txn.shard_map import ShardMap
@@ -107,13 +108,12 @@ class SimShard:
                 status, answer = self._command(kind, fields)
                 results.append({"status": status, **answer})
             return 200, {"results": results}
-        kind = {"/v1/tcc/try": "tcc_try", "/v1/tcc/confirm": "tcc_confirm", "/v1/tcc/cancel": "tcc_cancel", "/v1/transfers": "transfer"}[path]
-        return self._command(kind, body)
+        return self._command(routes_by_path[path].kind, body)
 
     def _command(self, kind: str, fields: dict[str, Any]) -> tuple[int, dict[str, Any]]:
         try:
-            body = bodies.convert_body(bodies.body_types[kind], fields)
-            command = bodies.to_command(kind, body, self._scales())
+            body = bodies.convert_body(routes_by_kind[kind].body_type, fields)
+            command = to_command(kind, body, self._scales())
         except bodies.RequestError as error:
             return 422, {"error": {"code": error.code, "message": error.message}}
         return self.answer(self.apply(command))

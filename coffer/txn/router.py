@@ -44,8 +44,9 @@ from coffer.http.responses import HttpError, encoded_answer, error_response, jso
 from coffer.notify.http import WebhookRoutes
 from coffer.notify.sharded import RouterHost
 from coffer.server import requests as bodies
+from coffer.server.command_table import internal_kinds, routes_by_kind, routes_by_path
 from coffer.server.openapi import openapi_document
-from coffer.server.requests import RequestError, admin_command_types, internal_command_types, refuse_reserved_command_ids
+from coffer.server.requests import RequestError, refuse_reserved_command_ids
 from coffer.txn import coordinator, router_tools
 from coffer.txn.coordinator import Coordinator, PlanError, txn_prefix
 from coffer.txn.node_directory import NodeDirectory
@@ -58,24 +59,8 @@ logger = logging.getLogger(__name__)
 
 _answer_headers = ("content-type", "retry-after")
 
-# Command routes: (path, the /v1/commands type, path parameter holds the account)
-command_routes: list[tuple[str, str, bool]] = [
-    ("/v1/accounts", "create_account", False),
-    ("/v1/accounts/{account_id}/limits", "update_limits", True),
-    ("/v1/accounts/{account_id}/lock", "lock_account", True),
-    ("/v1/accounts/{account_id}/unlock", "unlock_account", True),
-    ("/v1/accounts/{account_id}/delete", "delete_account", True),
-    ("/v1/accounts/{account_id}/velocity-limits", "set_velocity_limits", True),
-    ("/v1/transfers", "transfer", False),
-    ("/v1/batch-operations", "batch_operation", False),
-    ("/v1/reservations", "reserve", False),
-    ("/v1/releases", "release", False),
-    ("/v1/tcc/try", "tcc_try", False),
-    ("/v1/tcc/confirm", "tcc_confirm", False),
-    ("/v1/tcc/cancel", "tcc_cancel", False),
-    ("/v1/compensations", "compensate", False),
-]
-_path_of_kind = {kind: path for path, kind, path_account in command_routes if not path_account}
+# Where a command of a kind without path parameters is sent (one more hop: to its shard).
+_path_of_kind = {route.kind: path for path, route in routes_by_path.items() if not route.path_account}
 _broadcast_kinds = {"tcc_confirm", "tcc_cancel"}
 
 
@@ -188,7 +173,7 @@ class Router:
         shards = self._shards_of(kind, body)
         if len(shards) > 1 and kind == "tcc_try":
             try:
-                bodies.convert_body(bodies.body_types[kind], body)
+                bodies.convert_body(routes_by_kind[kind].body_type, body)
                 tcc = coordinator.plan_tcc(body, self.shard_map)
             except PlanError as error:
                 raise HttpError(422, ErrorCode.INVALID_REQUEST, str(error)) from None
@@ -366,8 +351,10 @@ class Router:
             if not isinstance(item, dict) or not isinstance(kind, str):
                 per_shard.setdefault(0, []).append(position)  # malformed: shard 0 answers its 422
                 continue
-            if kind in admin_command_types and role < Role.ADMIN:
-                results[position] = {"status": 403, "error": {"code": ErrorCode.FORBIDDEN.value, "message": f"{kind} needs the admin role"}}
+            needed = routes_by_kind[kind].role if kind in routes_by_kind else Role.OPERATOR  # unknown: shard 0 answers its 422
+            if role < needed:
+                message = f"{kind} needs the {needed.name.lower()} role"
+                results[position] = {"status": 403, "error": {"code": ErrorCode.FORBIDDEN.value, "message": message}}
                 continue
             try:
                 _refuse_reserved_ids(item)
@@ -379,7 +366,7 @@ class Router:
                 kind in _broadcast_kinds
                 or kind == "compensate"
                 or len(shards) > 1
-                or kind in internal_command_types
+                or kind in internal_kinds
                 or self.stripes.needs_router(kind, item, striped)
             ):
                 singles.append(position)
@@ -398,7 +385,7 @@ class Router:
         async def alone(position: int) -> None:
             item = dict(items[position])
             kind = item.pop("type")
-            if kind in internal_command_types:
+            if kind in internal_kinds:
                 results[position] = {"status": 422, "error": {"code": ErrorCode.INVALID_REQUEST.value, "message": f"unknown command type {kind!r}"}}
                 return
             try:
@@ -631,10 +618,10 @@ def _code(answer: dict[str, Any]) -> str | None:
 
 
 def create_router_app(router: Router) -> Starlette:
-    reader, operator, admin = Role.READER, Role.OPERATOR, Role.ADMIN
+    reader, operator = Role.READER, Role.OPERATOR
     routes = []
-    for path, kind, path_account in command_routes:
-        routes.append(router.route(path, "POST", admin if kind in admin_command_types else operator, router.command_handler(kind, path_account)))
+    for path, route in routes_by_path.items():
+        routes.append(router.route(path, route.method, route.role, router.command_handler(route.kind, route.path_account)))
     routes += [
         router.route("/v1/commands", "POST", operator, router.commands),
         router.route("/v1/accounts", "GET", reader, router.stripes.reading(router.accounts)),

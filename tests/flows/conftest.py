@@ -18,6 +18,7 @@ from coffer.flows import definition
 from coffer.flows.files import library
 from coffer.flows.runner import Answer, FlowRunner, StoredRun, StoredVersion
 from coffer.http.views import rejection_body
+from coffer.server import command_table
 from coffer.server import requests as bodies
 
 start_time_ms = 1_700_000_000_000
@@ -56,7 +57,7 @@ class MachineLedger:
         return bodies.Scales(account_scale, machine.asset_scales.get)
 
     def command(self, kind: str, body: dict[str, Any]) -> core.Command:
-        return bodies.to_command(kind, bodies.convert_body(bodies.body_types[kind], body), self.scales_view())
+        return command_table.to_command(kind, bodies.convert_body(command_table.routes_by_kind[kind].body_type, body), self.scales_view())
 
     async def flow_version(self, name: str, version: int | None) -> StoredVersion | None:
         versions = self.machine.flows.get(name)

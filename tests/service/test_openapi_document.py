@@ -1,7 +1,7 @@
 """The OpenAPI document is exact: its amount schemas accept what the server's parser accepts.
 
 Each of the three amount schemas is checked with a JSON Schema validator against the server's own
-translation of a request (:func:`coffer.server.requests.to_command`) on a table of values, at the
+translation of a request (:func:`coffer.server.command_table.to_command`) on a table of values, at the
 widest scale (18), where the pattern's decimal count is the server's. The one rule a pattern cannot
 hold is the magnitude bound (``amount_max`` minor units, so a number of digits that depends on the
 scale): the schemas say it in words, and the table shows the server refusing just past it.
@@ -11,7 +11,7 @@ import jsonschema_rs
 import pytest
 
 from coffer.core.amounts import amount_digits_max, amount_max, format_amount, scale_max
-from coffer.server import openapi
+from coffer.server import command_table, openapi
 from coffer.server import requests as bodies
 
 scale = scale_max
@@ -58,7 +58,7 @@ table = [
 
 
 def _accepts(kind: str, text: str) -> bool:
-    body: bodies._Body
+    body: bodies.CommandBody
     if kind == "positive":
         body = bodies.TransferBody(dedup_id="d", from_account_id="a", to_account_id="b", amount=text, asset="WIDE")
         command = "transfer"
@@ -69,7 +69,7 @@ def _accepts(kind: str, text: str) -> bool:
         body = bodies.UpdateLimitsBody(dedup_id="d", account_id="a", lower_limit=text)
         command = "update_limits"
     try:
-        bodies.to_command(command, body, _scales)
+        command_table.to_command(command, body, _scales)
     except bodies.RequestError as error:
         assert error.code == "INVALID_AMOUNT"
         return False
