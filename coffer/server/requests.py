@@ -238,10 +238,10 @@ class StartFlowRunBody(CommandBody):
     params: Annotated[str, msgspec.Meta(max_length=core.flow_params_bytes_max)]  # JSON text
 
 
+# A sweep is no command of its own (the router runs it as a batch across shards), but its body is
+# read the same way.
 class SweepBody(CommandBody):
-    """``POST /v1/accounts/{account_id}/sweep``: every stripe's available, to one ordinary account.
-    A sweep is no command of its own (the router runs it as a batch across shards), but its body is
-    read the same way."""
+    """``POST /v1/accounts/{account_id}/sweep``: every stripe's available, to one ordinary account."""
 
     to_account_id: Id
 
