@@ -50,7 +50,7 @@ from pathlib import Path
 
 import crc32c
 
-from coffer.core.accounts import Result
+from coffer.core.accounts import Effect, Result
 from coffer.core.commands import Command
 from coffer.core.entries import decode_entry
 from coffer.core.events import Actor, EventRecord
@@ -597,12 +597,14 @@ class Replica:
         commands: list[Command],
         actors: list[Actor | None] | None = None,
         protocol_version: int = protocol_version_max,
-    ) -> tuple[list[Result], list[EventRecord]]:
-        results, events = self.machine.apply(record.index, record.time_ms, commands, actors, protocol_version)
+    ) -> tuple[list[Result], list[EventRecord], list[Effect | None]]:
+        """Apply one record; its results, its events (queued for the store) and what each command
+        did (:meth:`~coffer.core.state_machine.StateMachine.apply_with_effects`: the answers)."""
+        results, events, effects = self.machine.apply_with_effects(record.index, record.time_ms, commands, actors, protocol_version)
         if events:
             assert self.writer is not None
             self.writer.put(events)
-        return results, events
+        return results, events, effects
 
     # ------------------------------------------------------------------ snapshots
 

@@ -77,15 +77,26 @@ class Result(msgspec.Struct, frozen=True, array_like=True, gc=False):
         return self.code == OK
 
 
+class Effect(msgspec.Struct, frozen=True, array_like=True, gc=False):
+    """What an accepted command did, as its answer shows it: the log index of its entry and the
+    accounts its event carries, as they were right after the change (copies: never changed)."""
+
+    log_index: int
+    accounts: tuple[Account, ...]
+
+
 class DedupRecord(msgspec.Struct, frozen=True, array_like=True, gc=False):
     """What a ``dedup_id`` was used for and how it ended.
 
     ``command`` is ``None`` for a null compensation: the compensation came first, and the
-    original, whenever it arrives, is rejected.
+    original, whenever it arrives, is rejected. ``effect`` is what an accepted command did, so
+    that a retry is answered from the state alone, also on a replica whose history starts at a
+    snapshot; ``None`` for a rejection, and for a record from a snapshot of an older release.
     """
 
     command: Command | None
     result: Result
+    effect: Effect | None = None
 
 
 class TxnState(StrEnum):

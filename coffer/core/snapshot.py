@@ -14,6 +14,10 @@ Formats (the first element of the array says which):
   compensations, decisions, [velocity, velocity_holds], [flows, flow_runs]]``, integers beyond
   64 bits as in :mod:`coffer.core.encoding`. (The last two were added before protocol 2 was
   released; a snapshot without them restores them empty.)
+- 3: the layout of 2, where each dedup record may hold a third element, the accepted command's
+  effect (:class:`coffer.core.accounts.Effect`: its log index and accounts right after), so that a
+  retry is answered from the state alone. A format-2 snapshot restores with no effects: retries of
+  its commands are answered from their events.
 A snapshot of a newer format is refused with a message that says so.
 """
 
@@ -28,7 +32,7 @@ from coffer.core.encoding import Decoder, encode
 from coffer.core.state_machine import StateMachine, protocol_version_max
 from coffer.core.velocity import Velocity, VelocityHold
 
-snapshot_format_version = 2
+snapshot_format_version = 3
 
 
 class VelocityState(msgspec.Struct, array_like=True, gc=False):

@@ -65,6 +65,7 @@ from coffer.core.accounts import (
     Compensation,
     Decision,
     DedupRecord,
+    Effect,
     FlowRun,
     FlowVersion,
     Result,
@@ -185,6 +186,14 @@ def _too_large(bound: int, account_id: str | None) -> Result:
     return _reject(ErrorCode.INVALID_AMOUNT, f"an amount is beyond {bound} minor units", account_id)
 
 
+def _without(values: dict[str, int], key: str) -> dict[str, int]:
+    """A copy of ``values`` without ``key``: an account's maps are replaced, never changed in
+    place, so the copies of it that effects keep stay as they were."""
+    copy = dict(values)
+    del copy[key]
+    return copy
+
+
 def _state_error(account: Account) -> Result:
     if account.state == _DELETED:
         return _reject(ErrorCode.ACCOUNT_DELETED, f"account {account.account_id} is deleted", account.account_id)
@@ -236,6 +245,9 @@ class StateMachine:
         self.amount_max = amount_max
         self._actor: Actor | None = None
         self._events: list[EventRecord] = []
+        # The newest event's seq and copies of its accounts: what the command that emitted it did.
+        self._effect_seq = 0
+        self._effect_accounts: tuple[Account, ...] = ()
         self._handlers = {
             CreateAccount: self._create_account,
             UpdateLimits: self._update_limits,
@@ -272,6 +284,22 @@ class StateMachine:
         ``actors`` (one per command, or ``None`` for none at all) say who sent each command; the
         events of protocol 2 record it. ``protocol_version`` is the protocol the entry's writer ran.
         """
+        results, events, _ = self.apply_with_effects(log_index, time_ms, commands, actors, protocol_version)
+        return results, events
+
+    def apply_with_effects(
+        self,
+        log_index: int,
+        time_ms: int,
+        commands: Sequence[Command],
+        actors: Sequence[Actor | None] | None = None,
+        protocol_version: int = protocol_version_max,
+    ) -> tuple[list[Result], list[EventRecord], list[Effect | None]]:
+        """:meth:`apply`, and per command what it did: the answer to it, with no event to decode.
+
+        A command's effect is ``None`` when it was rejected, and when it is a retry of a command
+        whose record predates effects (a snapshot of an older release): its event tells then.
+        """
         assert log_index > self.log_index, f"log index {log_index} after {self.log_index}"
         assert actors is None or len(actors) == len(commands), "one actor per command"
         if protocol_version > self.protocol_version:
@@ -288,15 +316,20 @@ class StateMachine:
         dedup = self.dedup
         results: list[Result] = []
         append = results.append
+        effects: list[Effect | None] = []
+        add_effect = effects.append
         for position, command in enumerate(commands):
             self._actor = actors[position] if actors is not None else None
             dedup_id = command.dedup_id
             record = dedup.get(dedup_id)
             if record is not None:
-                append(self._replay(record, command))
+                result = self._replay(record, command)
+                append(result)
+                add_effect(record.effect if result is record.result else None)
                 continue
             if not isinstance(dedup_id, str) or not 0 < len(dedup_id) <= id_length_max:
                 append(_reject(ErrorCode.INVALID_REQUEST, "dedup_id must be 1 to 128 characters"))
+                add_effect(None)
                 continue
             kind = type(command)
             check = _text_checks_before_handler.get(kind)
@@ -305,10 +338,13 @@ class StateMachine:
                 result = resolved if isinstance(resolved, Result) else handlers[kind](resolved)
             else:
                 result = handlers[kind](command)
-            dedup[dedup_id] = DedupRecord(command, result)
+            # The seq names the event: an accepted command that points at the newest one did that.
+            effect = Effect(log_index, self._effect_accounts) if result.code == OK and result.seq == self._effect_seq else None
+            dedup[dedup_id] = DedupRecord(command, result, effect)
             append(result)
+            add_effect(effect)
         self._actor = None
-        return results, events
+        return results, events, effects
 
     # ------------------------------------------------------------------ amounts as text
 
@@ -492,6 +528,9 @@ class StateMachine:
         prev_hash = self.head
         self.head = sha256(prev_hash + body).digest()
         self._events.append(EventRecord(seq, body, prev_hash, self.head))
+        self._effect_seq = seq
+        # Shallow copies suffice: an account's maps are replaced, never changed in place.
+        self._effect_accounts = tuple([account.__copy__() for account in accounts])
         return seq
 
     # ------------------------------------------------------------------ accounts
@@ -670,6 +709,8 @@ class StateMachine:
         prev_hash = self.head
         self.head = head = sha256(prev_hash + body).digest()
         self._events.append(EventRecord(seq, body, prev_hash, head))
+        self._effect_seq = seq
+        self._effect_accounts = (source.__copy__(), target.__copy__())
         return Result(OK, seq)
 
     def _check_legs(self, legs: tuple[Leg, ...]) -> Result | dict[str, int]:
@@ -805,7 +846,7 @@ class StateMachine:
             )
         account.available = available
         reservations = account.reservations
-        reservations[command.reservation_id] = reservations.get(command.reservation_id, 0) + amount
+        account.reservations = {**reservations, command.reservation_id: reservations.get(command.reservation_id, 0) + amount}
         account.version += 1
         return Result(OK, self._emit(command.dedup_id, EventType.RESERVED, command, (account,)))
 
@@ -838,9 +879,9 @@ class StateMachine:
             )
         # Available grows and the total stays: no limit can break here.
         if amount == reserved:
-            del account.reservations[reservation_id]
+            account.reservations = _without(account.reservations, reservation_id)
         else:
-            account.reservations[reservation_id] = reserved - amount
+            account.reservations = {**account.reservations, reservation_id: reserved - amount}
         account.available += amount
         return None
 
@@ -901,9 +942,9 @@ class StateMachine:
             account = accounts[account_id]
             if amount_out:
                 account.available -= amount_out
-                account.pending_out[txn_id] = amount_out
+                account.pending_out = {**account.pending_out, txn_id: amount_out}
             if amount_in:
-                account.pending_in[txn_id] = amount_in
+                account.pending_in = {**account.pending_in, txn_id: amount_in}
             account.version += 1
             changed.append(account)
             legs.append(TxnLeg(account_id, amount_out, amount_in))
@@ -926,9 +967,9 @@ class StateMachine:
             for leg in txn.legs:
                 account = self.accounts[leg.account_id]
                 if leg.amount_out:
-                    del account.pending_out[txn.txn_id]
+                    account.pending_out = _without(account.pending_out, txn.txn_id)
                 if leg.amount_in:
-                    del account.pending_in[txn.txn_id]
+                    account.pending_in = _without(account.pending_in, txn.txn_id)
                     account.available += leg.amount_in
                 account.version += 1
                 changed.append(account)
@@ -951,10 +992,10 @@ class StateMachine:
         for leg in txn.legs:
             account = self.accounts[leg.account_id]
             if leg.amount_out:
-                del account.pending_out[txn.txn_id]
+                account.pending_out = _without(account.pending_out, txn.txn_id)
                 account.available += leg.amount_out
             if leg.amount_in:
-                del account.pending_in[txn.txn_id]
+                account.pending_in = _without(account.pending_in, txn.txn_id)
             account.version += 1
             changed.append(account)
         txn.state = _CANCELLED

@@ -25,7 +25,7 @@ from starlette.routing import Route
 
 from coffer import console
 from coffer.cluster.checkpoints import CheckpointMonitor, checkpoint_interval_s
-from coffer.core.accounts import Account
+from coffer.core.accounts import Account, Effect
 from coffer.core.commands import Command
 from coffer.core.errors import ErrorCode
 from coffer.core.events import Actor
@@ -43,7 +43,7 @@ from coffer.server.node_reads import NodeHierarchy, NodeReads
 from coffer.server.openapi import openapi_document, query_parameters
 from coffer.server.operator_api import HttpMetrics, NodeTools
 from coffer.server.pipeline import DiskFull, FollowerPipeline, LogUnavailable, Outcome, Pipeline
-from coffer.server.views import account_view, error_body, rejection_body, velocity_view
+from coffer.server.views import account_view, command_answer, error_body, rejection_body, velocity_view
 
 logger = logging.getLogger(__name__)
 
@@ -285,28 +285,21 @@ class Api:
         self.metrics.count(result.code)
         if not result.ok:
             return 409, rejection_body(result)
-        record = outcome.event
-        if record is None:  # a retry answered from the dedup store: the original event
-            record = await self._stored_event(result.seq)
-        event = record.decode()
-        body: dict[str, Any] = {
-            "seq": result.seq,
-            "log_index": event.log_index,
-            "accounts": [account_view(account, result.seq) for account in event.accounts],
-        }
-        if result.compensation is not None:
-            body["compensation"] = result.compensation
-        return 200, body
+        effect = outcome.effect
+        if effect is None:
+            effect = await self._effect_from_event(result.seq)
+        return 200, command_answer(result, effect)
 
-    async def _stored_event(self, seq: int) -> Any:
-        writer = self.replica.writer
-        deadline = time.monotonic() + store_wait_s_max
-        while writer is not None and writer.stored_seq < seq and time.monotonic() < deadline:
-            await asyncio.sleep(0.005)
+    async def _effect_from_event(self, seq: int) -> Effect:
+        """What an accepted command did, from its event: only for a command whose dedup record
+        has no effect (restored from a snapshot of an older release, whose events the store
+        holds), or one answered with an earlier command's event (a repeated decision)."""
+        await self._store_reached(seq)
         record = await asyncio.to_thread(self.replica.store.event, seq)
         if record is None:
-            raise HttpError(503, ErrorCode.NOT_AVAILABLE, f"event {seq} is not in the event store yet")
-        return record
+            raise HttpError(503, ErrorCode.NOT_AVAILABLE, f"event {seq} is not in this node's event store: ask another node")
+        event = record.decode()
+        return Effect(event.log_index, event.accounts)
 
     async def _submit(self, commands: list[Command]) -> list[Outcome]:
         pipeline = self._pipeline()
@@ -315,7 +308,7 @@ class Api:
         if len(commands) == 1:
             record = dedup.get(commands[0].dedup_id)
             if record is not None and record.command == commands[0]:
-                return [Outcome(record.result, 0, None)]
+                return [Outcome(record.result, 0, None, record.effect)]
         try:
             with self.admission.commands(len(commands)):
                 return await asyncio.wait_for(pipeline.submit(commands, _caller.get()), submit_wait_s_max)

@@ -3,7 +3,7 @@
 from datetime import UTC, datetime
 from typing import Any
 
-from coffer.core.accounts import Account, Result
+from coffer.core.accounts import Account, Effect, Result
 from coffer.core.amounts import format_amount
 from coffer.core.events import Event, EventRecord
 from coffer.core.velocity import Velocity, usage
@@ -32,6 +32,15 @@ def account_view(account: Account, seq: int) -> dict[str, Any]:
     if shard_label is not None:
         view["shard"] = shard_label
     return view
+
+
+def command_answer(result: Result, effect: Effect) -> dict[str, Any]:
+    """The answer to an accepted command, from what applying it did (never from its event's bytes)."""
+    seq = result.seq
+    body: dict[str, Any] = {"seq": seq, "log_index": effect.log_index, "accounts": [account_view(account, seq) for account in effect.accounts]}
+    if result.compensation is not None:
+        body["compensation"] = result.compensation
+    return body
 
 
 def velocity_view(velocity: Velocity, scale: int, time_ms: int) -> dict[str, Any]:

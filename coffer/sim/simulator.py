@@ -68,7 +68,7 @@ from pathlib import Path
 import crc32c
 
 from coffer.core import entries
-from coffer.core.accounts import Result
+from coffer.core.accounts import Effect, Result
 from coffer.core.commands import Command
 from coffer.core.events import Actor
 from coffer.core.snapshot import restore_snapshot
@@ -464,6 +464,13 @@ class Simulation:
                     raise InvariantViolation(
                         "actor", f"{client.name}: event seq {outcome.event.seq} of {command.dedup_id!r} names another sender"
                     )
+                # The answer is built from what apply handed back: it must say what the event says.
+                if outcome.event is not None:
+                    event = outcome.event.decode()
+                    if outcome.effect != Effect(event.log_index, event.accounts):
+                        raise InvariantViolation(
+                            "acknowledged-outcome", f"{client.name}: the answer to {command.dedup_id!r} differs from its event"
+                        )
                 self._acknowledge(client, command, outcome.result)
             self.answers += 1
             current = client.waiting and reply.request == client.request
@@ -593,7 +600,7 @@ class Simulation:
         machine = replica.machine
         entry = entries.decode_entry(record.payload)
         previous = (machine.seq, machine.head)
-        results, events = replica.apply(record, entry.commands, entry.actors, entry.protocol_version)
+        results, events, effects = replica.apply(record, entry.commands, entry.actors, entry.protocol_version)
         first = self.auditor.observe_apply(
             node.name, record.index, record.time_ms, entry.commands, entry.actors, results, events, machine, previous
         )
@@ -604,7 +611,7 @@ class Simulation:
         if requests is not None:
             sizes = [len(request.commands) for request in requests]
             offset = 0
-            for request, outcomes in zip(requests, pipeline.outcomes_by_request(sizes, record.index, results, events), strict=True):
+            for request, outcomes in zip(requests, pipeline.outcomes_by_request(sizes, record.index, results, events, effects), strict=True):
                 if request.client >= 0:
                     self._answer(node, request, offset, outcomes)
                 offset += len(request.commands)
