@@ -16,12 +16,14 @@ Formats (the first element of the array says which):
   released; a snapshot without them restores them empty.)
 - 3: the layout of 2, where each dedup record may hold a third element, the accepted command's
   effect (:class:`coffer.core.accounts.Effect`: its log index and accounts right after), so that a
-  retry is answered from the state alone. A format-2 snapshot restores with no effects: retries of
-  its commands are answered from their events.
+  retry is answered from the state alone; the newest ``effects_kept_max`` accepted commands have
+  one. A format-2 snapshot restores with no effects: retries of its commands are answered from
+  their events.
 A snapshot of a newer format is refused with a message that says so.
 """
 
 import heapq
+from collections import deque
 from hashlib import sha256
 
 import msgspec
@@ -160,6 +162,9 @@ def restore_snapshot(data: bytes) -> StateMachine:
     )
     heapq.heapify(machine.expiries)
     machine.open_txns = dict.fromkeys(txn.txn_id for txn in state.txns.values() if txn.state == "TRIED")
+    # Effects were kept in the order their commands were accepted, which their seqs give back.
+    with_effect = sorted((record.result.seq, dedup_id) for dedup_id, record in state.dedup.items() if record.effect is not None)
+    machine.kept_effects = deque(dedup_id for _, dedup_id in with_effect)
     return machine
 
 

@@ -52,6 +52,7 @@ command as sent; a retry is the same payload when both resolve to the same amoun
 
 import heapq
 import re
+from collections import deque
 from collections.abc import Callable, Sequence
 from hashlib import sha256
 from typing import Any
@@ -127,6 +128,10 @@ _CANCELLED = TxnState.CANCELLED.value
 _TRANSFERRED = EventType.TRANSFERRED.value
 
 protocol_version_max = 2  # the newest protocol this release applies (see the module docstring)
+# The dedup records of this many of the newest accepted commands keep their effect (about 400
+# bytes each), so that their retries are answered from the state; older ones are answered from
+# their events, which the event store holds by then (it lags the state by far fewer events).
+effects_kept_max = 100_000
 _amount_max_by_protocol = {1: amount_max_protocol_1, 2: amount_max}
 
 
@@ -248,6 +253,8 @@ class StateMachine:
         # The newest event's seq and copies of its accounts: what the command that emitted it did.
         self._effect_seq = 0
         self._effect_accounts: tuple[Account, ...] = ()
+        # Derived (rebuilt on restore, by seq): the dedup_ids whose records keep an effect, oldest first.
+        self.kept_effects: deque[str] = deque()
         self._handlers = {
             CreateAccount: self._create_account,
             UpdateLimits: self._update_limits,
@@ -343,6 +350,13 @@ class StateMachine:
             dedup[dedup_id] = DedupRecord(command, result, effect)
             append(result)
             add_effect(effect)
+            if effect is not None:
+                kept = self.kept_effects
+                kept.append(dedup_id)
+                if len(kept) > effects_kept_max:
+                    oldest = kept.popleft()
+                    record = dedup[oldest]
+                    dedup[oldest] = DedupRecord(record.command, record.result)
         self._actor = None
         return results, events, effects
 

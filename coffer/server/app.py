@@ -280,15 +280,24 @@ class Api:
 
     # ------------------------------------------------------------------ commands
 
+    def _answer(self, outcome: Outcome) -> tuple[int, dict[str, Any]] | None:
+        """The status and body for an outcome; ``None`` when only its event can tell (rare)."""
+        result = outcome.result
+        if not result.ok:
+            self.metrics.count(result.code)
+            return 409, rejection_body(result)
+        if outcome.effect is None:
+            return None
+        self.metrics.count(result.code)
+        return 200, command_answer(result, outcome.effect)
+
     async def _outcome_body(self, outcome: Outcome) -> tuple[int, dict[str, Any]]:
+        answer = self._answer(outcome)
+        if answer is not None:
+            return answer
         result = outcome.result
         self.metrics.count(result.code)
-        if not result.ok:
-            return 409, rejection_body(result)
-        effect = outcome.effect
-        if effect is None:
-            effect = await self._effect_from_event(result.seq)
-        return 200, command_answer(result, effect)
+        return 200, command_answer(result, await self._effect_from_event(result.seq))
 
     async def _effect_from_event(self, seq: int) -> Effect:
         """What an accepted command did, from its event: only for a command whose dedup record
@@ -394,7 +403,7 @@ class Api:
             except TimeoutError:
                 raise LogUnavailable(f"no outcome within {submit_wait_s_max} s; retry with the same dedup_ids") from None
             for slot, outcome in zip(slots, outcomes, strict=True):
-                status, answer = await self._outcome_body(outcome)
+                status, answer = self._answer(outcome) or await self._outcome_body(outcome)
                 answers[slot] = {"status": status, **answer}
         return 200, {"results": answers}
 

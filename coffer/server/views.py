@@ -12,6 +12,12 @@ from coffer.core.velocity import Velocity, usage
 shard_label: int | None = None
 
 
+def _amounts(values: dict[str, int], scale: int) -> dict[str, str]:
+    if not values:  # the common case: no reservation or transaction in flight
+        return {}
+    return {key: format_amount(value, scale) for key, value in sorted(values.items())}
+
+
 def account_view(account: Account, seq: int) -> dict[str, Any]:
     scale = account.scale
     view = {
@@ -22,12 +28,12 @@ def account_view(account: Account, seq: int) -> dict[str, Any]:
         "lower_limit": format_amount(account.lower_limit, scale),
         "upper_limit": None if account.upper_limit is None else format_amount(account.upper_limit, scale),
         "available": format_amount(account.available, scale),
-        "reservations": {key: format_amount(value, scale) for key, value in sorted(account.reservations.items())},
-        "pending_in": {key: format_amount(value, scale) for key, value in sorted(account.pending_in.items())},
-        "pending_out": {key: format_amount(value, scale) for key, value in sorted(account.pending_out.items())},
+        "reservations": _amounts(account.reservations, scale),
+        "pending_in": _amounts(account.pending_in, scale),
+        "pending_out": _amounts(account.pending_out, scale),
         "version": account.version,
         "seq": seq,
-        "metadata": dict(account.metadata),
+        "metadata": dict(account.metadata) if account.metadata else {},
     }
     if shard_label is not None:
         view["shard"] = shard_label
