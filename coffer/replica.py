@@ -552,8 +552,9 @@ class Replica:
         # A LogError here (the log cannot say, the snapshot cannot be fetched) goes to the caller,
         # which asks again: without it this replica could not catch up anyway.
         # While the stream can replay everything, replaying it is preferred, also for a replica
-        # that joins with an empty disk: its event store then holds the whole history, which it
-        # needs to answer a retry of any command with that command's original event.
+        # that joins with an empty disk: its event store then holds the whole history. (Retries
+        # of the newest commands are answered from the effects in the dedup store, snapshot or
+        # not; an older one is answered from its event.)
         if not force and local_index + 1 >= self.log.first_index:
             return False
         self.status = "fetching the shared snapshot"

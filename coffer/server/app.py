@@ -301,8 +301,9 @@ class Api:
 
     async def _effect_from_event(self, seq: int) -> Effect:
         """What an accepted command did, from its event: only for a command whose dedup record
-        has no effect (restored from a snapshot of an older release, whose events the store
-        holds), or one answered with an earlier command's event (a repeated decision)."""
+        keeps no effect — older than the newest ``effects_kept_max`` accepted commands (the store
+        holds its event by then), restored from a snapshot of an older release — or one answered
+        with an earlier command's event (a repeated decision)."""
         await self._store_reached(seq)
         record = await asyncio.to_thread(self.replica.store.event, seq)
         if record is None:
