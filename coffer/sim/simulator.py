@@ -115,6 +115,9 @@ store_commit_chance = 0.5  # per apply: the replica's store writer commits what 
 repeat_answered_chance = 0.08  # per request: a client resends an answered command
 clock_step_back_chance = 0.01  # per synced entry: the log's time steps back (new leader, slower clock)
 clock_step_back_ms_max = 3_000
+# Recovery on the shared log waits for it to reach what the node's event store holds; the
+# simulated log cannot grow while a replica recovers, so a wait this long (simulated) is a bug.
+recovery_log_wait_s_max = 60.0
 truncate_log_chance = 0.5  # per node: it drops the log below its snapshots, as a single node's WAL does
 
 # Relative weights of the actions of a step (each only when it can happen).
@@ -414,6 +417,10 @@ class Simulation:
     def _clock_ms(self) -> int:
         return self.clock_ms
 
+    def _pass_time_s(self, seconds: float) -> None:
+        """A replica pauses (recovery waiting for the log): simulated time passes, none is slept."""
+        self.clock_ms += round(seconds * 1000)
+
     def _random_alive(self) -> _Node:
         return self.rng.choice([node for node in self.nodes if node.process is not None])
 
@@ -701,6 +708,8 @@ class Simulation:
             snapshot_writer=snapshots,
             store=SimulatedEventStore(node.disk, node.data_dir / "events.sqlite3"),
             store_writer_thread=False,
+            pause_s=self._pass_time_s,
+            log_wait_s_max=recovery_log_wait_s_max,
         )
         try:
             replica.recover()
