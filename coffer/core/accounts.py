@@ -89,14 +89,12 @@ class DedupRecord(msgspec.Struct, frozen=True, array_like=True, gc=False):
     """What a ``dedup_id`` was used for and how it ended.
 
     ``command`` is ``None`` for a null compensation: the compensation came first, and the
-    original, whenever it arrives, is rejected. ``effect`` is what an accepted command did, so
-    that a retry is answered from the state alone, also on a replica whose history starts at a
-    snapshot; ``None`` for a rejection, and for a record from a snapshot of an older release.
+    original, whenever it arrives, is rejected. (What an accepted command did is kept apart, for
+    the newest commands only: :meth:`coffer.core.state_machine.StateMachine.effect_of`.)
     """
 
     command: Command | None
     result: Result
-    effect: Effect | None = None
 
 
 class TxnState(StrEnum):

@@ -52,7 +52,6 @@ command as sent; a retry is the same payload when both resolve to the same amoun
 
 import heapq
 import re
-from collections import deque
 from collections.abc import Callable, Sequence
 from hashlib import sha256
 from typing import Any
@@ -128,10 +127,12 @@ _CANCELLED = TxnState.CANCELLED.value
 _TRANSFERRED = EventType.TRANSFERRED.value
 
 protocol_version_max = 2  # the newest protocol this release applies (see the module docstring)
-# The dedup records of this many of the newest accepted commands keep their effect (about 400
-# bytes each), so that their retries are answered from the state; older ones are answered from
-# their events, which the event store holds by then (it lags the state by far fewer events).
-effects_kept_max = 100_000
+# The effects of the newest accepted commands are kept in two generations of this many each (an
+# effect holds copies of a transfer's two accounts: about 350 bytes), so that a retry of any of the
+# newest 100,000 to 200,000 is answered from the state; an older one, from its event, which the
+# event store holds by then (it lags the state by at most ``store_backlog_events_max`` events).
+# At least the commands of one entry, so that an entry's own effects are all still there after it.
+effects_generation_max = 100_000
 _amount_max_by_protocol = {1: amount_max_protocol_1, 2: amount_max}
 
 
@@ -250,11 +251,11 @@ class StateMachine:
         self.amount_max = amount_max
         self._actor: Actor | None = None
         self._events: list[EventRecord] = []
-        # The newest event's seq and copies of its accounts: what the command that emitted it did.
-        self._effect_seq = 0
-        self._effect_accounts: tuple[Account, ...] = ()
-        # Derived (rebuilt on restore, by seq): the dedup_ids whose records keep an effect, oldest first.
-        self.kept_effects: deque[str] = deque()
+        # dedup_id -> what the accepted command did (see effect_of), in two generations: new effects
+        # go into the newer; when it is full, it becomes the older and the older is dropped whole.
+        # Part of the replicated state (snapshots keep both), so every replica answers alike.
+        self.effects: dict[str, Effect] = {}
+        self.effects_older: dict[str, Effect] = {}
         self._handlers = {
             CreateAccount: self._create_account,
             UpdateLimits: self._update_limits,
@@ -291,22 +292,6 @@ class StateMachine:
         ``actors`` (one per command, or ``None`` for none at all) say who sent each command; the
         events of protocol 2 record it. ``protocol_version`` is the protocol the entry's writer ran.
         """
-        results, events, _ = self.apply_with_effects(log_index, time_ms, commands, actors, protocol_version)
-        return results, events
-
-    def apply_with_effects(
-        self,
-        log_index: int,
-        time_ms: int,
-        commands: Sequence[Command],
-        actors: Sequence[Actor | None] | None = None,
-        protocol_version: int = protocol_version_max,
-    ) -> tuple[list[Result], list[EventRecord], list[Effect | None]]:
-        """:meth:`apply`, and per command what it did: the answer to it, with no event to decode.
-
-        A command's effect is ``None`` when it was rejected, and when it is a retry of a command
-        whose record predates effects (a snapshot of an older release): its event tells then.
-        """
         assert log_index > self.log_index, f"log index {log_index} after {self.log_index}"
         assert actors is None or len(actors) == len(commands), "one actor per command"
         if protocol_version > self.protocol_version:
@@ -323,20 +308,15 @@ class StateMachine:
         dedup = self.dedup
         results: list[Result] = []
         append = results.append
-        effects: list[Effect | None] = []
-        add_effect = effects.append
         for position, command in enumerate(commands):
             self._actor = actors[position] if actors is not None else None
             dedup_id = command.dedup_id
             record = dedup.get(dedup_id)
             if record is not None:
-                result = self._replay(record, command)
-                append(result)
-                add_effect(record.effect if result is record.result else None)
+                append(self._replay(record, command))
                 continue
             if not isinstance(dedup_id, str) or not 0 < len(dedup_id) <= id_length_max:
                 append(_reject(ErrorCode.INVALID_REQUEST, "dedup_id must be 1 to 128 characters"))
-                add_effect(None)
                 continue
             kind = type(command)
             check = _text_checks_before_handler.get(kind)
@@ -345,20 +325,39 @@ class StateMachine:
                 result = resolved if isinstance(resolved, Result) else handlers[kind](resolved)
             else:
                 result = handlers[kind](command)
-            # The seq names the event: an accepted command that points at the newest one did that.
-            effect = Effect(log_index, self._effect_accounts) if result.code == OK and result.seq == self._effect_seq else None
-            dedup[dedup_id] = DedupRecord(command, result, effect)
+            dedup[dedup_id] = DedupRecord(command, result)
             append(result)
-            add_effect(effect)
-            if effect is not None:
-                kept = self.kept_effects
-                kept.append(dedup_id)
-                if len(kept) > effects_kept_max:
-                    oldest = kept.popleft()
-                    record = dedup[oldest]
-                    dedup[oldest] = DedupRecord(record.command, record.result)
         self._actor = None
+        return results, events
+
+    def apply_with_effects(
+        self,
+        log_index: int,
+        time_ms: int,
+        commands: Sequence[Command],
+        actors: Sequence[Actor | None] | None = None,
+        protocol_version: int = protocol_version_max,
+    ) -> tuple[list[Result], list[EventRecord], list[Effect | None]]:
+        """:meth:`apply`, and per command what it did (:meth:`effect_of`): the answer to it, with
+        no event to decode. Only a caller that answers pays for the list."""
+        results, events = self.apply(log_index, time_ms, commands, actors, protocol_version)
+        effect_of = self.effect_of
+        effects = [effect_of(command.dedup_id) if result.code == OK else None for command, result in zip(commands, results, strict=True)]
         return results, events, effects
+
+    def effect_of(self, dedup_id: str) -> Effect | None:
+        """What the accepted command ``dedup_id`` did — its entry's log index and its event's
+        accounts right after the change — while it is among the newest kept; else ``None``
+        (older, or an accepted command that emitted no event of its own: its event tells)."""
+        effect = self.effects.get(dedup_id)
+        return effect if effect is not None else self.effects_older.get(dedup_id)
+
+    def _keep_effect(self, dedup_id: str, accounts: tuple[Account, ...]) -> None:
+        effects = self.effects
+        if len(effects) >= effects_generation_max:
+            self.effects_older = effects
+            self.effects = effects = {}
+        effects[dedup_id] = Effect(self.log_index, accounts)
 
     # ------------------------------------------------------------------ amounts as text
 
@@ -542,9 +541,9 @@ class StateMachine:
         prev_hash = self.head
         self.head = sha256(prev_hash + body).digest()
         self._events.append(EventRecord(seq, body, prev_hash, self.head))
-        self._effect_seq = seq
-        # Shallow copies suffice: an account's maps are replaced, never changed in place.
-        self._effect_accounts = tuple([account.__copy__() for account in accounts])
+        if dedup_id is not None:
+            # Shallow copies suffice: an account's maps are replaced, never changed in place.
+            self._keep_effect(dedup_id, tuple([account.__copy__() for account in accounts]))
         return seq
 
     # ------------------------------------------------------------------ accounts
@@ -723,8 +722,12 @@ class StateMachine:
         prev_hash = self.head
         self.head = head = sha256(prev_hash + body).digest()
         self._events.append(EventRecord(seq, body, prev_hash, head))
-        self._effect_seq = seq
-        self._effect_accounts = (source.__copy__(), target.__copy__())
+        # The effect, inline (see _keep_effect): this is the hot path.
+        effects = self.effects
+        if len(effects) >= effects_generation_max:
+            self.effects_older = effects
+            self.effects = effects = {}
+        effects[command.dedup_id] = Effect(self.log_index, (source.__copy__(), target.__copy__()))
         return Result(OK, seq)
 
     def _check_legs(self, legs: tuple[Leg, ...]) -> Result | dict[str, int]:

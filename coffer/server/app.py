@@ -300,10 +300,11 @@ class Api:
         return 200, command_answer(result, await self._effect_from_event(result.seq))
 
     async def _effect_from_event(self, seq: int) -> Effect:
-        """What an accepted command did, from its event: only for a command whose dedup record
-        keeps no effect — older than the newest ``effects_kept_max`` accepted commands (the store
-        holds its event by then), restored from a snapshot of an older release — or one answered
-        with an earlier command's event (a repeated decision)."""
+        """What an accepted command did, from its event: only for a command whose effect the state
+        no longer keeps — older than the newest 100,000 accepted commands (see
+        ``effects_generation_max``: the store holds its event by then), or from a snapshot of an
+        older release — or one answered with an earlier command's event (a repeated decision or
+        flow outcome, whose event changed no account)."""
         await self._store_reached(seq)
         record = await asyncio.to_thread(self.replica.store.event, seq)
         if record is None:
@@ -314,11 +315,12 @@ class Api:
     async def _submit(self, commands: list[Command]) -> list[Outcome]:
         pipeline = self._pipeline()
         # A retry of an applied command is answered from the dedup store, without the log.
-        dedup = self.replica.machine.dedup
+        machine = self.replica.machine
         if len(commands) == 1:
-            record = dedup.get(commands[0].dedup_id)
+            record = machine.dedup.get(commands[0].dedup_id)
             if record is not None and record.command == commands[0]:
-                return [Outcome(record.result, 0, None, record.effect)]
+                result = record.result
+                return [Outcome(result, 0, None, machine.effect_of(commands[0].dedup_id) if result.ok else None)]
         try:
             with self.admission.commands(len(commands)):
                 return await asyncio.wait_for(pipeline.submit(commands, _caller.get()), submit_wait_s_max)

@@ -1,6 +1,6 @@
 """What apply hands back per command (its effect) is what the command's event says, also when
-later commands of the same entry change the same accounts; the newest effects are kept in the
-dedup store and in snapshots, the older ones are dropped."""
+later commands of the same entry change the same accounts; the newest effects are kept in two
+generations, also in snapshots, and older ones are dropped a generation at a time."""
 
 import pytest
 
@@ -46,21 +46,27 @@ def test_each_effect_is_what_its_event_says_though_the_entry_changes_the_account
     for command, result, effect in zip(commands[:7], results, effects, strict=False):
         event = by_seq[result.seq]
         assert effect == Effect(event.log_index, event.accounts), command.dedup_id
-        assert machine.dedup[command.dedup_id].effect == effect
+        assert machine.effect_of(command.dedup_id) == effect
     assert [account.reservations for account in effects[3].accounts] == [{"hold": 12}]  # type: ignore[union-attr]
     assert not results[7].ok and effects[7] is None
     assert results[8] == results[0] and effects[8] == effects[0]
 
 
-def test_only_the_newest_effects_are_kept_and_a_snapshot_keeps_them_in_order(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(state_machine, "effects_kept_max", 2)
-    machine = _ledger()
-    transfers = [Transfer(dedup_id=f"t{number}", from_account_id="a", to_account_id="b", amount=1, asset="USD") for number in range(4)]
+def test_only_the_newest_effects_are_kept_and_a_snapshot_keeps_them(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(state_machine, "effects_generation_max", 2)
+    machine = _ledger()  # its 3 creations and the funding are the first 4 accepted commands
+    transfers = [Transfer(dedup_id=f"t{number}", from_account_id="a", to_account_id="b", amount=1, asset="USD") for number in range(5)]
     machine.apply(3, 1002, transfers[:3])
-    assert [machine.dedup[f"t{number}"].effect is not None for number in range(3)] == [False, True, True]
+    kept = [dedup_id for dedup_id in ["open-a", "open-b", "open-c", "fund", "t0", "t1", "t2"] if machine.effect_of(dedup_id)]
+    assert kept == ["t0", "t1", "t2"]  # the newer generation holds t2, the older t0 and t1
+    assert set(machine.effects) == {"t2"} and set(machine.effects_older) == {"t0", "t1"}
     restored = restore_snapshot(take_snapshot(machine))
-    assert restored.dedup == machine.dedup and list(restored.kept_effects) == ["t1", "t2"]
+    assert restored.effects == machine.effects and restored.effects_older == machine.effects_older
     for ledger in (machine, restored):
         ledger.apply(4, 1003, transfers[3:])
     assert take_snapshot(restored) == take_snapshot(machine)
-    assert machine.dedup["t1"].effect is None and machine.dedup["t3"].effect is not None
+    assert machine.effect_of("t1") is None and machine.effect_of("t2") is not None and machine.effect_of("t4") is not None
+    # A retry is answered with its original effect, not with the accounts as they are now.
+    _, _, effects = machine.apply_with_effects(5, 1004, [transfers[2]])
+    assert effects == [machine.effect_of("t2")] and effects[0] is not None and effects[0].log_index == 3
+    assert [account.available for account in effects[0].accounts] == [997, 3]

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from coffer.core.accounts import Account, DedupRecord
+from coffer.core.accounts import Account
 from coffer.core.commands import BatchBalanceOperation, CreateAccount, Leg, Transfer
 from coffer.core.encoding import Decoder, encode, wide_int_ext_code
 from coffer.core.entries import EntryFormatError, LogEntry, decode_entry, encode_entry
@@ -157,24 +157,24 @@ def test_a_format_1_snapshot_restores_as_protocol_1() -> None:
     restored = restore_snapshot(old)
     assert restored.protocol_version == 1 and restored.accounts == machine.accounts and restored.head == machine.head
     # A format-1 snapshot holds no effects (retries of its commands are answered from their events).
-    assert all(record.effect is None for record in restored.dedup.values())
-    machine.dedup = {dedup_id: DedupRecord(record.command, record.result) for dedup_id, record in machine.dedup.items()}
+    assert restored.effects == {} and restored.effects_older == {}
+    machine.effects = {}
     assert take_snapshot(restored) == take_snapshot(machine)
 
 
 def test_a_format_2_snapshot_restores_without_effects_and_a_new_one_keeps_them() -> None:
     machine = StateMachine()
     machine.apply(1, 1000, [CreateAccount(dedup_id="a", account_id="a", asset="USD")])
-    (effect,) = [record.effect for record in machine.dedup.values()]
+    effect = machine.effect_of("a")
     assert effect is not None and effect.log_index == 1 and [account.account_id for account in effect.accounts] == ["a"]
-    assert restore_snapshot(take_snapshot(machine)).dedup == machine.dedup
-    without = {dedup_id: (record.command, record.result) for dedup_id, record in machine.dedup.items()}
+    assert restore_snapshot(take_snapshot(machine)).effect_of("a") == effect
+    dedup = {dedup_id: (record.command, record.result) for dedup_id, record in machine.dedup.items()}
     old = plain.encode(
-        (2, 2, machine.log_index, machine.time_ms, machine.seq, machine.head, machine.accounts, machine.asset_scales, without, {}, {})
+        (2, 2, machine.log_index, machine.time_ms, machine.seq, machine.head, machine.accounts, machine.asset_scales, dedup, {}, {})
     )
     restored = restore_snapshot(old)
-    assert restored.accounts == machine.accounts and restored.dedup["a"].result == machine.dedup["a"].result
-    assert restored.dedup["a"].effect is None
+    assert restored.accounts == machine.accounts and restored.dedup == machine.dedup
+    assert restored.effect_of("a") is None
 
 
 def test_a_snapshot_of_a_newer_format_or_protocol_is_refused() -> None:
