@@ -593,7 +593,7 @@ class Replica:
         # which asks again: without it this replica could not catch up anyway.
         # While the stream can replay everything, replaying it is preferred, also for a replica
         # that joins with an empty disk: its event store then holds the whole history. (Retries
-        # of the newest commands are answered from the effects in the dedup store, snapshot or
+        # of the newest commands are answered from the effects the state keeps, snapshot or
         # not; an older one is answered from its event.)
         if not force and local_index + 1 >= self.log.first_index:
             return False
