@@ -76,7 +76,8 @@ def test_answers_are_the_event_history_view_of_the_command(api: httpx.Client) ->
 
 def test_a_retry_under_a_snapshot_is_answered_without_its_event(tmp_path: Path) -> None:
     data_dir = tmp_path / "data"
-    replica = Replica(data_dir, LocalWal(data_dir / "log"))
+    # Small segments, so that the log can drop the entries under the snapshot (whole segments only).
+    replica = Replica(data_dir, LocalWal(data_dir / "log", segment_bytes_max=64))
     replica.recover()
     entries = [
         [CreateAccount(dedup_id="open-a", account_id="a", asset="USD"), CreateAccount(dedup_id="open-b", account_id="b", asset="USD")],
@@ -87,6 +88,8 @@ def test_a_retry_under_a_snapshot_is_answered_without_its_event(tmp_path: Path) 
         replica.apply(replica.log.append(encode_entry(list(commands))), list(commands))
     replica.start_snapshot()
     replica.wait_for_snapshot()
+    replica.log.truncate_before(replica.machine.log_index)
+    assert replica.log.first_index > 1
     replica.close()
     retry = {"dedup_id": "under", "from_account_id": "a", "to_account_id": "b", "amount": "2.50", "asset": "USD"}
 
@@ -101,7 +104,8 @@ def test_a_retry_under_a_snapshot_is_answered_without_its_event(tmp_path: Path) 
     finally:
         node.stop()
 
-    # The node's history now starts after the snapshot, as on a replica that joined from a shared one.
+    # With the log below the snapshot gone, the node's history now starts after the snapshot, as on a
+    # replica that joined from a shared one (a store deleted while the whole log is there is rebuilt).
     for path in data_dir.glob("events.sqlite3*"):
         path.unlink()
     node.start()
