@@ -19,8 +19,11 @@ Method.
   it has applied everything its own event store holds: a store that is ahead proves the log once
   reached that far, so recovery waits for the log (a lagging or leaderless server, an election)
   and follows it instead of refusing the directory. Only an event that differs from the stored
-  one means mixed histories (the store raises). :attr:`Replica.status` says what recovery waits
-  for, for ``/readyz``; it retries while the log is unavailable and stops on :meth:`stop_recovery`.
+  one means mixed histories: the store raises when the replay reaches its newest event, and
+  recovery raises when the replay stops at the log's end on an event the store holds otherwise
+  (that history made fewer events: no log can bring the rest). :attr:`Replica.status` says what
+  recovery waits for, for ``/readyz``; it retries while the log is unavailable and stops on
+  :meth:`stop_recovery`.
 - Snapshots are shared (cluster) by one uploader thread per replica: at most one upload in flight,
   always the newest local snapshot (intermediate ones are skipped), at most one per
   ``snapshot_share_interval_s``, with back-off after a failure.
@@ -30,8 +33,11 @@ Method.
 
 Seams for the deterministic simulator, which runs this very class: the clock (``clock_s``), the
 disk the snapshot files live on (:mod:`coffer.disk`), how a snapshot is written (a
-:class:`SnapshotWriter`; the service forks), the event store, and whether the store writer runs
-on its own thread or is stepped by its owner. The defaults are what the service runs.
+:class:`SnapshotWriter`; the service forks), the event store, whether the store writer runs
+on its own thread or is stepped by its owner, and how recovery waits for a shared log (``pause_s``,
+``log_wait_s_max``: the service sleeps, as long as it takes; the simulator, whose log cannot grow
+while a replica recovers, lets logical time pass and gives up after a bound). The defaults are
+what the service runs.
 """
 
 import abc
@@ -50,7 +56,7 @@ from pathlib import Path
 
 import crc32c
 
-from coffer.core.accounts import Result
+from coffer.core.accounts import Effect, Result
 from coffer.core.commands import Command
 from coffer.core.entries import decode_entry
 from coffer.core.events import Actor, EventRecord
@@ -96,6 +102,10 @@ class SnapshotCorrupt(RuntimeError):
 
 class RecoveryStopped(Exception):
     """:meth:`Replica.stop_recovery` was called (the node is shutting down)."""
+
+
+class RecoveryStalled(RuntimeError):
+    """Recovery waited ``log_wait_s_max`` for the shared log and it did not come (simulator only)."""
 
 
 def write_snapshot_file(path: Path, data: bytes, disk: Disk = local_disk) -> None:
@@ -320,6 +330,8 @@ class Replica:
         store: EventStore | None = None,
         store_writer_thread: bool = True,
         disk_budget_bytes: int | None = None,
+        pause_s: Callable[[float], object] | None = None,
+        log_wait_s_max: float | None = None,
     ) -> None:
         self.data_dir = data_dir
         self.log = log
@@ -342,6 +354,10 @@ class Replica:
         self.disk_space = DiskSpace(data_dir, disk_budget_bytes)
         self.status = "starting"  # what recovery does or waits for; read by /readyz
         self._stopping = threading.Event()
+        # How recovery pauses before asking the log again (it ends early on stop_recovery), and
+        # how long, on the clock above, it may wait for the log in all; None: as long as it takes.
+        self._pause_s = pause_s if pause_s is not None else self._stopping.wait
+        self._log_wait_s_max = log_wait_s_max
         self._sharer: SnapshotSharer | None = None
 
     # ------------------------------------------------------------------ recovery
@@ -391,6 +407,7 @@ class Replica:
     def _wait_for_log(self, step: Callable[[], object]) -> None:
         """Run ``step`` until the log answers it, saying in :attr:`status` what is awaited."""
         pause_s = 0.05
+        waiting_since_s = self._clock_s()
         while True:
             if self._stopping.is_set():
                 raise RecoveryStopped("stopped while waiting for the log")
@@ -400,8 +417,14 @@ class Replica:
             except LogError as error:
                 self.status = f"waiting for the command log: {error}"
                 logger.warning("recovery: %s; asking again", self.status)
-            self._stopping.wait(pause_s)
+            self._pause_for_log(pause_s, waiting_since_s)
             pause_s = min(2 * pause_s, recovery_retry_pause_s_max)
+
+    def _pause_for_log(self, pause_s: float, waiting_since_s: float) -> None:
+        """Pause before asking the log again; past ``log_wait_s_max`` of waiting, give up."""
+        if self._log_wait_s_max is not None and self._clock_s() - waiting_since_s >= self._log_wait_s_max:
+            raise RecoveryStalled(f"waited {self._log_wait_s_max} s: {self.status}")
+        self._pause_s(pause_s)
 
     def _load_newest_snapshot(self) -> None:
         snapshot_path = self._newest_snapshot()
@@ -462,6 +485,7 @@ class Replica:
         store_seq = self.store.last_seq
         replayed = 0
         pause_s = 0.05
+        waiting_since_s = self._clock_s()
         while True:
             if self._stopping.is_set():
                 raise RecoveryStopped("stopped while recovering")
@@ -470,9 +494,11 @@ class Replica:
                 if end > self.machine.log_index:
                     replayed += self._replay_to(end)
                     pause_s = 0.05
+                    waiting_since_s = self._clock_s()
                     continue
                 if self.machine.seq >= store_seq:
                     return replayed
+                self._check_replay_is_the_stored_history()
                 self.status = (
                     f"waiting for the log to reach seq {store_seq}, which this node's event store holds"
                     f" (replayed to seq {self.machine.seq}, log index {self.machine.log_index}, the log's end)"
@@ -491,8 +517,22 @@ class Replica:
             except LogError as error:
                 self.status = f"waiting for the command log: {error}"
                 logger.warning("recovery: %s; asking again", self.status)
-            self._stopping.wait(pause_s)
+            self._pause_for_log(pause_s, waiting_since_s)
             pause_s = min(2 * pause_s, recovery_retry_pause_s_max)
+
+    def _check_replay_is_the_stored_history(self) -> None:
+        """At the log's end, short of the event store: the stored event at the replay's seq must be
+        the one the replay made. The store checks a replay only when it reaches the newest stored
+        event; a history that made fewer events (it diverged) never does, and no log can bring
+        the rest, so waiting would never end."""
+        seq = self.machine.seq
+        stored = self.store.event(seq) if seq > 0 else None
+        if stored is not None and stored.hash != self.machine.head:
+            raise RuntimeError(
+                f"the log's history differs from this node's event store: replayed to seq {seq} (log index "
+                f"{self.machine.log_index}, the log's end), whose event is not the stored one; the store holds seq "
+                f"{self.store.last_seq}. The data directory mixes histories"
+            )
 
     def _replay_to(self, end: int) -> int:
         """Apply the log's records after the state's index, up to ``end``; store their events."""
@@ -552,8 +592,9 @@ class Replica:
         # A LogError here (the log cannot say, the snapshot cannot be fetched) goes to the caller,
         # which asks again: without it this replica could not catch up anyway.
         # While the stream can replay everything, replaying it is preferred, also for a replica
-        # that joins with an empty disk: its event store then holds the whole history, which it
-        # needs to answer a retry of any command with that command's original event.
+        # that joins with an empty disk: its event store then holds the whole history. (Retries
+        # of the newest commands are answered from the effects the state keeps, snapshot or
+        # not; an older one is answered from its event.)
         if not force and local_index + 1 >= self.log.first_index:
             return False
         self.status = "fetching the shared snapshot"
@@ -597,12 +638,14 @@ class Replica:
         commands: list[Command],
         actors: list[Actor | None] | None = None,
         protocol_version: int = protocol_version_max,
-    ) -> tuple[list[Result], list[EventRecord]]:
-        results, events = self.machine.apply(record.index, record.time_ms, commands, actors, protocol_version)
+    ) -> tuple[list[Result], list[EventRecord], list[Effect | None]]:
+        """Apply one record; its results, its events (queued for the store) and what each command
+        did (:meth:`~coffer.core.state_machine.StateMachine.apply_with_effects`: the answers)."""
+        results, events, effects = self.machine.apply_with_effects(record.index, record.time_ms, commands, actors, protocol_version)
         if events:
             assert self.writer is not None
             self.writer.put(events)
-        return results, events
+        return results, events, effects
 
     # ------------------------------------------------------------------ snapshots
 

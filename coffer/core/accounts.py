@@ -77,11 +77,20 @@ class Result(msgspec.Struct, frozen=True, array_like=True, gc=False):
         return self.code == OK
 
 
+class Effect(msgspec.Struct, frozen=True, array_like=True, gc=False):
+    """What an accepted command did, as its answer shows it: the log index of its entry and the
+    accounts its event carries, as they were right after the change (copies: never changed)."""
+
+    log_index: int
+    accounts: tuple[Account, ...]
+
+
 class DedupRecord(msgspec.Struct, frozen=True, array_like=True, gc=False):
     """What a ``dedup_id`` was used for and how it ended.
 
     ``command`` is ``None`` for a null compensation: the compensation came first, and the
-    original, whenever it arrives, is rejected.
+    original, whenever it arrives, is rejected. (What an accepted command did is kept apart, for
+    the newest commands only: :meth:`coffer.core.state_machine.StateMachine.effect_of`.)
     """
 
     command: Command | None

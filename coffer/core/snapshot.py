@@ -14,6 +14,11 @@ Formats (the first element of the array says which):
   compensations, decisions, [velocity, velocity_holds], [flows, flow_runs]]``, integers beyond
   64 bits as in :mod:`coffer.core.encoding`. (The last two were added before protocol 2 was
   released; a snapshot without them restores them empty.)
+- 3: the layout of 2 and one more element, ``[older, newer]``: the two generations of effects of
+  the newest accepted commands (dedup_id -> :class:`coffer.core.accounts.Effect`, its log index
+  and the accounts right after), so that a retry of one is answered from the state alone, also on
+  a replica whose history starts at this snapshot. A format-1 or 2 snapshot restores with none:
+  retries of its commands are answered from their events.
 A snapshot of a newer format is refused with a message that says so.
 """
 
@@ -22,13 +27,13 @@ from hashlib import sha256
 
 import msgspec
 
-from coffer.core.accounts import Account, Decision, DedupRecord, FlowRun, FlowVersion, Result, Txn
+from coffer.core.accounts import Account, Decision, DedupRecord, Effect, FlowRun, FlowVersion, Result, Txn
 from coffer.core.commands import CommandFormat1, from_format_1
 from coffer.core.encoding import Decoder, encode
 from coffer.core.state_machine import StateMachine, protocol_version_max
 from coffer.core.velocity import Velocity, VelocityHold
 
-snapshot_format_version = 2
+snapshot_format_version = 3
 
 
 class VelocityState(msgspec.Struct, array_like=True, gc=False):
@@ -39,6 +44,11 @@ class VelocityState(msgspec.Struct, array_like=True, gc=False):
 class FlowState(msgspec.Struct, array_like=True, gc=False):
     flows: dict[str, list[FlowVersion]] = {}
     runs: dict[str, FlowRun] = {}
+
+
+class EffectsState(msgspec.Struct, array_like=True, gc=False):
+    older: dict[str, Effect] = {}
+    newer: dict[str, Effect] = {}
 
 
 class SnapshotState(msgspec.Struct, array_like=True, gc=False):
@@ -56,6 +66,7 @@ class SnapshotState(msgspec.Struct, array_like=True, gc=False):
     decisions: dict[str, Decision] = {}
     velocity: VelocityState = msgspec.field(default_factory=VelocityState)
     flows: FlowState = msgspec.field(default_factory=FlowState)
+    effects: EffectsState = msgspec.field(default_factory=EffectsState)
 
 
 class _DedupRecordFormat1(msgspec.Struct, frozen=True, array_like=True, gc=False):
@@ -101,6 +112,7 @@ def take_snapshot(machine: StateMachine) -> bytes:
         machine.decisions,
         VelocityState(machine.velocity, machine.velocity_holds),
         FlowState(machine.flows, machine.flow_runs),
+        EffectsState(machine.effects_older, machine.effects),
     )
     return encode(state)
 
@@ -156,6 +168,9 @@ def restore_snapshot(data: bytes) -> StateMachine:
     )
     heapq.heapify(machine.expiries)
     machine.open_txns = dict.fromkeys(txn.txn_id for txn in state.txns.values() if txn.state == "TRIED")
+    # Only which generation an effect is in matters, not its place in it (snapshots sort keys).
+    machine.effects_older = state.effects.older
+    machine.effects = state.effects.newer
     return machine
 
 

@@ -65,6 +65,7 @@ from coffer.core.accounts import (
     Compensation,
     Decision,
     DedupRecord,
+    Effect,
     FlowRun,
     FlowVersion,
     Result,
@@ -126,6 +127,12 @@ _CANCELLED = TxnState.CANCELLED.value
 _TRANSFERRED = EventType.TRANSFERRED.value
 
 protocol_version_max = 2  # the newest protocol this release applies (see the module docstring)
+# The effects of the newest accepted commands are kept in two generations of this many each (an
+# effect holds copies of a transfer's two accounts: about 350 bytes), so that a retry of any of the
+# newest 100,000 to 200,000 is answered from the state; an older one, from its event, which the
+# event store holds by then (it lags the state by at most ``store_backlog_events_max`` events).
+# At least the commands of one entry, so that an entry's own effects are all still there after it.
+effects_generation_max = 100_000
 _amount_max_by_protocol = {1: amount_max_protocol_1, 2: amount_max}
 
 
@@ -185,6 +192,14 @@ def _too_large(bound: int, account_id: str | None) -> Result:
     return _reject(ErrorCode.INVALID_AMOUNT, f"an amount is beyond {bound} minor units", account_id)
 
 
+def _without(values: dict[str, int], key: str) -> dict[str, int]:
+    """A copy of ``values`` without ``key``: an account's maps are replaced, never changed in
+    place, so the copies of it that effects keep stay as they were."""
+    copy = dict(values)
+    del copy[key]
+    return copy
+
+
 def _state_error(account: Account) -> Result:
     if account.state == _DELETED:
         return _reject(ErrorCode.ACCOUNT_DELETED, f"account {account.account_id} is deleted", account.account_id)
@@ -236,6 +251,11 @@ class StateMachine:
         self.amount_max = amount_max
         self._actor: Actor | None = None
         self._events: list[EventRecord] = []
+        # dedup_id -> what the accepted command did (see effect_of), in two generations: new effects
+        # go into the newer; when it is full, it becomes the older and the older is dropped whole.
+        # Part of the replicated state (snapshots keep both), so every replica answers alike.
+        self.effects: dict[str, Effect] = {}
+        self.effects_older: dict[str, Effect] = {}
         self._handlers = {
             CreateAccount: self._create_account,
             UpdateLimits: self._update_limits,
@@ -309,6 +329,35 @@ class StateMachine:
             append(result)
         self._actor = None
         return results, events
+
+    def apply_with_effects(
+        self,
+        log_index: int,
+        time_ms: int,
+        commands: Sequence[Command],
+        actors: Sequence[Actor | None] | None = None,
+        protocol_version: int = protocol_version_max,
+    ) -> tuple[list[Result], list[EventRecord], list[Effect | None]]:
+        """:meth:`apply`, and per command what it did (:meth:`effect_of`): the answer to it, with
+        no event to decode. Only a caller that answers pays for the list."""
+        results, events = self.apply(log_index, time_ms, commands, actors, protocol_version)
+        effect_of = self.effect_of
+        effects = [effect_of(command.dedup_id) if result.code == OK else None for command, result in zip(commands, results, strict=True)]
+        return results, events, effects
+
+    def effect_of(self, dedup_id: str) -> Effect | None:
+        """What the accepted command ``dedup_id`` did — its entry's log index and its event's
+        accounts right after the change — while it is among the newest kept; else ``None``
+        (older, or an accepted command that emitted no event of its own: its event tells)."""
+        effect = self.effects.get(dedup_id)
+        return effect if effect is not None else self.effects_older.get(dedup_id)
+
+    def _keep_effect(self, dedup_id: str, accounts: tuple[Account, ...]) -> None:
+        effects = self.effects
+        if len(effects) >= effects_generation_max:
+            self.effects_older = effects
+            self.effects = effects = {}
+        effects[dedup_id] = Effect(self.log_index, accounts)
 
     # ------------------------------------------------------------------ amounts as text
 
@@ -492,6 +541,9 @@ class StateMachine:
         prev_hash = self.head
         self.head = sha256(prev_hash + body).digest()
         self._events.append(EventRecord(seq, body, prev_hash, self.head))
+        if dedup_id is not None:
+            # Shallow copies suffice: an account's maps are replaced, never changed in place.
+            self._keep_effect(dedup_id, tuple([account.__copy__() for account in accounts]))
         return seq
 
     # ------------------------------------------------------------------ accounts
@@ -670,6 +722,12 @@ class StateMachine:
         prev_hash = self.head
         self.head = head = sha256(prev_hash + body).digest()
         self._events.append(EventRecord(seq, body, prev_hash, head))
+        # The effect, inline (see _keep_effect): this is the hot path.
+        effects = self.effects
+        if len(effects) >= effects_generation_max:
+            self.effects_older = effects
+            self.effects = effects = {}
+        effects[command.dedup_id] = Effect(self.log_index, (source.__copy__(), target.__copy__()))
         return Result(OK, seq)
 
     def _check_legs(self, legs: tuple[Leg, ...]) -> Result | dict[str, int]:
@@ -805,7 +863,7 @@ class StateMachine:
             )
         account.available = available
         reservations = account.reservations
-        reservations[command.reservation_id] = reservations.get(command.reservation_id, 0) + amount
+        account.reservations = {**reservations, command.reservation_id: reservations.get(command.reservation_id, 0) + amount}
         account.version += 1
         return Result(OK, self._emit(command.dedup_id, EventType.RESERVED, command, (account,)))
 
@@ -838,9 +896,9 @@ class StateMachine:
             )
         # Available grows and the total stays: no limit can break here.
         if amount == reserved:
-            del account.reservations[reservation_id]
+            account.reservations = _without(account.reservations, reservation_id)
         else:
-            account.reservations[reservation_id] = reserved - amount
+            account.reservations = {**account.reservations, reservation_id: reserved - amount}
         account.available += amount
         return None
 
@@ -901,9 +959,9 @@ class StateMachine:
             account = accounts[account_id]
             if amount_out:
                 account.available -= amount_out
-                account.pending_out[txn_id] = amount_out
+                account.pending_out = {**account.pending_out, txn_id: amount_out}
             if amount_in:
-                account.pending_in[txn_id] = amount_in
+                account.pending_in = {**account.pending_in, txn_id: amount_in}
             account.version += 1
             changed.append(account)
             legs.append(TxnLeg(account_id, amount_out, amount_in))
@@ -926,9 +984,9 @@ class StateMachine:
             for leg in txn.legs:
                 account = self.accounts[leg.account_id]
                 if leg.amount_out:
-                    del account.pending_out[txn.txn_id]
+                    account.pending_out = _without(account.pending_out, txn.txn_id)
                 if leg.amount_in:
-                    del account.pending_in[txn.txn_id]
+                    account.pending_in = _without(account.pending_in, txn.txn_id)
                     account.available += leg.amount_in
                 account.version += 1
                 changed.append(account)
@@ -951,10 +1009,10 @@ class StateMachine:
         for leg in txn.legs:
             account = self.accounts[leg.account_id]
             if leg.amount_out:
-                del account.pending_out[txn.txn_id]
+                account.pending_out = _without(account.pending_out, txn.txn_id)
                 account.available += leg.amount_out
             if leg.amount_in:
-                del account.pending_in[txn.txn_id]
+                account.pending_in = _without(account.pending_in, txn.txn_id)
             account.version += 1
             changed.append(account)
         txn.state = _CANCELLED

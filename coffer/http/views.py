@@ -3,13 +3,19 @@
 from datetime import UTC, datetime
 from typing import Any
 
-from coffer.core.accounts import Account, Result
+from coffer.core.accounts import Account, Effect, Result
 from coffer.core.amounts import format_amount
 from coffer.core.events import Event, EventRecord
 from coffer.core.velocity import Velocity, usage
 
 # The shard this process serves, when it is one shard of a sharded node: account views say it.
 shard_label: int | None = None
+
+
+def _amounts(values: dict[str, int], scale: int) -> dict[str, str]:
+    if not values:  # the common case: no reservation or transaction in flight
+        return {}
+    return {key: format_amount(value, scale) for key, value in sorted(values.items())}
 
 
 def account_view(account: Account, seq: int) -> dict[str, Any]:
@@ -22,16 +28,25 @@ def account_view(account: Account, seq: int) -> dict[str, Any]:
         "lower_limit": format_amount(account.lower_limit, scale),
         "upper_limit": None if account.upper_limit is None else format_amount(account.upper_limit, scale),
         "available": format_amount(account.available, scale),
-        "reservations": {key: format_amount(value, scale) for key, value in sorted(account.reservations.items())},
-        "pending_in": {key: format_amount(value, scale) for key, value in sorted(account.pending_in.items())},
-        "pending_out": {key: format_amount(value, scale) for key, value in sorted(account.pending_out.items())},
+        "reservations": _amounts(account.reservations, scale),
+        "pending_in": _amounts(account.pending_in, scale),
+        "pending_out": _amounts(account.pending_out, scale),
         "version": account.version,
         "seq": seq,
-        "metadata": dict(account.metadata),
+        "metadata": dict(account.metadata) if account.metadata else {},
     }
     if shard_label is not None:
         view["shard"] = shard_label
     return view
+
+
+def command_answer(result: Result, effect: Effect) -> dict[str, Any]:
+    """The answer to an accepted command, from what applying it did (never from its event's bytes)."""
+    seq = result.seq
+    body: dict[str, Any] = {"seq": seq, "log_index": effect.log_index, "accounts": [account_view(account, seq) for account in effect.accounts]}
+    if result.compensation is not None:
+        body["compensation"] = result.compensation
+    return body
 
 
 def velocity_view(velocity: Velocity, scale: int, time_ms: int) -> dict[str, Any]:

@@ -25,7 +25,7 @@ from starlette.routing import Route
 
 from coffer import console
 from coffer.cluster.checkpoints import CheckpointMonitor, checkpoint_interval_s
-from coffer.core.accounts import Account
+from coffer.core.accounts import Account, Effect
 from coffer.core.commands import Command
 from coffer.core.errors import ErrorCode
 from coffer.core.events import Actor
@@ -36,7 +36,7 @@ from coffer.http.auth import ApiKeys, Role
 from coffer.http.inputs import query_parameters
 from coffer.http.limits import commands_per_request_max, query_limit_max
 from coffer.http.responses import HttpError, encoded_answer, json_response, read_body, retry_after
-from coffer.http.views import account_view, error_body, rejection_body, velocity_view
+from coffer.http.views import account_view, command_answer, error_body, rejection_body, velocity_view
 from coffer.notify.http import NodeHost, WebhookRoutes
 from coffer.query import hierarchy, hierarchy_service, reads
 from coffer.replica import RecoveryStopped, Replica
@@ -236,42 +236,47 @@ class Api:
 
     # ------------------------------------------------------------------ commands
 
+    def _answer(self, outcome: Outcome) -> tuple[int, dict[str, Any]] | None:
+        """The status and body for an outcome; ``None`` when only its event can tell (rare)."""
+        result = outcome.result
+        if not result.ok:
+            self.metrics.count(result.code)
+            return 409, rejection_body(result)
+        if outcome.effect is None:
+            return None
+        self.metrics.count(result.code)
+        return 200, command_answer(result, outcome.effect)
+
     async def _outcome_body(self, outcome: Outcome) -> tuple[int, dict[str, Any]]:
+        answer = self._answer(outcome)
+        if answer is not None:
+            return answer
         result = outcome.result
         self.metrics.count(result.code)
-        if not result.ok:
-            return 409, rejection_body(result)
-        record = outcome.event
-        if record is None:  # a retry answered from the dedup store: the original event
-            record = await self._stored_event(result.seq)
-        event = record.decode()
-        body: dict[str, Any] = {
-            "seq": result.seq,
-            "log_index": event.log_index,
-            "accounts": [account_view(account, result.seq) for account in event.accounts],
-        }
-        if result.compensation is not None:
-            body["compensation"] = result.compensation
-        return 200, body
+        return 200, command_answer(result, await self._effect_from_event(result.seq))
 
-    async def _stored_event(self, seq: int) -> Any:
-        writer = self.replica.writer
-        deadline = time.monotonic() + store_wait_s_max
-        while writer is not None and writer.stored_seq < seq and time.monotonic() < deadline:
-            await asyncio.sleep(0.005)
+    async def _effect_from_event(self, seq: int) -> Effect:
+        """What an accepted command did, from its event: only for a command whose effect the state
+        no longer keeps — older than the newest 100,000 accepted commands (see
+        ``effects_generation_max``: the store holds its event by then), or from a snapshot of an
+        older release — or one answered with an earlier command's event (a repeated decision or
+        flow outcome, whose event changed no account)."""
+        await self._store_reached(seq)
         record = await asyncio.to_thread(self.replica.store.event, seq)
         if record is None:
-            raise HttpError(503, ErrorCode.NOT_AVAILABLE, f"event {seq} is not in the event store yet")
-        return record
+            raise HttpError(503, ErrorCode.NOT_AVAILABLE, f"event {seq} is not in this node's event store: ask another node")
+        event = record.decode()
+        return Effect(event.log_index, event.accounts)
 
     async def _submit(self, commands: list[Command]) -> list[Outcome]:
         pipeline = self._pipeline()
         # A retry of an applied command is answered from the dedup store, without the log.
-        dedup = self.replica.machine.dedup
+        machine = self.replica.machine
         if len(commands) == 1:
-            record = dedup.get(commands[0].dedup_id)
+            record = machine.dedup.get(commands[0].dedup_id)
             if record is not None and record.command == commands[0]:
-                return [Outcome(record.result, 0, None)]
+                result = record.result
+                return [Outcome(result, 0, None, machine.effect_of(commands[0].dedup_id) if result.ok else None)]
         try:
             with self.admission.commands(len(commands)):
                 return await asyncio.wait_for(pipeline.submit(commands, _caller.get()), submit_wait_s_max)
@@ -368,7 +373,7 @@ class Api:
             except TimeoutError:
                 raise LogUnavailable(f"no outcome within {submit_wait_s_max} s; retry with the same dedup_ids") from None
             for slot, outcome in zip(slots, outcomes, strict=True):
-                status, answer = await self._outcome_body(outcome)
+                status, answer = self._answer(outcome) or await self._outcome_body(outcome)
                 answers[slot] = {"status": status, **answer}
         return 200, {"results": answers}
 

@@ -34,7 +34,7 @@ from typing import Protocol, TypeVar
 
 import msgspec
 
-from coffer.core.accounts import OK, Result
+from coffer.core.accounts import OK, Effect, Result
 from coffer.core.commands import Command
 from coffer.core.entries import EntryFormatError, decode_entry, encode_entry
 from coffer.core.events import Actor, EventRecord
@@ -67,6 +67,7 @@ class Outcome:
     result: Result
     log_index: int
     event: EventRecord | None  # the event this very entry emitted for it; None for a replay
+    effect: Effect | None = None  # what the command did (the answer's content); None for a rejection
 
 
 @dataclass(slots=True)
@@ -124,12 +125,17 @@ def gather(pending: deque[RequestT]) -> tuple[list[RequestT], list[Command], lis
 
 
 def outcomes_by_request(
-    request_sizes: Sequence[int], log_index: int, results: list[Result], events: list[EventRecord]
+    request_sizes: Sequence[int],
+    log_index: int,
+    results: list[Result],
+    events: list[EventRecord],
+    effects: Sequence[Effect | None] | None = None,
 ) -> list[list[Outcome]]:
     """Split an applied entry's results among its requests, in the order :func:`gather` took them.
 
     Each accepted command's outcome carries the event this very entry emitted for it (found by
-    its seq); a command answered from the dedup store gets none.
+    its seq); a command answered from the dedup store gets none. ``effects`` (one per command)
+    are what the commands did, which their answers show.
     """
     first_seq = events[0].seq if events else 0
     last_seq = events[-1].seq if events else -1
@@ -137,9 +143,9 @@ def outcomes_by_request(
     position = 0
     for size in request_sizes:
         outcomes = []
-        for result in results[position : position + size]:
+        for offset, result in enumerate(results[position : position + size], position):
             event = events[result.seq - first_seq] if result.code == OK and first_seq <= result.seq <= last_seq else None
-            outcomes.append(Outcome(result, log_index, event))
+            outcomes.append(Outcome(result, log_index, event, None if effects is None else effects[offset]))
         position += size
         by_request.append(outcomes)
     return by_request
@@ -289,9 +295,9 @@ class Pipeline:
         protocol_version: int,
         inflight: _Inflight | None,
     ) -> None:
-        results, events = self.replica.apply(record, commands, actors, protocol_version)
+        results, events, effects = self.replica.apply(record, commands, actors, protocol_version)
         if inflight is not None:
-            _resolve(inflight, record.index, results, events)
+            _resolve(inflight, record.index, results, events, effects)
         machine = self.replica.machine
         for hook in self.applied_hooks:
             hook(machine.log_index, machine.seq, machine.head)
@@ -340,10 +346,12 @@ class Pipeline:
         self._executor.shutdown(wait=True)
 
 
-def _resolve(inflight: _Inflight, log_index: int, results: list[Result], events: list[EventRecord]) -> None:
+def _resolve(
+    inflight: _Inflight, log_index: int, results: list[Result], events: list[EventRecord], effects: list[Effect | None]
+) -> None:
     """Hand each waiting request the results at its positions in the entry."""
     sizes = [len(waiter.commands) for waiter in inflight.waiters]
-    for waiter, outcomes in zip(inflight.waiters, outcomes_by_request(sizes, log_index, results, events), strict=True):
+    for waiter, outcomes in zip(inflight.waiters, outcomes_by_request(sizes, log_index, results, events, effects), strict=True):
         if not waiter.future.done():
             waiter.future.set_result(outcomes)
 

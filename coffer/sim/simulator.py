@@ -68,7 +68,7 @@ from pathlib import Path
 import crc32c
 
 from coffer.core import entries
-from coffer.core.accounts import Result
+from coffer.core.accounts import Effect, Result
 from coffer.core.commands import Command
 from coffer.core.events import Actor
 from coffer.core.snapshot import restore_snapshot
@@ -115,6 +115,9 @@ store_commit_chance = 0.5  # per apply: the replica's store writer commits what 
 repeat_answered_chance = 0.08  # per request: a client resends an answered command
 clock_step_back_chance = 0.01  # per synced entry: the log's time steps back (new leader, slower clock)
 clock_step_back_ms_max = 3_000
+# Recovery on the shared log waits for it to reach what the node's event store holds; the
+# simulated log cannot grow while a replica recovers, so a wait this long (simulated) is a bug.
+recovery_log_wait_s_max = 60.0
 truncate_log_chance = 0.5  # per node: it drops the log below its snapshots, as a single node's WAL does
 
 # Relative weights of the actions of a step (each only when it can happen).
@@ -414,6 +417,10 @@ class Simulation:
     def _clock_ms(self) -> int:
         return self.clock_ms
 
+    def _pass_time_s(self, seconds: float) -> None:
+        """A replica pauses (recovery waiting for the log): simulated time passes, none is slept."""
+        self.clock_ms += round(seconds * 1000)
+
     def _random_alive(self) -> _Node:
         return self.rng.choice([node for node in self.nodes if node.process is not None])
 
@@ -464,6 +471,13 @@ class Simulation:
                     raise InvariantViolation(
                         "actor", f"{client.name}: event seq {outcome.event.seq} of {command.dedup_id!r} names another sender"
                     )
+                # The answer is built from what apply handed back: it must say what the event says.
+                if outcome.event is not None:
+                    event = outcome.event.decode()
+                    if outcome.effect != Effect(event.log_index, event.accounts):
+                        raise InvariantViolation(
+                            "acknowledged-outcome", f"{client.name}: the answer to {command.dedup_id!r} differs from its event"
+                        )
                 self._acknowledge(client, command, outcome.result)
             self.answers += 1
             current = client.waiting and reply.request == client.request
@@ -593,7 +607,7 @@ class Simulation:
         machine = replica.machine
         entry = entries.decode_entry(record.payload)
         previous = (machine.seq, machine.head)
-        results, events = replica.apply(record, entry.commands, entry.actors, entry.protocol_version)
+        results, events, effects = replica.apply(record, entry.commands, entry.actors, entry.protocol_version)
         first = self.auditor.observe_apply(
             node.name, record.index, record.time_ms, entry.commands, entry.actors, results, events, machine, previous
         )
@@ -604,7 +618,7 @@ class Simulation:
         if requests is not None:
             sizes = [len(request.commands) for request in requests]
             offset = 0
-            for request, outcomes in zip(requests, pipeline.outcomes_by_request(sizes, record.index, results, events), strict=True):
+            for request, outcomes in zip(requests, pipeline.outcomes_by_request(sizes, record.index, results, events, effects), strict=True):
                 if request.client >= 0:
                     self._answer(node, request, offset, outcomes)
                 offset += len(request.commands)
@@ -694,6 +708,8 @@ class Simulation:
             snapshot_writer=snapshots,
             store=SimulatedEventStore(node.disk, node.data_dir / "events.sqlite3"),
             store_writer_thread=False,
+            pause_s=self._pass_time_s,
+            log_wait_s_max=recovery_log_wait_s_max,
         )
         try:
             replica.recover()

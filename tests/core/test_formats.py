@@ -156,14 +156,32 @@ def test_a_format_1_snapshot_restores_as_protocol_1() -> None:
     )
     restored = restore_snapshot(old)
     assert restored.protocol_version == 1 and restored.accounts == machine.accounts and restored.head == machine.head
+    # A format-1 snapshot holds no effects (retries of its commands are answered from their events).
+    assert restored.effects == {} and restored.effects_older == {}
+    machine.effects = {}
     assert take_snapshot(restored) == take_snapshot(machine)
+
+
+def test_a_format_2_snapshot_restores_without_effects_and_a_new_one_keeps_them() -> None:
+    machine = StateMachine()
+    machine.apply(1, 1000, [CreateAccount(dedup_id="a", account_id="a", asset="USD")])
+    effect = machine.effect_of("a")
+    assert effect is not None and effect.log_index == 1 and [account.account_id for account in effect.accounts] == ["a"]
+    assert restore_snapshot(take_snapshot(machine)).effect_of("a") == effect
+    dedup = {dedup_id: (record.command, record.result) for dedup_id, record in machine.dedup.items()}
+    old = plain.encode(
+        (2, 2, machine.log_index, machine.time_ms, machine.seq, machine.head, machine.accounts, machine.asset_scales, dedup, {}, {})
+    )
+    restored = restore_snapshot(old)
+    assert restored.accounts == machine.accounts and restored.dedup == machine.dedup
+    assert restored.effect_of("a") is None
 
 
 def test_a_snapshot_of_a_newer_format_or_protocol_is_refused() -> None:
     data = take_snapshot(StateMachine())
-    assert snapshot_format(data) == 2
-    with pytest.raises(SnapshotError, match="format 3 is newer"):
-        restore_snapshot(data[:1] + b"\x03" + data[2:])
+    assert snapshot_format(data) == 3
+    with pytest.raises(SnapshotError, match="format 4 is newer"):
+        restore_snapshot(data[:1] + b"\x04" + data[2:])
     newer = plain.encode([2, protocol_version_max + 1, 0, 0, 0, bytes(32), {}, {}, {}, {}, {}])
     with pytest.raises(SnapshotError, match="upgrade Coffer"):
         restore_snapshot(newer)

@@ -16,8 +16,9 @@ from coffer.core.events import verify_chain
 from coffer.core.snapshot import take_snapshot
 from coffer.core.state_machine import StateMachine
 from coffer.history.event_store import EventStore
+from coffer.log.memory import MemoryLog
 from coffer.log.wal import LocalWal
-from coffer.replica import Replica, SnapshotCorrupt, SnapshotJob, SnapshotWriter, read_snapshot_file
+from coffer.replica import RecoveryStalled, Replica, SnapshotCorrupt, SnapshotJob, SnapshotWriter, read_snapshot_file
 
 account_count = 20
 
@@ -274,3 +275,85 @@ def test_a_damaged_last_record_that_was_never_applied_is_cut(tmp_path: Path) -> 
         assert record.index == len(entries)
     finally:
         again.close()
+
+
+def _shared_log_node(data_dir: Path, entries: list[list[Command]]) -> None:
+    """A node of a shared log (nothing truncated) that applied ``entries`` and stored their events."""
+    replica = Replica(data_dir, _log_of([]), truncate_log=False)
+    replica.recover()
+    _feed(replica, entries)
+    replica.close()
+
+
+def _log_of(entries: list[list[Command]]) -> MemoryLog:
+    """The shared log holding ``entries``; its time stands still, so that every copy of it is the same history."""
+    log = MemoryLog(clock_ms=lambda: log_time_ms)
+    for commands in entries:
+        log.append(encode_entry(commands))
+    return log
+
+
+log_time_ms = 1_700_000_000_000
+
+
+class _PassingTime:
+    """The clock and the pause of a recovery that never sleeps: each pause moves the clock."""
+
+    def __init__(self) -> None:
+        self.now_s = 0.0
+        self.pauses_s: list[float] = []
+
+    def clock_s(self) -> float:
+        return self.now_s
+
+    def pause_s(self, seconds: float) -> None:
+        self.pauses_s.append(seconds)
+        self.now_s += seconds
+
+
+def test_a_shared_log_behind_the_event_store_is_waited_for_and_followed(tmp_path: Path) -> None:
+    entries = _entries(6)
+    _shared_log_node(tmp_path / "node", entries)
+    log = _log_of(entries[:-2])  # a lagging server: its end is below what this node stored
+    time = _PassingTime()
+
+    def pause_while_the_log_catches_up(seconds: float) -> None:
+        time.pause_s(seconds)
+        if len(time.pauses_s) == 3:
+            for commands in entries[-2:]:
+                log.append(encode_entry(commands))
+
+    replica = Replica(tmp_path / "node", log, truncate_log=False, clock_s=time.clock_s, pause_s=pause_while_the_log_catches_up)
+    replica.recover()
+    assert time.pauses_s == [0.05, 0.1, 0.2]
+    assert replica.machine.log_index == len(entries) and replica.machine.seq == replica.store.last_seq
+    replica.close()
+
+
+def test_a_shared_log_that_never_reaches_the_event_store_stalls_within_the_bound(tmp_path: Path) -> None:
+    entries = _entries(6)
+    _shared_log_node(tmp_path / "node", entries)
+    time = _PassingTime()
+    replica = Replica(
+        tmp_path / "node", _log_of(entries[:-1]), truncate_log=False, clock_s=time.clock_s, pause_s=time.pause_s, log_wait_s_max=10.0
+    )
+    with pytest.raises(RecoveryStalled, match=r"waited 10\.0 s: waiting for the log to reach seq"):
+        replica.recover()
+    assert 10.0 <= time.now_s < 10.0 + 2.0 and max(time.pauses_s) == 2.0  # doubling pauses, capped
+    replica.store.close()
+
+
+def test_a_shared_log_whose_history_made_fewer_events_is_refused_without_waiting(tmp_path: Path) -> None:
+    entries = _entries(6)
+    _shared_log_node(tmp_path / "node", entries)
+    # Another history: one account fewer, so it ends at the log's end with fewer events than the
+    # store holds, none of them the newest stored one (the store's own check never runs).
+    other = [entries[0][1:], *entries[1:2]]
+    time = _PassingTime()
+    replica = Replica(
+        tmp_path / "node", _log_of(other), truncate_log=False, clock_s=time.clock_s, pause_s=time.pause_s, log_wait_s_max=10.0
+    )
+    with pytest.raises(RuntimeError, match="the log's history differs from this node's event store"):
+        replica.recover()
+    assert time.pauses_s == []
+    replica.store.close()

@@ -36,7 +36,7 @@ from click.testing import CliRunner
 import coffer.log.base
 import coffer.replica
 import coffer.server.pipeline
-from coffer.core.accounts import Account, DedupRecord, Result
+from coffer.core.accounts import Account, DedupRecord, Effect, Result
 from coffer.core.commands import Command
 from coffer.core.events import EventRecord
 from coffer.core.snapshot import restore_snapshot
@@ -357,8 +357,10 @@ def test_a_snapshot_activated_without_a_directory_sync_is_caught(planted: pytest
 
 
 def test_answers_shifted_between_the_requests_of_an_entry_are_caught(planted: pytest.MonkeyPatch) -> None:
-    def shifted(sizes: list[int], log_index: int, results: list[Result], events: list[EventRecord]) -> list[list[Outcome]]:
-        by_request = outcomes_by_request(sizes, log_index, results, events)
+    def shifted(
+        sizes: list[int], log_index: int, results: list[Result], events: list[EventRecord], effects: list[Effect | None]
+    ) -> list[list[Outcome]]:
+        by_request = outcomes_by_request(sizes, log_index, results, events, effects)
         flat = [outcome for outcomes in by_request for outcome in outcomes]
         flat = flat[1:] + flat[:1]
         shifted_by_request = []
