@@ -346,7 +346,8 @@ def cluster_up(nodes: str, data_dir: Path, ports: object, disk_budget_mb: int | 
     local.up()
     click.echo(f"NATS JetStream: {','.join(local.nats.plain_urls)} (credentials in {local.nats.directory})")
     for node in local.nodes:
-        click.echo(f"{node.name}  {node.url}")
+        hosts = f"  shards {','.join(map(str, local.hosted_shards(node.number, len(local.nodes)))) or 'none'}" if shards > 1 else ""
+        click.echo(f"{node.name}  {node.url}{hosts}")
     click.echo(f"COFFER_URL={','.join(local.urls)}")
     click.echo(f"stop with: coffer cluster down --data-dir {data_dir}")
 
