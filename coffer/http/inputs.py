@@ -83,7 +83,11 @@ def decode_json(
     """
     try:
         value = decode(data)
-    except msgspec.ValidationError:
+    except msgspec.ValidationError as error:
+        if decode is msgspec.json.decode:
+            # The generic decoding has no schema: only a number it cannot hold (an integer beyond
+            # 64 bits) fails this way, and that is the body's fault, not a shape to word.
+            raise InputError(f"body is not valid: {error}") from None
         raise
     except msgspec.DecodeError as error:
         raise InputError(f"body is not valid JSON: {error}") from None
@@ -183,7 +187,11 @@ def decode_msgpack(
     """
     try:
         value = decode(data)
-    except msgspec.ValidationError:
+    except msgspec.ValidationError as error:
+        if decode is msgspec.json.decode:
+            # The generic decoding has no schema: only a number it cannot hold (an integer beyond
+            # 64 bits) fails this way, and that is the body's fault, not a shape to word.
+            raise InputError(f"body is not valid: {error}") from None
         raise
     except msgspec.DecodeError as error:
         raise InputError(f"body is not valid MessagePack: {error}") from None

@@ -110,6 +110,12 @@ def test_deep_nesting_is_422(server: CofferServer, funded: tuple[str, str], path
     refused(server.url, "POST", path.format(source=funded[0]), body)
 
 
+@pytest.mark.parametrize("path", ["/v1/accounts/{source}/unlock", "/v1/accounts/{source}/limits", "/v1/transfers", "/v1/commands"])
+def test_an_integer_beyond_64_bits_anywhere_in_a_body_is_422(server: CofferServer, funded: tuple[str, str], path: str) -> None:
+    # Account-path routes read the body without a schema first: its integers must be held there too.
+    refused(server.url, "POST", path.format(source=funded[0]), b'{"dedup_id":"big","extra":[' + huge_digits.encode() + b"]}")
+
+
 # ------------------------------------------------------------------------- duplicate keys
 
 
