@@ -1,9 +1,13 @@
 """Memory peaks of a local cluster's processes, for the reports of long fault runs.
 
-A background thread reads the resident set size (``VmRSS`` in ``/proc/<pid>/status``) of every
-NATS server and every Coffer node — a node together with its descendants, so a sharded node counts
-its shard processes — every ``sample_interval_s``, and keeps the highest figure per process name.
-Linux only (``/proc``); elsewhere the report says memory was not measured.
+A background thread reads the proportional set size (``Pss`` in ``/proc/<pid>/smaps_rollup``) of
+every NATS server and every Coffer node — a node together with its descendants, so a sharded node
+counts its shard processes and a node writing a snapshot counts its forked writer — every
+``sample_interval_s``, and keeps the highest figure per process name. The proportional size, not
+the resident one: a forked snapshot writer shares the parent's pages copy-on-write, and adding two
+resident sizes would count every shared page twice (a node then seemed to use twice its memory).
+Where ``smaps_rollup`` is missing (Linux before 4.14) it falls back to ``VmRSS``. Linux only
+(``/proc``); elsewhere the report says memory was not measured.
 """
 
 from __future__ import annotations
@@ -45,15 +49,28 @@ def _parents() -> dict[int, list[int]]:
     return children
 
 
-def tree_resident_bytes(root: int, children: dict[int, list[int]]) -> int:
-    """Resident bytes of ``root`` and all its descendants."""
+def proportional_bytes(pid: int) -> int:
+    """One process's share of the memory it maps (shared pages divided among their users), 0 when gone."""
+    try:
+        for line in (proc / str(pid) / "smaps_rollup").read_text().splitlines():
+            if line.startswith("Pss:"):
+                return int(line.split()[1]) * 1024
+    except FileNotFoundError:
+        return resident_bytes(pid)
+    except (OSError, ValueError, IndexError):
+        return 0
+    return resident_bytes(pid)
+
+
+def tree_proportional_bytes(root: int, children: dict[int, list[int]]) -> int:
+    """Proportional bytes of ``root`` and all its descendants: what the tree costs the machine."""
     total, pending, seen = 0, [root], set()
     while pending:
         pid = pending.pop()
         if pid in seen:
             continue
         seen.add(pid)
-        total += resident_bytes(pid)
+        total += proportional_bytes(pid)
         pending.extend(children.get(pid, ()))
     return total
 
@@ -85,7 +102,7 @@ class MemoryPeaks:
         for name, pid in self._processes():
             if pid is None:
                 continue
-            used = tree_resident_bytes(pid, children)
+            used = tree_proportional_bytes(pid, children)
             if used > self.peaks.get(name, 0):
                 self.peaks[name] = used
         self.samples += 1
@@ -103,4 +120,4 @@ class MemoryPeaks:
         if not self.peaks:
             return "memory peaks: no sample taken"
         parts = " ".join(f"{name}={used / 2**20:.0f}MiB" for name, used in sorted(self.peaks.items()))
-        return f"memory peaks (resident, sampled every {self._interval_s:g} s, {self.samples} samples): {parts}"
+        return f"memory peaks (proportional set size, sampled every {self._interval_s:g} s, {self.samples} samples): {parts}"

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from coffer.cluster.memory import MemoryPeaks, resident_bytes
+from coffer.cluster.memory import MemoryPeaks, proportional_bytes, resident_bytes
 
 pytestmark = pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="needs Linux /proc")
 
@@ -42,3 +42,36 @@ def test_a_node_counts_the_memory_of_its_descendants_and_the_peak_outlives_the_p
     peaks.sample()  # the tree has ended: nothing new is measured, the peak stays
     assert peaks.peaks["c1"] == peak
     assert peaks.report().startswith("memory peaks") and "c1=" in peaks.report()
+
+
+# A parent that fills 128 MiB and then forks, as a node forks its snapshot writer: the child shares
+# every page copy-on-write.
+forking_code = (
+    "import os, sys, time\n"
+    "block = bytearray(b'x' * (128 * 2**20))\n"
+    "child = os.fork()\n"
+    "if child == 0:\n"
+    "    time.sleep(60)\n"
+    "    os._exit(0)\n"
+    "print(child, flush=True)\n"
+    "time.sleep(60)\n"
+)
+
+
+@pytest.mark.skipif(not Path("/proc/self/smaps_rollup").exists(), reason="needs /proc/PID/smaps_rollup")
+def test_pages_a_forked_child_shares_with_its_parent_count_once() -> None:
+    parent = subprocess.Popen([sys.executable, "-c", forking_code], stdout=subprocess.PIPE)
+    try:
+        assert parent.stdout is not None
+        child = int(parent.stdout.readline())
+        # Each alone is resident with the whole block: adding the two would report 256 MiB.
+        assert resident_bytes(parent.pid) >= 128 * 2**20 and resident_bytes(child) >= 128 * 2**20
+        peaks = MemoryPeaks(lambda: [("c1", parent.pid)], interval_s=60)
+        peaks.sample()
+        assert 128 * 2**20 <= peaks.peaks["c1"] < 200 * 2**20
+        assert proportional_bytes(child) < 100 * 2**20
+    finally:
+        parent.kill()
+        with contextlib.suppress(ProcessLookupError, NameError):
+            os.kill(child, signal.SIGKILL)
+        parent.wait()
