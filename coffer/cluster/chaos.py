@@ -415,6 +415,7 @@ def run(
                         ready,
                         settle_s=settle_after_interrupt_s if state.interrupts else settle_s,
                         history=lambda shard: history_from_log(servers, streams[shard]),
+                        progress=lambda line: echo(f"  {line}"),
                     )
                 else:
                     state.problems.append("no node is ready: nothing could be checked")

@@ -39,6 +39,7 @@ from pathlib import Path
 
 import httpx
 
+from coffer.cluster import plain_http
 from coffer.cluster.nats_servers import NatsCluster, die_with_parent_setup, stop_recorded_servers
 from coffer.cluster.proxy import FaultProxy
 from coffer.disk_space import directory_bytes
@@ -294,7 +295,7 @@ class LocalCluster:
         """What ``/readyz`` says: ``{"ready": true, ...}`` or ``{"ready": false, "waiting_for": ...}``."""
         node = self.node(number)
         try:
-            response = httpx.get(f"{node.url}/readyz", timeout=readiness_request_s)
+            response = plain_http.client().get(f"{node.url}/readyz", timeout=readiness_request_s)
         except httpx.TransportError as error:
             return {"ready": False, "waiting_for": f"no answer ({type(error).__name__})"}
         try:

@@ -31,13 +31,14 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
 import httpx
 
-from coffer.cluster import shard_checks
+from coffer.cluster import plain_http, shard_checks
 from coffer.txn.shard_map import ShardMap
 
 asset = "USD"
@@ -47,6 +48,7 @@ opening_amount = Decimal("10000000000000000000000000.00")
 wide_amount_chance = 0.05
 request_timeout_s = 5.0
 retry_pause_s = 0.05
+resenders = 16  # the checker's concurrent resends: a node gathers concurrent commands into one log entry
 
 
 @dataclass
@@ -80,7 +82,6 @@ class Workload:
     _stop: threading.Event = field(default_factory=threading.Event)
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _threads: list[threading.Thread] = field(default_factory=list)
-    _local: threading.local = field(default_factory=threading.local)
 
     @property
     def account_ids(self) -> list[str]:
@@ -105,7 +106,7 @@ class Workload:
             status, answer, _ = self._send_until_answered("/v1/commands", {"commands": items}, time.monotonic() + 60, 0)
             assert status == 200 and all(result["status"] == 200 for result in answer["results"]), answer
         if self.shards > 1:
-            self.shard_map = ShardMap.from_json(httpx.get(f"{self.urls[0]}/v1/shards", timeout=request_timeout_s).json()["map"])
+            self.shard_map = ShardMap.from_json(plain_http.client().get(f"{self.urls[0]}/v1/shards", timeout=request_timeout_s).json()["map"])
             assert self.shard_map.shards == self.shards, self.shard_map
 
     def crosses_shards(self, path: str, body: dict[str, Any]) -> bool:
@@ -160,16 +161,9 @@ class Workload:
                     path, body, status, answer, time.monotonic(), attempt_started_at
                 )
 
-    def _http(self) -> httpx.Client:
-        """One keep-alive client per thread: plain http, so no TLS context is built per call."""
-        client = getattr(self._local, "client", None)
-        if client is None:
-            client = self._local.client = httpx.Client(timeout=request_timeout_s, verify=False)
-        return client
-
     def _send_until_answered(self, path: str, body: dict[str, Any], deadline: float | None, start: int) -> Any:
         attempt = start
-        client = self._http()
+        client = plain_http.client()
         while True:
             url = self.urls[attempt % len(self.urls)]
             started = time.monotonic()
@@ -179,7 +173,7 @@ class Workload:
                     self.cross_shard_in_flight[url] += 1
                     self.cross_shard_sent += 1
             try:
-                response = client.post(url + path, json=body)
+                response = client.post(url + path, json=body, timeout=request_timeout_s)
                 if response.status_code in (200, 409):
                     return response.status_code, response.json(), started
                 self.failures[f"HTTP {response.status_code}"] += 1
@@ -317,6 +311,7 @@ def check(
     urls: list[str],
     settle_s: float = 60.0,
     history: Callable[[int], list[dict[str, Any]]] | None = None,
+    progress: Callable[[str], None] | None = None,
 ) -> Verdict:
     """Hold the cluster to what it acknowledged (see the module docstring).
 
@@ -324,8 +319,13 @@ def check(
     commands: a bound on the whole check would fail at the first 503 after it). ``history``
     gives the whole event history when no replica holds all of it (every one was rebuilt from a
     shared snapshot) of the shard it is given: :func:`history_from_log` replays it from the stream.
+    ``progress`` receives a line as each step ends, with how long it took.
     """
     problems: list[str] = []
+
+    def report(step: str, since: float) -> None:
+        if progress is not None:
+            progress(f"check: {step} in {time.monotonic() - since:.1f} s")
 
     def settle_by() -> float:
         return time.monotonic() + settle_s
@@ -335,39 +335,52 @@ def check(
     compensations |= {dedup_id for dedup_id, (path, _) in workload.unknown.items() if path == "/v1/compensations"}
     applied: dict[str, tuple[str, dict[str, Any], Any]] = {}  # dedup_id -> (path, body, answer)
     rejected: set[str] = set()
-    for dedup_id, entry in list(workload.acknowledged.items()):
+    started = time.monotonic()
+
+    def resend_acknowledged(item: tuple[str, Acknowledged]) -> tuple[str, Any]:
+        dedup_id, entry = item
+        return dedup_id, workload._send_until_answered(entry.path, entry.body, settle_by(), hash(dedup_id))[:2]
+
+    def settle_unknown(item: tuple[str, tuple[str, dict[str, Any]]]) -> tuple[str, Any]:
+        dedup_id, (path, body) = item
+        first = workload._send_until_answered(path, body, settle_by(), hash(dedup_id))[:2]
+        again = workload._send_until_answered(path, body, settle_by(), hash(dedup_id) + 1)[:2]
+        return dedup_id, (first, again)
+
+    # Each command's answer depends only on what its dedup_id holds, so they are sent again side by
+    # side: one at a time, a sharded run's checker (every cross-shard retry is several requests
+    # inside the cluster) took longer than the run.
+    with ThreadPoolExecutor(resenders) as pool:
+        acknowledged = list(workload.acknowledged.items())
         try:
-            status, answer, _ = workload._send_until_answered(entry.path, entry.body, settle_by(), hash(dedup_id))
+            for dedup_id, (status, answer) in pool.map(resend_acknowledged, acknowledged):
+                entry = workload.acknowledged[dedup_id]
+                if (status, answer) != (entry.status, entry.answer):
+                    changed += 1
+                    problems.append(f"{dedup_id}: answered {entry.status} {entry.answer}, now {status} {answer}")
+                if entry.status == 200:
+                    applied[dedup_id] = (entry.path, entry.body, entry.answer)
+                else:
+                    rejected.add(dedup_id)
+            if not problems:
+                for dedup_id, (first, again) in pool.map(settle_unknown, list(workload.unknown.items())):
+                    if first != again:
+                        problems.append(f"{dedup_id}: an unknown command answered {first} then {again}")
+                    if first[0] == 200:
+                        applied[dedup_id] = (workload.unknown[dedup_id][0], workload.unknown[dedup_id][1], first[1])
+                    else:
+                        rejected.add(dedup_id)
         except AssertionError as error:
-            problems.append(f"{dedup_id}: {error} (failures seen: {dict(workload.failures)})")
-            break
-        if (status, answer) != (entry.status, entry.answer):
-            changed += 1
-            problems.append(f"{dedup_id}: answered {entry.status} {entry.answer}, now {status} {answer}")
-        if entry.status == 200:
-            applied[dedup_id] = (entry.path, entry.body, entry.answer)
-        else:
-            rejected.add(dedup_id)
-    for dedup_id, (path, body) in list(workload.unknown.items()):
-        if problems:
-            break
-        try:
-            first = workload._send_until_answered(path, body, settle_by(), hash(dedup_id))[:2]
-            again = workload._send_until_answered(path, body, settle_by(), hash(dedup_id) + 1)[:2]
-        except AssertionError as error:
-            problems.append(f"{dedup_id}: {error} (failures seen: {dict(workload.failures)})")
-            break
-        if first != again:
-            problems.append(f"{dedup_id}: an unknown command answered {first} then {again}")
-        if first[0] == 200:
-            applied[dedup_id] = (path, body, first[1])
-        else:
-            rejected.add(dedup_id)
+            problems.append(f"{error} (failures seen: {dict(workload.failures)})")
+    report(f"sent again {len(acknowledged)} acknowledged and settled {len(workload.unknown)} unknown commands", started)
 
     sharded = workload.shard_map is not None
     if sharded:
         # Coordinators' transactions a killed node left in doubt are finished by recovery.
+        started = time.monotonic()
         problems += shard_checks.wait_for_recovery(urls, workload.shards, settle_by())
+        report("waited for recovery to finish the transactions left in doubt", started)
+    started = time.monotonic()
     histories: list[list[dict[str, Any]]] = []
     replicas_agree = chain_ok = True
     for shard in range(workload.shards):
@@ -382,7 +395,9 @@ def check(
             events = history(shard)
             if events and agree and (events[-1]["seq"], events[-1]["hash"]) != (heads[0]["seq"], heads[0]["hash"]):
                 agree = False
-                problems.append(f"{where}the replicas' head {heads[0]} is not the head of the stream's history {events[-1]['seq']}")
+                problems.append(
+                    f"{where}the replicas' head {heads[0]} is not the head of the stream's history {events[-1]['seq']}"
+                )
         linked = [event["seq"] for event in events] == list(range(1, len(events) + 1)) and all(
             later["prev_hash"] == earlier["hash"] for earlier, later in itertools.pairwise(events)
         )
@@ -392,10 +407,14 @@ def check(
         chain_ok = chain_ok and linked
         histories.append(events)
     events = [event for shard_events in histories for event in shard_events]
+    report(f"read the heads and the histories of {workload.shards} shard(s), {len(events)} events", started)
     own = f"{workload.prefix}-{workload.seed}-"
     # A dedup_id is unique per shard (each has its own dedup store): a compensation, sent to every
     # shard, leaves a null compensation on each shard that never held its original.
-    seen_per_shard = [Counter(event["dedup_id"] for event in shard_events if (event["dedup_id"] or "").startswith(own)) for shard_events in histories]
+    seen_per_shard = [
+        Counter(event["dedup_id"] for event in shard_events if (event["dedup_id"] or "").startswith(own))
+        for shard_events in histories
+    ]
     seen = set().union(*seen_per_shard)
     duplicated = sum(count - 1 for shard_seen in seen_per_shard for count in shard_seen.values() if count > 1)
     if sharded:
@@ -405,7 +424,9 @@ def check(
         crossed = {dedup_id: item for dedup_id, item in applied.items() if shard_checks.crossed_shards(item[2])}
         lost = len(set(applied) - set(crossed) - seen)
         lost += sum(not ledger.holds(path, body, answer, workload.shard_map) for path, body, answer in crossed.values())
+        started = time.monotonic()
         problems += ledger.disagreements(urls, settle_by())
+        report(f"held {len(ledger.tried)} cross-shard transactions to their commit points", started)
         in_flight = len(ledger.in_flight())
     else:
         lost = len(set(applied) - seen)
@@ -430,16 +451,20 @@ def check(
     ]
     if outside:
         problems.append(f"accounts outside their limits after events: {outside[:5]}")
-    balances = httpx.get(f"{urls[0]}/v1/accounts", params={"ids": ",".join(workload.account_ids)}, timeout=10).json()["accounts"]
+    balances = plain_http.client().get(f"{urls[0]}/v1/accounts", params={"ids": ",".join(workload.account_ids)}, timeout=10).json()["accounts"]
     # Money in flight counts where it is held: a try's pending_out until its confirm or cancel.
     totals: Counter[str] = Counter()
     for view in balances.values():
         totals[view["asset"]] += (
-            _units(view["available"]) + sum(map(_units, view["reservations"].values())) + sum(map(_units, view["pending_out"].values()))
+            _units(view["available"])
+            + sum(map(_units, view["reservations"].values()))
+            + sum(map(_units, view["pending_out"].values()))
         )
     conservation_ok = dict(totals) == {asset: workload.deposited} and len(balances) == workload.accounts
     if not conservation_ok:
-        problems.append(f"balances add up to {dict(totals)} over {len(balances)} accounts, deposited {workload.deposited} {asset}")
+        problems.append(
+            f"balances add up to {dict(totals)} over {len(balances)} accounts, deposited {workload.deposited} {asset}"
+        )
     return Verdict(
         limit_violations=len(outside),
         acknowledged=len(workload.acknowledged),
@@ -477,7 +502,7 @@ def _converged_heads(urls: list[str], deadline: float, shard: int | None = None)
         heads = []
         for url in urls:
             try:
-                head = httpx.get(f"{url}/v1/audit/head", params=_shard_params(shard), timeout=request_timeout_s).json()
+                head = plain_http.client().get(f"{url}/v1/audit/head", params=_shard_params(shard), timeout=request_timeout_s).json()
             except (httpx.TransportError, ValueError):
                 head = None
             if not isinstance(head, dict) or "seq" not in head:
@@ -493,7 +518,7 @@ def _all_events(url: str, shard: int | None = None) -> list[dict[str, Any]]:
     while True:
         from_seq = events[-1]["seq"] + 1 if events else 1
         params = {"from_seq": from_seq, "limit": 10000, **_shard_params(shard)}
-        page = httpx.get(f"{url}/v1/events", params=params, timeout=30).json()["events"]
+        page = plain_http.client().get(f"{url}/v1/events", params=params, timeout=30).json()["events"]
         if not page:
             return events
         events.extend(page)
