@@ -25,6 +25,8 @@ from typing import Any
 import httpx
 import msgspec
 
+from coffer.http import kept_client
+
 batch_variable = "COFFER_FLOOR_BATCH"  # transfers per /v1/commands reply (the app's target string takes no arguments)
 start_wait_s_max = 60.0  # a node recovering its log may take a while to answer
 stop_wait_s_max = 10.0
@@ -166,7 +168,7 @@ def running(
             if process.poll() is not None:
                 raise RuntimeError(f"{' '.join(command)} exited with {process.returncode} before serving")
             try:
-                if httpx.get(url + ready_path, timeout=1.0).status_code == 200:
+                if kept_client.client().get(url + ready_path, timeout=1.0).status_code == 200:
                     break
             except httpx.HTTPError:
                 pass

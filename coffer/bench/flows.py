@@ -40,6 +40,7 @@ import httpx
 import msgspec
 
 from coffer.flows.files import library
+from coffer.http import kept_client
 
 asset = "FLOWBENCH"
 payment = "10.00"
@@ -79,7 +80,7 @@ def _start_node() -> tuple[subprocess.Popen[bytes], str, str]:
     deadline = time.monotonic() + node_start_s_max
     while time.monotonic() < deadline:
         try:
-            if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
+            if kept_client.client().get(f"{url}/readyz", timeout=1).status_code == 200:
                 return process, url, data_dir
         except httpx.TransportError:
             time.sleep(0.1)

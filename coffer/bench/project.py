@@ -25,6 +25,7 @@ from pathlib import Path
 
 import httpx
 
+from coffer.http import kept_client
 from coffer.http.limits import commands_per_request_max
 from coffer.query.projector import Projector
 from coffer.query.sql_store import SqlStore
@@ -55,7 +56,7 @@ def _start_node(data_dir: Path) -> tuple[subprocess.Popen[bytes], str]:
     deadline = time.monotonic() + start_s_max
     while time.monotonic() < deadline and process.poll() is None:
         try:
-            if httpx.get(f"{url}/readyz", timeout=1.0).status_code == 200:
+            if kept_client.client().get(f"{url}/readyz", timeout=1.0).status_code == 200:
                 return process, url
         except httpx.TransportError:
             pass

@@ -39,10 +39,10 @@ from pathlib import Path
 
 import httpx
 
-from coffer.cluster import plain_http
 from coffer.cluster.nats_servers import NatsCluster, die_with_parent_setup, stop_recorded_servers
 from coffer.cluster.proxy import FaultProxy
 from coffer.disk_space import directory_bytes
+from coffer.http import kept_client
 from coffer.ports import PortRange, free_port
 from coffer.txn.launcher import shard_stream
 from coffer.txn.node_directory import node_bucket
@@ -295,7 +295,7 @@ class LocalCluster:
         """What ``/readyz`` says: ``{"ready": true, ...}`` or ``{"ready": false, "waiting_for": ...}``."""
         node = self.node(number)
         try:
-            response = plain_http.client().get(f"{node.url}/readyz", timeout=readiness_request_s)
+            response = kept_client.client().get(f"{node.url}/readyz", timeout=readiness_request_s)
         except httpx.TransportError as error:
             return {"ready": False, "waiting_for": f"no answer ({type(error).__name__})"}
         try:

@@ -18,7 +18,7 @@ from typing import Any
 
 import httpx
 
-from coffer.cluster import plain_http
+from coffer.http import kept_client
 from coffer.txn.coordinator import is_client_held, tcc_txn_id_of, txn_prefix
 from coffer.txn.shard_map import ShardMap
 
@@ -108,7 +108,7 @@ def _verify(url: str, txn_id: str, deadline: float) -> str | None:
     """One transaction against its commit point's decision; waits while it is decided but in flight."""
     while True:
         try:
-            response = plain_http.client().get(f"{url}/v1/transactions/{txn_id}", timeout=request_timeout_s)
+            response = kept_client.client().get(f"{url}/v1/transactions/{txn_id}", timeout=request_timeout_s)
             view = response.json() if response.status_code == 200 else None
         except (httpx.TransportError, ValueError):
             view = None
@@ -137,7 +137,7 @@ def wait_for_recovery(urls: list[str], shards: int, deadline: float) -> list[str
         open_tries: list[str] = []
         for shard in range(shards):
             try:
-                response = plain_http.client().get(
+                response = kept_client.client().get(
                     f"{urls[shard % len(urls)]}/v1/transactions",
                     params={"shard": shard, "open": "true", "prefix": txn_prefix},
                     timeout=request_timeout_s,

@@ -38,7 +38,8 @@ from typing import Any
 
 import httpx
 
-from coffer.cluster import plain_http, shard_checks
+from coffer.cluster import shard_checks
+from coffer.http import kept_client
 from coffer.txn.shard_map import ShardMap
 
 asset = "USD"
@@ -106,7 +107,7 @@ class Workload:
             status, answer, _ = self._send_until_answered("/v1/commands", {"commands": items}, time.monotonic() + 60, 0)
             assert status == 200 and all(result["status"] == 200 for result in answer["results"]), answer
         if self.shards > 1:
-            self.shard_map = ShardMap.from_json(plain_http.client().get(f"{self.urls[0]}/v1/shards", timeout=request_timeout_s).json()["map"])
+            self.shard_map = ShardMap.from_json(kept_client.client().get(f"{self.urls[0]}/v1/shards", timeout=request_timeout_s).json()["map"])
             assert self.shard_map.shards == self.shards, self.shard_map
 
     def crosses_shards(self, path: str, body: dict[str, Any]) -> bool:
@@ -163,7 +164,7 @@ class Workload:
 
     def _send_until_answered(self, path: str, body: dict[str, Any], deadline: float | None, start: int) -> Any:
         attempt = start
-        client = plain_http.client()
+        client = kept_client.client()
         while True:
             url = self.urls[attempt % len(self.urls)]
             started = time.monotonic()
@@ -451,7 +452,7 @@ def check(
     ]
     if outside:
         problems.append(f"accounts outside their limits after events: {outside[:5]}")
-    balances = plain_http.client().get(f"{urls[0]}/v1/accounts", params={"ids": ",".join(workload.account_ids)}, timeout=10).json()["accounts"]
+    balances = kept_client.client().get(f"{urls[0]}/v1/accounts", params={"ids": ",".join(workload.account_ids)}, timeout=10).json()["accounts"]
     # Money in flight counts where it is held: a try's pending_out until its confirm or cancel.
     totals: Counter[str] = Counter()
     for view in balances.values():
@@ -502,7 +503,7 @@ def _converged_heads(urls: list[str], deadline: float, shard: int | None = None)
         heads = []
         for url in urls:
             try:
-                head = plain_http.client().get(f"{url}/v1/audit/head", params=_shard_params(shard), timeout=request_timeout_s).json()
+                head = kept_client.client().get(f"{url}/v1/audit/head", params=_shard_params(shard), timeout=request_timeout_s).json()
             except (httpx.TransportError, ValueError):
                 head = None
             if not isinstance(head, dict) or "seq" not in head:
@@ -518,7 +519,7 @@ def _all_events(url: str, shard: int | None = None) -> list[dict[str, Any]]:
     while True:
         from_seq = events[-1]["seq"] + 1 if events else 1
         params = {"from_seq": from_seq, "limit": 10000, **_shard_params(shard)}
-        page = plain_http.client().get(f"{url}/v1/events", params=params, timeout=30).json()["events"]
+        page = kept_client.client().get(f"{url}/v1/events", params=params, timeout=30).json()["events"]
         if not page:
             return events
         events.extend(page)

@@ -35,6 +35,7 @@ from typing import Any
 import httpx
 import uvicorn
 
+from coffer.http import kept_client
 from coffer.http.auth import ApiKeys
 from coffer.log.jetstream import connect_options
 from coffer.ports import free_port
@@ -160,7 +161,7 @@ class ShardProcess:
             if self.process is not None and self.process.poll() is not None:
                 raise ServeError(f"shard {self.shard} exited with status {self.process.returncode} while starting")
             try:
-                if httpx.get(f"{self.url}/readyz", timeout=1.0).status_code == 200:
+                if kept_client.client().get(f"{self.url}/readyz", timeout=1.0).status_code == 200:
                     return
             except httpx.HTTPError:
                 pass
