@@ -12,11 +12,22 @@ So a record whose numbers all fit 64 bits is byte for byte what the plain encode
 path pays one ``try`` — and the encoding stays canonical: one value, one spelling.
 
 Method: encode with msgspec's typed encoder and fall back, on ``OverflowError``, to a copy of the
-value made of builtins with the wide integers replaced by extensions. Decoding works the other
-way round: the typed decoder first, and only when it meets an extension, a generic decode with an
-extension hook followed by ``msgspec.convert`` into the same type.
+value made of builtins with the wide integers replaced by extensions — but only of the smallest
+parts that hold one. A snapshot of a ledger whose balances are wide is mostly made of parts that
+are not (dedup records of narrow transfers): the fallback descends into maps, arrays and
+array-like structs, encodes runs of their items that fit 64 bits with the typed encoder, and
+writes the headers itself, so the bytes are exactly those of the whole-value fallback. (Copying
+the whole state as builtins made such a snapshot 48 times slower to write and 4 times bigger in
+memory than a narrow one.) Decoding works the other way round: the typed decoder first, and only
+when it meets an extension, a generic decode with an extension hook followed by
+``msgspec.convert`` into the same type. Both fallbacks build millions of short-lived containers,
+so they run with the cyclic garbage collector paused: its passes over them, not the work itself,
+took most of the time (a 29 MiB snapshot: 14.4 s to decode generically, 2.1 s with it paused).
 """
 
+import contextlib
+import gc
+from collections.abc import Iterator
 from typing import Any, Generic, TypeVar
 
 import msgspec
@@ -47,12 +58,100 @@ def _widen(value: Any) -> Any:
     return value
 
 
+@contextlib.contextmanager
+def _collector_paused() -> Iterator[None]:
+    """The cyclic collector paused (for bulk work that builds many containers and no cycles)."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
 def encode(value: Any) -> bytes:
     """Canonical MessagePack of ``value`` (map keys sorted), wide integers as extensions."""
     try:
         return _encode_plain(value)
     except OverflowError:
-        return _encode_plain(_widen(msgspec.to_builtins(value, builtin_types=(bytes,), order="deterministic")))
+        parts: list[bytes] = []
+        with _collector_paused():
+            _encode_widening(value, parts)
+        return b"".join(parts)
+
+
+_run_items = 256  # items a fallback encodes at once before it looks at them one by one
+
+
+def _header(length: int, small: int, sixteen: int, thirty_two: int) -> bytes:
+    if length <= 15:
+        return bytes((small | length,))
+    if length <= 0xFFFF:
+        return bytes((sixteen,)) + length.to_bytes(2, "big")
+    return bytes((thirty_two,)) + length.to_bytes(4, "big")
+
+
+def _map_header(length: int) -> bytes:
+    return _header(length, 0x80, 0xDE, 0xDF)
+
+
+def _array_header(length: int) -> bytes:
+    return _header(length, 0x90, 0xDC, 0xDD)
+
+
+def _encode_item(value: Any, parts: list[bytes]) -> None:
+    try:
+        parts.append(_encode_plain(value))
+    except OverflowError:
+        _encode_widening(value, parts)
+
+
+def _encode_widening(value: Any, parts: list[bytes]) -> None:
+    """Append the canonical bytes of ``value``, which holds a wide integer somewhere.
+
+    Maps with text keys, arrays and array-like structs get their header written here and their
+    items encoded in runs (a run that fits 64 bits costs one typed encode, its own header cut
+    off); anything else, and any item of a failed run, is encoded through builtins.
+    """
+    if isinstance(value, dict) and all(type(key) is str for key in value):
+        parts.append(_map_header(len(value)))
+        # msgspec's deterministic order sorts text keys by their UTF-8 bytes, which is the order
+        # of their code points: Python's own order of str.
+        items = sorted(value.items())
+        for start in range(0, len(items), _run_items):
+            run = items[start : start + _run_items]
+            try:
+                encoded = _encode_plain(dict(run))
+            except OverflowError:
+                for key, item in run:
+                    parts.append(_encode_plain(key))
+                    _encode_item(item, parts)
+            else:
+                parts.append(encoded[len(_map_header(len(run))) :])
+        return
+    if isinstance(value, list | tuple):
+        parts.append(_array_header(len(value)))
+        for start in range(0, len(value), _run_items):
+            run = list(value[start : start + _run_items])
+            try:
+                encoded = _encode_plain(run)
+            except OverflowError:
+                for item in run:
+                    _encode_item(item, parts)
+            else:
+                parts.append(encoded[len(_array_header(len(run))) :])
+        return
+    config = getattr(value, "__struct_config__", None)
+    if isinstance(value, msgspec.Struct) and config is not None and config.array_like and not config.omit_defaults:
+        fields = [getattr(value, name) for name in value.__struct_fields__]
+        if config.tag is not None:
+            fields.insert(0, config.tag)  # a tagged array-like struct is [tag, *fields]
+        parts.append(_array_header(len(fields)))
+        for item in fields:
+            _encode_item(item, parts)
+        return
+    parts.append(_encode_plain(_widen(msgspec.to_builtins(value, builtin_types=(bytes,), order="deterministic"))))
 
 
 def _ext_hook(code: int, data: memoryview) -> Any:
@@ -82,4 +181,5 @@ class Decoder(Generic[T]):
             if "got `ext`" not in str(error):
                 raise
         # Rare: the record holds an integer beyond 64 bits.
-        return msgspec.convert(_generic_decoder.decode(data), self.type)
+        with _collector_paused():
+            return msgspec.convert(_generic_decoder.decode(data), self.type)

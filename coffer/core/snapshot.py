@@ -97,7 +97,12 @@ class SnapshotError(ValueError):
 
 def take_snapshot(machine: StateMachine) -> bytes:
     """Deterministic bytes of the whole state (O(state); run it off the apply loop's hot path)."""
-    state = SnapshotState(
+    return encode(snapshot_state(machine))
+
+
+def snapshot_state(machine: StateMachine) -> SnapshotState:
+    """What a snapshot holds: the machine's parts, shared, not copied."""
+    return SnapshotState(
         snapshot_format_version,
         machine.protocol_version,
         machine.log_index,
@@ -114,7 +119,6 @@ def take_snapshot(machine: StateMachine) -> bytes:
         FlowState(machine.flows, machine.flow_runs),
         EffectsState(machine.effects_older, machine.effects),
     )
-    return encode(state)
 
 
 def state_hash(machine: StateMachine) -> bytes:
