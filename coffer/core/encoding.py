@@ -75,10 +75,12 @@ def encode(value: Any) -> bytes:
     try:
         return _encode_plain(value)
     except OverflowError:
-        parts: list[bytes] = []
+        # One growing buffer, not a list of pieces: a snapshot has millions of pieces, and their
+        # object headers alone outweighed its bytes.
+        out = bytearray()
         with _collector_paused():
-            _encode_widening(value, parts)
-        return b"".join(parts)
+            _encode_widening(value, out)
+        return bytes(out)
 
 
 _run_items = 256  # items a fallback encodes at once before it looks at them one by one
@@ -100,22 +102,22 @@ def _array_header(length: int) -> bytes:
     return _header(length, 0x90, 0xDC, 0xDD)
 
 
-def _encode_item(value: Any, parts: list[bytes]) -> None:
+def _encode_item(value: Any, out: bytearray) -> None:
     try:
-        parts.append(_encode_plain(value))
+        out += _encode_plain(value)
     except OverflowError:
-        _encode_widening(value, parts)
+        _encode_widening(value, out)
 
 
-def _encode_widening(value: Any, parts: list[bytes]) -> None:
-    """Append the canonical bytes of ``value``, which holds a wide integer somewhere.
+def _encode_widening(value: Any, out: bytearray) -> None:
+    """Append to ``out`` the canonical bytes of ``value``, which holds a wide integer somewhere.
 
     Maps with text keys, arrays and array-like structs get their header written here and their
     items encoded in runs (a run that fits 64 bits costs one typed encode, its own header cut
     off); anything else, and any item of a failed run, is encoded through builtins.
     """
     if isinstance(value, dict) and all(type(key) is str for key in value):
-        parts.append(_map_header(len(value)))
+        out += _map_header(len(value))
         # msgspec's deterministic order sorts text keys by their UTF-8 bytes, which is the order
         # of their code points: Python's own order of str.
         items = sorted(value.items())
@@ -125,33 +127,33 @@ def _encode_widening(value: Any, parts: list[bytes]) -> None:
                 encoded = _encode_plain(dict(run))
             except OverflowError:
                 for key, item in run:
-                    parts.append(_encode_plain(key))
-                    _encode_item(item, parts)
+                    out += _encode_plain(key)
+                    _encode_item(item, out)
             else:
-                parts.append(encoded[len(_map_header(len(run))) :])
+                out += encoded[len(_map_header(len(run))) :]
         return
     if isinstance(value, list | tuple):
-        parts.append(_array_header(len(value)))
+        out += _array_header(len(value))
         for start in range(0, len(value), _run_items):
             run = list(value[start : start + _run_items])
             try:
                 encoded = _encode_plain(run)
             except OverflowError:
                 for item in run:
-                    _encode_item(item, parts)
+                    _encode_item(item, out)
             else:
-                parts.append(encoded[len(_array_header(len(run))) :])
+                out += encoded[len(_array_header(len(run))) :]
         return
     config = getattr(value, "__struct_config__", None)
     if isinstance(value, msgspec.Struct) and config is not None and config.array_like and not config.omit_defaults:
         fields = [getattr(value, name) for name in value.__struct_fields__]
         if config.tag is not None:
             fields.insert(0, config.tag)  # a tagged array-like struct is [tag, *fields]
-        parts.append(_array_header(len(fields)))
+        out += _array_header(len(fields))
         for item in fields:
-            _encode_item(item, parts)
+            _encode_item(item, out)
         return
-    parts.append(_encode_plain(_widen(msgspec.to_builtins(value, builtin_types=(bytes,), order="deterministic"))))
+    out += _encode_plain(_widen(msgspec.to_builtins(value, builtin_types=(bytes,), order="deterministic")))
 
 
 def _ext_hook(code: int, data: memoryview) -> Any:
