@@ -1,4 +1,4 @@
-"""Stopping the server processes Coffer starts (a node for a benchmark, a local PostgreSQL) and tests start.
+"""Stopping the server processes that Coffer and its tests start: nodes, shards, benchmark servers, PostgreSQL.
 
 A server gets a signal that asks for its graceful shutdown and a bounded wait for it; one that has
 not exited by then is killed, so a hung server never holds up the caller, and it is always waited
