@@ -26,6 +26,7 @@ from coffer.cli_node import (
     total,
 )
 from coffer.core.commands import stripes_max
+from coffer.nats_options import nats_sign_in_options
 from coffer.tls_options import server_tls_options
 
 if TYPE_CHECKING:
@@ -155,16 +156,7 @@ def main() -> None:
     type=click.Path(dir_okay=False, exists=True, path_type=Path),
     help="with --log: the cluster's secret (coffer cluster up writes one); checkpoints are signed with it, others ignored",
 )
-@click.option(
-    "--nats-credentials",
-    type=click.Path(dir_okay=False, exists=True, path_type=Path),
-    help="with --log: sign in to NATS with this 'user:password' file (coffer cluster up writes one a node) or a .creds file",
-)
-@click.option(
-    "--nats-ca-file",
-    type=click.Path(dir_okay=False, exists=True, path_type=Path),
-    help="with --log: speak TLS to NATS and trust this CA (PEM) for the servers' certificates",
-)
+@nats_sign_in_options("--log", " (coffer cluster up writes one a node)")
 @server_tls_options
 def serve(
     host: str,

@@ -26,6 +26,7 @@ import httpx
 import msgspec
 
 from coffer.http import kept_client
+from coffer.processes import stop_process
 
 batch_variable = "COFFER_FLOOR_BATCH"  # transfers per /v1/commands reply (the app's target string takes no arguments)
 start_wait_s_max = 60.0  # a node recovering its log may take a while to answer
@@ -177,12 +178,7 @@ def running(
             time.sleep(0.1)
         yield url
     finally:
-        process.terminate()
-        try:
-            process.wait(stop_wait_s_max)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop_process(process, stop_wait_s_max)
 
 
 @contextlib.contextmanager

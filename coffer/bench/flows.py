@@ -41,12 +41,14 @@ import msgspec
 
 from coffer.flows.files import library
 from coffer.http import kept_client
+from coffer.processes import stop_process
 
 asset = "FLOWBENCH"
 payment = "10.00"
 legs = ("-10.00", "9.70", "0.30")  # what payment_with_fee makes of 10.00 (2.9%, at least 0.30)
 opening_balance = "100000000.00"
 node_start_s_max = 30.0
+node_stop_s_max = 15.0  # the node's graceful shutdown; then it gets SIGKILL
 drain_s_max = 10.0
 settle_s = 0.5  # after a side: what it left to the background (a run's finish record) lands in its CPU time
 
@@ -251,12 +253,6 @@ def run(
             )
         echo(f"flow=payment_with_fee runs_per_s={median(flow_rates):.0f} p99_ms={median(flow_p99s):.2f}")
     finally:
-        if process is not None:
-            os.kill(process.pid, signal.SIGTERM)
-            try:
-                process.wait(15)
-            except subprocess.TimeoutExpired:
-                os.kill(process.pid, signal.SIGKILL)
-                process.wait()
+        stop_process(process, node_stop_s_max)
         if data_dir is not None:
             shutil.rmtree(data_dir, ignore_errors=True)

@@ -12,9 +12,7 @@ The store is a temporary SQLite file, or PostgreSQL: ``--dsn``, or a temporary s
 """
 
 import asyncio
-import os
 import random
-import signal
 import socket
 import subprocess
 import sys
@@ -27,6 +25,7 @@ import httpx
 
 from coffer.http import kept_client
 from coffer.http.limits import commands_per_request_max
+from coffer.processes import stop_process
 from coffer.query.projector import Projector
 from coffer.query.sql_store import SqlStore
 
@@ -61,19 +60,8 @@ def _start_node(data_dir: Path) -> tuple[subprocess.Popen[bytes], str]:
         except httpx.TransportError:
             pass
         time.sleep(0.05)
-    _stop(process)
+    stop_process(process, stop_s_max)
     raise BenchError(f"the node did not start; see {data_dir.parent / 'node.log'}")
-
-
-def _stop(process: subprocess.Popen[bytes]) -> None:
-    if process.poll() is not None:
-        return
-    os.kill(process.pid, signal.SIGTERM)
-    try:
-        process.wait(stop_s_max)
-    except subprocess.TimeoutExpired:
-        os.kill(process.pid, signal.SIGKILL)
-        process.wait()
 
 
 def _load(url: str, command_count: int, account_count: int) -> int:
@@ -147,7 +135,7 @@ def run(store_kind: str, dsn: str | None, command_count: int, account_count: int
             finally:
                 store.close()
         finally:
-            _stop(node)
+            stop_process(node, stop_s_max)
             if postgres is not None:
                 postgres.stop()
         echo(f"projector: {last_seq} events into {store_kind} in {project_s:.2f} s")

@@ -44,6 +44,7 @@ from coffer.cluster.proxy import FaultProxy
 from coffer.disk_space import directory_bytes
 from coffer.http import kept_client
 from coffer.ports import PortRange, free_port
+from coffer.processes import stop_process
 from coffer.txn.launcher import shard_stream
 from coffer.txn.node_directory import node_bucket
 from coffer.txn.shard_map_store import shard_map_bucket
@@ -325,12 +326,7 @@ class LocalCluster:
         process = self._processes.pop(number, None)
         if process is None or process.poll() is not None:
             return
-        os.kill(process.pid, signal_number)
-        try:
-            process.wait(node_stop_s_max)
-        except subprocess.TimeoutExpired:
-            os.kill(process.pid, signal.SIGKILL)
-            process.wait()
+        stop_process(process, node_stop_s_max, signal_number)
         self._write_state()
 
     def restart_server(self, number: int) -> None:

@@ -10,12 +10,13 @@ bytes that the hash chain covers.
 
 import sqlite3
 import threading
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
 from coffer.core.accounts import Account
-from coffer.core.events import EventRecord, event_decoder, index_event
+from coffer.core.events import EventRecord, index_event
+from coffer.history.history_store import HistoryStore, event_row, record_columns, record_of
 
 schema = """
 CREATE TABLE IF NOT EXISTS events (
@@ -48,7 +49,9 @@ class EventStoreCorrupt(RuntimeError):
     """The stored history disagrees with the history the log replays."""
 
 
-class EventStore:
+class EventStore(HistoryStore):
+    corrupt = EventStoreCorrupt
+
     def __init__(self, path: Path) -> None:
         self.path = path
         self._local = threading.local()
@@ -86,18 +89,7 @@ class EventStore:
                 replayed.append(record)
                 continue
             index = index_event(record.body)
-            event_rows.append(
-                (
-                    record.seq,
-                    index.log_index,
-                    index.time_ms,
-                    index.dedup_id,
-                    index.type,
-                    record.body,
-                    record.prev_hash,
-                    record.hash,
-                )
-            )
+            event_rows.append(event_row(record, index))
             version_rows.extend((account.account_id, record.seq, account.version, index.time_ms) for account in index.accounts)
         for record in replayed:
             # The chain commits to all history before it: checking the newest stored event that
@@ -120,51 +112,12 @@ class EventStore:
         self.last_seq = event_rows[-1][0]
 
     # ------------------------------------------------------------------ reads
+    # events, history and account_events are HistoryStore's: the same SQL as the query side's store.
 
-    def events(
-        self,
-        from_seq: int | None = None,
-        to_seq: int | None = None,
-        from_time_ms: int | None = None,
-        to_time_ms: int | None = None,
-        limit: int = 1000,
-    ) -> list[EventRecord]:
-        clauses, parameters = _range_clauses("seq", from_seq, to_seq, from_time_ms, to_time_ms)
-        sql = f"SELECT seq, body, prev_hash, hash FROM events {clauses} ORDER BY seq LIMIT ?"
-        rows = self._connection().execute(sql, (*parameters, limit)).fetchall()
-        return [EventRecord(seq, body, prev_hash, hash_) for seq, body, prev_hash, hash_ in rows]
+    def _rows(self, sql: str, parameters: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        return self._connection().execute(sql, tuple(parameters)).fetchall()
 
-    def history(
-        self,
-        account_id: str,
-        from_seq: int | None = None,
-        to_seq: int | None = None,
-        from_time_ms: int | None = None,
-        to_time_ms: int | None = None,
-        limit: int = 1000,
-    ) -> list[tuple[int, int, Account]]:
-        """(seq, time_ms, account) for every version of the account in range, oldest first."""
-        clauses, parameters = _range_clauses("v.seq", from_seq, to_seq, from_time_ms, to_time_ms, time_column="v.time_ms")
-        where = "WHERE v.account_id = ?" + (" AND " + clauses.removeprefix("WHERE ") if clauses else "")
-        sql = (
-            "SELECT v.seq, v.time_ms, e.body FROM account_versions v JOIN events e ON e.seq = v.seq "
-            f"{where} ORDER BY v.seq LIMIT ?"
-        )
-        rows = self._connection().execute(sql, (account_id, *parameters, limit)).fetchall()
-        return [(seq, time_ms, _account_in(body, account_id)) for seq, time_ms, body in rows]
-
-    def account_events(self, account_id: str, from_seq: int, to_seq: int | None, limit: int) -> list[EventRecord]:
-        """The events that changed the account, ``from_seq <= seq < to_seq``, in seq order."""
-        clauses, parameters = _range_clauses("v.seq", from_seq, to_seq, None, None, time_column="v.time_ms")
-        sql = (
-            "SELECT e.seq, e.body, e.prev_hash, e.hash FROM account_versions v JOIN events e ON e.seq = v.seq "
-            f"WHERE v.account_id = ? AND {clauses.removeprefix('WHERE ')} ORDER BY v.seq LIMIT ?"
-        )
-        rows = self._connection().execute(sql, (account_id, *parameters, limit)).fetchall()
-        return [EventRecord(seq, body, prev_hash, hash_) for seq, body, prev_hash, hash_ in rows]
-
-    def accounts_at(self, account_ids: list[str], seq: int) -> dict[str, Account]:
-        """Each account as it was right after event ``seq`` (absent if it did not exist yet)."""
+    def accounts_at(self, account_ids: Sequence[str], seq: int) -> dict[str, Account]:
         found = {}
         connection = self._connection()
         for account_id in account_ids:
@@ -174,12 +127,12 @@ class EventStore:
                 (account_id, seq),
             ).fetchone()
             if row is not None:
-                found[account_id] = _account_in(row[0], account_id)
+                found[account_id] = self._account_in(row[0], account_id)
         return found
 
     def event(self, seq: int) -> EventRecord | None:
-        row = self._connection().execute("SELECT seq, body, prev_hash, hash FROM events WHERE seq = ?", (seq,)).fetchone()
-        return None if row is None else EventRecord(*row)
+        row = self._connection().execute(f"SELECT {record_columns} FROM events WHERE seq = ?", (seq,)).fetchone()
+        return None if row is None else record_of(row)
 
     def close(self) -> None:
         connection = getattr(self._local, "connection", None)
@@ -187,32 +140,3 @@ class EventStore:
             connection.close()
             self._local.connection = None
 
-
-def _account_in(body: bytes, account_id: str) -> Account:
-    for account in event_decoder.decode(body).accounts:
-        if account.account_id == account_id:
-            return account
-    raise EventStoreCorrupt(f"an indexed event does not hold account {account_id}")
-
-
-def _range_clauses(
-    seq_column: str,
-    from_seq: int | None,
-    to_seq: int | None,
-    from_time_ms: int | None,
-    to_time_ms: int | None,
-    time_column: str = "time_ms",
-) -> tuple[str, list[Any]]:
-    """Half-open ranges: ``from_*`` inclusive, ``to_*`` exclusive."""
-    clauses = []
-    parameters: list[Any] = []
-    for column, operator, value in (
-        (seq_column, ">=", from_seq),
-        (seq_column, "<", to_seq),
-        (time_column, ">=", from_time_ms),
-        (time_column, "<", to_time_ms),
-    ):
-        if value is not None:
-            clauses.append(f"{column} {operator} ?")
-            parameters.append(value)
-    return ("WHERE " + " AND ".join(clauses)) if clauses else "", parameters

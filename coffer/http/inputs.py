@@ -81,8 +81,19 @@ def decode_json(
     (a valid JSON text of the wrong shape) passes through for the caller to word; every other
     failure is an :class:`InputError`.
     """
+    value = _decoded(data, decode, "JSON", "body is not valid UTF-8")
+    if decode is msgspec.json.decode:
+        refuse_duplicate_keys(data, value)
+    else:
+        refuse_duplicate_keys(data, _not_decoded if plain is None else plain(value))
+    return value
+
+
+def _decoded(data: bytes, decode: Callable[[bytes], T], encoding: str, not_utf8: str) -> T:
+    """``decode(data)``, its failures worded for a body in ``encoding`` (``not_utf8``: for a bad
+    string), as :func:`decode_json` and :func:`decode_msgpack` promise."""
     try:
-        value = decode(data)
+        return decode(data)
     except msgspec.ValidationError as error:
         if decode is msgspec.json.decode:
             # The generic decoding has no schema: only a number it cannot hold (an integer beyond
@@ -90,16 +101,11 @@ def decode_json(
             raise InputError(f"body is not valid: {error}") from None
         raise
     except msgspec.DecodeError as error:
-        raise InputError(f"body is not valid JSON: {error}") from None
+        raise InputError(f"body is not valid {encoding}: {error}") from None
     except UnicodeDecodeError as error:
-        raise InputError(f"body is not valid UTF-8 (byte {error.start})") from None
+        raise InputError(f"{not_utf8} (byte {error.start})") from None
     except RecursionError:
         raise InputError(f"body is nested deeper than {json_depth_max} levels") from None
-    if decode is msgspec.json.decode:
-        refuse_duplicate_keys(data, value)
-    else:
-        refuse_duplicate_keys(data, _not_decoded if plain is None else plain(value))
-    return value
 
 
 _not_decoded: Any = object()
@@ -185,20 +191,7 @@ def decode_msgpack(
     the generic decoding); ``msgspec.ValidationError`` passes through, every other failure is an
     :class:`InputError`.
     """
-    try:
-        value = decode(data)
-    except msgspec.ValidationError as error:
-        if decode is msgspec.json.decode:
-            # The generic decoding has no schema: only a number it cannot hold (an integer beyond
-            # 64 bits) fails this way, and that is the body's fault, not a shape to word.
-            raise InputError(f"body is not valid: {error}") from None
-        raise
-    except msgspec.DecodeError as error:
-        raise InputError(f"body is not valid MessagePack: {error}") from None
-    except UnicodeDecodeError as error:
-        raise InputError(f"body is not valid MessagePack: a string is not UTF-8 (byte {error.start})") from None
-    except RecursionError:
-        raise InputError(f"body is nested deeper than {json_depth_max} levels") from None
+    value = _decoded(data, decode, "MessagePack", "body is not valid MessagePack: a string is not UTF-8")
     decoded = value if plain is None else plain(value)
     _refuse_non_json(decoded, 1)
     if _msgpack_encode(decoded) != data:

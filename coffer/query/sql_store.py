@@ -7,9 +7,11 @@ Method: one code path over plain DB-API for both databases. SQL is written once 
 placeholders in the subset both speak (``WITH … VALUES``, correlated sub-queries, ``LIMIT``);
 only three things differ and are chosen by :class:`Dialect`: the placeholder (``%s`` for
 psycopg), the name of the bytes type in DDL, and bulk loading (PostgreSQL's binary ``COPY``,
-SQLite's ``executemany``: each is the fastest path of its database). Each thread gets its own
-connection. Transactions are explicit: one per appended batch, so a crash leaves whole batches,
-and the store's last seq is always a consistent resume point.
+SQLite's ``executemany``: each is the fastest path of its database). The history reads (events,
+an account's versions and events) are :class:`coffer.history.history_store.HistoryStore`'s, the
+same SQL as the node's store. Each thread gets its own connection. Transactions are explicit:
+one per appended batch, so a crash leaves whole batches, and the store's last seq is always a
+consistent resume point.
 
 Schema migrations are the numbered steps of :data:`migrations`; ``schema_version`` records the
 highest one applied. Steps only ever get appended.
@@ -32,14 +34,12 @@ from pathlib import Path
 from typing import Any
 
 from coffer.core.accounts import Account
-from coffer.core.events import EventIndex, EventRecord, event_decoder, genesis_hash, index_event
+from coffer.core.events import EventIndex, EventRecord, genesis_hash, index_event
+from coffer.history.history_store import EventRow, HistoryStore, event_row
 
 ids_per_statement_max = 1_000  # well under SQLite's 32,766 and PostgreSQL's 65,535 parameters
 sqlite_busy_timeout_ms = 10_000  # a reader and the projector share the file; wait, don't fail
 sqlite_cache_kib = 128 * 1024  # the hot pages of the version index stay in memory
-
-EventRow = tuple[int, int, int, str | None, str, bytes, bytes, bytes]
-"""(seq, log_index, time_ms, dedup_id, type, body, prev_hash, hash)"""
 
 VersionRow = tuple[str, int, int, int, str, int, str]
 """(account_id, seq, version, time_ms, asset, scale, available as decimal text)"""
@@ -272,29 +272,21 @@ def rows_of(record: EventRecord, index: EventIndex | None = None) -> tuple[Event
     """The event row and the account version rows that ``record`` becomes."""
     if index is None:
         index = index_event(record.body)
-    event_row: EventRow = (
-        record.seq,
-        index.log_index,
-        index.time_ms,
-        index.dedup_id,
-        index.type,
-        record.body,
-        record.prev_hash,
-        record.hash,
-    )
     version_rows: list[VersionRow] = [
         (account.account_id, record.seq, account.version, index.time_ms, account.asset, account.scale, str(account.available))
         for account in index.accounts
     ]
-    return event_row, version_rows
+    return event_row(record, index), version_rows
 
 
 _event_types = ("bigint", "bigint", "bigint", "text", "text", "bytea", "bytea", "bytea")
 _version_types = ("text", "bigint", "bigint", "bigint", "text", "integer", "numeric")
 
 
-class SqlStore:
+class SqlStore(HistoryStore):
     """One store; safe to share between threads (each thread uses its own connection)."""
+
+    corrupt = StoreCorrupt
 
     def __init__(self, dsn: str, *, migrate: bool = True) -> None:
         self.dsn = dsn
@@ -400,18 +392,7 @@ class SqlStore:
     def last_seq(self) -> int:
         return self.head()[0]
 
-    def events(
-        self,
-        from_seq: int | None = None,
-        to_seq: int | None = None,
-        from_time_ms: int | None = None,
-        to_time_ms: int | None = None,
-        limit: int = 1000,
-    ) -> list[EventRecord]:
-        """Events in the half-open ranges, in seq order."""
-        where, parameters = _range_clauses("seq", "time_ms", from_seq, to_seq, from_time_ms, to_time_ms)
-        rows = self._rows(f"SELECT seq, body, prev_hash, hash FROM events {where} ORDER BY seq LIMIT ?", (*parameters, limit))
-        return [EventRecord(int(seq), bytes(body), bytes(prev_hash), bytes(hash_)) for seq, body, prev_hash, hash_ in rows]
+    # events is HistoryStore's: the same SQL as the node's store.
 
     def event_rows(self, from_seq: int, limit: int) -> list[EventRow]:
         """Whole event rows from ``from_seq`` on, in seq order (the audit compares every column)."""
@@ -434,41 +415,14 @@ class SqlStore:
 
     # ------------------------------------------------------------------ accounts
 
-    def history(
-        self,
-        account_id: str,
-        from_seq: int | None = None,
-        to_seq: int | None = None,
-        from_time_ms: int | None = None,
-        to_time_ms: int | None = None,
-        limit: int = 1000,
-    ) -> list[tuple[int, int, Account]]:
-        """(seq, time_ms, account) for every version of the account in range, oldest first."""
-        where, parameters = _range_clauses("v.seq", "v.time_ms", from_seq, to_seq, from_time_ms, to_time_ms)
-        where = "WHERE v.account_id = ?" + (" AND " + where.removeprefix("WHERE ") if where else "")
-        rows = self._rows(
-            f"SELECT v.seq, v.time_ms, e.body FROM account_versions v JOIN events e ON e.seq = v.seq {where} ORDER BY v.seq LIMIT ?",
-            (account_id, *parameters, limit),
-        )
-        return [(int(seq), int(time_ms), account_in(bytes(body), account_id)) for seq, time_ms, body in rows]
-
-    def account_events(self, account_id: str, from_seq: int, to_seq: int | None, limit: int) -> list[EventRecord]:
-        """The events that changed the account, ``from_seq <= seq < to_seq``, in seq order."""
-        where, parameters = _range_clauses("v.seq", "v.time_ms", from_seq, to_seq, None, None)
-        rows = self._rows(
-            "SELECT e.seq, e.body, e.prev_hash, e.hash FROM account_versions v JOIN events e ON e.seq = v.seq "
-            f"WHERE v.account_id = ? AND {where.removeprefix('WHERE ')} ORDER BY v.seq LIMIT ?",
-            (account_id, *parameters, limit),
-        )
-        return [EventRecord(int(seq), bytes(body), bytes(prev_hash), bytes(hash_)) for seq, body, prev_hash, hash_ in rows]
+    # history and account_events are HistoryStore's as well.
 
     def accounts_at(self, account_ids: Sequence[str], seq: int) -> dict[str, Account]:
-        """Each account as it was right after event ``seq`` (absent if it did not exist yet)."""
         found: dict[str, Account] = {}
         for chunk in _chunks(list(dict.fromkeys(account_ids))):
             rows = self._rows(_latest_versions_sql(len(chunk), "e.body", "JOIN events e ON e.seq = v.seq"), (*chunk, seq))
             for account_id, body in rows:
-                found[account_id] = account_in(bytes(body), account_id)
+                found[account_id] = self._account_in(bytes(body), account_id)
         return found
 
     def available_at(self, account_ids: Sequence[str], seq: int) -> dict[str, tuple[str, int, int]]:
@@ -535,13 +489,6 @@ class SqlStore:
                 )
 
 
-def account_in(body: bytes, account_id: str) -> Account:
-    for account in event_decoder.decode(body).accounts:
-        if account.account_id == account_id:
-            return account
-    raise StoreCorrupt(f"an indexed event does not hold account {account_id}")
-
-
 def _chunks(items: list[str]) -> Iterator[list[str]]:
     for start in range(0, len(items), ids_per_statement_max):
         yield items[start : start + ids_per_statement_max]
@@ -562,25 +509,3 @@ def _latest_versions_sql(count: int, columns: str, join: str = "") -> str:
         f"JOIN account_versions v ON v.account_id = l.account_id AND v.seq = l.seq {join}"
     )
 
-
-def _range_clauses(
-    seq_column: str,
-    time_column: str,
-    from_seq: int | None,
-    to_seq: int | None,
-    from_time_ms: int | None,
-    to_time_ms: int | None,
-) -> tuple[str, list[Any]]:
-    """Half-open ranges: ``from_*`` inclusive, ``to_*`` exclusive."""
-    clauses = []
-    parameters: list[Any] = []
-    for column, operator, value in (
-        (seq_column, ">=", from_seq),
-        (seq_column, "<", to_seq),
-        (time_column, ">=", from_time_ms),
-        (time_column, "<", to_time_ms),
-    ):
-        if value is not None:
-            clauses.append(f"{column} {operator} ?")
-            parameters.append(value)
-    return ("WHERE " + " AND ".join(clauses)) if clauses else "", parameters

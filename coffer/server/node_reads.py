@@ -21,7 +21,8 @@ from typing import Any
 
 from coffer.core.errors import ErrorCode
 from coffer.history.event_store import EventStore
-from coffer.query.reads import HistoryStore, ReadError
+from coffer.history.history_store import HistoryStore
+from coffer.query.reads import ReadError
 from coffer.query.sql_store import ChildRow, SqlStore
 
 hierarchy_file_name = "hierarchy.sqlite3"

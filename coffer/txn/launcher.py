@@ -39,6 +39,7 @@ from coffer.http import kept_client
 from coffer.http.auth import ApiKeys
 from coffer.log.jetstream import connect_options
 from coffer.ports import free_port
+from coffer.processes import stop_process
 from coffer.server.serve import ServeError, is_loopback, read_cluster_secret
 from coffer.txn.node_directory import NodeDirectory, RouterEntry, check_url, router_key
 from coffer.txn.router import Router, create_router_app, router_config_variable
@@ -48,6 +49,7 @@ from coffer.txn.shards import ShardClients, forward_token
 logger = logging.getLogger("coffer")
 
 shard_start_s_max = 120.0  # recovery of a large shard; the router waits this long for each
+shard_stop_s_max = 15.0  # a shard's graceful shutdown; then it gets SIGKILL
 supervise_interval_s = 0.5
 _pr_set_pdeathsig = 1
 
@@ -169,14 +171,7 @@ class ShardProcess:
         raise ServeError(f"shard {self.shard} was not ready within {timeout_s} s")
 
     def stop(self) -> None:
-        if self.process is None or self.process.poll() is not None:
-            return
-        self.process.terminate()
-        try:
-            self.process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+        stop_process(self.process, shard_stop_s_max)
 
 
 def _supervise(shards: list[ShardProcess], stopping: threading.Event) -> None:

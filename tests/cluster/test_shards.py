@@ -9,7 +9,6 @@ and the killed node comes back at the same heads. Each shard snapshots to its ow
 bucket and compacts its own stream, and a node whose disk is wiped comes back through them.
 """
 
-import random
 import shutil
 import subprocess
 import sys
@@ -27,6 +26,7 @@ from coffer.cluster.local import LocalCluster
 from coffer.log.jetstream import JetStreamLog
 from coffer.txn.shard_map import ShardMap
 from coffer.txn.shard_map_store import read_shared
+from tests.txn.transfer_load import TransferClient, final_answer
 
 shard_count = 2
 opening = Decimal(1000)
@@ -101,49 +101,6 @@ def test_a_node_with_another_number_of_shards_is_refused(cluster: LocalCluster, 
     assert f"has {shard_count} shards" in finished.stderr and f"--shards {shard_count}" in finished.stderr, finished.stderr
 
 
-class _Client(threading.Thread):
-    """Transfers among ``accounts`` through one node; records every body and the answer it got."""
-
-    def __init__(self, url: str, accounts: list[str], number: int, stop: threading.Event) -> None:
-        super().__init__(daemon=True)
-        self.url = url
-        self.accounts = accounts
-        self.number = number
-        self.stop_event = stop
-        self.sent: list[tuple[dict[str, Any], tuple[int, dict[str, Any]] | None, float]] = []
-        self.rng = random.Random(number)
-
-    def run(self) -> None:
-        with httpx.Client(base_url=self.url, timeout=request_timeout_s) as http:
-            sequence = 0
-            while not self.stop_event.is_set():
-                sequence += 1
-                source, target = self.rng.sample(self.accounts, 2)
-                amount = f"{self.rng.randrange(1, 60)}.{self.rng.randrange(100):02d}"
-                body = {"dedup_id": f"kill-{self.number}-{sequence}", "from_account_id": source, "to_account_id": target}
-                body |= {"amount": amount, "asset": "USD"}
-                try:
-                    response = http.post("/v1/transfers", json=body)
-                    answer = (response.status_code, response.json()) if response.status_code in (200, 409) else None
-                except (httpx.HTTPError, ValueError):
-                    answer = None
-                    time.sleep(0.05)
-                self.sent.append((body, answer, time.monotonic()))
-
-
-def _final_answer(http: httpx.Client, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
-    deadline = time.monotonic() + recovery_wait_s_max
-    while True:
-        try:
-            response = http.post("/v1/transfers", json=body)
-            if response.status_code in (200, 409):
-                return response.status_code, response.json()
-        except httpx.HTTPError:
-            pass
-        assert time.monotonic() < deadline, f"no final answer for {body['dedup_id']}"
-        time.sleep(0.2)
-
-
 def _heads(url: str) -> list[tuple[int, str]]:
     shards = httpx.get(f"{url}/v1/shards", timeout=request_timeout_s).json()["shards"]
     return [(shard["head"]["seq"], shard["head"]["hash"]) for shard in shards]
@@ -155,7 +112,7 @@ def test_kill_9_of_a_node_under_cross_shard_load_leaves_the_others_answering(clu
         for account_id in accounts:
             _open(http, account_id, opening)
     stop = threading.Event()
-    clients = [_Client(cluster.node(1 + number % 3).url, accounts, number, stop) for number in range(6)]
+    clients = [TransferClient(cluster.node(1 + number % 3).url, accounts, number, stop, "kill") for number in range(6)]
     for client in clients:
         client.start()
     time.sleep(2.0)
@@ -186,7 +143,7 @@ def test_kill_9_of_a_node_under_cross_shard_load_leaves_the_others_answering(clu
         acknowledged = 0
         for client in clients:
             for body, answer, _ in client.sent:
-                final = _final_answer(http, body)
+                final = final_answer(http, body)
                 if answer is not None:
                     acknowledged += 1
                     assert final[0] == answer[0], (body, answer, final)

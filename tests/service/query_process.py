@@ -1,7 +1,6 @@
 """A real ``coffer query serve`` process on an empty SQLite store, for the edge tests of both servers."""
 
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -9,6 +8,7 @@ from pathlib import Path
 
 import httpx
 
+from coffer.processes import stop_process
 from tests.service.server_process import free_port
 
 start_s_max = 30.0
@@ -43,14 +43,7 @@ class QueryServer:
 
     def stop(self) -> None:
         process, self.process = self.process, None
-        if process is None or process.poll() is not None:
-            return
-        os.kill(process.pid, signal.SIGTERM)
-        try:
-            process.wait(stop_s_max)
-        except subprocess.TimeoutExpired:
-            os.kill(process.pid, signal.SIGKILL)
-            process.wait()
+        stop_process(process, stop_s_max)
 
     @property
     def running(self) -> bool:

@@ -13,6 +13,7 @@ from pathlib import Path
 import httpx
 
 from coffer.ports import free_port as nats_free_port
+from coffer.processes import stop_process
 
 start_s_max = 30.0  # imports and recovery on a loaded CI machine
 stop_s_max = 10.0  # the server's graceful shutdown is 10 s; then it gets SIGKILL
@@ -81,14 +82,7 @@ class CofferServer:
     def stop(self) -> None:
         """SIGTERM, wait; SIGKILL if it does not exit."""
         process, self.process = self.process, None
-        if process is None or process.poll() is not None:
-            return
-        os.kill(process.pid, signal.SIGTERM)
-        try:
-            process.wait(stop_s_max)
-        except subprocess.TimeoutExpired:
-            os.kill(process.pid, signal.SIGKILL)
-            process.wait()
+        stop_process(process, stop_s_max)
 
     def kill(self) -> None:
         """SIGKILL, as a crash: nothing is flushed or closed."""

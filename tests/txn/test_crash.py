@@ -12,17 +12,16 @@ one shard's process alone (the node restarts it). Afterwards:
 """
 
 import os
-import random
 import signal
 import threading
 import time
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
 
 import httpx
 
 from tests.txn.sharded_process import ShardedServer
+from tests.txn.transfer_load import TransferClient, final_answer
 
 opening = Decimal(1000)
 recovery_wait_s_max = 60.0
@@ -36,52 +35,6 @@ def _children(pid: int) -> list[int]:
     return found
 
 
-class Client(threading.Thread):
-    def __init__(self, url: str, accounts: list[str], number: int, stop: threading.Event) -> None:
-        super().__init__(daemon=True)
-        self.url = url
-        self.accounts = accounts
-        self.number = number
-        self.stop_event = stop
-        self.sent: list[tuple[dict[str, Any], tuple[int, dict[str, Any]] | None]] = []
-        self.rng = random.Random(number)
-
-    def run(self) -> None:
-        with httpx.Client(base_url=self.url, timeout=10) as http:
-            sequence = 0
-            while not self.stop_event.is_set():
-                sequence += 1
-                source, target = self.rng.sample(self.accounts, 2)
-                amount = f"{self.rng.randrange(1, 60)}.{self.rng.randrange(100):02d}"
-                body = {
-                    "dedup_id": f"crash-{self.number}-{sequence}",
-                    "from_account_id": source,
-                    "to_account_id": target,
-                    "amount": amount,
-                    "asset": "USD",
-                }
-                try:
-                    response = http.post("/v1/transfers", json=body)
-                    answer = (response.status_code, response.json()) if response.status_code in (200, 409) else None
-                except (httpx.HTTPError, ValueError):
-                    answer = None
-                    time.sleep(0.05)
-                self.sent.append((body, answer))
-
-
-def _final_answer(http: httpx.Client, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
-    deadline = time.monotonic() + recovery_wait_s_max
-    while True:
-        try:
-            response = http.post("/v1/transfers", json=body)
-            if response.status_code in (200, 409):
-                return response.status_code, response.json()
-        except httpx.HTTPError:
-            pass
-        assert time.monotonic() < deadline, f"no final answer for {body['dedup_id']}"
-        time.sleep(0.2)
-
-
 def test_kill_9_under_cross_shard_load_loses_and_duplicates_nothing(tmp_path: Path) -> None:
     node = ShardedServer(tmp_path / "data", 2)
     node.start()
@@ -93,7 +46,7 @@ def test_kill_9_under_cross_shard_load_loses_and_duplicates_nothing(tmp_path: Pa
                 legs = [{"account_id": account_id, "amount": str(opening), "asset": "USD"}]
                 assert http.post("/v1/batch-operations", json={"dedup_id": f"fund-{account_id}", "legs": legs}).status_code == 200
         stop = threading.Event()
-        clients = [Client(node.url, accounts, number, stop) for number in range(4)]
+        clients = [TransferClient(node.url, accounts, number, stop, "crash") for number in range(4)]
         for client in clients:
             client.start()
         time.sleep(1.5)
@@ -124,8 +77,8 @@ def test_kill_9_under_cross_shard_load_loses_and_duplicates_nothing(tmp_path: Pa
             balances = dict.fromkeys(accounts, opening)
             acknowledged = 0
             for client in clients:
-                for body, answer in client.sent:
-                    final = _final_answer(http, body)
+                for body, answer, _ in client.sent:
+                    final = final_answer(http, body)
                     if answer is not None:
                         acknowledged += 1
                         assert final[0] == answer[0], (body, answer, final)
