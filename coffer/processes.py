@@ -5,7 +5,6 @@ not exited by then is killed, so a hung server never holds up the caller, and it
 for, so it never stays a zombie.
 """
 
-import os
 import signal
 import subprocess
 from typing import Any
@@ -18,9 +17,9 @@ def stop_process(process: subprocess.Popen[Any] | None, wait_s: float, signal_nu
     """
     if process is None or process.poll() is not None:
         return
-    os.kill(process.pid, signal_number)
+    process.send_signal(signal_number)  # Popen's own: no error if it exited just now
     try:
         process.wait(wait_s)
     except subprocess.TimeoutExpired:
-        os.kill(process.pid, signal.SIGKILL)
+        process.kill()
         process.wait()
