@@ -95,9 +95,10 @@ def _decoded(data: bytes, decode: Callable[[bytes], T], encoding: str, not_utf8:
     try:
         return decode(data)
     except msgspec.ValidationError as error:
-        if decode is msgspec.json.decode:
-            # The generic decoding has no schema: only a number it cannot hold (an integer beyond
-            # 64 bits) fails this way, and that is the body's fault, not a shape to word.
+        if decode is msgspec.json.decode or decode is msgspec.msgpack.decode:
+            # The generic decodings have no schema: only what they cannot hold fails this way (an
+            # integer beyond 64 bits, a MessagePack timestamp out of range), and that is the
+            # body's fault, not a shape to word.
             raise InputError(f"body is not valid: {error}") from None
         raise
     except msgspec.DecodeError as error:

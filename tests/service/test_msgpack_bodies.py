@@ -99,6 +99,13 @@ malformed_bodies = {
         + b"".join(encode(key) + encode(value) for key, value in [("type", "create_account"), ("account_id", "a"), ("asset", "USD"), ("dedup_id", "d")])
         + encode("metadata") + b"\x81" + encode("k") + b"\xd6\xff" + struct.pack(">I", 1)
     ),
+    # A timestamp extension msgspec cannot read raises its ValidationError, not a DecodeError.
+    "malformed timestamp in metadata": commands_body(
+        bytes([0x85])
+        + b"".join(encode(key) + encode(value) for key, value in [("type", "create_account"), ("account_id", "a"), ("asset", "USD"), ("dedup_id", "d")])
+        + encode("metadata") + b"\x81" + encode("k") + b"\xc7\x03\xff\x00\x00\x00"
+    ),
+    "malformed timestamp as the body": b"\xc7\x03\xff\x00\x00\x00",
     "NaN in metadata": encode({"commands": [{"type": "create_account", "account_id": "a", "asset": "USD", "dedup_id": "d", "metadata": {"k": math.nan}}]}),
     "nested too deep": encode({"commands": [{"type": "create_account", "account_id": "a", "asset": "USD", "dedup_id": "d", "metadata": {"k": [[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[1]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]}}]}),
     "nested far too deep": b"\x81\xa8commands" + b"\x91" * 20_000 + b"\x01",
@@ -137,6 +144,8 @@ def test_decode_msgpack_unit_cases() -> None:
         (encode({"a": math.inf}), "not finite"),
         (b"\x91" * 40 + b"\x01", "nested deeper"),
         (b"\xc1", "not valid MessagePack"),
+        (b"\xc7\x03\xff\x00\x00\x00", "not valid"),
+        (b"\xc7\x0c\xff" + b"\xff" * 12, "not valid"),
         (b"\x81\xa1a\xa2\xff\xfe", "not valid MessagePack"),
     ]:
         with pytest.raises(inputs.InputError, match=message):
